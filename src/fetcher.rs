@@ -1,0 +1,503 @@
+//! The Fetcher: the only owner of the [`Source`].
+//!
+//! State it owns, and the rules it keeps:
+//!
+//! * `credits`: run slots granted by the Scheduler and not yet spent. A task is dispatched to an
+//!   executor only by spending one, so the Fetcher can never start more than it was granted.
+//! * `buffer`: tasks fetched and not yet dispatched. It holds at most `credits + prefetch` tasks
+//!   (counting fetches in flight), so the Fetcher never asks the source for more than it may run
+//!   soon; with `prefetch = 0` it never fetches more than the free slots.
+//! * `waiting`: set when a fetch came back short. No fetch starts until a wake-up (a submit, a
+//!   [`Notify`], or the source's [`WakeOn`](crate::source::WakeOn) time or signal) clears it.
+//! * `epoch`: bumped by every wake-up. A fetch that comes back short after the epoch moved is not
+//!   trusted to mean "empty": the Fetcher asks again, so a submit that raced a fetch is never lost.
+//! * `backing_off`: set after a fetch error until the backoff timer fires; wake-ups do not cut
+//!   it short, so a failing source is called a bounded number of times.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::error::SubmitError;
+use crate::messages::{
+    CloseSource, Execute, Notify, Ready, Receipt, StopFetching, Submit, SubmitBatch,
+};
+use crate::poller::DropGuard;
+use crate::source::{EnqueueResult, FetchLimits, Fetched, NewTask, Source, WakeOn};
+use crate::stats::Counters;
+use crate::task::{Ack, Backoff, FinalState, Task, TaskId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Shutdown began: no fetch starts, nothing is dispatched.
+    Stopping,
+}
+
+pub(crate) struct Fetcher<T: Send + 'static, S> {
+    source: S,
+    limits: FetchLimits,
+    prefetch: usize,
+    executors: Vec<Recipient<Execute<T>>>,
+    /// Tasks dispatched to each executor and not yet reported freed.
+    assigned: Vec<usize>,
+    credits: usize,
+    buffer: VecDeque<Task<T>>,
+    /// Tasks asked for by the fetches in flight.
+    requested: usize,
+    in_flight: usize,
+    epoch: u64,
+    waiting: Option<Vec<SpawnHandle>>,
+    fetch_backoff: Backoff,
+    fetch_failures: u32,
+    backing_off: Option<SpawnHandle>,
+    phase: Phase,
+    stop_reply: Option<oneshot::Sender<Vec<Task<T>>>>,
+    trackers: HashMap<TaskId, oneshot::Sender<FinalState>>,
+    /// Enqueues in flight (async sources) and the final states seen meanwhile, so a task that
+    /// finishes before its enqueue's reply is handled still reaches its tracker.
+    pending_enqueues: usize,
+    early: Vec<(TaskId, FinalState)>,
+    acks_in_flight: usize,
+    /// `CloseSource` waiting for acks and enqueues in flight to land.
+    ack_idle: Vec<oneshot::Sender<()>>,
+    counters: Arc<Counters>,
+    _guard: DropGuard,
+}
+
+// Nothing in the Fetcher is ever pinned in place (its futures are boxed), so it may move freely
+// whatever `T` and `S` are; actix requires actors to be `Unpin`.
+impl<T: Send, S> Unpin for Fetcher<T, S> {}
+
+impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("credits", &self.credits)
+            .field("buffered", &self.buffer.len())
+            .field("in_flight", &self.in_flight)
+            .field("waiting", &self.waiting.is_some())
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct FetcherConfig {
+    pub(crate) prefetch: usize,
+    pub(crate) fetch_backoff: Backoff,
+}
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    pub(crate) fn new(
+        source: S,
+        executors: Vec<Recipient<Execute<T>>>,
+        config: FetcherConfig,
+        counters: Arc<Counters>,
+        guard: DropGuard,
+    ) -> Self {
+        let limits = source.limits();
+        counters.set_queued(source.queued());
+        Fetcher {
+            limits,
+            prefetch: config.prefetch,
+            assigned: vec![0; executors.len()],
+            executors,
+            source,
+            credits: 0,
+            buffer: VecDeque::new(),
+            requested: 0,
+            in_flight: 0,
+            epoch: 0,
+            waiting: None,
+            fetch_backoff: config.fetch_backoff,
+            fetch_failures: 0,
+            backing_off: None,
+            phase: Phase::Running,
+            stop_reply: None,
+            trackers: HashMap::new(),
+            pending_enqueues: 0,
+            early: Vec::new(),
+            acks_in_flight: 0,
+            ack_idle: Vec::new(),
+            counters,
+            _guard: guard,
+        }
+    }
+
+    /// Dispatch what credits allow, then start fetches while there is room for more tasks.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.dispatch();
+        while self.waiting.is_none() && self.backing_off.is_none() {
+            let want = (self.credits + self.prefetch)
+                .saturating_sub(self.buffer.len() + self.requested);
+            if want == 0 || self.in_flight >= self.limits.max_in_flight {
+                break;
+            }
+            let n = want.min(self.limits.max_batch);
+            self.requested += n;
+            self.in_flight += 1;
+            Counters::add(&self.counters.fetch_calls, 1);
+            let epoch = self.epoch;
+            let mut fut = self.source.fetch(n);
+            match (&mut fut).now_or_never() {
+                // A source that answers at once (the in-memory one) costs no spawn.
+                Some(res) => self.fetched(n, epoch, res, ctx),
+                None => {
+                    ctx.spawn(
+                        fut.into_actor(self)
+                            .map(move |res, act, ctx| {
+                                act.fetched(n, epoch, res, ctx);
+                                act.pump(ctx);
+                            }),
+                    );
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn fetched(
+        &mut self,
+        n: usize,
+        epoch: u64,
+        res: Result<Fetched<T>, S::Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight -= 1;
+        self.requested -= n;
+        match res {
+            Ok(fetched) => {
+                self.fetch_failures = 0;
+                let got = fetched.tasks.len();
+                self.buffer.extend(fetched.tasks);
+                self.counters.set_queued(self.source.queued());
+                // Short, and nothing woke us while the fetch was in flight: the source is
+                // drained for now. Otherwise the loop in `pump` asks again.
+                if got < n && epoch == self.epoch && self.phase == Phase::Running {
+                    self.wait_on(fetched.wake_on, ctx);
+                }
+            }
+            Err(error) => {
+                Counters::add(&self.counters.fetch_errors, 1);
+                self.fetch_failures = self.fetch_failures.saturating_add(1);
+                let delay = self.fetch_backoff.delay(self.fetch_failures);
+                tracing::warn!(
+                    %error,
+                    failures = self.fetch_failures,
+                    ?delay,
+                    "fetch failed; backing off"
+                );
+                if self.phase == Phase::Running {
+                    if let Some(h) = self.backing_off.take() {
+                        ctx.cancel_future(h);
+                    }
+                    self.backing_off = Some(ctx.run_later(delay, |act, ctx| {
+                        act.backing_off = None;
+                        act.pump(ctx);
+                    }));
+                }
+            }
+        }
+        if self.phase == Phase::Stopping && self.in_flight == 0 {
+            self.reply_stopped();
+        }
+    }
+
+    /// The source is empty for now: sleep until a submit, a notify, or what `wake_on` says.
+    fn wait_on(&mut self, wake_on: WakeOn, ctx: &mut Context<Self>) {
+        self.cancel_wait(ctx);
+        let mut handles = Vec::new();
+        if let Some(at) = wake_on.at {
+            let delay = at.saturating_duration_since(tokio::time::Instant::now());
+            handles.push(ctx.run_later(delay, |act, ctx| act.wake(ctx)));
+        }
+        if let Some(signal) = wake_on.signal {
+            handles.push(ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(signal).map(|(), act, ctx| act.wake(ctx)),
+            ));
+        }
+        self.waiting = Some(handles);
+    }
+
+    fn cancel_wait(&mut self, ctx: &mut Context<Self>) {
+        for h in self.waiting.take().into_iter().flatten() {
+            ctx.cancel_future(h);
+        }
+    }
+
+    /// Something may be new in the source.
+    fn wake(&mut self, ctx: &mut Context<Self>) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.cancel_wait(ctx);
+        self.pump(ctx);
+    }
+
+    /// Spend credits on buffered tasks, least-loaded executor first, one `Execute` per executor.
+    fn dispatch(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let k = self.credits.min(self.buffer.len());
+        if k == 0 {
+            return;
+        }
+        self.credits -= k;
+        Counters::add(&self.counters.started, k as u64);
+        if self.executors.len() == 1 {
+            self.assigned[0] += k;
+            let tasks: Vec<Task<T>> = self.buffer.drain(..k).collect();
+            self.executors[0].do_send(Execute { tasks });
+            return;
+        }
+        let mut batches: Vec<Vec<Task<T>>> = self.executors.iter().map(|_| Vec::new()).collect();
+        for task in self.buffer.drain(..k) {
+            let (i, _) = self
+                .assigned
+                .iter()
+                .enumerate()
+                .min_by_key(|&(_, n)| *n)
+                .unwrap_or((0, &0));
+            self.assigned[i] += 1;
+            batches[i].push(task);
+        }
+        for (exec, tasks) in self.executors.iter().zip(batches) {
+            if !tasks.is_empty() {
+                exec.do_send(Execute { tasks });
+            }
+        }
+    }
+
+    fn reply_stopped(&mut self) {
+        if let Some(reply) = self.stop_reply.take() {
+            let _ = reply.send(self.buffer.drain(..).collect());
+        }
+    }
+
+    fn record_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
+        if !self.trackers.is_empty() || self.pending_enqueues > 0 {
+            for ack in &acks {
+                let Some(state) = FinalState::from_ack(ack) else {
+                    continue;
+                };
+                if let Some(tx) = self.trackers.remove(&ack.id) {
+                    let _ = tx.send(state);
+                } else if self.pending_enqueues > 0 {
+                    self.early.push((ack.id, state));
+                }
+            }
+        }
+        let count = acks.len();
+        let mut fut = self.source.ack(acks);
+        match (&mut fut).now_or_never() {
+            Some(res) => self.acked(count, res),
+            None => {
+                self.acks_in_flight += 1;
+                ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+                    act.acks_in_flight -= 1;
+                    act.acked(count, res);
+                    act.notify_idle();
+                }));
+            }
+        }
+    }
+
+    /// Wakes a pending `CloseSource` once no ack and no enqueue is in flight.
+    fn notify_idle(&mut self) {
+        if self.acks_in_flight == 0 && self.pending_enqueues == 0 {
+            for tx in self.ack_idle.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn acked(&mut self, count: usize, res: Result<(), S::Error>) {
+        if let Err(error) = res {
+            Counters::add(&self.counters.ack_errors, 1);
+            tracing::error!(%error, acks = count, "the source failed to record acks");
+        }
+    }
+
+    /// Turns an enqueue's result into receipts, registering trackers.
+    fn enqueued(
+        &mut self,
+        res: EnqueueResult<T>,
+        track: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        let ids = res?;
+        Counters::add(&self.counters.submitted, ids.len() as u64);
+        let receipts = ids
+            .into_iter()
+            .map(|id| {
+                if !track {
+                    return Receipt::new(id, None);
+                }
+                let (tx, rx) = oneshot::channel();
+                match self.early.iter().position(|(e, _)| *e == id) {
+                    Some(pos) => {
+                        let _ = tx.send(self.early.swap_remove(pos).1);
+                    }
+                    None => {
+                        self.trackers.insert(id, tx);
+                    }
+                }
+                Receipt::new(id, Some(rx))
+            })
+            .collect();
+        self.counters.set_queued(self.source.queued());
+        self.wake(ctx);
+        Ok(receipts)
+    }
+
+    fn submit(
+        &mut self,
+        tasks: Vec<T>,
+        track: bool,
+        ctx: &mut Context<Self>,
+    ) -> Answer<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>> {
+        if self.phase != Phase::Running {
+            return Answer::Now(Err(SubmitError::Closed(tasks)));
+        }
+        let mut fut = self
+            .source
+            .enqueue(tasks.into_iter().map(NewTask::new).collect());
+        if let Some(res) = (&mut fut).now_or_never() {
+            return Answer::Now(self.enqueued(res, track, ctx));
+        }
+        self.pending_enqueues += 1;
+        Answer::Later(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            act.pending_enqueues -= 1;
+            let out = act.enqueued(res, track, ctx);
+            if act.pending_enqueues == 0 {
+                act.early.clear();
+            }
+            act.notify_idle();
+            out
+        })))
+    }
+}
+
+/// The [`Source::enqueue`] contract, checked where a batch of one becomes one.
+const ONE_PER_TASK: &str =
+    "Source::enqueue broke its contract: it must answer one id per task, or hand every task back";
+
+/// A reply now (no allocation) or later.
+enum Answer<A: Actor, R> {
+    Now(R),
+    Later(ResponseActFuture<A, R>),
+}
+
+impl<A: Actor<Context = Context<A>>, R: 'static> Answer<A, R> {
+    fn map<U: 'static>(self, f: impl FnOnce(R) -> U + 'static) -> ActorResponse<A, U> {
+        match self {
+            Answer::Now(r) => ActorResponse::reply(f(r)),
+            Answer::Later(fut) => ActorResponse::r#async(fut.map(move |r, _, _| f(r))),
+        }
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
+    type Context = Context<Self>;
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
+        self.credits += msg.credits;
+        for (assigned, freed) in self.assigned.iter_mut().zip(&msg.freed) {
+            *assigned = assigned.saturating_sub(*freed as usize);
+        }
+        if !msg.acks.is_empty() {
+            self.record_acks(msg.acks, ctx);
+        }
+        self.pump(ctx);
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Notify> for Fetcher<T, S> {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Notify, ctx: &mut Self::Context) {
+        self.wake(ctx);
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Result<Receipt, SubmitError<T>>>;
+
+    fn handle(&mut self, mut msg: Submit<T>, ctx: &mut Self::Context) -> Self::Result {
+        let tasks = msg.tasks.take();
+        // A batch of one in, a batch of one out.
+        self.submit(tasks, msg.track, ctx).map(|r| {
+            r.map(|mut receipts| receipts.pop().expect(ONE_PER_TASK))
+                .map_err(|e| e.map(|mut tasks| tasks.pop().expect(ONE_PER_TASK)))
+        })
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<SubmitBatch<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>>;
+
+    fn handle(&mut self, mut msg: SubmitBatch<T>, ctx: &mut Self::Context) -> Self::Result {
+        let tasks = msg.tasks.take();
+        self.submit(tasks, msg.track, ctx).map(|r| r)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<StopFetching<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Vec<Task<T>>>;
+
+    fn handle(&mut self, _msg: StopFetching<T>, ctx: &mut Self::Context) -> Self::Result {
+        self.phase = Phase::Stopping;
+        self.cancel_wait(ctx);
+        if let Some(h) = self.backing_off.take() {
+            ctx.cancel_future(h);
+        }
+        if self.in_flight == 0 {
+            return ActorResponse::reply(self.buffer.drain(..).collect());
+        }
+        // Fetches in flight land in the buffer; the last one to land replies.
+        let (tx, rx) = oneshot::channel();
+        self.stop_reply = Some(tx);
+        ActorResponse::r#async(
+            actix::fut::wrap_future::<_, Self>(rx).map(|r, _, _| r.unwrap_or_default()),
+        )
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<Task<T>>, String>>;
+
+    fn handle(&mut self, msg: CloseSource<T>, _ctx: &mut Self::Context) -> Self::Result {
+        // Acks go to the source before it closes, so a durable source records every final state;
+        // enqueues in flight get their reply before the Fetcher stops.
+        let acks_idle = (self.acks_in_flight > 0 || self.pending_enqueues > 0).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.ack_idle.push(tx);
+            rx
+        });
+        let unstarted = msg.unstarted;
+        Box::pin(
+            actix::fut::wrap_future::<_, Self>(async move {
+                if let Some(rx) = acks_idle {
+                    let _ = rx.await;
+                }
+            })
+            .then(move |(), act, _ctx| act.source.close(unstarted).into_actor(act))
+            .map(|res, act, ctx| {
+                // Trackers of tasks that never finished learn it now (OutcomeError::ShutDown).
+                act.trackers.clear();
+                act.counters.set_queued(act.source.queued());
+                ctx.stop();
+                res.map_err(|e| e.to_string())
+            }),
+        )
+    }
+}

@@ -1,0 +1,103 @@
+//! # actix-poller
+//!
+//! Run background tasks inside an actix or actix-web application at a controlled pace: answer a
+//! request at once, do the work in the background, and never run more than `workers` tasks at a
+//! time, so the service doing the real work is not flooded.
+//!
+//! Three kinds of actor share the work, and no lock decides anything:
+//!
+//! ```text
+//!  other actors, HTTP handlers
+//!         │ Submit<T>            (in-memory source: straight to the Fetcher, which owns the queue)
+//!         ▼
+//!    ┌──────────┐  Execute<T>   ┌───────────────────┐
+//!    │ Fetcher  │──────────────►│ Executor × E      │  each on its own arbiter thread; each
+//!    │ owns the │               │ runs task futures │  runs many task futures at once
+//!    │ Source   │               └─────────┬─────────┘
+//!    └────▲─────┘                         │ Done{finished…}
+//!         │ Ready{credits, acks}          ▼
+//!         └────────────────────────┌───────────┐
+//!                                  │ Scheduler │  owns the credits: the concurrency bound
+//!                                  └───────────┘
+//! ```
+//!
+//! * The **Scheduler** owns the credits. `Ready { credits: n }` grants `n` run slots at once
+//!   (demand, not a single token); every `Done` returns credits and is answered by a new grant in
+//!   the same handler, so no wake-up is lost.
+//! * The **Fetcher** owns the [`Source`]. It fetches up to its credits in one call, dispatches to
+//!   the least-loaded executor, waits for a wake-up when the source is empty (never spins), and
+//!   backs off with jitter when a fetch fails.
+//! * **Executors** run task futures in a task set, catch panics, and report every attempt's end
+//!   exactly once, in batches.
+//!
+//! # Quick start
+//!
+//! ```
+//! use actix_poller::{FinalState, Poller};
+//! use std::time::Duration;
+//!
+//! #[actix_rt::main]
+//! async fn main() {
+//!     let poller = Poller::<u64>::builder()
+//!         .workers(4)
+//!         .start(|n: u64, cx| async move {
+//!             tracing::info!(task = %cx.id(), "squaring {n}");
+//!             let _ = n * n;
+//!             Ok::<_, std::convert::Infallible>(())
+//!         })
+//!         .expect("started inside an actix System");
+//!
+//!     // Fire and forget...
+//!     poller.submit_batch((0..100).collect()).await.expect("room in the queue");
+//!     // ...or track the outcome.
+//!     let receipt = poller.submit_tracked(7).await.expect("room in the queue");
+//!     assert_eq!(receipt.outcome().await, Ok(FinalState::Completed));
+//!
+//!     let report = poller.shutdown(Duration::from_secs(5)).await.expect("first shutdown");
+//!     assert_eq!(report.cancelled, 0);
+//! }
+//! ```
+//!
+//! # Concepts
+//!
+//! * [`Poller`] is the handle (clone it, share it through `web::Data`); [`PollerBuilder`] starts
+//!   one. [`Submit`] / [`SubmitBatch`] are the same operations as actix messages, usable as a
+//!   `Recipient` by actors that should not know the poller's types.
+//! * A [`TaskHandler`] is an async fn of the payload and a [`TaskContext`].
+//! * A [`Source`] is where tasks come from: [`MemorySource`] (the default), or your own.
+//! * Every attempt ends in exactly one [`Outcome`]; [`settle`] turns it into a [`Disposition`]
+//!   that the source records, and a tracked submitter sees the [`FinalState`].
+//! * [`Poller::shutdown`] stops fetching, drains running tasks until a deadline, cancels the
+//!   rest, hands back what never started, and stops every actor and arbiter it started.
+//!
+//! # Guarantees
+//!
+//! * At no instant do more than `workers` tasks run.
+//! * Every started attempt ends in exactly one `Done`: completed, failed, panicked or cancelled.
+//! * In-memory delivery is exactly once while the process lives; a crash loses the queue.
+//!
+//! # Feature flags
+//!
+//! None yet: the in-memory source is always built. Durable sources (SQLite, PostgreSQL) will come
+//! behind the `sqlite` and `postgres` features.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+mod executor;
+mod fetcher;
+pub mod messages;
+mod poller;
+mod scheduler;
+pub mod source;
+mod stats;
+pub mod task;
+
+pub use error::{Closed, OutcomeError, ShutdownError, StartError, SubmitError};
+pub use executor::{BoxError, TaskHandler};
+pub use messages::{GetStats, Notify, Receipt, Submit, SubmitBatch};
+pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_WORKERS};
+pub use source::memory::MemorySource;
+pub use source::{FetchLimits, Fetched, Source, WakeOn};
+pub use stats::Stats;
+pub use task::{settle, Ack, Backoff, Disposition, FinalState, Finished, Outcome, Task, TaskContext, TaskId};

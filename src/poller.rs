@@ -1,0 +1,584 @@
+//! The builder that starts a poller, and the handle users keep.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::{Arbiter, System};
+use tokio::sync::oneshot;
+
+use crate::error::{ShutdownError, StartError, SubmitError};
+use crate::executor::{Executor, TaskHandler};
+use crate::fetcher::{Fetcher, FetcherConfig};
+use crate::messages::{
+    BeginShutdown, CloseSource, Drain, Flush, GetStats, Notify, Receipt, StopFetching, Submit,
+    SubmitBatch,
+};
+use crate::scheduler::Scheduler;
+use crate::source::memory::MemorySource;
+use crate::source::{FetchLimits, Source};
+use crate::stats::{Counters, Stats};
+use crate::task::{Backoff, Task};
+
+/// Held by an actor; dropping it (when the actor is dropped) closes the paired receiver, which is
+/// how shutdown knows the actor is gone.
+pub(crate) type DropGuard = oneshot::Sender<()>;
+
+/// What only the Scheduler holds until shutdown begins, handed out once.
+#[derive(Debug)]
+pub(crate) struct ShutdownPlan {
+    arbiters: Vec<Arbiter>,
+    actors_gone: Vec<oneshot::Receiver<()>>,
+}
+
+/// What [`Poller::shutdown`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ShutdownReport<T> {
+    /// Tasks that finished (in any state) while running tasks were drained.
+    pub finished_during_drain: usize,
+    /// Tasks still running at the deadline, cancelled.
+    pub cancelled: usize,
+    /// Tasks handed back, never started: with the in-memory source, those fetched but not started
+    /// followed by everything still queued; a durable source releases them instead and hands back
+    /// none.
+    pub handed_back: Vec<Task<T>>,
+}
+
+/// Builds and starts a [`Poller`]. Get one from [`Poller::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::Poller;
+/// use std::convert::Infallible;
+///
+/// #[actix_rt::main]
+/// async fn main() {
+///     let poller = Poller::<u64>::builder()
+///         .workers(8)
+///         .capacity(10_000)
+///         .start(|n: u64, _cx| async move { let _ = n * 2; Ok::<_, Infallible>(()) })
+///         .expect("valid configuration inside an actix System");
+///     poller.submit(21).await.expect("room in the queue");
+///     poller.shutdown(std::time::Duration::from_secs(5)).await.expect("first shutdown");
+/// }
+/// ```
+pub struct PollerBuilder<T, S = MemorySource<T>> {
+    workers: usize,
+    executors: Option<usize>,
+    current_arbiter: bool,
+    prefetch: usize,
+    fetch_backoff: Backoff,
+    retry_backoff: Backoff,
+    capacity: Option<usize>,
+    source: S,
+    _payload: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, S> fmt::Debug for PollerBuilder<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollerBuilder")
+            .field("workers", &self.workers)
+            .field("executors", &self.executors)
+            .field("current_arbiter", &self.current_arbiter)
+            .field("prefetch", &self.prefetch)
+            .field("fetch_backoff", &self.fetch_backoff)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default concurrency limit.
+pub const DEFAULT_WORKERS: usize = 16;
+
+impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
+    fn new() -> Self {
+        PollerBuilder {
+            workers: DEFAULT_WORKERS,
+            executors: None,
+            current_arbiter: false,
+            prefetch: 0,
+            fetch_backoff: Backoff::default(),
+            retry_backoff: Backoff::default(),
+            capacity: None,
+            source: MemorySource::default(),
+            _payload: std::marker::PhantomData,
+        }
+    }
+
+    /// The in-memory queue's capacity (default
+    /// [`memory::DEFAULT_CAPACITY`](crate::source::memory::DEFAULT_CAPACITY)). A submit that
+    /// does not fit is handed back as [`SubmitError::Full`].
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self.source.capacity = capacity;
+        self
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
+    /// The most tasks that may run at once (default [`DEFAULT_WORKERS`]).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How many executor actors run tasks, each on its own arbiter thread (default: one per
+    /// available core). Tasks are spread over them, least loaded first.
+    pub fn executors(mut self, executors: usize) -> Self {
+        self.executors = Some(executors);
+        self
+    }
+
+    /// Run the executors on the current arbiter instead of their own threads (default: one
+    /// executor unless [`executors`](Self::executors) says otherwise). Useful for tests with
+    /// paused time, for `!Send` state, and for I/O-bound tasks that need no second core.
+    pub fn on_current_arbiter(mut self) -> Self {
+        self.current_arbiter = true;
+        self
+    }
+
+    /// How many tasks the Fetcher may fetch ahead of free slots (default 0: it never fetches more
+    /// than the free slots). A slow source keeps workers busy with a few tasks in hand; those
+    /// tasks go back to the source at shutdown.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// The backoff between failed fetches (default: 50 ms doubling to 30 s, 20 % jitter).
+    pub fn fetch_backoff(mut self, backoff: Backoff) -> Self {
+        self.fetch_backoff = backoff;
+        self
+    }
+
+    /// The backoff between attempts of a task that failed and may retry.
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.retry_backoff = backoff;
+        self
+    }
+
+    /// Use `source` instead of the in-memory queue.
+    pub fn source<S2: Source<T>>(self, source: S2) -> PollerBuilder<T, S2> {
+        PollerBuilder {
+            workers: self.workers,
+            executors: self.executors,
+            current_arbiter: self.current_arbiter,
+            prefetch: self.prefetch,
+            fetch_backoff: self.fetch_backoff,
+            retry_backoff: self.retry_backoff,
+            capacity: None,
+            source,
+            _payload: std::marker::PhantomData,
+        }
+    }
+
+    /// Starts the poller with `handler`, cloned once per executor.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] for a configuration that could never run a task (zero workers,
+    /// executors or capacity), or when no actix `System` runs on this thread.
+    pub fn start<H>(self, handler: H) -> Result<Poller<T>, StartError>
+    where
+        H: TaskHandler<T> + Clone + Send + Sync,
+    {
+        self.start_with(move |_executor| handler.clone())
+    }
+
+    /// Starts the poller, building each executor's handler with `factory(executor_index)` on
+    /// that executor's own thread: per-executor state (a connection, a client, a cache) lives
+    /// in the handler, without a lock, and need not be `Send`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::Poller;
+    /// use std::{cell::Cell, convert::Infallible, rc::Rc};
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let poller = Poller::<u32>::builder()
+    ///         .start_with(|_executor| {
+    ///             // One counter per executor: an `Rc`, no lock.
+    ///             let seen = Rc::new(Cell::new(0u32));
+    ///             move |n: u32, _cx| {
+    ///                 let seen = seen.clone();
+    ///                 async move { seen.set(seen.get() + n); Ok::<_, Infallible>(()) }
+    ///             }
+    ///         })
+    ///         .unwrap();
+    ///     poller.submit(1).await.unwrap();
+    ///     poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
+    pub fn start_with<H, F>(self, factory: F) -> Result<Poller<T>, StartError>
+    where
+        H: TaskHandler<T>,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        if System::try_current().is_none() || Arbiter::try_current().is_none() {
+            return Err(StartError::NoSystem);
+        }
+        if self.workers == 0 {
+            return Err(StartError::ZeroWorkers);
+        }
+        let executors = self.executors.unwrap_or_else(|| {
+            if self.current_arbiter {
+                1
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        });
+        if executors == 0 {
+            return Err(StartError::ZeroExecutors);
+        }
+        if self.capacity == Some(0) {
+            return Err(StartError::ZeroCapacity);
+        }
+        let FetchLimits {
+            max_batch,
+            max_in_flight,
+        } = self.source.limits();
+        if max_batch == 0 || max_in_flight == 0 {
+            return Err(StartError::ZeroFetchLimit);
+        }
+
+        let counters = Arc::new(Counters::default());
+        Counters::add(&counters.limit, self.workers as u64);
+        let mut actors_gone = Vec::new();
+        let mut guard = || {
+            let (tx, rx) = oneshot::channel();
+            actors_gone.push(rx);
+            tx
+        };
+
+        // Addresses first, actors after: the three know each other.
+        let fetcher_ctx = Context::<Fetcher<T, S>>::new();
+        let fetcher = fetcher_ctx.address();
+        let scheduler_ctx = Context::<Scheduler>::new();
+        let scheduler = scheduler_ctx.address();
+
+        let factory = Arc::new(factory);
+        let mut arbiters = Vec::new();
+        let mut executor_addrs = Vec::with_capacity(executors);
+        for index in 0..executors {
+            let done = scheduler.clone().recipient();
+            let g = guard();
+            let factory = Arc::clone(&factory);
+            let addr = if self.current_arbiter {
+                Executor::new(index, factory(index), done, g).start()
+            } else {
+                let arbiter = Arbiter::new();
+                let addr = Executor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
+                    Executor::new(index, factory(index), done, g)
+                });
+                arbiters.push(arbiter);
+                addr
+            };
+            executor_addrs.push(addr);
+        }
+
+        let fetcher_guard = guard();
+        let scheduler_guard = guard();
+        let plan = ShutdownPlan {
+            arbiters,
+            actors_gone,
+        };
+        fetcher_ctx.run(Fetcher::new(
+            self.source,
+            executor_addrs.iter().map(|a| a.clone().recipient()).collect(),
+            FetcherConfig {
+                prefetch: self.prefetch,
+                fetch_backoff: self.fetch_backoff,
+            },
+            Arc::clone(&counters),
+            fetcher_guard,
+        ));
+        scheduler_ctx.run(Scheduler::new(
+            self.workers,
+            executors,
+            fetcher.clone().recipient(),
+            self.retry_backoff,
+            plan,
+            Arc::clone(&counters),
+            scheduler_guard,
+        ));
+        tracing::debug!(workers = self.workers, executors, "poller started");
+
+        Ok(Poller {
+            inner: Arc::new(Inner {
+                submit: fetcher.clone().recipient(),
+                submit_batch: fetcher.clone().recipient(),
+                notify: fetcher.clone().recipient(),
+                stop_fetching: fetcher.clone().recipient(),
+                close: fetcher.recipient(),
+                stats: scheduler.clone().recipient(),
+                begin: scheduler.clone().recipient(),
+                flush: scheduler.recipient(),
+                drains: executor_addrs.into_iter().map(|a| a.recipient()).collect(),
+                counters,
+                closed: AtomicBool::new(false),
+                workers: self.workers,
+            }),
+        })
+    }
+}
+
+struct Inner<T: Send + 'static> {
+    submit: Recipient<Submit<T>>,
+    submit_batch: Recipient<SubmitBatch<T>>,
+    notify: Recipient<Notify>,
+    stop_fetching: Recipient<StopFetching<T>>,
+    close: Recipient<CloseSource<T>>,
+    stats: Recipient<GetStats>,
+    begin: Recipient<BeginShutdown>,
+    flush: Recipient<Flush>,
+    drains: Vec<Recipient<Drain>>,
+    counters: Arc<Counters>,
+    /// Mirrors "shutdown began" so submits fail fast; the Fetcher's phase is what decides.
+    closed: AtomicBool,
+    workers: usize,
+}
+
+/// The handle to a running poller: cheap to clone, `Send + Sync`, usable from any thread (put it
+/// in actix-web's `web::Data`).
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::{FinalState, Poller};
+///
+/// #[actix_rt::main]
+/// async fn main() {
+///     let poller = Poller::<String>::builder()
+///         .workers(4)
+///         .start(|name: String, _cx| async move {
+///             if name.is_empty() { Err("empty name") } else { Ok(()) }
+///         })
+///         .unwrap();
+///     let ok = poller.submit_tracked("a.png".to_string()).await.unwrap();
+///     let bad = poller.submit_tracked(String::new()).await.unwrap();
+///     assert_eq!(ok.outcome().await.unwrap(), FinalState::Completed);
+///     assert!(matches!(bad.outcome().await.unwrap(), FinalState::Dead { .. }));
+///     poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+/// }
+/// ```
+pub struct Poller<T: Send + 'static> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Send + 'static> Clone for Poller<T> {
+    fn clone(&self) -> Self {
+        Poller {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Poller<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poller")
+            .field("workers", &self.inner.workers)
+            .field("executors", &self.inner.drains.len())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Poller<T> {
+    /// A builder with the in-memory source; see [`PollerBuilder`].
+    pub fn builder() -> PollerBuilder<T, MemorySource<T>> {
+        PollerBuilder::new()
+    }
+
+    /// Submits one task. Resolves once the source has it (not when it has run).
+    ///
+    /// # Errors
+    ///
+    /// Hands the task back: [`SubmitError::Full`] when the queue is full (back-pressure),
+    /// [`SubmitError::Closed`] after shutdown began, [`SubmitError::Unsupported`] when the source
+    /// takes no submissions.
+    pub async fn submit(&self, task: T) -> Result<Receipt, SubmitError<T>> {
+        self.send_submit(Submit::new(task)).await
+    }
+
+    /// Submits one task and tracks it: `receipt.outcome().await` yields its final state.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_tracked(&self, task: T) -> Result<Receipt, SubmitError<T>> {
+        self.send_submit(Submit::new(task).tracked()).await
+    }
+
+    async fn send_submit(&self, mut msg: Submit<T>) -> Result<Receipt, SubmitError<T>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::Closed(msg.tasks.take().remove(0)));
+        }
+        let back = msg.tasks.return_on_drop();
+        match self.inner.submit.send(msg).await {
+            Ok(result) => result,
+            // The Fetcher is gone and the message was dropped undelivered: the task comes back.
+            Err(_) => Err(SubmitError::Closed(
+                back.await.ok().and_then(|mut v| v.pop()).expect(UNDELIVERED),
+            )),
+        }
+    }
+
+    /// Submits many tasks in one message, all or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), handing the whole batch back.
+    pub async fn submit_batch(&self, tasks: Vec<T>) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        self.send_batch(SubmitBatch::new(tasks)).await
+    }
+
+    /// Submits many tasks in one message, all or none, tracking each.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), handing the whole batch back.
+    pub async fn submit_batch_tracked(
+        &self,
+        tasks: Vec<T>,
+    ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        self.send_batch(SubmitBatch::new(tasks).tracked()).await
+    }
+
+    async fn send_batch(
+        &self,
+        mut msg: SubmitBatch<T>,
+    ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::Closed(msg.tasks.take()));
+        }
+        let back = msg.tasks.return_on_drop();
+        match self.inner.submit_batch.send(msg).await {
+            Ok(result) => result,
+            Err(_) => Err(SubmitError::Closed(back.await.expect(UNDELIVERED))),
+        }
+    }
+
+    /// The Fetcher's `Submit` address, for actors that should not know the poller's types.
+    pub fn submit_recipient(&self) -> Recipient<Submit<T>> {
+        self.inner.submit.clone()
+    }
+
+    /// The Fetcher's `SubmitBatch` address.
+    pub fn submit_batch_recipient(&self) -> Recipient<SubmitBatch<T>> {
+        self.inner.submit_batch.clone()
+    }
+
+    /// The Fetcher's `Notify` address: tell it the source may have new tasks.
+    pub fn notify_recipient(&self) -> Recipient<Notify> {
+        self.inner.notify.clone()
+    }
+
+    /// The Scheduler's `GetStats` address.
+    pub fn stats_recipient(&self) -> Recipient<GetStats> {
+        self.inner.stats.clone()
+    }
+
+    /// A snapshot of the counters (a cheap read of mirrored atomics; no message).
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The concurrency limit.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// The number of executors.
+    pub fn executors(&self) -> usize {
+        self.inner.drains.len()
+    }
+
+    /// `true` once shutdown has begun.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Shuts the poller down in two phases: stop fetching; let running tasks finish for up to
+    /// `grace`, then cancel what still runs. Tasks fetched but not started go back to the source
+    /// (the in-memory source hands them back in the report, with everything still queued).
+    ///
+    /// When it returns, every actor of this poller has been dropped and every arbiter it started
+    /// has stopped and been joined; later submits fail with [`SubmitError::Closed`]. Await it to
+    /// the end: dropping the future half-way leaves the poller half shut.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownError::AlreadyShutDown`] on a second call; [`ShutdownError::Source`] if the source
+    /// failed to release its unstarted tasks (the actors are still stopped).
+    pub async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport<T>, ShutdownError> {
+        let inner = &self.inner;
+        let plan = match inner.begin.send(BeginShutdown).await {
+            Ok(Some(plan)) => plan,
+            _ => return Err(ShutdownError::AlreadyShutDown),
+        };
+        inner.closed.store(true, Ordering::Release);
+        tracing::debug!(?grace, "shutdown: stop fetching");
+
+        // Phase 1: no fetch starts, nothing more is dispatched.
+        let unstarted = inner
+            .stop_fetching
+            .send(StopFetching(std::marker::PhantomData))
+            .await
+            .unwrap_or_default();
+
+        // Phase 2: drain until the deadline, then cancel. Executors report their last `Done`
+        // before replying.
+        let deadline = tokio::time::Instant::now() + grace;
+        let replies: Vec<_> = inner
+            .drains
+            .iter()
+            .map(|exec| {
+                let (reply, rx) = oneshot::channel();
+                exec.do_send(Drain { deadline, reply });
+                rx
+            })
+            .collect();
+        let (mut finished_during_drain, mut cancelled) = (0, 0);
+        for report in futures::future::join_all(replies).await.into_iter().flatten() {
+            finished_during_drain += report.finished;
+            cancelled += report.cancelled;
+        }
+
+        // The Scheduler forwards the last acks; the source records them, then takes back what
+        // was never started.
+        let _ = inner.flush.send(Flush).await;
+        let closed = inner.close.send(CloseSource { unstarted }).await;
+
+        for arbiter in plan.arbiters {
+            arbiter.stop();
+            let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        }
+        for gone in plan.actors_gone {
+            let _ = gone.await;
+        }
+        tracing::debug!(finished_during_drain, cancelled, "shutdown complete");
+
+        match closed {
+            Ok(Ok(handed_back)) => Ok(ShutdownReport {
+                finished_during_drain,
+                cancelled,
+                handed_back,
+            }),
+            Ok(Err(e)) => Err(ShutdownError::Source(e)),
+            Err(_) => Err(ShutdownError::Source("the fetcher stopped early".into())),
+        }
+    }
+}
+
+/// An undelivered message always carries its tasks back (see `Returnable`).
+const UNDELIVERED: &str = "an undelivered submit hands its tasks back";

@@ -1,0 +1,177 @@
+//! The Scheduler: the only owner of the concurrency state.
+//!
+//! It holds the credits no one else holds. Invariant (credit conservation):
+//!
+//! ```text
+//! limit = free (here) + credits held by the Fetcher + tasks started and not yet Done
+//! ```
+//!
+//! so at no instant can more than `limit` tasks run. A credit leaves here only in a `Ready`, and
+//! comes back only in a `Done`; the handler that receives a `Done` grants again before it returns,
+//! so no wake-up can be lost between "a slot freed" and "the Fetcher heard of it".
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::messages::{BeginShutdown, Done, Flush, GetStats, Ready};
+use crate::poller::{DropGuard, ShutdownPlan};
+use crate::stats::Counters;
+use crate::task::{settle, Ack, Backoff, Disposition, Outcome};
+
+pub(crate) struct Scheduler {
+    /// Credits not granted to the Fetcher.
+    free: usize,
+    fetcher: Recipient<Ready>,
+    /// Per-executor finished counts and acks not yet sent to the Fetcher.
+    freed: Vec<u32>,
+    acks: Vec<Ack>,
+    retry_backoff: Backoff,
+    /// Set by `BeginShutdown`: from then on credits stay here; acks still flow.
+    closing: bool,
+    plan: Option<ShutdownPlan>,
+    counters: Arc<Counters>,
+    _guard: DropGuard,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("free", &self.free)
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        limit: usize,
+        executors: usize,
+        fetcher: Recipient<Ready>,
+        retry_backoff: Backoff,
+        plan: ShutdownPlan,
+        counters: Arc<Counters>,
+        guard: DropGuard,
+    ) -> Self {
+        Scheduler {
+            free: limit,
+            fetcher,
+            freed: vec![0; executors],
+            acks: Vec::new(),
+            retry_backoff,
+            closing: false,
+            plan: Some(plan),
+            counters,
+            _guard: guard,
+        }
+    }
+
+    /// Sends what is owed to the Fetcher: free credits (unless closing) and pending acks.
+    fn grant(&mut self) {
+        let credits = if self.closing {
+            0
+        } else {
+            std::mem::take(&mut self.free)
+        };
+        if credits == 0 && self.acks.is_empty() {
+            return;
+        }
+        let freed = if self.freed.iter().any(|&n| n != 0) {
+            let zeros = vec![0; self.freed.len()];
+            std::mem::replace(&mut self.freed, zeros)
+        } else {
+            Vec::new()
+        };
+        let acks = std::mem::take(&mut self.acks);
+        tracing::trace!(credits, acks = acks.len(), "ready");
+        self.fetcher.do_send(Ready {
+            credits,
+            freed,
+            acks,
+        });
+    }
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        // The first grant: every credit.
+        self.grant();
+    }
+}
+
+impl Handler<Done> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: Done, _ctx: &mut Self::Context) {
+        let n = msg.finished.len();
+        let c = &self.counters;
+        let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
+        self.acks.reserve(n);
+        for fin in msg.finished {
+            match &fin.outcome {
+                Outcome::Completed => completed += 1,
+                Outcome::Failed(error) => {
+                    failed += 1;
+                    tracing::warn!(task = %fin.id, attempt = fin.attempt, %error, "task failed");
+                }
+                Outcome::Panicked(error) => {
+                    failed += 1;
+                    panicked += 1;
+                    tracing::error!(task = %fin.id, attempt = fin.attempt, %error, "task panicked");
+                }
+                Outcome::Cancelled => cancelled += 1,
+            }
+            let disposition = settle(&fin, &self.retry_backoff);
+            if matches!(disposition, Disposition::Dead { .. }) {
+                dead += 1;
+            }
+            self.acks.push(Ack {
+                id: fin.id,
+                attempt: fin.attempt,
+                disposition,
+            });
+        }
+        Counters::add(&c.completed, completed);
+        Counters::add(&c.failed, failed);
+        Counters::add(&c.panicked, panicked);
+        Counters::add(&c.cancelled, cancelled);
+        Counters::add(&c.dead, dead);
+        Counters::add(&c.finished, n as u64);
+        if let Some(slot) = self.freed.get_mut(msg.executor) {
+            *slot += n as u32;
+        }
+        self.free += n;
+        // Grant in the same handler that freed the slots: no lost wake-up.
+        self.grant();
+    }
+}
+
+impl Handler<GetStats> for Scheduler {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.counters.snapshot())
+    }
+}
+
+impl Handler<BeginShutdown> for Scheduler {
+    type Result = MessageResult<BeginShutdown>;
+
+    fn handle(&mut self, _msg: BeginShutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.closing = true;
+        MessageResult(self.plan.take())
+    }
+}
+
+impl Handler<Flush> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Flush, ctx: &mut Self::Context) {
+        // Every executor has replied to its Drain, and each sent its last Done before replying,
+        // so those Done were handled before this message: the acks below are the last ones.
+        self.grant();
+        ctx.stop();
+    }
+}

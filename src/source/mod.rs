@@ -1,0 +1,274 @@
+//! Where tasks come from.
+//!
+//! A [`Source`] is the Go poller's `fetch`, generalized. The [`Fetcher`](crate::fetcher) actor is
+//! its only owner: every method takes `&mut self` and is called from that one actor, so a source
+//! needs no lock for its own state. Methods that do I/O return a `'static` future: the source does
+//! its bookkeeping synchronously, then hands back a future that owns what it needs (a pool handle,
+//! a client), so the Fetcher can keep several fetches in flight without sharing the source.
+//!
+//! # The contract
+//!
+//! * [`fetch`](Source::fetch)`(max)` returns at most `max` tasks. Fewer than `max` means "that is
+//!   all for now"; the [`WakeOn`] in the answer tells the Fetcher when to ask again. The Fetcher
+//!   asks again at once if a local submit or [`Notify`](crate::messages::Notify) arrived while the
+//!   fetch was in flight, so a wake-up that races an empty fetch is never lost. A signal future
+//!   in [`WakeOn`] must be created *before* the read it guards (listen, then query).
+//! * A task handed out is *leased* to this poller until an [`Ack`] for that attempt comes back
+//!   through [`ack`](Source::ack), or it is handed back through [`close`](Source::close).
+//! * [`ack`](Source::ack) receives batches: record them in as few round trips as the store allows.
+//! * [`close`](Source::close) is called once, at shutdown, with the tasks fetched but never
+//!   started. A durable source releases them; the in-memory source hands them back, with
+//!   everything still queued, to the caller of [`Poller::shutdown`](crate::Poller::shutdown).
+//! * [`enqueue`](Source::enqueue) is optional: sources that accept submissions through the
+//!   poller implement it; others keep the default, which hands the tasks back as
+//!   [`SubmitError::Unsupported`].
+
+pub mod memory;
+
+use std::fmt;
+
+use futures::future::LocalBoxFuture;
+use tokio::time::Instant;
+
+use crate::error::SubmitError;
+use crate::task::{Ack, Task, TaskId};
+
+/// The answer to one [`Source::fetch`] call.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Fetched<T> {
+    /// The tasks, at most as many as were asked for.
+    pub tasks: Vec<Task<T>>,
+    /// When to ask again if fewer tasks than asked for came back.
+    pub wake_on: WakeOn,
+}
+
+impl<T> Fetched<T> {
+    /// `tasks`, and wake on `wake_on` if that was not all that was asked for.
+    pub fn new(tasks: Vec<Task<T>>, wake_on: WakeOn) -> Self {
+        Fetched { tasks, wake_on }
+    }
+
+    /// No tasks now; ask again on `wake_on`.
+    pub fn empty(wake_on: WakeOn) -> Self {
+        Fetched {
+            tasks: Vec::new(),
+            wake_on,
+        }
+    }
+}
+
+/// When a source that had fewer tasks than asked for wants to be asked again.
+///
+/// A local submit and a [`Notify`](crate::messages::Notify) message always wake the Fetcher; a
+/// `WakeOn` adds a time, a signal, or both (whichever comes first). With neither, the source is
+/// asked again only on a submit or notify: an idle in-memory source costs nothing.
+#[derive(Default)]
+pub struct WakeOn {
+    pub(crate) at: Option<Instant>,
+    pub(crate) signal: Option<LocalBoxFuture<'static, ()>>,
+}
+
+impl WakeOn {
+    /// Only a submit or [`Notify`](crate::messages::Notify) wakes the Fetcher.
+    pub fn submit() -> Self {
+        WakeOn::default()
+    }
+
+    /// Also wake at `at` (e.g. the earliest due time of a delayed task, or a fallback poll).
+    pub fn at(at: Instant) -> Self {
+        WakeOn {
+            at: Some(at),
+            signal: None,
+        }
+    }
+
+    /// Also wake after `delay`.
+    pub fn after(delay: std::time::Duration) -> Self {
+        WakeOn::at(Instant::now() + delay)
+    }
+
+    /// Also wake when `signal` completes (e.g. a database notification). Create the future
+    /// before the read it guards, so a notification during the read is not lost.
+    pub fn signal(signal: impl std::future::Future<Output = ()> + 'static) -> Self {
+        WakeOn {
+            at: None,
+            signal: Some(Box::pin(signal)),
+        }
+    }
+
+    /// Adds a time to wake at; the earlier of two times wins.
+    pub fn or_at(mut self, at: Instant) -> Self {
+        self.at = Some(match self.at {
+            Some(prev) => prev.min(at),
+            None => at,
+        });
+        self
+    }
+
+    /// Adds a signal; replaces any earlier one.
+    pub fn or_signal(mut self, signal: impl std::future::Future<Output = ()> + 'static) -> Self {
+        self.signal = Some(Box::pin(signal));
+        self
+    }
+}
+
+impl fmt::Debug for WakeOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeOn")
+            .field("at", &self.at)
+            .field("signal", &self.signal.is_some())
+            .finish()
+    }
+}
+
+/// How a source wants to be fetched from.
+///
+/// A database answers one call with many rows: one fetch in flight, asking for every free slot,
+/// is best (`max_batch = usize::MAX`, `max_in_flight = 1`). A remote service that hands out one
+/// task per call needs many calls in flight to keep every worker busy (`max_batch = 1`,
+/// `max_in_flight = workers`). The Fetcher never asks for more, in all fetches in flight, than
+/// its free credits plus the configured prefetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// The most tasks to ask for in one call (at least 1).
+    pub max_batch: usize,
+    /// The most calls in flight at once (at least 1).
+    pub max_in_flight: usize,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            max_batch: usize::MAX,
+            max_in_flight: 1,
+        }
+    }
+}
+
+/// A task to enqueue, as the poller hands it to [`Source::enqueue`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NewTask<T> {
+    /// The payload.
+    pub payload: T,
+    /// How many attempts the task may have in all (1: no retry).
+    pub max_attempts: u32,
+}
+
+impl<T> NewTask<T> {
+    /// A task with one attempt.
+    pub fn new(payload: T) -> Self {
+        NewTask {
+            payload,
+            max_attempts: 1,
+        }
+    }
+}
+
+/// The result of [`Source::enqueue`]: the ids of the enqueued tasks, or the whole batch back.
+pub type EnqueueResult<T> = Result<Vec<TaskId>, SubmitError<Vec<T>>>;
+
+/// Where tasks come from: see the [module docs](self) for the contract.
+///
+/// # Examples
+///
+/// A source that polls a remote service one task at a time (the original Go design's `fetch`):
+///
+/// ```
+/// use actix_poller::source::{FetchLimits, Fetched, Source, WakeOn};
+/// use actix_poller::{Ack, Task, TaskId};
+/// use futures::future::{FutureExt, LocalBoxFuture};
+/// use std::time::Duration;
+///
+/// struct Remote { next_id: u64 }
+///
+/// impl Source<String> for Remote {
+///     type Error = std::io::Error;
+///
+///     fn fetch(&mut self, _max: usize) -> LocalBoxFuture<'static, Result<Fetched<String>, Self::Error>> {
+///         self.next_id += 1;
+///         let id = TaskId(self.next_id);
+///         async move {
+///             // ... one HTTP call here; `None` when the service has nothing ...
+///             let got: Option<String> = None;
+///             Ok(match got {
+///                 Some(t) => Fetched::new(vec![Task::new(id, t)], WakeOn::submit()),
+///                 None => Fetched::empty(WakeOn::after(Duration::from_millis(200))),
+///             })
+///         }
+///         .boxed_local()
+///     }
+///
+///     fn ack(&mut self, _acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Self::Error>> {
+///         async { Ok(()) }.boxed_local()
+///     }
+///
+///     fn limits(&self) -> FetchLimits {
+///         FetchLimits { max_batch: 1, max_in_flight: 16 }
+///     }
+/// }
+/// ```
+pub trait Source<T>: 'static {
+    /// The error a fetch, ack or close can fail with. Fetch errors are counted, traced and
+    /// retried with exponential backoff and jitter.
+    type Error: fmt::Display + 'static;
+
+    /// Fetch up to `max` tasks (`max ≥ 1`). Fewer than `max` means "that is all for now".
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store; the Fetcher backs off and asks again.
+    fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Self::Error>>;
+
+    /// Record a batch of acknowledgements.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store; it is counted and traced. A durable source's leases
+    /// then expire and the tasks run again (at least once).
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Self::Error>>;
+
+    /// How to fetch from this source. Read once, at start.
+    fn limits(&self) -> FetchLimits {
+        FetchLimits::default()
+    }
+
+    /// Enqueue tasks submitted through the poller, all or none.
+    ///
+    /// # Errors
+    ///
+    /// Hands the whole batch back: [`SubmitError::Full`] when there is no room,
+    /// [`SubmitError::Unsupported`] (the default) when this source takes no submissions.
+    fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>>
+    where
+        T: 'static,
+    {
+        let payloads: Vec<T> = tasks.into_iter().map(|t| t.payload).collect();
+        Box::pin(futures::future::ready(Err(SubmitError::Unsupported(
+            payloads,
+        ))))
+    }
+
+    /// How many tasks wait in the source, if it knows cheaply (for [`Stats`](crate::Stats)).
+    fn queued(&self) -> Option<u64> {
+        None
+    }
+
+    /// Shutdown: take back `unstarted` (fetched, never run). Returns the tasks handed back to the
+    /// caller of [`Poller::shutdown`](crate::Poller::shutdown): a durable source releases its
+    /// leases and returns none; the in-memory source returns these and everything still queued.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store while releasing.
+    fn close(
+        &mut self,
+        unstarted: Vec<Task<T>>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, Self::Error>>
+    where
+        T: 'static,
+    {
+        Box::pin(futures::future::ready(Ok(unstarted)))
+    }
+}

@@ -1,0 +1,98 @@
+//! Counters. The actors own the state; these atomics only *mirror* it for cheap reads, and no
+//! decision is ever taken on them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a poller's counters.
+///
+/// Read with [`Poller::stats`](crate::Poller::stats) or by sending
+/// [`GetStats`](crate::messages::GetStats) to the Scheduler. Each counter is exact; a snapshot
+/// is not taken atomically across counters, so two counters may be a few tasks apart while
+/// tasks move.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The concurrency limit (`workers`).
+    pub limit: u64,
+    /// Tasks running now (started, not yet reported done).
+    pub busy: u64,
+    /// Tasks waiting in the source, if the source knows (the in-memory one does).
+    pub queued: Option<u64>,
+    /// Tasks accepted by [`Submit`](crate::Submit) / [`Poller::submit`](crate::Poller::submit).
+    pub submitted: u64,
+    /// Tasks started.
+    pub started: u64,
+    /// Attempts that completed.
+    pub completed: u64,
+    /// Attempts that failed (the handler returned an error or panicked).
+    pub failed: u64,
+    /// Of `failed`, the attempts that panicked.
+    pub panicked: u64,
+    /// Attempts cancelled.
+    pub cancelled: u64,
+    /// Tasks that went dead (out of attempts).
+    pub dead: u64,
+    /// Calls to the source's `fetch`.
+    pub fetch_calls: u64,
+    /// Fetch calls that failed.
+    pub fetch_errors: u64,
+    /// Ack batches the source failed to record.
+    pub ack_errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) limit: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) queued_known: AtomicU64,
+    pub(crate) submitted: AtomicU64,
+    pub(crate) started: AtomicU64,
+    pub(crate) finished: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) dead: AtomicU64,
+    pub(crate) fetch_calls: AtomicU64,
+    pub(crate) fetch_errors: AtomicU64,
+    pub(crate) ack_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        if n != 0 {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn set_queued(&self, queued: Option<u64>) {
+        match queued {
+            Some(q) => {
+                self.queued.store(q, Relaxed);
+                self.queued_known.store(1, Relaxed);
+            }
+            None => self.queued_known.store(0, Relaxed),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        // Read `finished` before `started` so `busy` never goes negative.
+        let finished = self.finished.load(Relaxed);
+        let started = self.started.load(Relaxed);
+        Stats {
+            limit: self.limit.load(Relaxed),
+            busy: started.saturating_sub(finished),
+            queued: (self.queued_known.load(Relaxed) == 1).then(|| self.queued.load(Relaxed)),
+            submitted: self.submitted.load(Relaxed),
+            started,
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            panicked: self.panicked.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            dead: self.dead.load(Relaxed),
+            fetch_calls: self.fetch_calls.load(Relaxed),
+            fetch_errors: self.fetch_errors.load(Relaxed),
+            ack_errors: self.ack_errors.load(Relaxed),
+        }
+    }
+}
