@@ -251,6 +251,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         Counters::add(&self.counters.started, k as u64);
         if self.executors.len() == 1 {
             self.assigned[0] += k;
+            Counters::add(&self.counters.per_executor[0].started, k as u64);
             let tasks: Vec<Task<T>> = self.buffer.drain(..k).collect();
             self.executors[0].do_send(Execute { tasks });
             return;
@@ -266,8 +267,14 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.assigned[i] += 1;
             batches[i].push(task);
         }
-        for (exec, tasks) in self.executors.iter().zip(batches) {
+        for ((exec, tasks), c) in self
+            .executors
+            .iter()
+            .zip(batches)
+            .zip(&self.counters.per_executor)
+        {
             if !tasks.is_empty() {
+                Counters::add(&c.started, tasks.len() as u64);
                 exec.do_send(Execute { tasks });
             }
         }

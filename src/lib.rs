@@ -99,5 +99,5 @@ pub use messages::{GetStats, Notify, Receipt, Submit, SubmitBatch};
 pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_WORKERS};
 pub use source::memory::MemorySource;
 pub use source::{FetchLimits, Fetched, Source, WakeOn};
-pub use stats::Stats;
+pub use stats::{ExecutorStats, Stats};
 pub use task::{settle, Ack, Backoff, Disposition, FinalState, Finished, Outcome, Task, TaskContext, TaskId};

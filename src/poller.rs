@@ -19,7 +19,7 @@ use crate::messages::{
 use crate::scheduler::Scheduler;
 use crate::source::memory::MemorySource;
 use crate::source::{FetchLimits, Source};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, ExecutorStats, Stats};
 use crate::task::{Backoff, Task};
 
 /// Held by an actor; dropping it (when the actor is dropped) closes the paired receiver, which is
@@ -251,8 +251,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             return Err(StartError::ZeroFetchLimit);
         }
 
-        let counters = Arc::new(Counters::default());
-        Counters::add(&counters.limit, self.workers as u64);
+        let counters = Arc::new(Counters::new(self.workers, executors));
         let mut actors_gone = Vec::new();
         let mut guard = || {
             let (tx, rx) = oneshot::channel();
@@ -327,6 +326,8 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
                 counters,
                 closed: AtomicBool::new(false),
                 workers: self.workers,
+                current_arbiter: self.current_arbiter,
+                source_name: std::any::type_name::<S>(),
             }),
         })
     }
@@ -346,6 +347,8 @@ struct Inner<T: Send + 'static> {
     /// Mirrors "shutdown began" so submits fail fast; the Fetcher's phase is what decides.
     closed: AtomicBool,
     workers: usize,
+    current_arbiter: bool,
+    source_name: &'static str,
 }
 
 /// The handle to a running poller: cheap to clone, `Send + Sync`, usable from any thread (put it
@@ -493,6 +496,11 @@ impl<T: Send + 'static> Poller<T> {
         self.inner.counters.snapshot()
     }
 
+    /// A snapshot of each executor's counters, indexed by executor.
+    pub fn executor_stats(&self) -> Vec<ExecutorStats> {
+        self.inner.counters.executor_snapshot()
+    }
+
     /// The concurrency limit.
     pub fn workers(&self) -> usize {
         self.inner.workers
@@ -501,6 +509,17 @@ impl<T: Send + 'static> Poller<T> {
     /// The number of executors.
     pub fn executors(&self) -> usize {
         self.inner.drains.len()
+    }
+
+    /// `true` when the executors run on the arbiter that started the poller, `false` when each
+    /// has its own arbiter thread.
+    pub fn executors_on_current_arbiter(&self) -> bool {
+        self.inner.current_arbiter
+    }
+
+    /// The source's type name (for logs and topology rendering).
+    pub fn source_name(&self) -> &'static str {
+        self.inner.source_name
     }
 
     /// `true` once shutdown has begun.

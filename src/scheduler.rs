@@ -139,6 +139,9 @@ impl Handler<Done> for Scheduler {
         Counters::add(&c.cancelled, cancelled);
         Counters::add(&c.dead, dead);
         Counters::add(&c.finished, n as u64);
+        if let Some(e) = c.per_executor.get(msg.executor) {
+            Counters::add(&e.finished, n as u64);
+        }
         if let Some(slot) = self.freed.get_mut(msg.executor) {
             *slot += n as u32;
         }

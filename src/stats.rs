@@ -56,9 +56,54 @@ pub(crate) struct Counters {
     pub(crate) fetch_calls: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
+    /// Per executor: tasks dispatched to it (written by the Fetcher) and attempts it finished
+    /// (written by the Scheduler). Running on executor `i` = started − finished.
+    pub(crate) per_executor: Vec<ExecutorCounters>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ExecutorCounters {
+    pub(crate) started: AtomicU64,
+    pub(crate) finished: AtomicU64,
+}
+
+/// A snapshot of one executor's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecutorStats {
+    /// Tasks dispatched to this executor.
+    pub started: u64,
+    /// Attempts this executor finished (in any outcome).
+    pub finished: u64,
+    /// Tasks running on it now.
+    pub busy: u64,
 }
 
 impl Counters {
+    pub(crate) fn new(limit: usize, executors: usize) -> Self {
+        let c = Counters {
+            per_executor: (0..executors).map(|_| ExecutorCounters::default()).collect(),
+            ..Counters::default()
+        };
+        c.limit.store(limit as u64, Relaxed);
+        c
+    }
+
+    pub(crate) fn executor_snapshot(&self) -> Vec<ExecutorStats> {
+        self.per_executor
+            .iter()
+            .map(|e| {
+                let finished = e.finished.load(Relaxed);
+                let started = e.started.load(Relaxed);
+                ExecutorStats {
+                    started,
+                    finished,
+                    busy: started.saturating_sub(finished),
+                }
+            })
+            .collect()
+    }
+
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         if n != 0 {
             c.fetch_add(n, Relaxed);
