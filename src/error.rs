@@ -17,7 +17,9 @@ pub enum StartError {
     #[error("queue capacity must be at least 1 (got 0): every submit would be refused")]
     ZeroCapacity,
     /// A source reported fetch limits that allow no fetch at all.
-    #[error("the source's fetch limits must allow at least one task per fetch and one fetch in flight")]
+    #[error(
+        "the source's fetch limits must allow at least one task per fetch and one fetch in flight"
+    )]
     ZeroFetchLimit,
     /// No actix `System` runs on this thread, so no actor can be started.
     #[error(
@@ -43,7 +45,9 @@ pub enum SubmitError<T> {
     Closed(T),
     /// The source does not accept submissions through the poller (for example a source that only
     /// reads from a remote service).
-    #[error("this source does not accept submissions through the poller; the task was handed back")]
+    #[error(
+        "this source does not accept submissions through the poller; the task was handed back"
+    )]
     Unsupported(T),
 }
 

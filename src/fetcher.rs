@@ -134,8 +134,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.dispatch();
         while self.waiting.is_none() && self.backing_off.is_none() {
-            let want = (self.credits + self.prefetch)
-                .saturating_sub(self.buffer.len() + self.requested);
+            let want =
+                (self.credits + self.prefetch).saturating_sub(self.buffer.len() + self.requested);
             if want == 0 || self.in_flight >= self.limits.max_in_flight {
                 break;
             }
@@ -149,13 +149,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 // A source that answers at once (the in-memory one) costs no spawn.
                 Some(res) => self.fetched(n, epoch, res, ctx),
                 None => {
-                    ctx.spawn(
-                        fut.into_actor(self)
-                            .map(move |res, act, ctx| {
-                                act.fetched(n, epoch, res, ctx);
-                                act.pump(ctx);
-                            }),
-                    );
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        act.fetched(n, epoch, res, ctx);
+                        act.pump(ctx);
+                    }));
                 }
             }
             self.dispatch();

@@ -104,6 +104,12 @@ impl<T> Submit<T> {
         self.track = true;
         self
     }
+
+    /// The task, e.g. from a message that `Recipient::try_send` handed back.
+    pub fn into_task(mut self) -> T {
+        // Invariant: a `Submit` holds exactly one task until its handler takes it.
+        self.tasks.take().pop().expect("a Submit holds one task")
+    }
 }
 
 impl<T> fmt::Debug for Submit<T> {
@@ -137,6 +143,11 @@ impl<T> SubmitBatch<T> {
     pub fn tracked(mut self) -> Self {
         self.track = true;
         self
+    }
+
+    /// The tasks, e.g. from a message that `Recipient::try_send` handed back.
+    pub fn into_tasks(mut self) -> Vec<T> {
+        self.tasks.take()
     }
 }
 
@@ -214,7 +225,9 @@ impl<V> Returnable<V> {
     pub(crate) fn take(&mut self) -> V {
         self.back = None;
         // Invariant: taken once, by the one handler that receives the message.
-        self.value.take().unwrap_or_else(|| unreachable!("value taken twice"))
+        self.value
+            .take()
+            .unwrap_or_else(|| unreachable!("value taken twice"))
     }
 }
 

@@ -293,7 +293,10 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         };
         fetcher_ctx.run(Fetcher::new(
             self.source,
-            executor_addrs.iter().map(|a| a.clone().recipient()).collect(),
+            executor_addrs
+                .iter()
+                .map(|a| a.clone().recipient())
+                .collect(),
             FetcherConfig {
                 prefetch: self.prefetch,
                 fetch_backoff: self.fetch_backoff,
@@ -431,7 +434,10 @@ impl<T: Send + 'static> Poller<T> {
             Ok(result) => result,
             // The Fetcher is gone and the message was dropped undelivered: the task comes back.
             Err(_) => Err(SubmitError::Closed(
-                back.await.ok().and_then(|mut v| v.pop()).expect(UNDELIVERED),
+                back.await
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .expect(UNDELIVERED),
             )),
         }
     }
@@ -568,7 +574,11 @@ impl<T: Send + 'static> Poller<T> {
             })
             .collect();
         let (mut finished_during_drain, mut cancelled) = (0, 0);
-        for report in futures::future::join_all(replies).await.into_iter().flatten() {
+        for report in futures::future::join_all(replies)
+            .await
+            .into_iter()
+            .flatten()
+        {
             finished_during_drain += report.finished;
             cancelled += report.cancelled;
         }

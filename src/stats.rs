@@ -82,7 +82,9 @@ pub struct ExecutorStats {
 impl Counters {
     pub(crate) fn new(limit: usize, executors: usize) -> Self {
         let c = Counters {
-            per_executor: (0..executors).map(|_| ExecutorCounters::default()).collect(),
+            per_executor: (0..executors)
+                .map(|_| ExecutorCounters::default())
+                .collect(),
             ..Counters::default()
         };
         c.limit.store(limit as u64, Relaxed);

@@ -359,7 +359,8 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_jitter_band_and_cap() {
-        let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(500)).with_jitter(0.5);
+        let b =
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(500)).with_jitter(0.5);
         for n in 1..100 {
             let nominal = (10.0 * 2f64.powi(n as i32 - 1)).min(500.0) / 1000.0;
             let d = b.delay(n).as_secs_f64();

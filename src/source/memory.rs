@@ -149,7 +149,14 @@ mod tests {
     #[test]
     fn full_queue_hands_the_whole_batch_back() {
         let mut s = MemorySource::bounded(3).unwrap();
-        assert_eq!(s.enqueue(new_tasks(2)).now_or_never().unwrap().unwrap().len(), 2);
+        assert_eq!(
+            s.enqueue(new_tasks(2))
+                .now_or_never()
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
         let err = s.enqueue(new_tasks(2)).now_or_never().unwrap().unwrap_err();
         assert!(err.is_full());
         assert_eq!(err.into_inner(), vec![0, 1]);

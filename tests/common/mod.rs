@@ -1,0 +1,209 @@
+//! Test probes: they cost nothing in production because they live only here.
+#![allow(dead_code, unreachable_pub)]
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use actix_poller::source::{EnqueueResult, FetchLimits, Fetched, NewTask, Source};
+use actix_poller::{Ack, MemorySource, Task};
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use tokio::sync::watch;
+
+/// Counts tasks running right now and the most ever seen running at once.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub running: AtomicUsize,
+    pub max_running: AtomicUsize,
+    pub started: AtomicUsize,
+    pub finished: AtomicUsize,
+}
+
+impl Probe {
+    pub fn enter(&self) {
+        self.started.fetch_add(1, SeqCst);
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.max_running.fetch_max(now, SeqCst);
+    }
+
+    pub fn exit(&self) {
+        self.running.fetch_sub(1, SeqCst);
+        self.finished.fetch_add(1, SeqCst);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max_running.load(SeqCst)
+    }
+}
+
+/// A gate handlers wait on until the test opens it.
+#[derive(Debug, Clone)]
+pub struct Gate(watch::Receiver<bool>);
+
+#[derive(Debug)]
+pub struct GateOpener(watch::Sender<bool>);
+
+pub fn gate() -> (Gate, GateOpener) {
+    let (tx, rx) = watch::channel(false);
+    (Gate(rx), GateOpener(tx))
+}
+
+impl Gate {
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+impl GateOpener {
+    pub fn open(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Counts drops: put one in per-executor state or a source to prove it was dropped.
+#[derive(Debug)]
+pub struct DropProbe(pub Arc<AtomicUsize>);
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// What a [`ScriptedSource`] saw.
+#[derive(Debug, Default)]
+pub struct SourceLog {
+    /// The `max` of every fetch call, in order.
+    pub fetches: Vec<usize>,
+    /// How many tasks each fetch returned.
+    pub returned: Vec<usize>,
+    /// Every ack batch's size.
+    pub ack_batches: Vec<usize>,
+    pub acks: Vec<Ack>,
+    pub closed_with: Option<usize>,
+}
+
+/// A memory source that records every call and can fail its first `fail_first` fetches
+/// (`usize::MAX`: always).
+pub struct ScriptedSource<T> {
+    pub inner: MemorySource<T>,
+    pub log: Rc<RefCell<SourceLog>>,
+    pub fail_first: usize,
+    pub limits: FetchLimits,
+    pub _drop: Option<DropProbe>,
+}
+
+impl<T> ScriptedSource<T> {
+    pub fn new(capacity: usize) -> (Self, Rc<RefCell<SourceLog>>) {
+        let log = Rc::new(RefCell::new(SourceLog::default()));
+        (
+            ScriptedSource {
+                inner: MemorySource::bounded(capacity).expect("capacity > 0"),
+                log: log.clone(),
+                fail_first: 0,
+                limits: FetchLimits::default(),
+                _drop: None,
+            },
+            log,
+        )
+    }
+
+    /// Enqueue before the poller starts.
+    pub fn preload(&mut self, payloads: Vec<T>)
+    where
+        T: 'static,
+    {
+        let tasks = payloads.into_iter().map(NewTask::new).collect();
+        self.inner
+            .enqueue(tasks)
+            .now_or_never()
+            .expect("memory enqueue is immediate")
+            .unwrap_or_else(|_| panic!("preload must fit"));
+    }
+}
+
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("source unavailable")
+    }
+}
+
+impl<T: 'static> Source<T> for ScriptedSource<T> {
+    type Error = Unavailable;
+
+    fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Unavailable>> {
+        let mut log = self.log.borrow_mut();
+        log.fetches.push(max);
+        if log.fetches.len() <= self.fail_first {
+            log.returned.push(0);
+            return async { Err(Unavailable) }.boxed_local();
+        }
+        let fetched = self
+            .inner
+            .fetch(max)
+            .now_or_never()
+            .expect("memory fetch is immediate");
+        let fetched: Fetched<T> = match fetched {
+            Ok(f) => f,
+            Err(e) => match e {},
+        };
+        log.returned.push(fetched.tasks.len());
+        async move { Ok(fetched) }.boxed_local()
+    }
+
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
+        let mut log = self.log.borrow_mut();
+        log.ack_batches.push(acks.len());
+        log.acks.extend(acks);
+        async { Ok(()) }.boxed_local()
+    }
+
+    fn limits(&self) -> FetchLimits {
+        self.limits
+    }
+
+    fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        self.inner.enqueue(tasks)
+    }
+
+    fn queued(&self) -> Option<u64> {
+        Some(self.inner.len() as u64)
+    }
+
+    fn close(
+        &mut self,
+        unstarted: Vec<Task<T>>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, Unavailable>> {
+        self.log.borrow_mut().closed_with = Some(unstarted.len());
+        let back = self.inner.close(unstarted);
+        async move { back.await.map_err(|e: Infallible| match e {}) }.boxed_local()
+    }
+}
+
+/// Waits (in virtual or real time) until `cond` holds, polling every millisecond; panics after
+/// `limit` so a lost wake-up fails the test instead of hanging it.
+pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test after 30 s (virtual time under `pause`, where it fires as soon
+/// as everything is idle): a lost wake-up fails instead of hanging the suite.
+pub async fn within<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+        .await
+        .expect("timed out waiting: a lost wake-up or a stuck actor")
+}

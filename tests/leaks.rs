@@ -1,0 +1,96 @@
+//! No actor, arbiter or task future outlives `shutdown`. One test in this binary, so the thread
+//! count it reads belongs to it alone.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_poller::{FinalState, Poller, ShutdownError, SubmitError};
+use common::{within, DropProbe, ScriptedSource};
+
+/// After shutdown every actor is gone (its state dropped), every arbiter joined, and the handle
+/// refuses work with `Closed`, handing the task back. A second shutdown is an error.
+#[actix_rt::test]
+async fn nothing_is_left_alive_after_shutdown() {
+    for on_current in [false, true] {
+        let handler_states = Arc::new(AtomicUsize::new(0));
+        let source_drops = Arc::new(AtomicUsize::new(0));
+        let (mut source, _log) = ScriptedSource::new(100);
+        source._drop = Some(DropProbe(source_drops.clone()));
+        let threads_before = arbiter_threads();
+        let states = handler_states.clone();
+        let mut builder = Poller::<u32>::builder()
+            .workers(4)
+            .executors(2)
+            .source(source);
+        if on_current {
+            builder = builder.on_current_arbiter();
+        }
+        let poller = builder
+            .start_with(move |_executor| {
+                // Per-executor state, dropped with its executor.
+                let state = std::rc::Rc::new(DropProbe(states.clone()));
+                move |_n: u32, _cx| {
+                    let _state = state.clone();
+                    async { Ok::<_, Infallible>(()) }
+                }
+            })
+            .unwrap();
+        let receipts = poller
+            .submit_batch_tracked((0..50).collect())
+            .await
+            .unwrap();
+        for r in receipts {
+            assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+        }
+        if !on_current {
+            assert_eq!(arbiter_threads(), threads_before + 2, "two arbiter threads");
+        }
+        let report = within(poller.shutdown(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(report.cancelled, 0);
+        assert_eq!(
+            handler_states.load(SeqCst),
+            2,
+            "both executors dropped ({on_current})"
+        );
+        assert_eq!(
+            source_drops.load(SeqCst),
+            1,
+            "the fetcher dropped its source"
+        );
+        assert_eq!(arbiter_threads(), threads_before, "arbiter threads joined");
+        match poller.submit(7).await {
+            Err(SubmitError::Closed(task)) => assert_eq!(task, 7),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        match poller
+            .submit_recipient()
+            .send(actix_poller::Submit::new(8))
+            .await
+        {
+            Err(_) | Ok(Err(SubmitError::Closed(_))) => {}
+            Ok(other) => panic!("expected the fetcher gone, got {other:?}"),
+        }
+        assert!(matches!(
+            poller.shutdown(Duration::from_secs(1)).await,
+            Err(ShutdownError::AlreadyShutDown)
+        ));
+        assert!(poller.is_closed());
+    }
+}
+
+/// Threads of this process that are actix arbiters (their names start `actix-rt|`).
+fn arbiter_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        panic!("this test reads /proc/self/task (Linux)");
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("actix-rt|"))
+        .count()
+}

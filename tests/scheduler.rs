@@ -1,0 +1,427 @@
+//! The concurrency bound, batching, wake-ups and error backoff of the credit protocol.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_poller::{Backoff, FinalState, Poller, StartError, SubmitError};
+use common::{gate, Probe, ScriptedSource};
+use proptest::prelude::*;
+
+/// A handler that records concurrency in `probe` and sleeps `payload` milliseconds.
+fn sleeper(
+    probe: Arc<Probe>,
+) -> impl Fn(
+    u64,
+    actix_poller::TaskContext,
+) -> futures::future::BoxFuture<'static, Result<(), Infallible>>
+       + Clone
+       + Send
+       + Sync {
+    move |ms: u64, _cx| {
+        let probe = probe.clone();
+        Box::pin(async move {
+            probe.enter();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            probe.exit();
+            Ok(())
+        })
+    }
+}
+
+/// Runs one bound scenario in virtual time and returns (max running, completed).
+fn bound_case(
+    workers: usize,
+    executors: usize,
+    bursts: Vec<(u64, Vec<u64>)>,
+) -> (usize, u64, usize) {
+    actix_rt::System::new().block_on(async move {
+        tokio::time::pause();
+        let probe = Arc::new(Probe::default());
+        let poller = Poller::<u64>::builder()
+            .workers(workers)
+            .executors(executors)
+            .on_current_arbiter()
+            .start(sleeper(probe.clone()))
+            .expect("valid configuration");
+        let mut receipts = Vec::new();
+        let mut total = 0;
+        for (gap_ms, durations) in bursts {
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+            total += durations.len();
+            receipts.extend(
+                poller
+                    .submit_batch_tracked(durations)
+                    .await
+                    .expect("queue has room"),
+            );
+        }
+        for r in receipts {
+            assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+        }
+        let completed = poller.stats().completed;
+        poller
+            .shutdown(Duration::from_secs(1))
+            .await
+            .expect("first shutdown");
+        (probe.max(), completed, total)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// At no instant do more than `workers` tasks run, whatever the worker count, task durations
+    /// and submission timing; and every task completes.
+    #[test]
+    fn never_more_than_workers_run(
+        workers in 1usize..8,
+        executors in 1usize..4,
+        bursts in prop::collection::vec(
+            (0u64..30, prop::collection::vec(0u64..20, 0..40)),
+            1..8,
+        ),
+    ) {
+        let (max, completed, total) = bound_case(workers, executors, bursts.clone());
+        prop_assert!(max <= workers, "{max} tasks ran at once with workers = {workers}");
+        prop_assert_eq!(completed as usize, total);
+        // The bound is also reached when a burst is large enough to fill every slot with tasks
+        // that take time: the scheduler does not under-use its slots.
+        if bursts.iter().any(|(_, d)| d.iter().filter(|&&ms| ms > 0).count() >= workers * 3) {
+            prop_assert_eq!(max, workers);
+        }
+    }
+}
+
+/// The same bound with executors on their own arbiter threads (real time, short tasks).
+#[actix_rt::test]
+async fn bound_holds_across_arbiter_threads() {
+    let probe = Arc::new(Probe::default());
+    let poller = Poller::<u64>::builder()
+        .workers(5)
+        .executors(2)
+        .start(sleeper(probe.clone()))
+        .unwrap();
+    let durations: Vec<u64> = (0..300).map(|i| i % 3).collect();
+    let receipts = poller.submit_batch_tracked(durations).await.unwrap();
+    for r in receipts {
+        assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    assert!(probe.max() <= 5, "max running {}", probe.max());
+    assert_eq!(probe.finished.load(SeqCst), 300);
+    let per_exec = poller.executor_stats();
+    assert_eq!(per_exec.iter().map(|e| e.finished).sum::<u64>(), 300);
+    assert!(
+        per_exec.iter().all(|e| e.finished > 0),
+        "both executors got work: {per_exec:?}"
+    );
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// One worker, 10,000 tasks submitted in bursts with yields between: all complete. A lost
+/// wake-up would leave the poller idle with work queued; paused time then jumps to the timeout.
+#[actix_rt::test]
+async fn no_lost_wakeup_one_worker_ten_thousand_tasks() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .start(|n: u32, _cx| async move {
+            if n % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    let mut last = None;
+    for burst in 0..100u32 {
+        for i in 0..100u32 {
+            let n = burst * 100 + i;
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+            last = Some(poller.submit_tracked(n).await.unwrap());
+        }
+        if burst % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(60), last.unwrap().outcome()).await;
+    assert_eq!(outcome.expect("no lost wake-up"), Ok(FinalState::Completed));
+    let stats = poller.stats();
+    assert_eq!(stats.completed, 10_000);
+    assert_eq!(stats.submitted, 10_000);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// With n free slots the source sees one fetch for n, not n fetches of one.
+#[actix_rt::test]
+async fn fetches_are_batched_up_to_the_free_slots() {
+    let (mut source, log) = ScriptedSource::new(1000);
+    source.preload((0..100u32).collect());
+    let (g, opener) = gate();
+    let poller = Poller::<u32>::builder()
+        .workers(8)
+        .on_current_arbiter()
+        .source(source)
+        .start(move |_n: u32, _cx| {
+            let g = g.clone();
+            async move {
+                g.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    // Wait until the first batch is running (event: 8 tasks started).
+    common::eventually(Duration::from_secs(5), || poller.stats().busy == 8).await;
+    assert_eq!(
+        log.borrow().fetches,
+        vec![8],
+        "one fetch for all 8 free slots"
+    );
+    assert_eq!(log.borrow().returned, vec![8]);
+    opener.open();
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 100).await;
+    {
+        let log = log.borrow();
+        assert!(
+            log.fetches.iter().all(|&n| n <= 8),
+            "never asks for more than the free slots: {:?}",
+            log.fetches
+        );
+        assert!(
+            log.fetches.len() < 100 / 2,
+            "fetches are batched: {} calls for 100 tasks",
+            log.fetches.len()
+        );
+        assert_eq!(log.ack_batches.iter().sum::<usize>(), 100);
+    }
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A source that keeps failing is called a bounded number of times, even while submits keep
+/// waking the fetcher; when it recovers, the queued tasks run.
+#[actix_rt::test]
+async fn failing_source_backs_off_and_recovers() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::new(1000);
+    source.fail_first = 12;
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.5);
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .on_current_arbiter()
+        .fetch_backoff(backoff)
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+
+    // 30 s of virtual time with a submit every 100 ms: each submit wakes the fetcher, yet no
+    // fetch may start before the backoff timer fires.
+    let mut receipts = Vec::new();
+    for i in 0..300u32 {
+        receipts.push(poller.submit_tracked(i).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Upper bound: the most calls the backoff schedule allows by now, each delay being at
+        // least half its nominal value (jitter 0.5).
+        let elapsed = (i as f64 + 1.0) * 0.1;
+        let (mut t, mut allowed) = (0.0, 1usize);
+        while allowed < 12 {
+            t += 0.5 * (0.1 * 2f64.powi(allowed as i32 - 1)).min(5.0);
+            if t > elapsed {
+                break;
+            }
+            allowed += 1;
+        }
+        // Calls after the 12th failure succeed and are woken by submits, legitimately.
+        let failing_calls = log.borrow().fetches.len().min(12);
+        assert!(
+            failing_calls <= allowed,
+            "at {elapsed:.1}s: {failing_calls} failing fetch calls, the backoff allows {allowed}"
+        );
+    }
+    // The 13th call succeeds; everything queued runs.
+    for r in receipts {
+        assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    let stats = poller.stats();
+    assert_eq!(stats.fetch_errors, 12);
+    assert_eq!(stats.completed, 300);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// An idle in-memory source causes no fetch calls: one at start, then none for an hour.
+#[actix_rt::test]
+async fn idle_memory_source_is_not_polled() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let after_start = poller.stats().fetch_calls;
+    assert!(
+        after_start <= 1,
+        "start fetches at most once: {after_start}"
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        poller.stats().fetch_calls,
+        after_start,
+        "no polling while idle"
+    );
+    // A submit wakes it at once.
+    let r = poller.submit_tracked(1).await.unwrap();
+    assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A full queue hands the task (or the whole batch) back; nothing is dropped or grows unbounded.
+#[actix_rt::test]
+async fn full_queue_hands_the_task_back() {
+    let (g, opener) = gate();
+    let poller = Poller::<String>::builder()
+        .workers(1)
+        .capacity(2)
+        .on_current_arbiter()
+        .start(move |_s: String, _cx| {
+            let g = g.clone();
+            async move {
+                g.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    let first = poller.submit_tracked("running".into()).await.unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
+    poller.submit("q1".into()).await.unwrap();
+    poller.submit("q2".into()).await.unwrap();
+    match poller.submit("q3".to_string()).await {
+        Err(SubmitError::Full(task)) => assert_eq!(task, "q3"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    match poller.submit_batch(vec!["b1".into(), "b2".into()]).await {
+        Err(SubmitError::Full(batch)) => assert_eq!(batch, vec!["b1", "b2"]),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(poller.stats().queued, Some(2));
+    opener.open();
+    assert_eq!(
+        common::within(first.outcome()).await,
+        Ok(FinalState::Completed)
+    );
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 3).await;
+    assert_eq!(poller.stats().submitted, 3);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A panicking handler (before or after its first await) is counted as a failure with its
+/// message; the executor lives on and the slot is freed, so later tasks still run on one worker.
+#[actix_rt::test]
+async fn panics_are_counted_and_free_their_slot() {
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .executors(1)
+        .start(|n: u32, _cx| {
+            if n == 1 {
+                panic!("boom before the future");
+            }
+            async move {
+                tokio::task::yield_now().await;
+                if n == 2 {
+                    panic!("boom inside the future: {n}");
+                }
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    let r1 = poller.submit_tracked(1).await.unwrap();
+    let r2 = poller.submit_tracked(2).await.unwrap();
+    let rest = poller
+        .submit_batch_tracked((3..20).collect())
+        .await
+        .unwrap();
+    match common::within(r1.outcome()).await {
+        Ok(FinalState::Dead { error, attempts: 1 }) => assert_eq!(error, "boom before the future"),
+        other => panic!("{other:?}"),
+    }
+    match common::within(r2.outcome()).await {
+        Ok(FinalState::Dead { error, .. }) => assert_eq!(error, "boom inside the future: 2"),
+        other => panic!("{other:?}"),
+    }
+    for r in rest {
+        assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    let s = poller.stats();
+    assert_eq!(
+        (s.panicked, s.failed, s.dead, s.completed, s.busy),
+        (2, 2, 2, 17, 0)
+    );
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A handler error is a failure with its message; with one attempt the task is dead.
+#[actix_rt::test]
+async fn handler_errors_are_reported_with_their_message() {
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .start(|n: u32, _cx| async move {
+            if n == 0 {
+                Err(std::io::Error::other("disk on fire"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    let r = poller.submit_tracked(0).await.unwrap();
+    assert_eq!(
+        common::within(r.outcome()).await,
+        Ok(FinalState::Dead {
+            error: "disk on fire".into(),
+            attempts: 1
+        })
+    );
+    assert_eq!(poller.stats().failed, 1);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn bad_configuration_is_a_clear_error() {
+    let h = |_n: u32, _cx| async { Ok::<_, Infallible>(()) };
+    let err = Poller::<u32>::builder().workers(0).start(h).unwrap_err();
+    assert_eq!(err, StartError::ZeroWorkers);
+    assert!(err.to_string().contains("workers must be at least 1"));
+    let err = Poller::<u32>::builder().executors(0).start(h).unwrap_err();
+    assert_eq!(err, StartError::ZeroExecutors);
+    let err = Poller::<u32>::builder().capacity(0).start(h).unwrap_err();
+    assert_eq!(err, StartError::ZeroCapacity);
+    let (mut source, _log) = ScriptedSource::<u32>::new(1);
+    source.limits.max_batch = 0;
+    let err = Poller::<u32>::builder()
+        .source(source)
+        .start(h)
+        .unwrap_err();
+    assert_eq!(err, StartError::ZeroFetchLimit);
+}
+
+/// Under a plain tokio runtime (no actix System) starting is an error that says how to fix it,
+/// not a panic.
+#[test]
+fn starting_without_an_actix_system_is_an_error() {
+    let h = |_n: u32, _cx| async { Ok::<_, Infallible>(()) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async { Poller::<u32>::builder().start(h).unwrap_err() });
+    assert_eq!(err, StartError::NoSystem);
+    assert!(err.to_string().contains("actix_rt::main"), "{err}");
+    // And outside any runtime at all.
+    assert_eq!(
+        Poller::<u32>::builder().start(h).unwrap_err(),
+        StartError::NoSystem
+    );
+}
