@@ -118,8 +118,20 @@ pub enum ShutdownError {
     Source(String),
 }
 
-/// A message sent to one of the poller's actors could not be delivered because the actor has
-/// stopped (the poller was shut down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the poller is shut down")]
-pub struct Closed;
+/// A request to the poller could not be answered: it is shut down, or the source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The poller is shut down.
+    #[error("the poller is shut down")]
+    Closed,
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// The source failed an operation (listing, re-running or purging dead tasks, cancelling). The
+/// text is the source's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the source failed: {0}")]
+pub struct SourceError(pub String);

@@ -13,17 +13,20 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::task::{ready, Context as TaskCx, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context as TaskCx, Poll, Waker};
+use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::CatchUnwind;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
-use crate::messages::{Done, Drain, DrainReport, Execute};
+use crate::messages::{CancelRunning, Done, Drain, DrainReport, Execute};
 use crate::poller::DropGuard;
-use crate::task::{Finished, Outcome, Task, TaskContext, TaskId};
+use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
 
 /// The error type handlers may return: anything that converts into a boxed error (`String`,
 /// `&str`, `std::io::Error`, `anyhow::Error`, your own error types, ...).
@@ -75,11 +78,20 @@ where
 
 pin_project_lite::pin_project! {
     /// One attempt in flight; resolves to its [`Finished`] report.
+    ///
+    /// The timeout is a timer polled beside the task (no allocation). A forced cancel sets
+    /// `killed` and wakes the task through the waker it was last polled with, so the set polls it
+    /// once more and it ends as `Cancelled`; dropping it then drops the handler's future.
     struct Running<F> {
         id: TaskId,
         attempt: u32,
         max_attempts: u32,
         span: tracing::Span,
+        timeout: Duration,
+        killed: bool,
+        waker: Option<Waker>,
+        #[pin]
+        deadline: Option<Sleep>,
         #[pin]
         fut: CatchUnwind<AssertUnwindSafe<F>>,
     }
@@ -94,11 +106,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Finished> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let outcome = match ready!(this.fut.poll(cx)) {
-            Ok(Ok(())) => Outcome::Completed,
-            Ok(Err(e)) => Outcome::Failed(e.into().to_string()),
-            Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+        let outcome = if *this.killed {
+            Outcome::Cancelled
+        } else {
+            let _entered = this.span.enter();
+            match this.fut.poll(cx) {
+                Poll::Ready(Ok(Ok(()))) => Outcome::Completed,
+                Poll::Ready(Ok(Err(e))) => classify(e.into()),
+                Poll::Ready(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
+                Poll::Pending => {
+                    if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *this.waker = Some(cx.waker().clone());
+                    }
+                    if let Some(deadline) = this.deadline.as_pin_mut() {
+                        ready!(deadline.poll(cx));
+                        return Poll::Ready(Finished {
+                            id: *this.id,
+                            attempt: *this.attempt,
+                            max_attempts: *this.max_attempts,
+                            outcome: Outcome::TimedOut(*this.timeout),
+                        });
+                    }
+                    return Poll::Pending;
+                }
+            }
         };
         Poll::Ready(Finished {
             id: *this.id,
@@ -106,6 +137,17 @@ where
             max_attempts: *this.max_attempts,
             outcome,
         })
+    }
+}
+
+/// A handler's error: a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
+fn classify(error: BoxError) -> Outcome {
+    if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
+        Outcome::Snoozed(*after)
+    } else if let Some(Abort(reason)) = error.downcast_ref::<Abort>() {
+        Outcome::Aborted(reason.clone())
+    } else {
+        Outcome::Failed(error.to_string())
     }
 }
 
@@ -127,6 +169,9 @@ struct Draining {
 pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
     index: usize,
     handler: H,
+    /// Per-attempt timeout for tasks that set none.
+    default_timeout: Option<Duration>,
+    cancels: Rc<CancelBoard>,
     scheduler: Recipient<Done>,
     running: FuturesUnordered<Running<H::Future>>,
     /// Ends not yet reported: flushed in one `Done` at the end of every wake.
@@ -154,12 +199,15 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     pub(crate) fn new(
         index: usize,
         handler: H,
+        default_timeout: Option<Duration>,
         scheduler: Recipient<Done>,
         guard: DropGuard,
     ) -> Self {
         Executor {
             index,
             handler,
+            default_timeout,
+            cancels: Rc::default(),
             scheduler,
             running: FuturesUnordered::new(),
             finished: Vec::new(),
@@ -171,7 +219,9 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
 
     fn start(&mut self, task: Task<T>) {
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
-        let cx = TaskContext::new(&task, self.index);
+        let timeout = task.timeout.or(self.default_timeout);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let cx = TaskContext::new(&task, self.index, deadline, Rc::clone(&self.cancels));
         let (id, attempt, max_attempts) = (task.id, task.attempt, task.max_attempts);
         let called = {
             let _entered = span.enter();
@@ -183,6 +233,10 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 attempt,
                 max_attempts,
                 span,
+                timeout: timeout.unwrap_or_default(),
+                killed: false,
+                waker: None,
+                deadline: deadline.map(tokio::time::sleep_until),
                 fut: AssertUnwindSafe(fut).catch_unwind(),
             }),
             Err(panic) => self.finished.push(Finished {
@@ -191,6 +245,29 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 max_attempts,
                 outcome: Outcome::Panicked(panic_message(panic.as_ref())),
             }),
+        }
+    }
+
+    /// Records one attempt's end. Once cancellation was requested, any end but success counts
+    /// as `Cancelled`.
+    fn finished(&mut self, mut fin: Finished) {
+        if self.cancels.is_cancelled(fin.id) && fin.outcome != Outcome::Completed {
+            fin.outcome = Outcome::Cancelled;
+        }
+        self.cancels.forget(fin.id);
+        self.finished.push(fin);
+    }
+
+    /// The grace after a cancel request passed: drop the task if it still runs.
+    fn kill(&mut self, id: TaskId, attempt: u32) {
+        for mut r in Pin::new(&mut self.running).iter_pin_mut() {
+            if r.id == id && r.attempt == attempt {
+                let this = r.as_mut().project();
+                *this.killed = true;
+                if let Some(w) = this.waker.take() {
+                    w.wake();
+                }
+            }
         }
     }
 
@@ -265,7 +342,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> ActorFuture<Executor<T, H>> for Drive
         cx: &mut TaskCx<'_>,
     ) -> Poll<()> {
         while let Poll::Ready(Some(fin)) = act.running.poll_next_unpin(cx) {
-            act.finished.push(fin);
+            act.finished(fin);
         }
         act.flush();
         if act.draining.is_some() {
@@ -292,6 +369,25 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H
             self.start(task);
         }
         // The driver runs after this handler (actix polls items after the mailbox) and flushes.
+    }
+}
+
+impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T, H> {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CancelRunning, ctx: &mut Self::Context) -> bool {
+        let attempt = Pin::new(&self.running)
+            .iter_pin_ref()
+            .find(|r| r.get_ref().id == msg.id)
+            .map(|r| r.get_ref().attempt);
+        let Some(attempt) = attempt else {
+            return false;
+        };
+        tracing::debug!(task = %msg.id, grace = ?msg.grace, "cancelling a running task");
+        self.cancels.request(msg.id);
+        let id = msg.id;
+        ctx.run_later(msg.grace, move |act, _ctx| act.kill(id, attempt));
+        true
     }
 }
 

@@ -22,14 +22,28 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::error::SubmitError;
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use tokio::sync::watch;
+
+use crate::error::{SourceError, SubmitError};
 use crate::messages::{
-    CloseSource, Execute, Notify, Ready, Receipt, StopFetching, Submit, SubmitBatch,
+    Cancel, CancelOutcome, CancelRunning, CloseSource, Execute, GetProgress, ListDead, Notify,
+    PurgeDead, Ready, Receipt, RerunDead, StopFetching, Submit, SubmitBatch,
 };
 use crate::poller::DropGuard;
 use crate::source::{EnqueueResult, FetchLimits, Fetched, NewTask, Source, WakeOn};
 use crate::stats::Counters;
-use crate::task::{Ack, Backoff, FinalState, Task, TaskId};
+use crate::task::{
+    Ack, Backoff, DeadTask, Disposition, FinalState, Progress, Task, TaskId, TaskOptions,
+};
+
+/// A submitter waiting for a task's final state, and the channel its progress goes to.
+struct Tracker {
+    done: oneshot::Sender<FinalState>,
+    progress: watch::Sender<Progress>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -43,6 +57,9 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     limits: FetchLimits,
     prefetch: usize,
     executors: Vec<Recipient<Execute<T>>>,
+    cancel_running: Vec<Recipient<CancelRunning>>,
+    default_attempts: u32,
+    cancel_grace: Duration,
     /// Tasks dispatched to each executor and not yet reported freed.
     assigned: Vec<usize>,
     credits: usize,
@@ -57,7 +74,7 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     backing_off: Option<SpawnHandle>,
     phase: Phase,
     stop_reply: Option<oneshot::Sender<Vec<Task<T>>>>,
-    trackers: HashMap<TaskId, oneshot::Sender<FinalState>>,
+    trackers: HashMap<TaskId, Tracker>,
     /// Enqueues in flight (async sources) and the final states seen meanwhile, so a task that
     /// finishes before its enqueue's reply is handled still reaches its tracker.
     pending_enqueues: usize,
@@ -88,12 +105,15 @@ impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
 pub(crate) struct FetcherConfig {
     pub(crate) prefetch: usize,
     pub(crate) fetch_backoff: Backoff,
+    pub(crate) default_attempts: u32,
+    pub(crate) cancel_grace: Duration,
 }
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(crate) fn new(
         source: S,
         executors: Vec<Recipient<Execute<T>>>,
+        cancel_running: Vec<Recipient<CancelRunning>>,
         config: FetcherConfig,
         counters: Arc<Counters>,
         guard: DropGuard,
@@ -105,6 +125,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             prefetch: config.prefetch,
             assigned: vec![0; executors.len()],
             executors,
+            cancel_running,
+            default_attempts: config.default_attempts,
+            cancel_grace: config.cancel_grace,
             source,
             credits: 0,
             buffer: VecDeque::new(),
@@ -246,6 +269,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.credits -= k;
         Counters::add(&self.counters.started, k as u64);
+        if !self.trackers.is_empty() {
+            for task in self.buffer.iter_mut().take(k) {
+                if let Some(t) = self.trackers.get(&task.id) {
+                    task.progress = Some(t.progress.clone());
+                }
+            }
+        }
         if self.executors.len() == 1 {
             self.assigned[0] += k;
             Counters::add(&self.counters.per_executor[0].started, k as u64);
@@ -286,28 +316,43 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     fn record_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
         if !self.trackers.is_empty() || self.pending_enqueues > 0 {
             for ack in &acks {
-                let Some(state) = FinalState::from_ack(ack) else {
-                    continue;
-                };
-                if let Some(tx) = self.trackers.remove(&ack.id) {
-                    let _ = tx.send(state);
-                } else if self.pending_enqueues > 0 {
-                    self.early.push((ack.id, state));
+                if let Some(state) = FinalState::from_ack(ack) {
+                    self.resolve(ack.id, state);
                 }
             }
         }
+        // A task going back to the source (retry, snooze) may be due before anything else wakes
+        // the Fetcher: once the source has it, fetch again to learn the next due time.
+        let requeued = acks.iter().any(|a| !a.disposition.is_final());
         let count = acks.len();
         let mut fut = self.source.ack(acks);
         match (&mut fut).now_or_never() {
-            Some(res) => self.acked(count, res),
+            Some(res) => {
+                self.acked(count, res);
+                if requeued {
+                    self.wake(ctx);
+                }
+            }
             None => {
                 self.acks_in_flight += 1;
-                ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.acks_in_flight -= 1;
                     act.acked(count, res);
                     act.notify_idle();
+                    if requeued {
+                        act.wake(ctx);
+                    }
                 }));
             }
+        }
+    }
+
+    /// Tells a tracked task's submitter its final state.
+    fn resolve(&mut self, id: TaskId, state: FinalState) {
+        if let Some(t) = self.trackers.remove(&id) {
+            let _ = t.done.send(state);
+        } else if self.pending_enqueues > 0 {
+            self.early.push((id, state));
         }
     }
 
@@ -340,18 +385,19 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             .into_iter()
             .map(|id| {
                 if !track {
-                    return Receipt::new(id, None);
+                    return Receipt::untracked(id);
                 }
-                let (tx, rx) = oneshot::channel();
+                let (done, rx) = oneshot::channel();
+                let (progress, progress_rx) = watch::channel(Progress::default());
                 match self.early.iter().position(|(e, _)| *e == id) {
                     Some(pos) => {
-                        let _ = tx.send(self.early.swap_remove(pos).1);
+                        let _ = done.send(self.early.swap_remove(pos).1);
                     }
                     None => {
-                        self.trackers.insert(id, tx);
+                        self.trackers.insert(id, Tracker { done, progress });
                     }
                 }
-                Receipt::new(id, Some(rx))
+                Receipt::tracked(id, rx, progress_rx)
             })
             .collect();
         self.counters.set_queued(self.source.queued());
@@ -363,14 +409,19 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         &mut self,
         tasks: Vec<T>,
         track: bool,
+        options: TaskOptions,
         ctx: &mut Context<Self>,
     ) -> Answer<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>> {
         if self.phase != Phase::Running {
             return Answer::Now(Err(SubmitError::Closed(tasks)));
         }
-        let mut fut = self
-            .source
-            .enqueue(tasks.into_iter().map(NewTask::new).collect());
+        let attempts = self.default_attempts;
+        let mut fut = self.source.enqueue(
+            tasks
+                .into_iter()
+                .map(|t| NewTask::with_options(t, options, attempts))
+                .collect(),
+        );
         if let Some(res) = (&mut fut).now_or_never() {
             return Answer::Now(self.enqueued(res, track, ctx));
         }
@@ -439,7 +490,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
     fn handle(&mut self, mut msg: Submit<T>, ctx: &mut Self::Context) -> Self::Result {
         let tasks = msg.tasks.take();
         // A batch of one in, a batch of one out.
-        self.submit(tasks, msg.track, ctx).map(|r| {
+        self.submit(tasks, msg.track, msg.options, ctx).map(|r| {
             r.map(|mut receipts| receipts.pop().expect(ONE_PER_TASK))
                 .map_err(|e| e.map(|mut tasks| tasks.pop().expect(ONE_PER_TASK)))
         })
@@ -451,7 +502,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<SubmitBatch<T>> for Fetcher<T, S> 
 
     fn handle(&mut self, mut msg: SubmitBatch<T>, ctx: &mut Self::Context) -> Self::Result {
         let tasks = msg.tasks.take();
-        self.submit(tasks, msg.track, ctx).map(|r| r)
+        self.submit(tasks, msg.track, msg.options, ctx).map(|r| r)
     }
 }
 
@@ -503,5 +554,110 @@ impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> 
                 res.map_err(|e| e.to_string())
             }),
         )
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<CancelOutcome, SourceError>>;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        // Fetched but not started: leased from the source, so the source hears it as an ack.
+        if let Some(pos) = self.buffer.iter().position(|t| t.id == id) {
+            if let Some(task) = self.buffer.remove(pos) {
+                Counters::add(&self.counters.cancelled, 1);
+                let ack = Ack {
+                    id,
+                    attempt: task.attempt,
+                    disposition: Disposition::Cancelled,
+                };
+                self.record_acks(vec![ack], ctx);
+                return Box::pin(actix::fut::ready(Ok(CancelOutcome::Dequeued)));
+            }
+        }
+        let running = self.cancel_running.clone();
+        let grace = self.cancel_grace;
+        Box::pin(
+            self.source
+                .cancel(id)
+                .into_actor(self)
+                .then(move |res, act, _ctx| {
+                    let answer: LocalBoxFuture<'static, _> = match res {
+                        Err(e) => Box::pin(futures::future::ready(Err(SourceError(e.to_string())))),
+                        Ok(true) => {
+                            Counters::add(&act.counters.cancelled, 1);
+                            act.counters.set_queued(act.source.queued());
+                            act.resolve(id, FinalState::Cancelled);
+                            Box::pin(futures::future::ready(Ok(CancelOutcome::Dequeued)))
+                        }
+                        // Not waiting: maybe running on one of the executors.
+                        Ok(false) => Box::pin(async move {
+                            let asks = running.iter().map(|e| e.send(CancelRunning { id, grace }));
+                            let found = futures::future::join_all(asks)
+                                .await
+                                .into_iter()
+                                .any(|r| r.unwrap_or(false));
+                            Ok(if found {
+                                CancelOutcome::Signalled
+                            } else {
+                                CancelOutcome::NotFound
+                            })
+                        }),
+                    };
+                    answer.into_actor(act)
+                }),
+        )
+    }
+}
+
+/// Runs a source operation whose error becomes a [`SourceError`].
+fn source_op<T: Send + 'static, S: Source<T>, R: 'static>(
+    act: &mut Fetcher<T, S>,
+    fut: LocalBoxFuture<'static, Result<R, S::Error>>,
+) -> ResponseActFuture<Fetcher<T, S>, Result<R, SourceError>> {
+    Box::pin(
+        fut.into_actor(act)
+            .map(|res, _, _| res.map_err(|e| SourceError(e.to_string()))),
+    )
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<ListDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<DeadTask>, SourceError>>;
+
+    fn handle(&mut self, msg: ListDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.dead_tasks(msg.limit);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<RerunDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<TaskId>, SourceError>>;
+
+    fn handle(&mut self, msg: RerunDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.rerun_dead(msg.ids);
+        Box::pin(source_op(self, fut).map(|res, act, ctx| {
+            act.counters.set_queued(act.source.queued());
+            act.wake(ctx);
+            res
+        }))
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<PurgeDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<usize, SourceError>>;
+
+    fn handle(&mut self, msg: PurgeDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.purge_dead(msg.ids);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetProgress> for Fetcher<T, S> {
+    type Result = Option<Progress>;
+
+    fn handle(&mut self, msg: GetProgress, _ctx: &mut Self::Context) -> Option<Progress> {
+        self.trackers
+            .get(&msg.id)
+            .map(|t| t.progress.borrow().clone())
     }
 }

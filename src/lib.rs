@@ -33,14 +33,14 @@
 //! # Quick start
 //!
 //! ```
-//! use actix_poller::{FinalState, Poller};
+//! use actix_poller::{FinalState, Poller, TaskContext};
 //! use std::time::Duration;
 //!
 //! #[actix_rt::main]
 //! async fn main() {
 //!     let poller = Poller::<u64>::builder()
 //!         .workers(4)
-//!         .start(|n: u64, cx| async move {
+//!         .start(|n: u64, cx: TaskContext| async move {
 //!             tracing::info!(task = %cx.id(), "squaring {n}");
 //!             let _ = n * n;
 //!             Ok::<_, std::convert::Infallible>(())
@@ -83,6 +83,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod error;
 mod executor;
 mod fetcher;
@@ -93,11 +98,17 @@ pub mod source;
 mod stats;
 pub mod task;
 
-pub use error::{Closed, OutcomeError, ShutdownError, StartError, SubmitError};
+pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use executor::{BoxError, TaskHandler};
-pub use messages::{GetStats, Notify, Receipt, Submit, SubmitBatch};
-pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_WORKERS};
+pub use messages::{
+    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
+    Submit, SubmitBatch,
+};
+pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_CANCEL_GRACE, DEFAULT_WORKERS};
 pub use source::memory::MemorySource;
-pub use source::{FetchLimits, Fetched, Source, WakeOn};
+pub use source::{FetchLimits, Fetched, RetrySupport, Source, WakeOn};
 pub use stats::{ExecutorStats, Stats};
-pub use task::{settle, Ack, Backoff, Disposition, FinalState, Finished, Outcome, Task, TaskContext, TaskId};
+pub use task::{
+    settle, Abort, Ack, Backoff, Cancelled, DeadTask, Disposition, FinalState, Finished, Outcome,
+    Progress, RetryAfter, RetryPolicy, Task, TaskContext, TaskId, TaskOptions,
+};

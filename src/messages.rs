@@ -11,9 +11,9 @@ use actix::Message;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::error::{OutcomeError, SubmitError};
+use crate::error::{OutcomeError, SourceError, SubmitError};
 use crate::stats::Stats;
-use crate::task::{Ack, FinalState, Finished, Task, TaskId};
+use crate::task::{Ack, DeadTask, FinalState, Finished, Progress, Task, TaskId, TaskOptions};
 
 /// Scheduler → Fetcher: `credits` more tasks may start, and these acks must reach the source.
 ///
@@ -88,6 +88,7 @@ pub struct GetStats;
 pub struct Submit<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
     pub(crate) track: bool,
+    pub(crate) options: TaskOptions,
 }
 
 impl<T> Submit<T> {
@@ -96,7 +97,14 @@ impl<T> Submit<T> {
         Submit {
             tasks: Returnable::new(vec![task]),
             track: false,
+            options: TaskOptions::default(),
         }
+    }
+
+    /// Priority, delay, attempts or timeout for this task.
+    pub fn options(mut self, options: TaskOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Track the outcome: the [`Receipt`] resolves to the task's final state.
@@ -128,6 +136,7 @@ impl<T: 'static> Message for Submit<T> {
 pub struct SubmitBatch<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
     pub(crate) track: bool,
+    pub(crate) options: TaskOptions,
 }
 
 impl<T> SubmitBatch<T> {
@@ -136,7 +145,14 @@ impl<T> SubmitBatch<T> {
         SubmitBatch {
             tasks: Returnable::new(tasks),
             track: false,
+            options: TaskOptions::default(),
         }
+    }
+
+    /// Priority, delay, attempts or timeout for every task of the batch.
+    pub fn options(mut self, options: TaskOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Track the outcomes: each [`Receipt`] resolves to its task's final state.
@@ -168,11 +184,41 @@ impl<T: 'static> Message for SubmitBatch<T> {
 pub struct Receipt {
     id: TaskId,
     outcome: Option<oneshot::Receiver<FinalState>>,
+    progress: Option<tokio::sync::watch::Receiver<Progress>>,
 }
 
 impl Receipt {
-    pub(crate) fn new(id: TaskId, outcome: Option<oneshot::Receiver<FinalState>>) -> Self {
-        Receipt { id, outcome }
+    pub(crate) fn untracked(id: TaskId) -> Self {
+        Receipt {
+            id,
+            outcome: None,
+            progress: None,
+        }
+    }
+
+    pub(crate) fn tracked(
+        id: TaskId,
+        outcome: oneshot::Receiver<FinalState>,
+        progress: tokio::sync::watch::Receiver<Progress>,
+    ) -> Self {
+        Receipt {
+            id,
+            outcome: Some(outcome),
+            progress: Some(progress),
+        }
+    }
+
+    /// The task's progress as its handler reports it (see
+    /// [`TaskContext::progress`](crate::TaskContext::progress)): a stream that yields the
+    /// latest report each time it changes and ends when the task reaches a final state.
+    /// `None` for an untracked task.
+    pub fn progress(&self) -> Option<impl futures::Stream<Item = Progress> + Unpin + 'static> {
+        let rx = self.progress.clone()?;
+        Some(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let latest = rx.borrow_and_update().clone();
+            Some((latest, rx))
+        })))
     }
 
     /// The task's id.
@@ -237,6 +283,71 @@ impl<V> Drop for Returnable<V> {
             let _ = back.send(v);
         }
     }
+}
+
+/// Anyone → Fetcher: cancel a task. A waiting task is removed (final state `Cancelled`); a
+/// running one is signalled through its [`TaskContext`](crate::TaskContext) and dropped after
+/// the poller's cancel grace if it has not ended by then.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<CancelOutcome, SourceError>")]
+pub struct Cancel {
+    /// The task to cancel.
+    pub id: TaskId,
+}
+
+/// What [`Cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The task was waiting (queued, delayed, or fetched but not started): it is cancelled.
+    Dequeued,
+    /// The task was running: it was signalled, and is dropped after the grace period unless it
+    /// ends first.
+    Signalled,
+    /// No such task waits or runs (it may have finished already).
+    NotFound,
+}
+
+/// Anyone → Fetcher: the most recent dead tasks, newest first.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<DeadTask>, SourceError>")]
+pub struct ListDead {
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Anyone → Fetcher: queue these dead tasks again from attempt 1; the result holds the ids that
+/// were queued.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<TaskId>, SourceError>")]
+pub struct RerunDead {
+    /// The dead tasks to run again.
+    pub ids: Vec<TaskId>,
+}
+
+/// Anyone → Fetcher: forget dead tasks (`None`: all); the result is how many.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<usize, SourceError>")]
+pub struct PurgeDead {
+    /// The dead tasks to forget, or `None` for all.
+    pub ids: Option<Vec<TaskId>>,
+}
+
+/// Anyone → Fetcher: the last progress reported by a tracked task that has not finished.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<Progress>")]
+pub struct GetProgress {
+    /// The task.
+    pub id: TaskId,
+}
+
+/// Fetcher → Executor: cancellation of a running task was requested; signal it now and drop it
+/// after `grace`. Replies whether the task runs there.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub(crate) struct CancelRunning {
+    pub(crate) id: TaskId,
+    pub(crate) grace: std::time::Duration,
 }
 
 // ---- Shutdown protocol (crate-internal) ----------------------------------------------------

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, System};
 use tokio::sync::oneshot;
 
+use crate::error::RequestError;
 use crate::error::{ShutdownError, StartError, SubmitError};
 use crate::executor::{Executor, TaskHandler};
 use crate::fetcher::{Fetcher, FetcherConfig};
@@ -16,11 +17,12 @@ use crate::messages::{
     BeginShutdown, CloseSource, Drain, Flush, GetStats, Notify, Receipt, StopFetching, Submit,
     SubmitBatch,
 };
+use crate::messages::{Cancel, CancelOutcome, GetProgress, ListDead, PurgeDead, RerunDead};
 use crate::scheduler::Scheduler;
 use crate::source::memory::MemorySource;
-use crate::source::{FetchLimits, Source};
+use crate::source::{FetchLimits, RetrySupport, Source};
 use crate::stats::{Counters, ExecutorStats, Stats};
-use crate::task::{Backoff, Task};
+use crate::task::{Backoff, DeadTask, Progress, RetryPolicy, Task, TaskId, TaskOptions};
 
 /// Held by an actor; dropping it (when the actor is dropped) closes the paired receiver, which is
 /// how shutdown knows the actor is gone.
@@ -72,7 +74,9 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     current_arbiter: bool,
     prefetch: usize,
     fetch_backoff: Backoff,
-    retry_backoff: Backoff,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    cancel_grace: Duration,
     capacity: Option<usize>,
     source: S,
     _payload: std::marker::PhantomData<fn(T)>,
@@ -94,6 +98,9 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
 /// The default concurrency limit.
 pub const DEFAULT_WORKERS: usize = 16;
 
+/// The default time a cancelled running task has to wind down before its future is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
     fn new() -> Self {
         PollerBuilder {
@@ -102,7 +109,9 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             current_arbiter: false,
             prefetch: 0,
             fetch_backoff: Backoff::default(),
-            retry_backoff: Backoff::default(),
+            retry: RetryPolicy::none(),
+            timeout: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
             source: MemorySource::default(),
             _payload: std::marker::PhantomData,
@@ -155,9 +164,60 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         self
     }
 
-    /// The backoff between attempts of a task that failed and may retry.
-    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
-        self.retry_backoff = backoff;
+    /// How tasks retry: attempts in all and the backoff between them (default: one attempt).
+    /// A task may override its attempts with [`TaskOptions::max_attempts`]. A task waiting for
+    /// its retry is back in the source and holds no worker slot.
+    ///
+    /// The source must be able to run a task again ([`RetrySupport`]): the in-memory source
+    /// keeps a copy of each payload while it runs, so it needs `T: Clone`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{FinalState, Poller, RetryPolicy, TaskContext};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let calls = Arc::new(AtomicU32::new(0));
+    ///     let c = calls.clone();
+    ///     let poller = Poller::<&'static str>::builder()
+    ///         .retry(RetryPolicy::attempts(3).fixed(Duration::from_millis(10)))
+    ///         .start(move |_url: &'static str, cx: TaskContext| {
+    ///             c.fetch_add(1, Ordering::SeqCst);
+    ///             // Fails twice, then succeeds.
+    ///             async move { if cx.attempt() < 3 { Err("503 from upstream") } else { Ok(()) } }
+    ///         })
+    ///         .unwrap();
+    ///     let receipt = poller.submit_tracked("https://example.invalid").await.unwrap();
+    ///     assert_eq!(receipt.outcome().await, Ok(FinalState::Completed));
+    ///     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self
+    where
+        S: RetrySupport<T>,
+    {
+        self.source.enable_retries();
+        self.retry = policy;
+        self
+    }
+
+    /// The default per-attempt timeout (default: none). At the deadline the task's future is
+    /// dropped, its slot freed, and the attempt recorded as timed out (a failure, retried if
+    /// attempts remain). A task may override it with [`TaskOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a running task has, after [`Poller::cancel`] signals it, before its future is
+    /// dropped (default [`DEFAULT_CANCEL_GRACE`]).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
         self
     }
 
@@ -169,7 +229,9 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             current_arbiter: self.current_arbiter,
             prefetch: self.prefetch,
             fetch_backoff: self.fetch_backoff,
-            retry_backoff: self.retry_backoff,
+            retry: self.retry,
+            timeout: self.timeout,
+            cancel_grace: self.cancel_grace,
             capacity: None,
             source,
             _payload: std::marker::PhantomData,
@@ -268,16 +330,17 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         let factory = Arc::new(factory);
         let mut arbiters = Vec::new();
         let mut executor_addrs = Vec::with_capacity(executors);
+        let timeout = self.timeout;
         for index in 0..executors {
             let done = scheduler.clone().recipient();
             let g = guard();
             let factory = Arc::clone(&factory);
             let addr = if self.current_arbiter {
-                Executor::new(index, factory(index), done, g).start()
+                Executor::new(index, factory(index), timeout, done, g).start()
             } else {
                 let arbiter = Arbiter::new();
                 let addr = Executor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
-                    Executor::new(index, factory(index), done, g)
+                    Executor::new(index, factory(index), timeout, done, g)
                 });
                 arbiters.push(arbiter);
                 addr
@@ -297,9 +360,15 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
                 .iter()
                 .map(|a| a.clone().recipient())
                 .collect(),
+            executor_addrs
+                .iter()
+                .map(|a| a.clone().recipient())
+                .collect(),
             FetcherConfig {
                 prefetch: self.prefetch,
                 fetch_backoff: self.fetch_backoff,
+                default_attempts: self.retry.max_attempts(),
+                cancel_grace: self.cancel_grace,
             },
             Arc::clone(&counters),
             fetcher_guard,
@@ -308,7 +377,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             self.workers,
             executors,
             fetcher.clone().recipient(),
-            self.retry_backoff,
+            *self.retry.backoff(),
             plan,
             Arc::clone(&counters),
             scheduler_guard,
@@ -321,6 +390,11 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
                 submit_batch: fetcher.clone().recipient(),
                 notify: fetcher.clone().recipient(),
                 stop_fetching: fetcher.clone().recipient(),
+                cancel: fetcher.clone().recipient(),
+                list_dead: fetcher.clone().recipient(),
+                rerun_dead: fetcher.clone().recipient(),
+                purge_dead: fetcher.clone().recipient(),
+                progress: fetcher.clone().recipient(),
                 close: fetcher.recipient(),
                 stats: scheduler.clone().recipient(),
                 begin: scheduler.clone().recipient(),
@@ -342,6 +416,11 @@ struct Inner<T: Send + 'static> {
     notify: Recipient<Notify>,
     stop_fetching: Recipient<StopFetching<T>>,
     close: Recipient<CloseSource<T>>,
+    cancel: Recipient<Cancel>,
+    list_dead: Recipient<ListDead>,
+    rerun_dead: Recipient<RerunDead>,
+    purge_dead: Recipient<PurgeDead>,
+    progress: Recipient<GetProgress>,
     stats: Recipient<GetStats>,
     begin: Recipient<BeginShutdown>,
     flush: Recipient<Flush>,
@@ -423,6 +502,96 @@ impl<T: Send + 'static> Poller<T> {
     /// As [`submit`](Self::submit).
     pub async fn submit_tracked(&self, task: T) -> Result<Receipt, SubmitError<T>> {
         self.send_submit(Submit::new(task).tracked()).await
+    }
+
+    /// Submits one task with options, e.g.
+    /// `poller.submit_with(Submit::new(x).options(TaskOptions::new().priority(5)).tracked())`.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_with(&self, msg: Submit<T>) -> Result<Receipt, SubmitError<T>> {
+        self.send_submit(msg).await
+    }
+
+    /// Submits a batch with options (shared by every task of the batch), all or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), handing the whole batch back.
+    pub async fn submit_batch_with(
+        &self,
+        msg: SubmitBatch<T>,
+    ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        self.send_batch(msg).await
+    }
+
+    /// Submits one task that is not fetched before `delay` has passed. A delayed task costs no
+    /// polling: the Fetcher wakes at the earliest due time.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_after(&self, task: T, delay: Duration) -> Result<Receipt, SubmitError<T>> {
+        let options = TaskOptions::new().delay(delay);
+        self.send_submit(Submit::new(task).options(options)).await
+    }
+
+    /// Cancels a task: a waiting one is removed (final state `Cancelled`); a running one sees
+    /// [`TaskContext::is_cancelled`](crate::TaskContext::is_cancelled) and is dropped after the
+    /// cancel grace if it has not ended by then.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, RequestError> {
+        let answer = self.inner.cancel.send(Cancel { id }).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
+    /// The most recent dead tasks, newest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    pub async fn dead_tasks(&self, limit: usize) -> Result<Vec<DeadTask>, RequestError> {
+        let answer = self.inner.list_dead.send(ListDead { limit }).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
+    /// Runs dead tasks again from attempt 1; returns the ids that were queued (a dead task kept
+    /// without its payload cannot run again).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    pub async fn rerun_dead(&self, ids: Vec<TaskId>) -> Result<Vec<TaskId>, RequestError> {
+        let answer = self.inner.rerun_dead.send(RerunDead { ids }).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
+    /// Forgets dead tasks (`None`: all); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    pub async fn purge_dead(&self, ids: Option<Vec<TaskId>>) -> Result<usize, RequestError> {
+        let answer = self.inner.purge_dead.send(PurgeDead { ids }).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
+    /// The last progress reported by a tracked task that has not finished yet (`None` for an
+    /// untracked or finished task).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown.
+    pub async fn progress(&self, id: TaskId) -> Result<Option<Progress>, RequestError> {
+        self.inner
+            .progress
+            .send(GetProgress { id })
+            .await
+            .map_err(|_| RequestError::Closed)
     }
 
     async fn send_submit(&self, mut msg: Submit<T>) -> Result<Receipt, SubmitError<T>> {

@@ -108,6 +108,7 @@ impl Handler<Done> for Scheduler {
         let n = msg.finished.len();
         let c = &self.counters;
         let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
+        let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
         self.acks.reserve(n);
         for fin in msg.finished {
             match &fin.outcome {
@@ -122,10 +123,22 @@ impl Handler<Done> for Scheduler {
                     tracing::error!(task = %fin.id, attempt = fin.attempt, %error, "task panicked");
                 }
                 Outcome::Cancelled => cancelled += 1,
+                Outcome::TimedOut(limit) => {
+                    failed += 1;
+                    timed_out += 1;
+                    tracing::warn!(task = %fin.id, attempt = fin.attempt, ?limit, "task timed out");
+                }
+                Outcome::Aborted(reason) => {
+                    failed += 1;
+                    tracing::warn!(task = %fin.id, attempt = fin.attempt, %reason, "task aborted");
+                }
+                Outcome::Snoozed(_) => snoozed += 1,
             }
             let disposition = settle(&fin, &self.retry_backoff);
-            if matches!(disposition, Disposition::Dead { .. }) {
-                dead += 1;
+            match disposition {
+                Disposition::Dead { .. } => dead += 1,
+                Disposition::Retry { .. } => retried += 1,
+                _ => {}
             }
             self.acks.push(Ack {
                 id: fin.id,
@@ -138,6 +151,9 @@ impl Handler<Done> for Scheduler {
         Counters::add(&c.panicked, panicked);
         Counters::add(&c.cancelled, cancelled);
         Counters::add(&c.dead, dead);
+        Counters::add(&c.timed_out, timed_out);
+        Counters::add(&c.snoozed, snoozed);
+        Counters::add(&c.retried, retried);
         Counters::add(&c.finished, n as u64);
         if let Some(e) = c.per_executor.get(msg.executor) {
             Counters::add(&e.finished, n as u64);

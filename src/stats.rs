@@ -28,10 +28,16 @@ pub struct Stats {
     pub failed: u64,
     /// Of `failed`, the attempts that panicked.
     pub panicked: u64,
-    /// Attempts cancelled.
+    /// Tasks cancelled: attempts cancelled while running, and waiting tasks cancelled.
     pub cancelled: u64,
-    /// Tasks that went dead (out of attempts).
+    /// Tasks that went dead (out of attempts, or aborted).
     pub dead: u64,
+    /// Of `failed`, the attempts that ran past their timeout.
+    pub timed_out: u64,
+    /// Attempts that snoozed (asked to run again later; not failures).
+    pub snoozed: u64,
+    /// Failed attempts scheduled to run again.
+    pub retried: u64,
     /// Calls to the source's `fetch`.
     pub fetch_calls: u64,
     /// Fetch calls that failed.
@@ -53,6 +59,9 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) dead: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) snoozed: AtomicU64,
+    pub(crate) retried: AtomicU64,
     pub(crate) fetch_calls: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
@@ -137,6 +146,9 @@ impl Counters {
             panicked: self.panicked.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             dead: self.dead.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            snoozed: self.snoozed.load(Relaxed),
+            retried: self.retried.load(Relaxed),
             fetch_calls: self.fetch_calls.load(Relaxed),
             fetch_errors: self.fetch_errors.load(Relaxed),
             ack_errors: self.ack_errors.load(Relaxed),

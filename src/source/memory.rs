@@ -2,26 +2,111 @@
 //!
 //! Owned by the Fetcher actor like every source, so it needs no lock. Bounded: a submit that does
 //! not fit is refused with [`SubmitError::Full`], which hands the tasks back (back-pressure); the
-//! queue never drops a task and never grows past its capacity.
+//! queue never drops a task and never grows past its capacity through submissions (a task coming
+//! back for a retry is never refused).
+//!
+//! Order: among due tasks, higher priority first, FIFO within a priority. A delayed task (or one
+//! waiting for its retry) is not fetched before it is due, and costs no polling: an empty fetch
+//! tells the Fetcher to wake at the earliest due time.
 //!
 //! Delivery is exactly once while the process lives. The queue lives in memory: a crash loses what
-//! it holds. On [`Poller::shutdown`](crate::Poller::shutdown) everything still queued, and every
-//! task fetched but not started, is handed back in the
+//! it holds. On [`Poller::shutdown`](crate::Poller::shutdown) everything still queued or delayed,
+//! and every task fetched but not started, is handed back in the
 //! [`ShutdownReport`](crate::ShutdownReport).
+//!
+//! Retries need a copy of the payload while the task runs, so they need `T: Clone`:
+//! [`PollerBuilder::retry`](crate::PollerBuilder::retry) turns them on (see [`RetrySupport`]).
+//! Without them a task's `max_attempts` is 1 and a dead task is kept without its payload.
 
-use std::collections::VecDeque;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::{ready, LocalBoxFuture};
+use tokio::time::Instant;
 
-use super::{EnqueueResult, Fetched, NewTask, Source, WakeOn};
+use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
-use crate::task::{Ack, Task, TaskId};
+use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
 
 /// The default capacity of [`MemorySource::default`].
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// A bounded FIFO queue in memory.
+/// How many dead tasks [`MemorySource::default`] keeps (the oldest go first).
+pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
+
+/// A waiting task, stored compactly (32 bytes beside the payload).
+#[derive(Debug)]
+struct Queued<T> {
+    id: u64,
+    /// Microseconds since the Unix epoch.
+    enqueued_at_us: u64,
+    /// Milliseconds; 0 = the poller's default.
+    timeout_ms: u32,
+    priority: i32,
+    attempt: u32,
+    max_attempts: u32,
+    payload: T,
+}
+
+impl<T> Queued<T> {
+    fn from_task(task: Task<T>) -> Self {
+        Queued {
+            id: task.id.0,
+            enqueued_at_us: task
+                .enqueued_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            timeout_ms: task
+                .timeout
+                .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32),
+            priority: task.priority,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            payload: task.payload,
+        }
+    }
+
+    fn into_task(self) -> Task<T> {
+        let mut task = Task::new(TaskId(self.id), self.payload)
+            .with_enqueued_at(UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us))
+            .with_attempt(self.attempt)
+            .with_max_attempts(self.max_attempts)
+            .with_priority(self.priority);
+        if self.timeout_ms > 0 {
+            task.timeout = Some(Duration::from_millis(self.timeout_ms as u64));
+        }
+        task
+    }
+}
+
+/// A task not due yet; the heap's top is the earliest.
+#[derive(Debug)]
+struct Delayed<T> {
+    due: Instant,
+    task: Queued<T>,
+}
+
+impl<T> PartialEq for Delayed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl<T> Eq for Delayed<T> {}
+impl<T> PartialOrd for Delayed<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Delayed<T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want the earliest due first.
+        (other.due, other.task.id).cmp(&(self.due, self.task.id))
+    }
+}
+
+/// A bounded priority queue in memory, with delayed tasks, retries and dead tasks.
 ///
 /// # Examples
 ///
@@ -34,16 +119,30 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// ```
 #[derive(Debug)]
 pub struct MemorySource<T> {
-    queue: VecDeque<Task<T>>,
+    /// Due tasks: highest priority first (the map's first key), FIFO within one.
+    ready: BTreeMap<Reverse<i32>, VecDeque<Queued<T>>>,
+    ready_len: usize,
+    delayed: BinaryHeap<Delayed<T>>,
+    /// Copies of running tasks' payloads, kept only when retries are on.
+    leased: HashMap<TaskId, Task<T>>,
+    dead: VecDeque<(DeadTask, Option<Task<T>>)>,
+    dead_retention: usize,
+    clone_payload: Option<fn(&T) -> T>,
     pub(crate) capacity: usize,
     next_id: u64,
 }
 
 impl<T> Default for MemorySource<T> {
-    /// A queue of [`DEFAULT_CAPACITY`] tasks.
+    /// A queue of [`DEFAULT_CAPACITY`] tasks keeping [`DEFAULT_DEAD_RETENTION`] dead ones.
     fn default() -> Self {
         MemorySource {
-            queue: VecDeque::new(),
+            ready: BTreeMap::new(),
+            ready_len: 0,
+            delayed: BinaryHeap::new(),
+            leased: HashMap::new(),
+            dead: VecDeque::new(),
+            dead_retention: DEFAULT_DEAD_RETENTION,
+            clone_payload: None,
             capacity: DEFAULT_CAPACITY,
             next_id: 0,
         }
@@ -51,7 +150,7 @@ impl<T> Default for MemorySource<T> {
 }
 
 impl<T> MemorySource<T> {
-    /// A queue that holds at most `capacity` waiting tasks.
+    /// A queue that holds at most `capacity` waiting tasks (due or delayed).
     ///
     /// # Errors
     ///
@@ -61,10 +160,25 @@ impl<T> MemorySource<T> {
             return Err(crate::StartError::ZeroCapacity);
         }
         Ok(MemorySource {
-            queue: VecDeque::new(),
             capacity,
-            next_id: 0,
+            ..MemorySource::default()
         })
+    }
+
+    /// Keeps at most `n` dead tasks (the oldest are dropped first).
+    pub fn dead_retention(mut self, n: usize) -> Self {
+        self.dead_retention = n;
+        self
+    }
+
+    /// Keeps a copy of each payload while its task runs, so failed tasks can retry and dead
+    /// tasks can run again. The builder's [`retry`](crate::PollerBuilder::retry) calls it.
+    pub fn with_retries(mut self) -> Self
+    where
+        T: Clone,
+    {
+        self.clone_payload = Some(T::clone);
+        self
     }
 
     /// The most tasks the queue holds.
@@ -72,14 +186,138 @@ impl<T> MemorySource<T> {
         self.capacity
     }
 
-    /// How many tasks wait.
+    /// How many tasks wait (due or delayed).
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.ready_len + self.delayed.len()
     }
 
     /// `true` when no task waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
+    }
+
+    fn push_ready(&mut self, q: Queued<T>) {
+        self.ready
+            .entry(Reverse(q.priority))
+            .or_default()
+            .push_back(q);
+        self.ready_len += 1;
+    }
+
+    fn push(&mut self, q: Queued<T>, due: Option<Instant>) {
+        match due {
+            Some(due) if due > Instant::now() => self.delayed.push(Delayed { due, task: q }),
+            _ => self.push_ready(q),
+        }
+    }
+
+    /// Moves every task that is due into the ready queues.
+    fn promote_due(&mut self) {
+        let now = Instant::now();
+        while self.delayed.peek().is_some_and(|d| d.due <= now) {
+            if let Some(d) = self.delayed.pop() {
+                self.push_ready(d.task);
+            }
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<Queued<T>> {
+        let mut entry = self.ready.first_entry()?;
+        let q = entry.get_mut().pop_front();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        if q.is_some() {
+            self.ready_len -= 1;
+        }
+        q
+    }
+
+    fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
+        let wants_retry = tasks.iter().any(|t| t.max_attempts > 1);
+        if tasks.len() > self.capacity.saturating_sub(self.len())
+            || (wants_retry && self.clone_payload.is_none())
+        {
+            let payloads = tasks.into_iter().map(|t| t.payload).collect();
+            return Err(if wants_retry && self.clone_payload.is_none() {
+                SubmitError::Unsupported(payloads)
+            } else {
+                SubmitError::Full(payloads)
+            });
+        }
+        let now = SystemTime::now();
+        let mut ids = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            self.next_id += 1;
+            let id = TaskId(self.next_id);
+            let task = Task::new(id, t.payload)
+                .with_enqueued_at(now)
+                .with_max_attempts(t.max_attempts)
+                .with_priority(t.priority)
+                .with_timeout(t.timeout);
+            self.push(Queued::from_task(task), t.run_at);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>) {
+        if self.dead_retention == 0 {
+            return;
+        }
+        while self.dead.len() >= self.dead_retention {
+            self.dead.pop_front();
+        }
+        let dead = DeadTask {
+            id,
+            attempts,
+            error,
+            died_at: SystemTime::now(),
+            rerunnable: copy.is_some(),
+        };
+        self.dead.push_back((dead, copy));
+    }
+
+    fn record(&mut self, ack: Ack) {
+        let copy = self.leased.remove(&ack.id);
+        match ack.disposition {
+            Disposition::Completed | Disposition::Cancelled => {}
+            Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy),
+            Disposition::Retry { after, error } => match copy {
+                Some(task) => {
+                    let next = ack.attempt + 1;
+                    self.push(
+                        Queued::from_task(task.with_attempt(next)),
+                        Some(Instant::now() + after),
+                    );
+                }
+                // Retries are only asked for tasks enqueued with retries on, which keeps copies.
+                None => self.bury(ack.id, ack.attempt, error, None),
+            },
+            Disposition::Snooze { after } => match copy {
+                Some(task) => self.push(
+                    Queued::from_task(task.with_attempt(ack.attempt)),
+                    Some(Instant::now() + after),
+                ),
+                None => self.bury(
+                    ack.id,
+                    ack.attempt,
+                    "snoozed, but retries are off for this source".into(),
+                    None,
+                ),
+            },
+        }
+    }
+
+    fn cancel_queued(&mut self, id: TaskId) -> bool {
+        let before = self.len();
+        for queue in self.ready.values_mut() {
+            queue.retain(|q| q.id != id.0);
+        }
+        self.ready.retain(|_, q| !q.is_empty());
+        self.ready_len = self.ready.values().map(VecDeque::len).sum();
+        self.delayed.retain(|d| d.task.id != id.0);
+        self.len() < before
     }
 }
 
@@ -87,63 +325,129 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     type Error = Infallible;
 
     fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Infallible>> {
-        let n = max.min(self.queue.len());
-        let tasks: Vec<Task<T>> = self.queue.drain(..n).collect();
-        // Nothing to poll for: only a submit can bring more.
-        Box::pin(ready(Ok(Fetched::new(tasks, WakeOn::submit()))))
+        self.promote_due();
+        let mut tasks = Vec::with_capacity(max.min(self.ready_len));
+        while tasks.len() < max {
+            let Some(q) = self.pop_ready() else { break };
+            let task = q.into_task();
+            if let Some(clone) = self.clone_payload {
+                self.leased
+                    .insert(task.id, task.with_payload(clone(&task.payload)));
+            }
+            tasks.push(task);
+        }
+        // Nothing to poll for: only a submit brings more, or the earliest delayed task's due time.
+        let wake_on = match self.delayed.peek() {
+            Some(d) => WakeOn::at(d.due),
+            None => WakeOn::submit(),
+        };
+        Box::pin(ready(Ok(Fetched::new(tasks, wake_on))))
     }
 
-    fn ack(&mut self, _acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {
-        // Final states need no storage here: the Fetcher tells trackers, the Scheduler counts.
-        // (Tasks enqueued here have one attempt, so no ack asks for a retry.)
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {
+        for ack in acks {
+            self.record(ack);
+        }
         Box::pin(ready(Ok(())))
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
-        Box::pin(ready(self.push(tasks)))
+        Box::pin(ready(self.enqueue_now(tasks)))
     }
 
     fn queued(&self) -> Option<u64> {
-        Some(self.queue.len() as u64)
+        Some(self.len() as u64)
+    }
+
+    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, Infallible>> {
+        Box::pin(ready(Ok(self.cancel_queued(id))))
+    }
+
+    fn dead_tasks(
+        &mut self,
+        limit: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<DeadTask>, Infallible>> {
+        let list = self
+            .dead
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(d, _)| d.clone())
+            .collect();
+        Box::pin(ready(Ok(list)))
+    }
+
+    fn rerun_dead(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, Infallible>> {
+        let mut rerun = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.dead.len());
+        for (dead, copy) in std::mem::take(&mut self.dead) {
+            match copy {
+                Some(task) if ids.contains(&dead.id) => {
+                    rerun.push(dead.id);
+                    self.push_ready(Queued::from_task(task.with_attempt(1)));
+                }
+                copy => keep.push_back((dead, copy)),
+            }
+        }
+        self.dead = keep;
+        Box::pin(ready(Ok(rerun)))
+    }
+
+    fn purge_dead(
+        &mut self,
+        ids: Option<Vec<TaskId>>,
+    ) -> LocalBoxFuture<'static, Result<usize, Infallible>> {
+        let before = self.dead.len();
+        match ids {
+            None => self.dead.clear(),
+            Some(ids) => self.dead.retain(|(d, _)| !ids.contains(&d.id)),
+        }
+        Box::pin(ready(Ok(before - self.dead.len())))
     }
 
     fn close(
         &mut self,
         mut unstarted: Vec<Task<T>>,
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, Infallible>> {
-        // Unstarted tasks were fetched first, so they come first.
-        unstarted.extend(self.queue.drain(..));
+        // Unstarted tasks were fetched first, so they come first; then due, then delayed.
+        for t in &unstarted {
+            self.leased.remove(&t.id);
+        }
+        while let Some(q) = self.pop_ready() {
+            unstarted.push(q.into_task());
+        }
+        let mut delayed: Vec<Delayed<T>> = self.delayed.drain().collect();
+        delayed.sort_by(|a, b| b.cmp(a));
+        unstarted.extend(delayed.into_iter().map(|d| d.task.into_task()));
         Box::pin(ready(Ok(unstarted)))
     }
 }
 
-impl<T> MemorySource<T> {
-    fn push(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
-        if tasks.len() > self.capacity - self.queue.len() {
-            return Err(SubmitError::Full(
-                tasks.into_iter().map(|t| t.payload).collect(),
-            ));
-        }
-        let mut ids = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            self.next_id += 1;
-            let id = TaskId(self.next_id);
-            let mut task = Task::new(id, t.payload);
-            task.max_attempts = t.max_attempts.max(1);
-            self.queue.push_back(task);
-            ids.push(id);
-        }
-        Ok(ids)
+impl<T: Clone> RetrySupport<T> for MemorySource<T> {
+    fn enable_retries(&mut self) {
+        self.clone_payload = Some(T::clone);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::TaskOptions;
     use futures::FutureExt;
 
     fn new_tasks(n: u32) -> Vec<NewTask<u32>> {
         (0..n).map(NewTask::new).collect()
+    }
+
+    fn fetch(s: &mut MemorySource<u32>, n: usize) -> Fetched<u32> {
+        s.fetch(n).now_or_never().unwrap().unwrap()
+    }
+
+    fn payloads(f: &Fetched<u32>) -> Vec<u32> {
+        f.tasks.iter().map(|t| t.payload).collect()
     }
 
     #[test]
@@ -167,21 +471,59 @@ mod tests {
     fn fetch_is_fifo_and_bounded_by_max() {
         let mut s = MemorySource::bounded(10).unwrap();
         s.enqueue(new_tasks(5)).now_or_never().unwrap().unwrap();
-        let f = s.fetch(3).now_or_never().unwrap().unwrap();
-        let got: Vec<u32> = f.tasks.iter().map(|t| t.payload).collect();
-        assert_eq!(got, vec![0, 1, 2]);
-        let f = s.fetch(10).now_or_never().unwrap().unwrap();
+        assert_eq!(payloads(&fetch(&mut s, 3)), vec![0, 1, 2]);
+        let f = fetch(&mut s, 10);
         assert_eq!(f.tasks.len(), 2);
         assert!(f.wake_on.at.is_none() && f.wake_on.signal.is_none());
+    }
+
+    #[test]
+    fn higher_priority_first_fifo_within() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        let with =
+            |p: u32, prio: i32| NewTask::with_options(p, TaskOptions::new().priority(prio), 1);
+        let batch = vec![with(0, 0), with(1, 5), with(2, 0), with(3, 5), with(4, -1)];
+        s.enqueue(batch).now_or_never().unwrap().unwrap();
+        assert_eq!(payloads(&fetch(&mut s, 10)), vec![1, 3, 0, 2, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_tasks_wait_and_set_the_wake_time() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        let later = Instant::now() + Duration::from_secs(5);
+        let t = NewTask::with_options(7, TaskOptions::new().run_at(later), 1);
+        s.enqueue(vec![t]).now_or_never().unwrap().unwrap();
+        let f = fetch(&mut s, 10);
+        assert!(f.tasks.is_empty());
+        assert_eq!(f.wake_on.at, Some(later));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(payloads(&fetch(&mut s, 10)), vec![7]);
     }
 
     #[test]
     fn close_hands_back_unstarted_then_queued() {
         let mut s = MemorySource::bounded(10).unwrap();
         s.enqueue(new_tasks(4)).now_or_never().unwrap().unwrap();
-        let f = s.fetch(2).now_or_never().unwrap().unwrap();
+        let f = fetch(&mut s, 2);
         let back = s.close(f.tasks).now_or_never().unwrap().unwrap();
         let got: Vec<u32> = back.iter().map(|t| t.payload).collect();
         assert_eq!(got, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn retries_need_payload_copies() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        let t = NewTask::with_options(1u32, TaskOptions::new(), 3);
+        let err = s.enqueue(vec![t]).now_or_never().unwrap().unwrap_err();
+        assert!(matches!(err, SubmitError::Unsupported(ref v) if v == &vec![1]));
+        let mut s = s.with_retries();
+        let t = NewTask::with_options(1u32, TaskOptions::new(), 3);
+        s.enqueue(vec![t]).now_or_never().unwrap().unwrap();
+    }
+
+    #[test]
+    fn queued_task_layout_stays_compact() {
+        // 32 bytes beside the payload: the memory benchmark's budget is 64.
+        assert_eq!(std::mem::size_of::<Queued<()>>(), 32);
     }
 }

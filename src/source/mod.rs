@@ -31,7 +31,7 @@ use futures::future::LocalBoxFuture;
 use tokio::time::Instant;
 
 use crate::error::SubmitError;
-use crate::task::{Ack, Task, TaskId};
+use crate::task::{Ack, DeadTask, Task, TaskId, TaskOptions};
 
 /// The answer to one [`Source::fetch`] call.
 #[derive(Debug)]
@@ -154,16 +154,40 @@ pub struct NewTask<T> {
     pub payload: T,
     /// How many attempts the task may have in all (1: no retry).
     pub max_attempts: u32,
+    /// Higher runs first among due tasks.
+    pub priority: i32,
+    /// Not to be fetched before this instant.
+    pub run_at: Option<Instant>,
+    /// Per-attempt timeout override.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl<T> NewTask<T> {
-    /// A task with one attempt.
+    /// A task with default options and one attempt.
     pub fn new(payload: T) -> Self {
+        NewTask::with_options(payload, TaskOptions::new(), 1)
+    }
+
+    /// A task with `options`; `default_attempts` applies unless the options override it.
+    pub fn with_options(payload: T, options: TaskOptions, default_attempts: u32) -> Self {
         NewTask {
             payload,
-            max_attempts: 1,
+            max_attempts: options.max_attempts.unwrap_or(default_attempts).max(1),
+            priority: options.priority,
+            run_at: options.run_at,
+            timeout: options.timeout,
         }
     }
+}
+
+/// A source that can run a failed task again.
+///
+/// Durable sources store payloads anyway and implement it with an empty body. The in-memory
+/// source must keep a copy of each payload while its task runs, so it implements it only for
+/// `T: Clone`. [`PollerBuilder::retry`](crate::PollerBuilder::retry) requires it.
+pub trait RetrySupport<T> {
+    /// Prepare to receive [`Disposition::Retry`](crate::Disposition::Retry) acks.
+    fn enable_retries(&mut self);
 }
 
 /// The result of [`Source::enqueue`]: the ids of the enqueued tasks, or the whole batch back.
@@ -248,6 +272,58 @@ pub trait Source<T>: 'static {
         Box::pin(futures::future::ready(Err(SubmitError::Unsupported(
             payloads,
         ))))
+    }
+
+    /// Cancel a task that waits in the source (due or delayed). `Ok(true)` if it was there and is
+    /// now cancelled (a final state); `Ok(false)` if not found (it may be running). Default: not
+    /// supported, `Ok(false)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, Self::Error>> {
+        let _ = id;
+        Box::pin(futures::future::ready(Ok(false)))
+    }
+
+    /// The most recent dead tasks, newest first, at most `limit`. Default: none kept.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn dead_tasks(
+        &mut self,
+        limit: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<DeadTask>, Self::Error>> {
+        let _ = limit;
+        Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+
+    /// Queue these dead tasks again, from attempt 1. Returns the ids that were queued (a dead
+    /// task kept without its payload cannot run again). Default: none.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn rerun_dead(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, Self::Error>> {
+        let _ = ids;
+        Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+
+    /// Forget these dead tasks (`None`: all). Returns how many were removed. Default: 0.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn purge_dead(
+        &mut self,
+        ids: Option<Vec<TaskId>>,
+    ) -> LocalBoxFuture<'static, Result<usize, Self::Error>> {
+        let _ = ids;
+        Box::pin(futures::future::ready(Ok(0)))
     }
 
     /// How many tasks wait in the source, if it knows cheaply (for [`Stats`](crate::Stats)).

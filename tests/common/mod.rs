@@ -207,3 +207,10 @@ pub async fn within<F: std::future::Future>(fut: F) -> F::Output {
         .await
         .expect("timed out waiting: a lost wake-up or a stuck actor")
 }
+
+/// [`within`] with a limit of the caller's choosing (for long virtual-time scenarios).
+pub async fn within_for<F: std::future::Future>(limit: std::time::Duration, fut: F) -> F::Output {
+    tokio::time::timeout(limit, fut)
+        .await
+        .expect("timed out waiting: a lost wake-up or a stuck actor")
+}
