@@ -80,6 +80,7 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     pending_enqueues: usize,
     early: Vec<(TaskId, FinalState)>,
     acks_in_flight: usize,
+    heartbeat_in_flight: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
     ack_idle: Vec<oneshot::Sender<()>>,
     counters: Arc<Counters>,
@@ -144,6 +145,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             pending_enqueues: 0,
             early: Vec::new(),
             acks_in_flight: 0,
+            heartbeat_in_flight: false,
             ack_idle: Vec::new(),
             counters,
             _guard: guard,
@@ -356,6 +358,26 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
     }
 
+    /// Lets the source extend its leases. One heartbeat at a time: a slow store is not piled on.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Running || self.heartbeat_in_flight {
+            return;
+        }
+        self.heartbeat_in_flight = true;
+        ctx.spawn(
+            self.source
+                .heartbeat()
+                .into_actor(self)
+                .map(|res, act, _ctx| {
+                    act.heartbeat_in_flight = false;
+                    if let Err(error) = res {
+                        Counters::add(&act.counters.heartbeat_errors, 1);
+                        tracing::warn!(%error, "heartbeat failed; leases may expire");
+                    }
+                }),
+        );
+    }
+
     /// Wakes a pending `CloseSource` once no ack and no enqueue is in flight.
     fn notify_idle(&mut self) {
         if self.acks_in_flight == 0 && self.pending_enqueues == 0 {
@@ -459,6 +481,12 @@ impl<A: Actor<Context = Context<A>>, R: 'static> Answer<A, R> {
 
 impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(every) = self.source.heartbeat_interval() {
+            ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        }
+    }
 }
 
 impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {

@@ -44,6 +44,8 @@ pub struct Stats {
     pub fetch_errors: u64,
     /// Ack batches the source failed to record.
     pub ack_errors: u64,
+    /// Heartbeats (lease extensions) that failed.
+    pub heartbeat_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +67,7 @@ pub(crate) struct Counters {
     pub(crate) fetch_calls: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
+    pub(crate) heartbeat_errors: AtomicU64,
     /// Per executor: tasks dispatched to it (written by the Fetcher) and attempts it finished
     /// (written by the Scheduler). Running on executor `i` = started − finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
@@ -152,6 +155,7 @@ impl Counters {
             fetch_calls: self.fetch_calls.load(Relaxed),
             fetch_errors: self.fetch_errors.load(Relaxed),
             ack_errors: self.ack_errors.load(Relaxed),
+            heartbeat_errors: self.heartbeat_errors.load(Relaxed),
         }
     }
 }

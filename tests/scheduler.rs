@@ -425,3 +425,25 @@ fn starting_without_an_actix_system_is_an_error() {
         StartError::NoSystem
     );
 }
+
+/// A source with leases gets a heartbeat every interval while the poller runs, and none after.
+#[actix_rt::test]
+async fn heartbeats_run_on_their_interval() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(10);
+    source.heartbeat_every = Some(Duration::from_secs(10));
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(105)).await;
+    let beats = log.borrow().heartbeats;
+    assert!(
+        (10..=11).contains(&beats),
+        "{beats} heartbeats in 105 s at one per 10 s"
+    );
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(log.borrow().heartbeats, beats, "none after shutdown");
+}

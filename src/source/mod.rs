@@ -22,6 +22,14 @@
 //! * [`enqueue`](Source::enqueue) is optional: sources that accept submissions through the
 //!   poller implement it; others keep the default, which hands the tasks back as
 //!   [`SubmitError::Unsupported`].
+//! * [`heartbeat`](Source::heartbeat) is called every
+//!   [`heartbeat_interval`](Source::heartbeat_interval) (if any) while the poller runs: a
+//!   durable source extends the leases of the tasks it handed out and not yet saw acked.
+//! * Optional capabilities: [`cancel`](Source::cancel) (waiting tasks), dead tasks
+//!   ([`dead_tasks`](Source::dead_tasks), [`rerun_dead`](Source::rerun_dead),
+//!   [`purge_dead`](Source::purge_dead)), and [`RetrySupport`] for retries.
+//! * The task state machine is not the source's business: [`Ack`]s say what to record
+//!   ([`Disposition`](crate::Disposition)), and the source stores it.
 
 pub mod memory;
 
@@ -324,6 +332,25 @@ pub trait Source<T>: 'static {
     ) -> LocalBoxFuture<'static, Result<usize, Self::Error>> {
         let _ = ids;
         Box::pin(futures::future::ready(Ok(0)))
+    }
+
+    /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs
+    /// (`None`, the default: never). A durable source that leases tasks returns a fraction of
+    /// its lease time.
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Keep this poller's claims alive: extend the leases of every task fetched and not yet
+    /// acknowledged (the source knows them: `fetch` adds, `ack` and `close` remove), and release
+    /// or re-fetch what other workers abandoned. Called every
+    /// [`heartbeat_interval`](Source::heartbeat_interval); a failure is counted and traced.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn heartbeat(&mut self) -> LocalBoxFuture<'static, Result<(), Self::Error>> {
+        Box::pin(futures::future::ready(Ok(())))
     }
 
     /// How many tasks wait in the source, if it knows cheaply (for [`Stats`](crate::Stats)).

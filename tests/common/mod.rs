@@ -85,6 +85,7 @@ pub struct SourceLog {
     pub ack_batches: Vec<usize>,
     pub acks: Vec<Ack>,
     pub closed_with: Option<usize>,
+    pub heartbeats: usize,
 }
 
 /// A memory source that records every call and can fail its first `fail_first` fetches
@@ -94,6 +95,7 @@ pub struct ScriptedSource<T> {
     pub log: Rc<RefCell<SourceLog>>,
     pub fail_first: usize,
     pub limits: FetchLimits,
+    pub heartbeat_every: Option<std::time::Duration>,
     pub _drop: Option<DropProbe>,
 }
 
@@ -106,6 +108,7 @@ impl<T> ScriptedSource<T> {
                 log: log.clone(),
                 fail_first: 0,
                 limits: FetchLimits::default(),
+                heartbeat_every: None,
                 _drop: None,
             },
             log,
@@ -167,6 +170,15 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
 
     fn limits(&self) -> FetchLimits {
         self.limits
+    }
+
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        self.heartbeat_every
+    }
+
+    fn heartbeat(&mut self) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
+        self.log.borrow_mut().heartbeats += 1;
+        async { Ok(()) }.boxed_local()
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
