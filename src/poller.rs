@@ -209,6 +209,34 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// The default per-attempt timeout (default: none). At the deadline the task's future is
     /// dropped, its slot freed, and the attempt recorded as timed out (a failure, retried if
     /// attempts remain). A task may override it with [`TaskOptions::timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{FinalState, Poller, Submit, TaskOptions};
+    /// use std::time::Duration;
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let poller = Poller::<u64>::builder()
+    ///         .timeout(Duration::from_millis(20))
+    ///         .start(|ms: u64, _cx| async move {
+    ///             actix_rt::time::sleep(Duration::from_millis(ms)).await;
+    ///             Ok::<_, std::convert::Infallible>(())
+    ///         })
+    ///         .unwrap();
+    ///     let slow = poller.submit_tracked(10_000).await.unwrap();
+    ///     assert_eq!(
+    ///         slow.outcome().await,
+    ///         Ok(FinalState::Dead { error: "timed out after 20ms".into(), attempts: 1 })
+    ///     );
+    ///     // This one may take a second.
+    ///     let opts = TaskOptions::new().timeout(Duration::from_secs(1));
+    ///     let patient = poller.submit_with(Submit::new(50).options(opts).tracked()).await.unwrap();
+    ///     assert_eq!(patient.outcome().await, Ok(FinalState::Completed));
+    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -544,6 +572,35 @@ impl<T: Send + 'static> Poller<T> {
     /// # Errors
     ///
     /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{CancelOutcome, FinalState, Poller, TaskContext};
+    /// use std::time::Duration;
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let poller = Poller::<u32>::builder()
+    ///         .workers(1)
+    ///         .start(|_n: u32, cx: TaskContext| async move {
+    ///             // A long job that stops when asked.
+    ///             cx.cancelled().await;
+    ///             Err("stopped on request")
+    ///         })
+    ///         .unwrap();
+    ///     let running = poller.submit_tracked(1).await.unwrap();
+    ///     let queued = poller.submit_tracked(2).await.unwrap();
+    ///     while poller.stats().busy == 0 {
+    ///         actix_rt::time::sleep(Duration::from_millis(1)).await;
+    ///     }
+    ///     assert_eq!(poller.cancel(queued.id()).await, Ok(CancelOutcome::Dequeued));
+    ///     assert_eq!(poller.cancel(running.id()).await, Ok(CancelOutcome::Signalled));
+    ///     assert_eq!(queued.outcome().await, Ok(FinalState::Cancelled));
+    ///     assert_eq!(running.outcome().await, Ok(FinalState::Cancelled));
+    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
     pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, RequestError> {
         let answer = self.inner.cancel.send(Cancel { id }).await;
         Ok(answer.map_err(|_| RequestError::Closed)??)
