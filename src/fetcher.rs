@@ -80,6 +80,8 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     pending_enqueues: usize,
     early: Vec<(TaskId, FinalState)>,
     acks_in_flight: usize,
+    /// Acks that arrived while an ack call was in flight; sent together when it lands.
+    pending_acks: Vec<Ack>,
     heartbeat_in_flight: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
     ack_idle: Vec<oneshot::Sender<()>>,
@@ -145,6 +147,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             pending_enqueues: 0,
             early: Vec::new(),
             acks_in_flight: 0,
+            pending_acks: Vec::new(),
             heartbeat_in_flight: false,
             ack_idle: Vec::new(),
             counters,
@@ -182,6 +185,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             self.dispatch();
         }
+        self.counters.buffered.store(
+            self.buffer.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn fetched(
@@ -207,22 +214,25 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             Err(error) => {
                 Counters::add(&self.counters.fetch_errors, 1);
-                self.fetch_failures = self.fetch_failures.saturating_add(1);
-                let delay = self.fetch_backoff.delay(self.fetch_failures);
-                tracing::warn!(
-                    %error,
-                    failures = self.fetch_failures,
-                    ?delay,
-                    "fetch failed; backing off"
-                );
-                if self.phase == Phase::Running {
-                    if let Some(h) = self.backing_off.take() {
-                        ctx.cancel_future(h);
+                // Fetches in flight together fail together: one backoff round, not one per
+                // fetch, or N concurrent fetches would push the delay N steps at once.
+                if self.backing_off.is_some() {
+                    tracing::debug!(%error, "fetch failed during backoff");
+                } else {
+                    self.fetch_failures = self.fetch_failures.saturating_add(1);
+                    let delay = self.fetch_backoff.delay(self.fetch_failures);
+                    tracing::warn!(
+                        %error,
+                        failures = self.fetch_failures,
+                        ?delay,
+                        "fetch failed; backing off"
+                    );
+                    if self.phase == Phase::Running {
+                        self.backing_off = Some(ctx.run_later(delay, |act, ctx| {
+                            act.backing_off = None;
+                            act.pump(ctx);
+                        }));
                     }
-                    self.backing_off = Some(ctx.run_later(delay, |act, ctx| {
-                        act.backing_off = None;
-                        act.pump(ctx);
-                    }));
                 }
             }
         }
@@ -323,6 +333,16 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 }
             }
         }
+        if self.acks_in_flight > 0 {
+            // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
+            // store sees few large batches instead of a call per `Ready`.
+            self.pending_acks.extend(acks);
+            return;
+        }
+        self.send_acks(acks, ctx);
+    }
+
+    fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
         // A task going back to the source (retry, snooze) may be due before anything else wakes
         // the Fetcher: once the source has it, fetch again to learn the next due time.
         let requeued = acks.iter().any(|a| !a.disposition.is_final());
@@ -340,6 +360,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.acks_in_flight -= 1;
                     act.acked(count, res);
+                    if !act.pending_acks.is_empty() {
+                        let next = std::mem::take(&mut act.pending_acks);
+                        act.send_acks(next, ctx);
+                    }
                     act.notify_idle();
                     if requeued {
                         act.wake(ctx);

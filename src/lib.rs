@@ -97,6 +97,7 @@ mod scheduler;
 pub mod source;
 mod stats;
 pub mod task;
+pub mod topology;
 
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use executor::{BoxError, TaskHandler};
@@ -112,3 +113,4 @@ pub use task::{
     settle, Abort, Ack, Backoff, Cancelled, DeadTask, Disposition, FinalState, Finished, Outcome,
     Progress, RetryAfter, RetryPolicy, Task, TaskContext, TaskId, TaskOptions,
 };
+pub use topology::{Edge, Node, NodeCounters, NodeKind, Placement, Stage, Topology};

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::error::RequestError;
 use crate::error::{ShutdownError, StartError, SubmitError};
-use crate::executor::{Executor, TaskHandler};
+use crate::executor::{BoxError, Executor, TaskHandler};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::messages::{
     BeginShutdown, CloseSource, Drain, Flush, GetStats, Notify, Receipt, StopFetching, Submit,
@@ -22,7 +22,9 @@ use crate::scheduler::Scheduler;
 use crate::source::memory::MemorySource;
 use crate::source::{FetchLimits, RetrySupport, Source};
 use crate::stats::{Counters, ExecutorStats, Stats};
-use crate::task::{Backoff, DeadTask, Progress, RetryPolicy, Task, TaskId, TaskOptions};
+use crate::task::{
+    Backoff, DeadTask, Progress, RetryPolicy, Task, TaskContext, TaskId, TaskOptions,
+};
 
 /// Held by an actor; dropping it (when the actor is dropped) closes the paired receiver, which is
 /// how shutdown knows the actor is gone.
@@ -266,13 +268,30 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         }
     }
 
-    /// Starts the poller with `handler`, cloned once per executor.
+    /// Starts the poller with `handler`, an async function of the payload and a
+    /// [`TaskContext`](crate::TaskContext), cloned once per executor. (The bound is spelled out
+    /// as `Fn(T, TaskContext)` so a closure's parameter types are inferred.)
     ///
     /// # Errors
     ///
     /// A [`StartError`] for a configuration that could never run a task (zero workers,
     /// executors or capacity), or when no actix `System` runs on this thread.
-    pub fn start<H>(self, handler: H) -> Result<Poller<T>, StartError>
+    pub fn start<F, Fut, E>(self, handler: F) -> Result<Poller<T>, StartError>
+    where
+        F: Fn(T, TaskContext) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + 'static,
+        E: Into<BoxError>,
+    {
+        self.start_with(move |_executor| handler.clone())
+    }
+
+    /// Starts the poller with a handler of your own type (see [`TaskHandler`]), cloned once per
+    /// executor.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_handler<H>(self, handler: H) -> Result<Poller<T>, StartError>
     where
         H: TaskHandler<T> + Clone + Send + Sync,
     {

@@ -157,6 +157,8 @@ impl Handler<Done> for Scheduler {
         Counters::add(&c.finished, n as u64);
         if let Some(e) = c.per_executor.get(msg.executor) {
             Counters::add(&e.finished, n as u64);
+            Counters::add(&e.completed, completed);
+            Counters::add(&e.failed, failed);
         }
         if let Some(slot) = self.freed.get_mut(msg.executor) {
             *slot += n as u32;

@@ -16,6 +16,8 @@ pub struct Stats {
     pub limit: u64,
     /// Tasks running now (started, not yet reported done).
     pub busy: u64,
+    /// Tasks the Fetcher holds, fetched but not started (at most the prefetch plus the credits).
+    pub buffered: u64,
     /// Tasks waiting in the source, if the source knows (the in-memory one does).
     pub queued: Option<u64>,
     /// Tasks accepted by [`Submit`](crate::Submit) / [`Poller::submit`](crate::Poller::submit).
@@ -53,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) limit: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) queued_known: AtomicU64,
+    pub(crate) buffered: AtomicU64,
     pub(crate) submitted: AtomicU64,
     pub(crate) started: AtomicU64,
     pub(crate) finished: AtomicU64,
@@ -77,6 +80,8 @@ pub(crate) struct Counters {
 pub(crate) struct ExecutorCounters {
     pub(crate) started: AtomicU64,
     pub(crate) finished: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 /// A snapshot of one executor's counters.
@@ -87,6 +92,10 @@ pub struct ExecutorStats {
     pub started: u64,
     /// Attempts this executor finished (in any outcome).
     pub finished: u64,
+    /// Of `finished`, the attempts that completed.
+    pub completed: u64,
+    /// Of `finished`, the attempts that failed (error, panic, timeout, abort).
+    pub failed: u64,
     /// Tasks running on it now.
     pub busy: u64,
 }
@@ -112,6 +121,8 @@ impl Counters {
                 ExecutorStats {
                     started,
                     finished,
+                    completed: e.completed.load(Relaxed),
+                    failed: e.failed.load(Relaxed),
                     busy: started.saturating_sub(finished),
                 }
             })
@@ -141,6 +152,7 @@ impl Counters {
         Stats {
             limit: self.limit.load(Relaxed),
             busy: started.saturating_sub(finished),
+            buffered: self.buffered.load(Relaxed),
             queued: (self.queued_known.load(Relaxed) == 1).then(|| self.queued.load(Relaxed)),
             submitted: self.submitted.load(Relaxed),
             started,

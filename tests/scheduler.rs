@@ -447,3 +447,75 @@ async fn heartbeats_run_on_their_interval() {
     tokio::time::sleep(Duration::from_secs(100)).await;
     assert_eq!(log.borrow().heartbeats, beats, "none after shutdown");
 }
+
+/// Fetches in flight together that fail together count as one backoff round: the next try comes
+/// after the first delay, not after the delay of as many failures as there were fetches.
+#[actix_rt::test]
+async fn concurrent_failed_fetches_are_one_backoff_round() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(100);
+    source.preload((0..4).collect());
+    source.fail_first = 4;
+    source.fetch_delay = Some(Duration::from_millis(1));
+    source.limits = actix_poller::FetchLimits {
+        max_batch: 1,
+        max_in_flight: 4,
+    };
+    let backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).with_jitter(0.0);
+    let t0 = tokio::time::Instant::now();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .on_current_arbiter()
+        .fetch_backoff(backoff)
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 4).await;
+    let times = log.borrow().fetch_times.clone();
+    assert_eq!(
+        &log.borrow().fetches[..4],
+        &[1, 1, 1, 1],
+        "four single fetches in flight"
+    );
+    assert!(
+        times[..4].iter().all(|t| *t == t0),
+        "all four started at once"
+    );
+    let retry_at = times[4] - t0;
+    assert!(
+        retry_at >= Duration::from_millis(100) && retry_at < Duration::from_millis(150),
+        "retried after one round's delay (100 ms), not four rounds' (800 ms): {retry_at:?}"
+    );
+    assert_eq!(poller.stats().fetch_errors, 4);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// While an ack call is in flight, later acks wait and go together in the next call.
+#[actix_rt::test]
+async fn acks_coalesce_while_an_ack_call_is_in_flight() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(1000);
+    source.preload((0..200).collect());
+    source.ack_delay = Some(Duration::from_millis(10));
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .on_current_arbiter()
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 200).await;
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    let log = log.borrow();
+    assert_eq!(
+        log.ack_batches.iter().sum::<usize>(),
+        200,
+        "every ack recorded once"
+    );
+    assert!(
+        log.ack_batches.len() <= 4,
+        "200 acks in {} calls: {:?}",
+        log.ack_batches.len(),
+        log.ack_batches
+    );
+}

@@ -1,6 +1,6 @@
 //! Where tasks come from.
 //!
-//! A [`Source`] is the Go poller's `fetch`, generalized. The [`Fetcher`](crate::fetcher) actor is
+//! A [`Source`] is the Go poller's `fetch`, generalized. The Fetcher actor is
 //! its only owner: every method takes `&mut self` and is called from that one actor, so a source
 //! needs no lock for its own state. Methods that do I/O return a `'static` future: the source does
 //! its bookkeeping synchronously, then hands back a future that owns what it needs (a pool handle,

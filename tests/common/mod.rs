@@ -86,6 +86,8 @@ pub struct SourceLog {
     pub acks: Vec<Ack>,
     pub closed_with: Option<usize>,
     pub heartbeats: usize,
+    /// When each fetch call was made.
+    pub fetch_times: Vec<tokio::time::Instant>,
 }
 
 /// A memory source that records every call and can fail its first `fail_first` fetches
@@ -96,6 +98,10 @@ pub struct ScriptedSource<T> {
     pub fail_first: usize,
     pub limits: FetchLimits,
     pub heartbeat_every: Option<std::time::Duration>,
+    /// Each fetch answers after this long (so several can be in flight).
+    pub fetch_delay: Option<std::time::Duration>,
+    /// Each ack call lands after this long.
+    pub ack_delay: Option<std::time::Duration>,
     pub _drop: Option<DropProbe>,
 }
 
@@ -109,6 +115,8 @@ impl<T> ScriptedSource<T> {
                 fail_first: 0,
                 limits: FetchLimits::default(),
                 heartbeat_every: None,
+                fetch_delay: None,
+                ack_delay: None,
                 _drop: None,
             },
             log,
@@ -144,9 +152,20 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Unavailable>> {
         let mut log = self.log.borrow_mut();
         log.fetches.push(max);
+        log.fetch_times.push(tokio::time::Instant::now());
+        let delay = self.fetch_delay;
+        let pause = async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+        };
         if log.fetches.len() <= self.fail_first {
             log.returned.push(0);
-            return async { Err(Unavailable) }.boxed_local();
+            return async move {
+                pause.await;
+                Err(Unavailable)
+            }
+            .boxed_local();
         }
         let fetched = self
             .inner
@@ -158,14 +177,25 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
             Err(e) => match e {},
         };
         log.returned.push(fetched.tasks.len());
-        async move { Ok(fetched) }.boxed_local()
+        async move {
+            pause.await;
+            Ok(fetched)
+        }
+        .boxed_local()
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
         let mut log = self.log.borrow_mut();
         log.ack_batches.push(acks.len());
         log.acks.extend(acks);
-        async { Ok(()) }.boxed_local()
+        let delay = self.ack_delay;
+        async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            Ok(())
+        }
+        .boxed_local()
     }
 
     fn limits(&self) -> FetchLimits {
