@@ -67,19 +67,36 @@
 //! * A [`Source`] is where tasks come from: [`MemorySource`] (the default), or your own.
 //! * Every attempt ends in exactly one [`Outcome`]; [`settle`] turns it into a [`Disposition`]
 //!   that the source records, and a tracked submitter sees the [`FinalState`].
+//! * The lifecycle: retries with backoff ([`PollerBuilder::retry`], [`RetryPolicy`]), per-attempt
+//!   timeouts ([`PollerBuilder::timeout`]), snoozes ([`RetryAfter`]) and aborts ([`Abort`])
+//!   returned by handlers, delayed and prioritized tasks ([`TaskOptions`]), cancellation of
+//!   waiting and running tasks ([`Poller::cancel`], [`TaskContext::cancelled`]), dead tasks
+//!   ([`Poller::dead_tasks`], [`Poller::rerun_dead`], [`Poller::purge_dead`]) and progress
+//!   ([`TaskContext::progress`], [`Receipt::progress`]). Each has a doc example that runs.
 //! * [`Poller::shutdown`] stops fetching, drains running tasks until a deadline, cancels the
 //!   rest, hands back what never started, and stops every actor and arbiter it started.
+//! * [`Poller::topology`] describes the running actor graph with live counters, as Mermaid or
+//!   DOT text.
 //!
 //! # Guarantees
 //!
 //! * At no instant do more than `workers` tasks run.
-//! * Every started attempt ends in exactly one `Done`: completed, failed, panicked or cancelled.
+//! * Every started attempt ends in exactly one `Done`: completed, failed, panicked, timed out,
+//!   snoozed, aborted or cancelled; every task reaches exactly one final state.
+//! * A task waiting for a retry or a due time holds no worker slot.
 //! * In-memory delivery is exactly once while the process lives; a crash loses the queue.
 //!
 //! # Feature flags
 //!
-//! None yet: the in-memory source is always built. Durable sources (SQLite, PostgreSQL) will come
-//! behind the `sqlite` and `postgres` features.
+//! The in-memory source is always built; the durable sources are opt-in, built on `sqlx`, and
+//! store payloads as JSON (`serde`). See `docs/durable.md` for leases, heartbeats and the
+//! "at least once" contract they ask of handlers.
+//!
+//! * `sqlite` — [`SqliteSource`]: embedded and durable on one machine (sqlx's bundled SQLite, no
+//!   system library, no server). Tasks survive a crash or a restart.
+//! * `postgres` — [`PgSource`]: many processes on many machines share one queue
+//!   (`FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` wake-ups, leases taken back when a worker dies),
+//!   and [`PgQueue`] enqueues inside the caller's own transaction.
 
 #![forbid(unsafe_code)]
 
@@ -107,6 +124,10 @@ pub use messages::{
 };
 pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_CANCEL_GRACE, DEFAULT_WORKERS};
 pub use source::memory::MemorySource;
+#[cfg(feature = "postgres")]
+pub use source::postgres::{PgConfig, PgError, PgQueue, PgSource};
+#[cfg(feature = "sqlite")]
+pub use source::sqlite::{SqliteConfig, SqliteError, SqliteQueue, SqliteSource};
 pub use source::{FetchLimits, Fetched, RetrySupport, Source, WakeOn};
 pub use stats::{ExecutorStats, Stats};
 pub use task::{

@@ -32,6 +32,10 @@
 //!   ([`Disposition`](crate::Disposition)), and the source stores it.
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use std::fmt;
 

@@ -1,0 +1,122 @@
+-- The statements of PgSource, one per `-- name:` section. {table} is the schema-qualified table,
+-- {channel} the LISTEN/NOTIFY channel. Times come from the server's clock (now()), so workers
+-- on several machines agree; durations are bound as microseconds.
+-- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
+
+-- name: enqueue
+-- One statement for the whole batch. The insert trigger notifies the listeners on commit.
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms)
+SELECT u.payload::jsonb, u.priority, now() + u.delay_us * interval '1 microsecond',
+       u.max_attempts, u.timeout_ms
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
+     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, ord)
+ORDER BY u.ord
+RETURNING id;
+
+-- name: fetch
+-- Leases up to $1 due tasks: rows another worker is leasing right now are skipped, not waited
+-- for. $2: owner; $3: lease in microseconds. `= ANY(ARRAY(…))` makes the update find its rows
+-- by primary key, however many finished rows the table holds (a join may scan it all).
+WITH picked AS (
+    SELECT id FROM {table}
+    WHERE state = 'queued' AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {table} AS t
+SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,
+    lease_until = now() + $3 * interval '1 microsecond'
+WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+RETURNING t.id, t.attempt, t.max_attempts, t.priority, t.timeout_ms, t.payload::text,
+          (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
+          (extract(epoch FROM t.run_at) * 1000000)::bigint;
+
+-- name: next_due
+-- Microseconds from now to the earliest queued task (negative: overdue).
+SELECT (extract(epoch FROM min(run_at) - now()) * 1000000)::bigint
+FROM {table} WHERE state = 'queued';
+
+-- name: ack
+-- One statement per batch. An ack counts only for the lease it answers (same owner, same
+-- attempt, still running). $6: owner.
+UPDATE {table} AS t
+SET state = CASE a.kind
+        WHEN 0 THEN 'completed' WHEN 1 THEN 'queued' WHEN 2 THEN 'queued'
+        WHEN 3 THEN 'dead' ELSE 'cancelled' END,
+    run_at = CASE WHEN a.kind IN (1, 2) THEN now() + a.after_us * interval '1 microsecond'
+             ELSE t.run_at END,
+    attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
+    finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN now() END,
+    last_error = coalesce(a.error, t.last_error),
+    lease_owner = NULL,
+    lease_until = NULL
+FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::text[])
+     AS a (id, attempt, kind, after_us, error)
+WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = $6;
+
+-- name: extend
+-- $1: ids; $2: owner; $3: lease in microseconds.
+UPDATE {table} SET lease_until = now() + $3 * interval '1 microsecond'
+WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+
+-- name: reclaim
+-- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
+-- the task is dead.
+UPDATE {table}
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+    last_error = 'lease expired: the worker died or stalled',
+    lease_owner = NULL,
+    lease_until = NULL
+WHERE id = ANY(ARRAY(
+    SELECT id FROM {table} WHERE state = 'running' AND lease_until < now()
+    LIMIT 1000 FOR UPDATE SKIP LOCKED
+))
+RETURNING state;
+
+-- name: prune
+-- $1: retention in microseconds; $2: at most this many.
+DELETE FROM {table} WHERE id = ANY(ARRAY(
+    SELECT id FROM {table}
+    WHERE state IN ('completed', 'cancelled')
+      AND finished_at < now() - $1 * interval '1 microsecond'
+    LIMIT $2
+));
+
+-- name: release
+-- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: owner.
+UPDATE {table}
+SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
+WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+
+-- name: bury
+-- A row whose payload does not decode. $1: id; $2: error; $3: owner.
+UPDATE {table}
+SET state = 'dead', finished_at = now(), last_error = $2, lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $3 AND state = 'running';
+
+-- name: notify
+SELECT pg_notify('{channel}', '');
+
+-- name: cancel
+UPDATE {table} SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'queued';
+
+-- name: dead_list
+SELECT id, attempt, coalesce(last_error, ''),
+       (extract(epoch FROM coalesce(finished_at, now())) * 1000000)::bigint
+FROM {table} WHERE state = 'dead'
+ORDER BY finished_at DESC, id DESC
+LIMIT $1;
+
+-- name: dead_rerun
+UPDATE {table}
+SET state = 'queued', attempt = 0, run_at = now(), finished_at = NULL, last_error = NULL
+WHERE id = ANY($1) AND state = 'dead'
+RETURNING id;
+
+-- name: dead_purge
+DELETE FROM {table} WHERE state = 'dead' AND id = ANY($1);
+
+-- name: dead_purge_all
+DELETE FROM {table} WHERE state = 'dead';

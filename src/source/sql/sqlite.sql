@@ -1,0 +1,107 @@
+-- The statements of SqliteSource, one per `-- name:` section. {table} is the quoted table name.
+-- Times are microseconds since the Unix epoch, computed by the caller (one machine, one clock).
+-- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
+
+-- name: enqueue
+-- ?1: a JSON array of [payload_json, priority, run_at, max_attempts, timeout_ms]; ?2: now.
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
+FROM json_each(?1)
+ORDER BY key
+RETURNING id;
+
+-- name: fetch
+-- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
+-- ?1: now; ?2: owner; ?3: lease expiry; ?4: how many.
+UPDATE {table}
+SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?3
+WHERE id IN (
+    SELECT id FROM {table}
+    WHERE state = 'queued' AND run_at <= ?1
+    ORDER BY priority DESC, run_at, id
+    LIMIT ?4
+)
+RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at;
+
+-- name: next_due
+SELECT min(run_at) FROM {table} WHERE state = 'queued';
+
+-- name: ack
+-- ?1: a JSON array of [id, attempt, kind, after_us, error]; ?2: now; ?3: owner.
+-- An ack counts only for the lease it answers (same owner, same attempt, still running): an
+-- ack that comes after the lease expired and another worker took the task changes nothing.
+WITH a (id, attempt, kind, after_us, error) AS (
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?1)
+)
+UPDATE {table} AS t
+SET state = CASE a.kind
+        WHEN 0 THEN 'completed' WHEN 1 THEN 'queued' WHEN 2 THEN 'queued'
+        WHEN 3 THEN 'dead' ELSE 'cancelled' END,
+    run_at = CASE WHEN a.kind IN (1, 2) THEN ?2 + a.after_us ELSE t.run_at END,
+    attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
+    finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN ?2 END,
+    last_error = coalesce(a.error, t.last_error),
+    lease_owner = NULL,
+    lease_until = NULL
+FROM a
+WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = ?3;
+
+-- name: extend
+-- ?1: new lease expiry; ?2: a JSON array of ids; ?3: owner.
+UPDATE {table} SET lease_until = ?1
+WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 AND state = 'running';
+
+-- name: reclaim
+-- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
+-- the task is dead. ?1: now.
+UPDATE {table}
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
+    last_error = 'lease expired: the worker died or stalled',
+    lease_owner = NULL,
+    lease_until = NULL
+WHERE id IN (
+    SELECT id FROM {table} WHERE state = 'running' AND lease_until < ?1 LIMIT 1000
+)
+RETURNING state;
+
+-- name: prune
+-- ?1: finished before this; ?2: at most this many.
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table}
+    WHERE state IN ('completed', 'cancelled') AND finished_at < ?1
+    LIMIT ?2
+);
+
+-- name: release
+-- Fetched, never started: back to the queue, the attempt not counted. ?1: ids; ?2: owner.
+UPDATE {table}
+SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
+WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running';
+
+-- name: bury
+-- A row whose payload does not decode. ?1: id; ?2: error; ?3: now; ?4: owner.
+UPDATE {table}
+SET state = 'dead', finished_at = ?3, last_error = ?2, lease_owner = NULL, lease_until = NULL
+WHERE id = ?1 AND lease_owner = ?4 AND state = 'running';
+
+-- name: cancel
+UPDATE {table} SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued';
+
+-- name: dead_list
+SELECT id, attempt, coalesce(last_error, ''), coalesce(finished_at, 0)
+FROM {table} WHERE state = 'dead'
+ORDER BY finished_at DESC, id DESC
+LIMIT ?1;
+
+-- name: dead_rerun
+UPDATE {table}
+SET state = 'queued', attempt = 0, run_at = ?2, finished_at = NULL, last_error = NULL
+WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'
+RETURNING id;
+
+-- name: dead_purge
+DELETE FROM {table} WHERE state = 'dead' AND id IN (SELECT value FROM json_each(?1));
+
+-- name: dead_purge_all
+DELETE FROM {table} WHERE state = 'dead';

@@ -1,0 +1,1015 @@
+//! A durable source in a SQLite database: tasks survive a crash of the process (feature
+//! `sqlite`).
+//!
+//! SQLite is the embedded durable choice: one file on one machine, no server. Several processes
+//! on the same machine may share the file; SQLite lets one of them write at a time, and every
+//! state change here is one statement, so two pollers never lease the same task.
+//!
+//! * **Schema**: one table (default `actix_poller_tasks`), created and upgraded at start by the
+//!   crate's versioned migrations (`migrations/sqlite/*.sql`, applied in one `BEGIN IMMEDIATE`
+//!   transaction; the applied versions are kept in `<table>_migrations`). Turn them off with
+//!   [`SqliteConfig::migrate`] if you manage the schema yourself.
+//! * **Enqueue**: a batch is one `INSERT … SELECT … FROM json_each(?)` statement.
+//! * **Fetch**: one `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …` statement leases up to
+//!   `n` due tasks, highest priority first, then earliest due, then first enqueued.
+//! * **Leases**: a fetched task is leased for [`SqliteConfig::lease`]; the poller's heartbeat
+//!   extends the leases of the tasks this poller runs, takes back tasks whose lease expired (their
+//!   worker died: the attempt counts, and a task out of attempts goes dead) and prunes old
+//!   finished tasks.
+//! * **Acks**: one `UPDATE … FROM json_each(?)` statement per batch.
+//! * **Wake-ups**: a local submit (through the poller or a [`SqliteQueue`] of this source) wakes
+//!   the poller at once; tasks written by other processes are seen by a jittered poll
+//!   ([`SqliteConfig::poll_interval`]).
+//! * **Payloads** are JSON (serde). A row whose payload does not decode goes dead with the
+//!   decoder's error; the others run.
+//!
+//! # Delivery: at least once
+//!
+//! A task runs at least once: a poller that dies (killed, crashed, machine lost) leaves its
+//! leases to expire, and the task runs again, its attempt counted. A task can therefore run more
+//! than once: make handlers idempotent (an upsert instead of an insert, a unique key on what the
+//! task produces, a check of whether the work is done). Tasks still queued are never lost.
+//!
+//! Durability: WAL journal with `synchronous = NORMAL` by default, which survives a crash of the
+//! process (the case leases are for); [`SqliteConfig::full_sync`] also survives a power loss,
+//! at the cost of an fsync per commit.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+//! use actix_poller::{Poller, RetryPolicy};
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Resize { image: String, width: u32 }
+//!
+//! #[actix_rt::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let source = SqliteSource::<Resize>::connect(SqliteConfig::new("tasks.db")).await?;
+//!     let poller = Poller::builder()
+//!         .source(source)
+//!         .retry(RetryPolicy::attempts(5))
+//!         .workers(8)
+//!         .start(|job: Resize, _cx| async move {
+//!             let _ = (job.image, job.width); // ... resize, idempotently ...
+//!             Ok::<_, std::io::Error>(())
+//!         })?;
+//!     poller.submit(Resize { image: "a.png".into(), width: 640 }).await.ok();
+//!     poller.shutdown(Duration::from_secs(10)).await?;
+//!     Ok(())
+//! }
+//! ```
+
+// Shared with the other durable source; included by each so that each feature builds alone.
+#[allow(clippy::duplicate_mod)]
+#[path = "sql/common.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::common::{Leased, Row, Signal};
+use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source, WakeOn};
+use crate::error::SubmitError;
+use crate::task::{Ack, DeadTask, Task, TaskId};
+
+const QUERIES: &str = include_str!("sql/sqlite.sql");
+
+/// The crate's migrations for SQLite: version, description, SQL.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "create the task table",
+    include_str!("../../migrations/sqlite/0001_create_tasks.sql"),
+)];
+
+/// The default table name.
+pub const DEFAULT_TABLE: &str = "actix_poller_tasks";
+
+/// How many finished rows one prune statement deletes at most.
+const PRUNE_BATCH: i64 = 5_000;
+/// How many prune statements one heartbeat runs at most.
+const PRUNE_ROUNDS: usize = 20;
+
+/// What can go wrong with a [`SqliteSource`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteError {
+    /// The database file could not be opened or created.
+    #[error("cannot open the SQLite database at {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The configuration is invalid (e.g. a table name that is not a plain identifier).
+    #[error("invalid SQLite source configuration: {0}")]
+    Config(String),
+    /// A migration failed; nothing of it was applied.
+    #[error("SQLite migration {version} ({description}) failed: {source}")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// What it does.
+        description: &'static str,
+        /// Why it failed.
+        source: sqlx::Error,
+    },
+    /// The database holds a schema newer than this version of the crate knows.
+    #[error(
+        "the SQLite table was migrated to version {found} by a newer actix-poller; this one \
+         knows up to {known}"
+    )]
+    SchemaTooNew {
+        /// The newest version found in the database.
+        found: i64,
+        /// The newest version this crate knows.
+        known: i64,
+    },
+    /// A statement failed.
+    #[error("SQLite error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A payload could not be encoded as JSON.
+    #[error("cannot encode a payload as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// How to open a [`SqliteSource`]: the file, the table, leases, polling, retention.
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::source::sqlite::SqliteConfig;
+/// use std::time::Duration;
+///
+/// let config = SqliteConfig::new("/var/lib/app/tasks.db")
+///     .table("mail_tasks")
+///     .lease(Duration::from_secs(60))
+///     .completed_retention(Some(Duration::from_secs(3600)));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    path: PathBuf,
+    table: String,
+    lease: Duration,
+    poll_interval: Duration,
+    poll_jitter: f64,
+    retention: Option<Duration>,
+    migrate: bool,
+    batch: usize,
+    max_connections: u32,
+    busy_timeout: Duration,
+    full_sync: bool,
+}
+
+impl SqliteConfig {
+    /// The database at `path` (created if missing), with the defaults: table
+    /// [`DEFAULT_TABLE`], 30 s leases, a 1 s poll with 20 % jitter, completed tasks kept for
+    /// 24 h, migrations on, fetches of at most 1 000 tasks.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        SqliteConfig {
+            path: path.as_ref().to_path_buf(),
+            table: DEFAULT_TABLE.to_owned(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            poll_jitter: 0.2,
+            retention: Some(Duration::from_secs(24 * 3600)),
+            migrate: true,
+            batch: 1_000,
+            max_connections: 4,
+            busy_timeout: Duration::from_secs(10),
+            full_sync: false,
+        }
+    }
+
+    /// The table's name: a plain identifier (letters, digits, `_`; at most 48 bytes).
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a fetched task stays leased to this poller without a heartbeat (default 30 s).
+    /// The heartbeat runs every third of it. A task whose worker died runs again about this
+    /// long after.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How often an idle poller looks for tasks written by other processes (default 1 s);
+    /// local submits wake it at once.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The poll's jitter, a fraction of the interval (default 0.2; clamped to `0.0..=1.0`).
+    pub fn poll_jitter(mut self, jitter: f64) -> Self {
+        self.poll_jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// How long completed and cancelled tasks are kept before the heartbeat prunes them
+    /// (default 24 h; `None`: kept forever). Dead tasks are always kept.
+    pub fn completed_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Whether to apply the crate's migrations at start (default `true`).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// The most tasks one fetch leases (default 1 000, at least 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The connection pool's size (default 4).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long a statement waits for another process's write to finish (default 10 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// `synchronous = FULL`: every commit is on disk before it returns, so a power loss loses
+    /// nothing (default `false`: `NORMAL`, which survives a crash of the process).
+    pub fn full_sync(mut self, full: bool) -> Self {
+        self.full_sync = full;
+        self
+    }
+
+    fn connect_options(&self) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(&self.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if self.full_sync {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(self.busy_timeout)
+    }
+}
+
+/// The statements, rendered once for the configured table.
+#[derive(Debug)]
+struct Sql {
+    enqueue: String,
+    fetch: String,
+    next_due: String,
+    ack: String,
+    extend: String,
+    reclaim: String,
+    prune: String,
+    release: String,
+    bury: String,
+    cancel: String,
+    dead_list: String,
+    dead_rerun: String,
+    dead_purge: String,
+    dead_purge_all: String,
+}
+
+impl Sql {
+    fn new(table: &str) -> Self {
+        let quoted = format!("\"{table}\"");
+        let vars = [("table", quoted.as_str()), ("name", table)];
+        let s = |name| common::statement(QUERIES, name, &vars);
+        Sql {
+            enqueue: s("enqueue"),
+            fetch: s("fetch"),
+            next_due: s("next_due"),
+            ack: s("ack"),
+            extend: s("extend"),
+            reclaim: s("reclaim"),
+            prune: s("prune"),
+            release: s("release"),
+            bury: s("bury"),
+            cancel: s("cancel"),
+            dead_list: s("dead_list"),
+            dead_rerun: s("dead_rerun"),
+            dead_purge: s("dead_purge"),
+            dead_purge_all: s("dead_purge_all"),
+        }
+    }
+}
+
+/// A durable task source in a SQLite database. See the [module docs](self).
+pub struct SqliteSource<T> {
+    queue: SqliteQueue<T>,
+    owner: i64,
+    lease: Duration,
+    poll_interval: Duration,
+    poll_jitter: f64,
+    retention: Option<Duration>,
+    batch: usize,
+    leased: Leased,
+}
+
+impl<T> fmt::Debug for SqliteSource<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteSource")
+            .field("table", &self.queue.table)
+            .field("owner", &self.owner)
+            .field("lease", &self.lease)
+            .field("leased", &self.leased.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Enqueues into a [`SqliteSource`]'s table from anywhere in the process (cheap to clone,
+/// `Send + Sync`); the source's poller is woken at once. Get one from [`SqliteSource::queue`].
+pub struct SqliteQueue<T> {
+    pool: SqlitePool,
+    sql: Arc<Sql>,
+    table: Arc<str>,
+    signal: Arc<Signal>,
+    _payload: PhantomData<fn(T)>,
+}
+
+impl<T> Clone for SqliteQueue<T> {
+    fn clone(&self) -> Self {
+        SqliteQueue {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+            table: Arc::clone(&self.table),
+            signal: Arc::clone(&self.signal),
+            _payload: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SqliteQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encodes a batch for the `enqueue` statement.
+fn encode_batch<T: Serialize>(tasks: &[NewTask<T>]) -> Result<String, serde_json::Error> {
+    let now = common::now_us();
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            Ok((
+                serde_json::to_string(&t.payload)?,
+                t.priority,
+                now + common::delay_us(t.run_at),
+                t.max_attempts.max(1),
+                common::timeout_ms(t.timeout),
+            ))
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    serde_json::to_string(&rows)
+}
+
+async fn insert<'c, E>(executor: E, sql: &str, batch: &str) -> Result<Vec<TaskId>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let mut ids: Vec<i64> = sqlx::query_scalar(sql)
+        .bind(batch)
+        .bind(common::now_us())
+        .fetch_all(executor)
+        .await?;
+    // Ids grow in insert order: sorted, they are the batch's order.
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(|id| TaskId(id as u64)).collect())
+}
+
+impl<T: Serialize> SqliteQueue<T> {
+    /// Enqueues a batch in one statement; returns the new ids, in the batch's order.
+    ///
+    /// # Errors
+    ///
+    /// [`SqliteError::Encode`] if a payload does not serialize; [`SqliteError::Database`] if
+    /// the insert fails (then nothing was inserted).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+    /// use actix_poller::source::NewTask;
+    /// # async fn f() -> Result<(), actix_poller::source::sqlite::SqliteError> {
+    /// let source = SqliteSource::<String>::connect(SqliteConfig::new("tasks.db")).await?;
+    /// let queue = source.queue();
+    /// let ids = queue.enqueue(vec![NewTask::new("a".to_string())]).await?;
+    /// assert_eq!(ids.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue(&self, tasks: Vec<NewTask<T>>) -> Result<Vec<TaskId>, SqliteError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = encode_batch(&tasks)?;
+        let ids = insert(&self.pool, &self.sql.enqueue, &batch).await?;
+        self.notify();
+        Ok(ids)
+    }
+
+    /// Enqueues a batch on `conn`, e.g. inside the caller's own transaction
+    /// (`&mut *tx`): the tasks exist only if it commits. Call [`notify`](Self::notify) after
+    /// the commit to wake the poller at once (otherwise its poll finds them).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue).
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut SqliteConnection,
+        tasks: Vec<NewTask<T>>,
+    ) -> Result<Vec<TaskId>, SqliteError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = encode_batch(&tasks)?;
+        Ok(insert(conn, &self.sql.enqueue, &batch).await?)
+    }
+
+    /// Wakes the source's poller: new tasks may be due.
+    pub fn notify(&self) {
+        common::bump(&self.signal);
+    }
+
+    /// The connection pool (for the caller's own transactions).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+impl<T> SqliteSource<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    /// Opens (creating if missing) the database, applies the migrations unless turned off, and
+    /// takes back tasks whose lease expired while no poller ran.
+    ///
+    /// # Errors
+    ///
+    /// [`SqliteError::Open`] when the file cannot be opened or created (a missing directory,
+    /// no permission, not a database); [`SqliteError::Config`] for an invalid table name;
+    /// [`SqliteError::Migration`] / [`SqliteError::SchemaTooNew`] when the schema cannot be
+    /// brought to this crate's version.
+    pub async fn connect(config: SqliteConfig) -> Result<Self, SqliteError> {
+        check_table(&config.table)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.busy_timeout + Duration::from_secs(5))
+            .connect_with(config.connect_options())
+            .await
+            .map_err(|source| SqliteError::Open {
+                path: config.path.clone(),
+                source,
+            })?;
+        Self::with_pool(pool, config).await
+    }
+
+    /// Uses an existing pool (its connect options are the caller's: WAL and a busy timeout are
+    /// advised). Only the table, lease, poll, retention, migration and batch settings of
+    /// `config` apply.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), without [`SqliteError::Open`].
+    pub async fn with_pool(pool: SqlitePool, config: SqliteConfig) -> Result<Self, SqliteError> {
+        check_table(&config.table)?;
+        if config.migrate {
+            migrate(&pool, &config.table).await?;
+        }
+        let sql = Arc::new(Sql::new(&config.table));
+        let (signal, _) = watch::channel(0u64);
+        let source = SqliteSource {
+            queue: SqliteQueue {
+                pool,
+                sql,
+                table: config.table.as_str().into(),
+                signal: Arc::new(signal),
+                _payload: PhantomData,
+            },
+            owner: common::new_owner(),
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            poll_jitter: config.poll_jitter,
+            retention: config.retention,
+            batch: config.batch,
+            leased: Leased::default(),
+        };
+        source.reclaim_now().await?;
+        Ok(source)
+    }
+
+    /// A handle to enqueue from anywhere in the process; it wakes this source's poller.
+    pub fn queue(&self) -> SqliteQueue<T> {
+        self.queue.clone()
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.queue.pool
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.queue.table
+    }
+
+    /// Takes back tasks whose lease expired; wakes the poller if some are queued again.
+    async fn reclaim_now(&self) -> Result<(), sqlx::Error> {
+        reclaim(&self.queue.pool, &self.queue.sql, &self.queue.signal).await
+    }
+}
+
+async fn reclaim(pool: &SqlitePool, sql: &Sql, signal: &Signal) -> Result<(), sqlx::Error> {
+    let states: Vec<String> = sqlx::query_scalar(&sql.reclaim)
+        .bind(common::now_us())
+        .fetch_all(pool)
+        .await?;
+    if !states.is_empty() {
+        let requeued = states.iter().filter(|s| *s == "queued").count();
+        tracing::warn!(
+            requeued,
+            dead = states.len() - requeued,
+            "took back tasks whose lease expired"
+        );
+        if requeued > 0 {
+            common::bump(signal);
+        }
+    }
+    Ok(())
+}
+
+fn check_table(table: &str) -> Result<(), SqliteError> {
+    if common::valid_identifier(table) {
+        Ok(())
+    } else {
+        Err(SqliteError::Config(format!(
+            "table name {table:?} must be a plain identifier (letters, digits, _; at most 48 bytes)"
+        )))
+    }
+}
+
+/// Applies the crate's migrations not yet applied, in one `BEGIN IMMEDIATE` transaction (so two
+/// processes starting at once do not both apply them).
+async fn migrate(pool: &SqlitePool, table: &str) -> Result<(), SqliteError> {
+    let mut conn = pool.acquire().await?;
+    let quoted = format!("\"{table}\"");
+    let migrations = format!("\"{table}_migrations\"");
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result: Result<(), SqliteError> = async {
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE IF NOT EXISTS {migrations} (version INTEGER PRIMARY KEY, \
+             description TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let applied: HashSet<i64> =
+            sqlx::query_scalar::<_, i64>(&format!("SELECT version FROM {migrations}"))
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        if let Some(found) = applied.iter().copied().filter(|v| *v > known).max() {
+            return Err(SqliteError::SchemaTooNew { found, known });
+        }
+        for (version, description, text) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let sql = common::fill(text, &[("table", quoted.as_str()), ("name", table)]);
+            let wrap = |source| SqliteError::Migration {
+                version: *version,
+                description,
+                source,
+            };
+            sqlx::raw_sql(&sql)
+                .execute(&mut *conn)
+                .await
+                .map_err(wrap)?;
+            sqlx::query(&format!(
+                "INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3)"
+            ))
+            .bind(version)
+            .bind(description)
+            .bind(common::now_us())
+            .execute(&mut *conn)
+            .await
+            .map_err(wrap)?;
+            tracing::info!(table, version, description, "applied a migration");
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+type FetchedRow = (i64, i64, i64, i64, Option<i64>, String, i64, i64);
+
+impl<T> Source<T> for SqliteSource<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    type Error = SqliteError;
+
+    fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let leased = self.leased.clone();
+        let owner = self.owner;
+        let lease_us = common::micros(self.lease);
+        let poll = common::jittered(self.poll_interval, self.poll_jitter);
+        // Created before the read: a local enqueue during the fetch still wakes the poller.
+        let signal = common::wait_for_bump(&self.queue.signal);
+        let max = max.min(self.batch).max(1);
+        async move {
+            let now = common::now_us();
+            let rows: Vec<FetchedRow> = sqlx::query_as(&sql.fetch)
+                .bind(now)
+                .bind(owner)
+                .bind(now + lease_us)
+                .bind(max as i64)
+                .fetch_all(&pool)
+                .await?;
+            let full = rows.len() >= max;
+            let mut rows: Vec<Row> = rows
+                .into_iter()
+                .map(|r| Row {
+                    id: r.0,
+                    attempt: r.1,
+                    max_attempts: r.2,
+                    priority: r.3,
+                    timeout_ms: r.4,
+                    payload: r.5,
+                    enqueued_at_us: r.6,
+                    run_at_us: r.7,
+                })
+                .collect();
+            common::sort_rows(&mut rows);
+            let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
+            for (id, error) in &bad {
+                tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
+                let buried = sqlx::query(&sql.bury)
+                    .bind(id)
+                    .bind(error)
+                    .bind(common::now_us())
+                    .bind(owner)
+                    .execute(&pool)
+                    .await;
+                if let Err(e) = buried {
+                    // Its lease expires and it is tried again later.
+                    tracing::error!(task = id, error = %e, "could not mark the task dead");
+                }
+            }
+            // Some tasks: hand them over now and ask again at once, rather than delay them by
+            // a query for the next due time (the next fetch, if empty, makes it).
+            if full || !tasks.is_empty() || !bad.is_empty() {
+                return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
+            }
+            let next: Option<i64> = sqlx::query_scalar(&sql.next_due)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "next due time unknown; polling");
+                    None
+                });
+            let mut at = Instant::now() + poll;
+            if let Some(due) = next {
+                let wait = Duration::from_micros((due - common::now_us()).max(0) as u64);
+                // A due row another process is leasing right now: look again shortly.
+                let wait = wait.max(Duration::from_millis(5));
+                at = at.min(Instant::now() + wait);
+            }
+            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+        }
+        .boxed_local()
+    }
+
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), SqliteError>> {
+        {
+            let mut leased = self.leased.borrow_mut();
+            for ack in &acks {
+                leased.remove(&(ack.id.0 as i64));
+            }
+        }
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let owner = self.owner;
+        let rows = common::ack_rows(acks);
+        async move {
+            let batch = serde_json::to_string(&rows)?;
+            common::with_retries(5, || {
+                sqlx::query(&sql.ack)
+                    .bind(&batch)
+                    .bind(common::now_us())
+                    .bind(owner)
+                    .execute(&pool)
+            })
+            .await?;
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn limits(&self) -> FetchLimits {
+        FetchLimits {
+            max_batch: self.batch,
+            max_in_flight: 1,
+        }
+    }
+
+    fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        let queue = self.queue.clone();
+        async move {
+            let batch = match encode_batch(&tasks) {
+                Ok(b) => b,
+                Err(error) => {
+                    tracing::error!(%error, "a payload does not encode as JSON; batch refused");
+                    return Err(SubmitError::Unsupported(
+                        tasks.into_iter().map(|t| t.payload).collect(),
+                    ));
+                }
+            };
+            match insert(&queue.pool, &queue.sql.enqueue, &batch).await {
+                Ok(ids) => Ok(ids),
+                Err(error) => {
+                    tracing::error!(%error, "enqueue failed; batch handed back");
+                    Err(SubmitError::Full(
+                        tasks.into_iter().map(|t| t.payload).collect(),
+                    ))
+                }
+            }
+        }
+        .boxed_local()
+    }
+
+    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let done = sqlx::query(&sql.cancel)
+                .bind(id.0 as i64)
+                .bind(common::now_us())
+                .execute(&pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        }
+        .boxed_local()
+    }
+
+    fn dead_tasks(
+        &mut self,
+        limit: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<DeadTask>, SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let rows: Vec<(i64, i64, String, i64)> = sqlx::query_as(&sql.dead_list)
+                .bind(limit.min(i64::MAX as usize) as i64)
+                .fetch_all(&pool)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, attempts, error, died)| DeadTask {
+                    id: TaskId(id as u64),
+                    attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+                    error,
+                    died_at: common::system_time(died),
+                    rerunnable: true,
+                })
+                .collect())
+        }
+        .boxed_local()
+    }
+
+    fn rerun_dead(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        async move {
+            let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
+            let mut rerun: Vec<i64> = sqlx::query_scalar(&sql.dead_rerun)
+                .bind(serde_json::to_string(&ids)?)
+                .bind(common::now_us())
+                .fetch_all(&pool)
+                .await?;
+            rerun.sort_unstable();
+            if !rerun.is_empty() {
+                common::bump(&signal);
+            }
+            Ok(rerun.into_iter().map(|id| TaskId(id as u64)).collect())
+        }
+        .boxed_local()
+    }
+
+    fn purge_dead(
+        &mut self,
+        ids: Option<Vec<TaskId>>,
+    ) -> LocalBoxFuture<'static, Result<usize, SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let done = match ids {
+                None => sqlx::query(&sql.dead_purge_all).execute(&pool).await?,
+                Some(ids) => {
+                    let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
+                    sqlx::query(&sql.dead_purge)
+                        .bind(serde_json::to_string(&ids)?)
+                        .execute(&pool)
+                        .await?
+                }
+            };
+            Ok(done.rows_affected() as usize)
+        }
+        .boxed_local()
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.lease / 3)
+    }
+
+    fn heartbeat(&mut self) -> LocalBoxFuture<'static, Result<(), SqliteError>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        let owner = self.owner;
+        let lease_us = common::micros(self.lease);
+        let retention = self.retention;
+        let ids: Vec<i64> = self.leased.borrow().iter().copied().collect();
+        async move {
+            if !ids.is_empty() {
+                let extended = sqlx::query(&sql.extend)
+                    .bind(common::now_us() + lease_us)
+                    .bind(serde_json::to_string(&ids)?)
+                    .bind(owner)
+                    .execute(&pool)
+                    .await?;
+                let lost = ids.len() as u64 - extended.rows_affected().min(ids.len() as u64);
+                if lost > 0 {
+                    tracing::debug!(lost, "leases not extended (acked meanwhile or expired)");
+                }
+            }
+            reclaim(&pool, &sql, &signal).await?;
+            if let Some(keep) = retention {
+                let before = common::now_us() - common::micros(keep);
+                for _ in 0..PRUNE_ROUNDS {
+                    let pruned = sqlx::query(&sql.prune)
+                        .bind(before)
+                        .bind(PRUNE_BATCH)
+                        .execute(&pool)
+                        .await?;
+                    if pruned.rows_affected() < PRUNE_BATCH as u64 {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn close(
+        &mut self,
+        unstarted: Vec<Task<T>>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, SqliteError>> {
+        let ids: Vec<i64> = unstarted.iter().map(|t| t.id.0 as i64).collect();
+        {
+            let mut leased = self.leased.borrow_mut();
+            for id in &ids {
+                leased.remove(id);
+            }
+        }
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        let owner = self.owner;
+        async move {
+            if !ids.is_empty() {
+                let batch = serde_json::to_string(&ids)?;
+                let released = common::with_retries(3, || {
+                    sqlx::query(&sql.release)
+                        .bind(&batch)
+                        .bind(owner)
+                        .execute(&pool)
+                })
+                .await?;
+                tracing::debug!(
+                    released = released.rows_affected(),
+                    "released unstarted tasks"
+                );
+                common::bump(&signal);
+            }
+            Ok(Vec::new())
+        }
+        .boxed_local()
+    }
+}
+
+impl<T> RetrySupport<T> for SqliteSource<T> {
+    /// Nothing to do: the table keeps every payload.
+    fn enable_retries(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_is_in_the_file() {
+        let sql = Sql::new("t");
+        assert!(sql.fetch.contains("\"t\""));
+        assert!(sql.ack.contains("json_each"));
+        assert!(!sql.dead_purge_all.contains('{'));
+    }
+
+    #[test]
+    fn bad_table_names_are_refused() {
+        assert!(check_table("tasks").is_ok());
+        assert!(matches!(
+            check_table("x; DROP TABLE y"),
+            Err(SqliteError::Config(_))
+        ));
+    }
+
+    /// A local enqueue that lands after an empty fetch's query, before the Fetcher waits on
+    /// the fetch's signal, still wakes it: the signal was subscribed before the query.
+    #[actix_rt::test]
+    async fn a_local_enqueue_racing_an_empty_fetch_is_not_lost() {
+        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
+        let mut source = SqliteSource::<u32>::connect(
+            SqliteConfig::new(&path).poll_interval(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let queue = source.queue();
+        let quiet = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+        let signal = quiet.wake_on.signal.expect("a local signal");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), signal)
+                .await
+                .is_err(),
+            "no spurious wake-up"
+        );
+        let empty = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(empty.tasks.is_empty());
+        queue
+            .enqueue(vec![NewTask::new(1)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signal = empty.wake_on.signal.expect("a local signal");
+        tokio::time::timeout(Duration::from_millis(50), signal)
+            .await
+            .expect("the enqueue that raced the empty fetch wakes the poller");
+        drop(source);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

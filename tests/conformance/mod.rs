@@ -1,0 +1,751 @@
+//! The source conformance suite: one generic function per property of the `Source` contract,
+//! run by every source (`tests/source_memory.rs`, `tests/source_sqlite.rs`,
+//! `tests/source_postgres.rs`) through [`conformance_tests!`] and, for sources that lease tasks
+//! in a store shared by several pollers, [`durable_conformance_tests!`].
+//!
+//! Real time throughout (a database does not run on tokio's paused clock): delays are a few
+//! hundred milliseconds, and every wait is bounded.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_poller::source::{NewTask, RetrySupport, Source};
+use actix_poller::{
+    Ack, Disposition, FinalState, Poller, RetryPolicy, SubmitBatch, Task, TaskContext, TaskId,
+    TaskOptions,
+};
+use futures::future::LocalBoxFuture;
+
+/// The payload every property uses.
+pub type Job = u32;
+
+/// Builds stores and sources for the suite.
+pub trait Harness: 'static {
+    /// The source under test.
+    type Source: Source<Job> + RetrySupport<Job>;
+    /// A handle on one store (a database, a schema); sources built on the same store share it.
+    type Store: Clone + 'static;
+
+    /// A fresh, empty store.
+    fn store(&self) -> LocalBoxFuture<'static, Self::Store>;
+
+    /// A new source (as one poller would own it) on `store`, leasing for `lease`.
+    fn source(&self, store: &Self::Store, lease: Duration)
+        -> LocalBoxFuture<'static, Self::Source>;
+
+    /// `true` when tasks live in the store (shared by sources on it, leased, released at
+    /// shutdown); `false` for the in-memory source (each source is its own store).
+    fn durable(&self) -> bool;
+
+    /// Inserts a row whose payload is `json`, bypassing the encoder (durable sources only).
+    fn insert_raw(&self, store: &Self::Store, json: &str) -> LocalBoxFuture<'static, ()> {
+        let _ = (store, json);
+        Box::pin(async {})
+    }
+
+    /// Drops the store (called at the end of a property that passed).
+    fn cleanup(&self, store: &Self::Store) -> LocalBoxFuture<'static, ()> {
+        let _ = store;
+        Box::pin(async {})
+    }
+}
+
+/// The default lease of the suite: long enough never to expire by accident.
+pub const LONG_LEASE: Duration = Duration::from_secs(60);
+
+fn task(payload: Job) -> NewTask<Job> {
+    NewTask::new(payload)
+}
+
+fn with(payload: Job, options: TaskOptions, attempts: u32) -> NewTask<Job> {
+    NewTask::with_options(payload, options, attempts)
+}
+
+/// Fails the test instead of hanging it.
+pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within 30 s"))
+}
+
+pub async fn enqueue<S: Source<Job>>(s: &mut S, tasks: Vec<NewTask<Job>>) -> Vec<TaskId> {
+    let n = tasks.len();
+    let ids = bounded("enqueue", s.enqueue(tasks))
+        .await
+        .unwrap_or_else(|e| panic!("enqueue refused: {e}"));
+    assert_eq!(ids.len(), n, "one id per task");
+    ids
+}
+
+pub async fn fetch<S: Source<Job>>(s: &mut S, max: usize) -> Vec<Task<Job>> {
+    let fetched = bounded("fetch", s.fetch(max))
+        .await
+        .unwrap_or_else(|e| panic!("fetch failed: {e}"));
+    assert!(fetched.tasks.len() <= max, "at most max tasks");
+    fetched.tasks
+}
+
+pub async fn ack<S: Source<Job>>(s: &mut S, acks: Vec<Ack>) {
+    bounded("ack", s.ack(acks))
+        .await
+        .unwrap_or_else(|e| panic!("ack failed: {e}"));
+}
+
+fn ack_of(t: &Task<Job>, disposition: Disposition) -> Ack {
+    Ack {
+        id: t.id,
+        attempt: t.attempt,
+        disposition,
+    }
+}
+
+fn payloads(tasks: &[Task<Job>]) -> Vec<Job> {
+    tasks.iter().map(|t| t.payload).collect()
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Fetches until `want` tasks came back or `limit` passed (a durable source's clock and a
+/// delayed task's due time are not tokio's).
+async fn fetch_until<S: Source<Job>>(s: &mut S, want: usize, limit: Duration) -> Vec<Task<Job>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    while got.len() < want {
+        got.extend(fetch(s, want - got.len()).await);
+        if got.len() >= want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {want} tasks within {limit:?}",
+            got.len()
+        );
+        sleep_ms(10).await;
+    }
+    got
+}
+
+// ------------------------------------------------------------------------------------------
+// Properties every source has.
+// ------------------------------------------------------------------------------------------
+
+/// Among due tasks: higher priority first, FIFO within a priority; a fetch returns at most
+/// `max`, and a short fetch means the source is empty for now.
+pub async fn fetch_order_is_priority_then_fifo<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let prio = |p: Job, prio: i32| with(p, TaskOptions::new().priority(prio), 1);
+    enqueue(
+        &mut s,
+        vec![
+            prio(1, 0),
+            prio(2, 5),
+            prio(3, 0),
+            prio(4, 5),
+            prio(5, 1),
+            prio(6, 0),
+        ],
+    )
+    .await;
+    let first = fetch(&mut s, 2).await;
+    assert_eq!(payloads(&first), vec![2, 4]);
+    assert!(first.iter().all(|t| t.attempt == 1 && t.priority == 5));
+    let rest = fetch(&mut s, 10).await;
+    assert_eq!(payloads(&rest), vec![5, 1, 3, 6]);
+    assert!(fetch(&mut s, 10).await.is_empty(), "all leased");
+    h.cleanup(&store).await;
+}
+
+/// A batch is enqueued with one id per task, in order; tasks keep their options.
+pub async fn enqueue_keeps_batch_order_and_options<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(&mut s, (0..50).map(task).collect()).await;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 50, "distinct ids");
+    let options = TaskOptions::new()
+        .max_attempts(4)
+        .timeout(Duration::from_millis(1500));
+    let special = enqueue(&mut s, vec![with(99, options, 1)]).await;
+    let got = fetch(&mut s, 100).await;
+    assert_eq!(
+        got.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids.iter().chain(&special).copied().collect::<Vec<_>>(),
+        "FIFO, ids as returned by enqueue"
+    );
+    let last = got.last().expect("51 tasks");
+    assert_eq!(last.payload, 99);
+    assert_eq!(last.max_attempts, 4);
+    assert_eq!(last.timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(got[0].max_attempts, 1);
+    assert_eq!(got[0].timeout, None);
+    let age = std::time::SystemTime::now()
+        .duration_since(got[0].enqueued_at)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "enqueued_at is now-ish");
+    h.cleanup(&store).await;
+}
+
+/// Final acks (completed, dead, cancelled) are final: the task is not fetched again; a dead
+/// task is listed with its error and attempts.
+pub async fn final_acks_are_final<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![task(1), task(2), task(3)]).await;
+    let got = fetch(&mut s, 3).await;
+    assert_eq!(got.len(), 3);
+    ack(
+        &mut s,
+        vec![
+            ack_of(&got[0], Disposition::Completed),
+            ack_of(
+                &got[1],
+                Disposition::Dead {
+                    error: "boom".into(),
+                },
+            ),
+            ack_of(&got[2], Disposition::Cancelled),
+        ],
+    )
+    .await;
+    sleep_ms(50).await;
+    assert!(fetch(&mut s, 10).await.is_empty());
+    let dead = bounded("dead_tasks", s.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, got[1].id);
+    assert_eq!(dead[0].error, "boom");
+    assert_eq!(dead[0].attempts, 1);
+    h.cleanup(&store).await;
+}
+
+/// A retry puts the task back with the next attempt number, not before its delay.
+pub async fn retries_wait_and_count_attempts<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![with(7, TaskOptions::new(), 3)]).await;
+    let got = fetch(&mut s, 1).await;
+    assert_eq!((got[0].attempt, got[0].max_attempts), (1, 3));
+    let sent = tokio::time::Instant::now();
+    ack(
+        &mut s,
+        vec![ack_of(
+            &got[0],
+            Disposition::Retry {
+                after: Duration::from_millis(300),
+                error: "flaky".into(),
+            },
+        )],
+    )
+    .await;
+    assert!(fetch(&mut s, 1).await.is_empty(), "not before its delay");
+    let again = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(sent.elapsed() >= Duration::from_millis(250), "waited");
+    assert_eq!(again[0].id, got[0].id);
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].payload, 7);
+    h.cleanup(&store).await;
+}
+
+/// A snooze puts the task back after its delay with the same attempt number.
+pub async fn snooze_keeps_the_attempt<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![with(7, TaskOptions::new(), 2)]).await;
+    let got = fetch(&mut s, 1).await;
+    ack(
+        &mut s,
+        vec![ack_of(
+            &got[0],
+            Disposition::Snooze {
+                after: Duration::from_millis(200),
+            },
+        )],
+    )
+    .await;
+    assert!(fetch(&mut s, 1).await.is_empty());
+    let again = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!((again[0].id, again[0].attempt), (got[0].id, 1));
+    h.cleanup(&store).await;
+}
+
+/// A delayed task is not fetched before it is due; due tasks pass it.
+pub async fn delayed_tasks_wait<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let later = TaskOptions::new()
+        .delay(Duration::from_millis(400))
+        .priority(9);
+    enqueue(&mut s, vec![with(1, later, 1), task(2)]).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(payloads(&fetch(&mut s, 10).await), vec![2]);
+    let delayed = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!(delayed[0].payload, 1);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "not before it was due ({:?})",
+        start.elapsed()
+    );
+    h.cleanup(&store).await;
+}
+
+/// A waiting task (due or delayed) can be cancelled; a fetched one or an unknown id cannot.
+pub async fn cancel_removes_waiting_tasks<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let later = TaskOptions::new().delay(Duration::from_millis(200));
+    let ids = enqueue(&mut s, vec![task(1), with(2, later, 1), task(3)]).await;
+    let cancel = |s: &mut H::Source, id| {
+        let f = s.cancel(id);
+        async move { bounded("cancel", f).await.ok().unwrap_or(false) }
+    };
+    assert!(cancel(&mut s, ids[0]).await, "due task cancelled");
+    assert!(cancel(&mut s, ids[1]).await, "delayed task cancelled");
+    assert!(!cancel(&mut s, ids[0]).await, "already cancelled");
+    assert!(!cancel(&mut s, TaskId(987_654)).await, "unknown");
+    let got = fetch(&mut s, 10).await;
+    assert_eq!(payloads(&got), vec![3]);
+    assert!(!cancel(&mut s, ids[2]).await, "leased: not waiting");
+    sleep_ms(300).await;
+    assert!(
+        fetch(&mut s, 10).await.is_empty(),
+        "the delayed one stays cancelled"
+    );
+    h.cleanup(&store).await;
+}
+
+/// Dead tasks are listed newest first, can run again from attempt 1, and can be purged.
+pub async fn dead_tasks_rerun_and_purge<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(&mut s, vec![task(1), task(2), task(3)]).await;
+    for _ in 0..3 {
+        let got = fetch(&mut s, 1).await;
+        ack(
+            &mut s,
+            vec![ack_of(
+                &got[0],
+                Disposition::Dead {
+                    error: format!("dead {}", got[0].payload),
+                },
+            )],
+        )
+        .await;
+        sleep_ms(5).await;
+    }
+    let dead = bounded("dead_tasks", s.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(
+        dead.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]],
+        "newest first"
+    );
+    assert!(dead.iter().all(|d| d.rerunnable));
+    let limited = bounded("dead_tasks", s.dead_tasks(1))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(limited.len(), 1);
+    let rerun = bounded("rerun", s.rerun_dead(vec![ids[0], TaskId(987_654)]))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(rerun, vec![ids[0]]);
+    let again = fetch(&mut s, 10).await;
+    assert_eq!((again.len(), again[0].id, again[0].attempt), (1, ids[0], 1));
+    assert_eq!(
+        bounded("purge", s.purge_dead(Some(vec![ids[1]])))
+            .await
+            .ok(),
+        Some(1)
+    );
+    assert_eq!(bounded("purge", s.purge_dead(None)).await.ok(), Some(1));
+    let dead = bounded("dead_tasks", s.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert!(dead.is_empty());
+    h.cleanup(&store).await;
+}
+
+/// Through a poller: submits, retries, priorities and dead tasks end to end; every tracked task
+/// reaches its final state and the handler runs once per attempt.
+pub async fn poller_runs_everything_end_to_end<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let s = h.source(&store, LONG_LEASE).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(8)
+        .on_current_arbiter()
+        .retry(RetryPolicy::attempts(3).fixed(Duration::from_millis(50)))
+        .start(move |n: Job, cx: TaskContext| {
+            c.fetch_add(1, SeqCst);
+            async move {
+                if n == 999 {
+                    Err(format!("{n} always fails"))
+                } else if n % 3 == 0 && cx.attempt() == 1 {
+                    Err(format!("{n} fails once"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .expect("starts");
+    let receipts = bounded("submit", poller.submit_batch_tracked((0..30).collect()))
+        .await
+        .unwrap_or_else(|e| panic!("submit refused: {e}"));
+    let hopeless = bounded("submit", poller.submit_tracked(999))
+        .await
+        .unwrap_or_else(|e| panic!("submit refused: {e}"));
+    for r in receipts {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    assert_eq!(
+        bounded("outcome", hopeless.outcome()).await,
+        Ok(FinalState::Dead {
+            error: "999 always fails".into(),
+            attempts: 3
+        })
+    );
+    assert_eq!(calls.load(SeqCst), 30 + 10 + 3);
+    // A tracked outcome resolves when the ack leaves for the source; the write may still be in
+    // flight.
+    bounded("the dead task is recorded", async {
+        while poller.dead_tasks(10).await.unwrap_or_default().len() != 1 {
+            sleep_ms(10).await;
+        }
+    })
+    .await;
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    h.cleanup(&store).await;
+}
+
+/// Through a poller with one worker: higher priority runs first; delayed tasks run when due.
+pub async fn poller_honours_priority_and_delay<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    // Enqueued before the poller starts, so the first fetch sees them all.
+    let prio = |p: Job, prio: i32| with(p, TaskOptions::new().priority(prio), 1);
+    enqueue(&mut s, vec![prio(1, 0), prio(2, 3), prio(3, 7), prio(4, 3)]).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(1)
+        .on_current_arbiter()
+        .start(move |n: Job, _cx| {
+            o.lock().map(|mut v| v.push(n)).ok();
+            async { Ok::<_, std::convert::Infallible>(()) }
+        })
+        .expect("starts");
+    let start = tokio::time::Instant::now();
+    let later = bounded(
+        "submit",
+        poller.submit_batch_with(
+            SubmitBatch::new(vec![5])
+                .options(
+                    TaskOptions::new()
+                        .delay(Duration::from_millis(300))
+                        .priority(100),
+                )
+                .tracked(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("submit refused: {e}"));
+    for r in later {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "ran when due"
+    );
+    let order = order.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(order, vec![3, 2, 4, 1, 5]);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    h.cleanup(&store).await;
+}
+
+/// Shutdown: tasks fetched but not started are not lost. The in-memory source hands them back
+/// (with everything still queued); a durable source releases them at once, unstarted (attempt
+/// not counted), for any poller to fetch without waiting for a lease to expire.
+pub async fn shutdown_releases_unstarted_tasks<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(
+        &mut s,
+        (0..6).collect::<Vec<Job>>().into_iter().map(task).collect(),
+    )
+    .await;
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let started = Arc::new(AtomicUsize::new(0));
+    let st = started.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(1)
+        .prefetch(3)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            st.fetch_add(1, SeqCst);
+            let mut open = open_rx.clone();
+            async move {
+                let _ = open.wait_for(|o| *o).await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .expect("starts");
+    bounded("first task starts", async {
+        while started.load(SeqCst) == 0 {
+            sleep_ms(5).await;
+        }
+    })
+    .await;
+    sleep_ms(100).await; // let the prefetch land
+    let opener = async {
+        sleep_ms(100).await;
+        let _ = open_tx.send(true);
+    };
+    let (report, ()) = bounded(
+        "shutdown",
+        futures::future::join(poller.shutdown(Duration::from_secs(5)), opener),
+    )
+    .await;
+    let report = report.unwrap_or_else(|e| panic!("shutdown: {e}"));
+    assert_eq!(started.load(SeqCst), 1, "one worker, one task started");
+    assert_eq!(report.cancelled, 0);
+    if h.durable() {
+        assert!(report.handed_back.is_empty(), "a durable source keeps them");
+        let mut next = h.source(&store, LONG_LEASE).await;
+        let rest = fetch(&mut next, 10).await;
+        assert_eq!(rest.len(), 5, "released at once: no lease to wait for");
+        assert!(
+            rest.iter().all(|t| t.attempt == 1),
+            "never started: not counted"
+        );
+    } else {
+        assert_eq!(report.handed_back.len(), 5, "handed back");
+    }
+    h.cleanup(&store).await;
+}
+
+// ------------------------------------------------------------------------------------------
+// Properties of durable sources: several pollers share a store; tasks are leased.
+// ------------------------------------------------------------------------------------------
+
+/// Two pollers fetching at once never lease the same task.
+pub async fn concurrent_fetches_lease_disjoint_tasks<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    let mut b = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut a, (0..200).map(task).collect()).await;
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let (x, y) = futures::future::join(a.fetch(30), b.fetch(30)).await;
+        let (x, y) = (
+            x.unwrap_or_else(|e| panic!("fetch: {e}")).tasks,
+            y.unwrap_or_else(|e| panic!("fetch: {e}")).tasks,
+        );
+        for t in x.iter().chain(&y) {
+            assert!(seen.insert(t.id), "{} leased twice", t.id);
+        }
+    }
+    assert_eq!(seen.len(), 200, "240 asked for: all 200 leased, once each");
+    h.cleanup(&store).await;
+}
+
+/// A poller that dies leaves its leases to expire; another poller takes the task back with the
+/// attempt counted, and a task out of attempts goes dead ("lease expired"). A late ack from the
+/// dead poller's lease changes nothing.
+pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(300);
+    let mut a = h.source(&store, lease).await;
+    let ids = enqueue(
+        &mut a,
+        vec![
+            with(1, TaskOptions::new(), 3),
+            with(2, TaskOptions::new(), 1),
+        ],
+    )
+    .await;
+    let first = fetch(&mut a, 2).await;
+    assert_eq!(first.len(), 2);
+    // `a` stops heartbeating: it died.
+    let mut b = h.source(&store, lease).await;
+    assert!(fetch(&mut b, 2).await.is_empty(), "still leased");
+    sleep_ms(450).await;
+    bounded("heartbeat", b.heartbeat())
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+    let again = fetch_until(&mut b, 1, Duration::from_secs(5)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (ids[0], 2),
+        "attempt counted"
+    );
+    let dead = bounded("dead", b.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1, "out of attempts: dead");
+    assert_eq!(dead[0].id, ids[1]);
+    assert!(dead[0].error.contains("lease expired"), "{}", dead[0].error);
+    // The dead poller's late ack is for a lease it lost.
+    ack(&mut a, vec![ack_of(&first[0], Disposition::Completed)]).await;
+    ack(
+        &mut b,
+        vec![ack_of(
+            &again[0],
+            Disposition::Retry {
+                after: Duration::ZERO,
+                error: "x".into(),
+            },
+        )],
+    )
+    .await;
+    let third = fetch_until(&mut b, 1, Duration::from_secs(5)).await;
+    assert_eq!(third[0].attempt, 3, "b's ack counted, a's did not");
+    h.cleanup(&store).await;
+}
+
+/// The heartbeat keeps a running task's lease alive past its first expiry, and then the
+/// poller's ack still counts.
+pub async fn heartbeats_extend_leases<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(300);
+    let mut a = h.source(&store, lease).await;
+    let mut b = h.source(&store, lease).await;
+    enqueue(&mut a, vec![task(1)]).await;
+    let got = fetch(&mut a, 1).await;
+    for _ in 0..5 {
+        sleep_ms(120).await;
+        bounded("heartbeat", a.heartbeat())
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+        bounded("heartbeat", b.heartbeat())
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+        assert!(fetch(&mut b, 1).await.is_empty(), "still leased to a");
+    }
+    ack(&mut a, vec![ack_of(&got[0], Disposition::Completed)]).await;
+    sleep_ms(400).await;
+    bounded("heartbeat", b.heartbeat())
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+    assert!(
+        fetch(&mut b, 1).await.is_empty(),
+        "completed, not taken back"
+    );
+    assert!(bounded("dead", b.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default()
+        .is_empty());
+    h.cleanup(&store).await;
+}
+
+/// A row whose payload does not decode goes dead with the decoder's error; the others run.
+pub async fn undecodable_payloads_go_dead<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![task(1)]).await;
+    h.insert_raw(&store, "\"not a number\"").await;
+    enqueue(&mut s, vec![task(3)]).await;
+    let got = fetch_until(&mut s, 2, Duration::from_secs(5)).await;
+    assert_eq!(payloads(&got), vec![1, 3]);
+    let dead = bounded("dead", s.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+    assert!(fetch(&mut s, 10).await.is_empty());
+    h.cleanup(&store).await;
+}
+
+/// Tasks enqueued through one poller's source are fetched by another's (a shared queue), and
+/// a poller shut down and started again finds what is left (durability across restarts).
+pub async fn tasks_outlive_their_poller<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut a, (0..10).map(task).collect()).await;
+    let got = fetch(&mut a, 4).await;
+    ack(
+        &mut a,
+        got.iter()
+            .map(|t| ack_of(t, Disposition::Completed))
+            .collect(),
+    )
+    .await;
+    bounded("close", a.close(Vec::new()))
+        .await
+        .unwrap_or_else(|e| panic!("close: {e}"));
+    drop(a);
+    let mut b = h.source(&store, LONG_LEASE).await;
+    let rest = fetch(&mut b, 100).await;
+    assert_eq!(payloads(&rest), (4..10).collect::<Vec<_>>());
+    h.cleanup(&store).await;
+}
+
+/// Generates one `#[actix_rt::test]` per property every source has.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@each $harness;
+            fetch_order_is_priority_then_fifo,
+            enqueue_keeps_batch_order_and_options,
+            final_acks_are_final,
+            retries_wait_and_count_attempts,
+            snooze_keeps_the_attempt,
+            delayed_tasks_wait,
+            cancel_removes_waiting_tasks,
+            dead_tasks_rerun_and_purge,
+            poller_runs_everything_end_to_end,
+            poller_honours_priority_and_delay,
+            shutdown_releases_unstarted_tasks,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[actix_rt::test]
+            async fn $name() {
+                conformance::$name(&$harness).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[actix_rt::test]` per property of durable sources.
+#[macro_export]
+macro_rules! durable_conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@each $harness;
+            concurrent_fetches_lease_disjoint_tasks,
+            expired_leases_are_taken_back,
+            heartbeats_extend_leases,
+            undecodable_payloads_go_dead,
+            tasks_outlive_their_poller,
+        );
+    };
+}

@@ -1,0 +1,51 @@
+//! PostgreSQL test helpers: the server's URL, a schema per test.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use actix_poller::source::postgres::PgConfig;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// The server the tests use: `ACTIX_POLLER_PG_URL`. Without it the PostgreSQL tests fail (they
+/// do not pass silently).
+pub fn pg_url() -> String {
+    match std::env::var("ACTIX_POLLER_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "the `postgres` feature's tests need a PostgreSQL server: set ACTIX_POLLER_PG_URL, \
+             e.g. `export ACTIX_POLLER_PG_URL=postgres://postgres@127.0.0.1:5432/test` \
+             (trust auth, database `test`); .ci/run sets it"
+        ),
+    }
+}
+
+/// A new schema name, unique to this test (the source's migrations create it).
+pub fn fresh_schema() -> String {
+    format!("ap_test_{}_{:x}", std::process::id(), fastrand::u64(..))
+}
+
+/// The test configuration for `schema`: short fallback poll, few connections.
+pub fn config(schema: &str) -> PgConfig {
+    PgConfig::new(pg_url())
+        .schema(schema)
+        .poll_interval(Duration::from_millis(200))
+        .max_connections(4)
+}
+
+/// A small pool of the test's own.
+pub async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg_url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach ACTIX_POLLER_PG_URL: {e}"))
+}
+
+/// Drops a test's schema and everything in it.
+pub async fn drop_schema(schema: &str) {
+    let pool = pool().await;
+    let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+}

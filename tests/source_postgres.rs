@@ -1,0 +1,202 @@
+//! The PostgreSQL source runs the conformance suite (`tests/conformance/mod.rs`), each test in
+//! its own schema (so tests run in parallel), plus what only PostgreSQL has: enqueue inside the
+//! caller's transaction, LISTEN/NOTIFY wake-ups, a clear error when the server is unreachable.
+//!
+//! Needs a server: set `ACTIX_POLLER_PG_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`).
+#![cfg(feature = "postgres")]
+
+#[macro_use]
+mod conformance;
+mod pg;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_poller::source::postgres::{PgConfig, PgError, PgSource};
+use actix_poller::source::NewTask;
+use actix_poller::{FinalState, Poller};
+use conformance::{bounded, Harness, Job};
+use futures::future::LocalBoxFuture;
+use pg::{config, drop_schema, fresh_schema, pg_url};
+
+/// A fresh schema per test, dropped when the property passed.
+struct Postgres;
+
+impl Harness for Postgres {
+    type Source = PgSource<Job>;
+    type Store = String;
+
+    fn store(&self) -> LocalBoxFuture<'static, String> {
+        Box::pin(async { fresh_schema() })
+    }
+
+    fn source(&self, store: &String, lease: Duration) -> LocalBoxFuture<'static, Self::Source> {
+        let config = config(store).lease(lease);
+        Box::pin(async move {
+            PgSource::connect(config)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+        })
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn insert_raw(&self, store: &String, json: &str) -> LocalBoxFuture<'static, ()> {
+        let (schema, json) = (store.clone(), json.to_owned());
+        Box::pin(async move {
+            let pool = pg::pool().await;
+            sqlx::query(&format!(
+                "INSERT INTO \"{schema}\".actix_poller_tasks (payload) VALUES ($1::jsonb)"
+            ))
+            .bind(json)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("raw insert: {e}"));
+        })
+    }
+
+    fn cleanup(&self, store: &String) -> LocalBoxFuture<'static, ()> {
+        let schema = store.clone();
+        Box::pin(async move { drop_schema(&schema).await })
+    }
+}
+
+conformance_tests!(Postgres);
+durable_conformance_tests!(Postgres);
+
+/// An unreachable server is a clear error at start, naming host, port and database.
+#[actix_rt::test]
+async fn unreachable_server_is_a_clear_error() {
+    let config = PgConfig::new("postgres://postgres@127.0.0.1:1/nowhere")
+        .connect_timeout(Duration::from_secs(2));
+    let err = PgSource::<Job>::connect(config).await.expect_err("port 1");
+    assert!(matches!(err, PgError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("127.0.0.1:1") && text.contains("nowhere"),
+        "{text}"
+    );
+    let err = PgSource::<Job>::connect(PgConfig::new("mysql://x"))
+        .await
+        .expect_err("bad URL");
+    assert!(
+        matches!(err, PgError::Config(_) | PgError::Connect { .. }),
+        "{err:?}"
+    );
+    let err = PgSource::<Job>::connect(PgConfig::new(pg_url()).schema("no good"))
+        .await
+        .expect_err("bad schema");
+    assert!(matches!(err, PgError::Config(_)), "{err:?}");
+}
+
+/// A task enqueued in the caller's transaction exists only if it commits; on commit the
+/// poller is woken by NOTIFY (its fallback poll is a minute away).
+#[actix_rt::test]
+async fn enqueue_in_the_callers_transaction() {
+    let schema = fresh_schema();
+    let source = PgSource::<Job>::connect(config(&schema).poll_interval(Duration::from_secs(60)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let queue = source.queue();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let poller = Poller::<Job>::builder()
+        .source(source)
+        .on_current_arbiter()
+        .start(move |n: Job, _cx| {
+            r.fetch_add(n as usize, SeqCst);
+            async { Ok::<_, std::convert::Infallible>(()) }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Let the first (empty) fetch happen: from here on only a notification wakes the poller.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut tx = queue.pool().begin().await.unwrap_or_else(|e| panic!("{e}"));
+    queue
+        .enqueue_in(&mut tx, vec![NewTask::new(1000)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let mut tx = queue.pool().begin().await.unwrap_or_else(|e| panic!("{e}"));
+    let ids = queue
+        .enqueue_in(&mut tx, vec![NewTask::new(1), NewTask::new(2)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ids.len(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ran.load(SeqCst), 0, "not before the commit");
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    bounded("woken by NOTIFY", async {
+        while ran.load(SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ran.load(SeqCst), 3, "the rolled-back task never existed");
+    poller
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop_schema(&schema).await;
+}
+
+/// Tasks submitted by another process's queue (here: another pool) reach an idle poller
+/// through NOTIFY, not the fallback poll, and tracked submits through the poller complete.
+#[actix_rt::test]
+async fn notifications_wake_an_idle_poller_promptly() {
+    let schema = fresh_schema();
+    let source = PgSource::<Job>::connect(config(&schema).poll_interval(Duration::from_secs(60)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let other = PgSource::<Job>::connect(config(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .queue();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let poller = Poller::<Job>::builder()
+        .source(source)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            r.fetch_add(1, SeqCst);
+            async { Ok::<_, std::convert::Infallible>(()) }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    for round in 1..=20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = tokio::time::Instant::now();
+        other
+            .enqueue(vec![NewTask::new(round)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bounded("woken", async {
+            while ran.load(SeqCst) < round as usize {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "round {round}: {:?}",
+            sent.elapsed()
+        );
+    }
+    let receipt = poller
+        .submit_tracked(7)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bounded("outcome", receipt.outcome()).await,
+        Ok(FinalState::Completed)
+    );
+    poller
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop_schema(&schema).await;
+}

@@ -1,0 +1,126 @@
+//! The SQLite source runs the conformance suite (`tests/conformance/mod.rs`), each test on its
+//! own database file, plus what only SQLite has.
+#![cfg(feature = "sqlite")]
+
+#[macro_use]
+mod conformance;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_poller::source::sqlite::{SqliteConfig, SqliteError, SqliteSource};
+use conformance::{Harness, Job};
+use futures::future::LocalBoxFuture;
+
+/// A fresh database file per test, removed when the property passed.
+struct Sqlite;
+
+fn temp_db() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "actix-poller-test-{}-{}.db",
+        std::process::id(),
+        fastrand::u64(..)
+    ))
+}
+
+fn config(path: &std::path::Path, lease: Duration) -> SqliteConfig {
+    SqliteConfig::new(path)
+        .lease(lease)
+        .poll_interval(Duration::from_millis(100))
+}
+
+impl Harness for Sqlite {
+    type Source = SqliteSource<Job>;
+    type Store = PathBuf;
+
+    fn store(&self) -> LocalBoxFuture<'static, PathBuf> {
+        Box::pin(async { temp_db() })
+    }
+
+    fn source(&self, store: &PathBuf, lease: Duration) -> LocalBoxFuture<'static, Self::Source> {
+        let config = config(store, lease);
+        Box::pin(async move {
+            SqliteSource::connect(config)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+        })
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn insert_raw(&self, store: &PathBuf, json: &str) -> LocalBoxFuture<'static, ()> {
+        let (path, json) = (store.clone(), json.to_owned());
+        Box::pin(async move {
+            let s = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            sqlx::query(
+                "INSERT INTO actix_poller_tasks (payload, run_at, enqueued_at) VALUES (?1, 0, 0)",
+            )
+            .bind(json)
+            .execute(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("raw insert: {e}"));
+        })
+    }
+
+    fn cleanup(&self, store: &PathBuf) -> LocalBoxFuture<'static, ()> {
+        let path = store.clone();
+        Box::pin(async move {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        })
+    }
+}
+
+conformance_tests!(Sqlite);
+durable_conformance_tests!(Sqlite);
+
+/// A database that cannot be opened is a clear error at start, naming the file.
+#[actix_rt::test]
+async fn unopenable_database_is_a_clear_error() {
+    let path = PathBuf::from("/nonexistent-dir/for/sure/tasks.db");
+    let err = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+        .await
+        .expect_err("no such directory");
+    assert!(matches!(err, SqliteError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent-dir/for/sure/tasks.db"),
+        "{err}"
+    );
+    let err = SqliteSource::<Job>::connect(SqliteConfig::new(temp_db()).table("bad name"))
+        .await
+        .expect_err("bad table name");
+    assert!(matches!(err, SqliteError::Config(_)), "{err:?}");
+}
+
+/// Migrations are versioned: a second start applies nothing; they can be turned off.
+#[actix_rt::test]
+async fn migrations_apply_once() {
+    let path = temp_db();
+    let a = SqliteSource::<Job>::connect(SqliteConfig::new(&path).table("jobs"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = SqliteSource::<Job>::connect(SqliteConfig::new(&path).table("jobs"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM jobs_migrations")
+        .fetch_all(b.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(versions, vec![1]);
+    drop((a, b));
+    let other = temp_db();
+    let err = SqliteSource::<Job>::connect(SqliteConfig::new(&other).migrate(false))
+        .await
+        .expect_err("no table and no migrations: the start-up reclaim fails");
+    assert!(err.to_string().contains("no such table"), "{err}");
+    Sqlite.cleanup(&path).await;
+    Sqlite.cleanup(&other).await;
+}
