@@ -49,20 +49,35 @@ pub enum SubmitError<T> {
         "this source does not accept submissions through the poller; the task was handed back"
     )]
     Unsupported(T),
+    /// The source failed to store the task: a database error, or a payload that does not
+    /// encode. Nothing was stored. A database error may pass: try again later.
+    #[error("the source could not store the task ({error}); the task was handed back")]
+    Source {
+        /// The task (or batch), handed back.
+        task: T,
+        /// What the source reported.
+        error: SourceError,
+    },
 }
 
 impl<T> SubmitError<T> {
     /// The task (or batch) that could not be submitted.
     pub fn into_inner(self) -> T {
         match self {
-            SubmitError::Full(t) | SubmitError::Closed(t) | SubmitError::Unsupported(t) => t,
+            SubmitError::Full(t)
+            | SubmitError::Closed(t)
+            | SubmitError::Unsupported(t)
+            | SubmitError::Source { task: t, .. } => t,
         }
     }
 
     /// A reference to the task (or batch) that could not be submitted.
     pub fn get_ref(&self) -> &T {
         match self {
-            SubmitError::Full(t) | SubmitError::Closed(t) | SubmitError::Unsupported(t) => t,
+            SubmitError::Full(t)
+            | SubmitError::Closed(t)
+            | SubmitError::Unsupported(t)
+            | SubmitError::Source { task: t, .. } => t,
         }
     }
 
@@ -72,6 +87,10 @@ impl<T> SubmitError<T> {
             SubmitError::Full(t) => SubmitError::Full(f(t)),
             SubmitError::Closed(t) => SubmitError::Closed(f(t)),
             SubmitError::Unsupported(t) => SubmitError::Unsupported(f(t)),
+            SubmitError::Source { task, error } => SubmitError::Source {
+                task: f(task),
+                error,
+            },
         }
     }
 
@@ -79,17 +98,25 @@ impl<T> SubmitError<T> {
     pub fn is_full(&self) -> bool {
         matches!(self, SubmitError::Full(_))
     }
+
+    /// `true` when trying again later may succeed: a full queue, or a source error (a database
+    /// that went away may come back). `false` for a closed poller or an unsupported submit.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SubmitError::Full(_) | SubmitError::Source { .. })
+    }
 }
 
 impl<T> fmt::Debug for SubmitError<T> {
     // Payloads need not be `Debug`; the reason is what matters in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reason = match self {
-            SubmitError::Full(_) => "Full",
-            SubmitError::Closed(_) => "Closed",
-            SubmitError::Unsupported(_) => "Unsupported",
-        };
-        write!(f, "SubmitError::{reason}(..)")
+        match self {
+            SubmitError::Full(_) => f.write_str("SubmitError::Full(..)"),
+            SubmitError::Closed(_) => f.write_str("SubmitError::Closed(..)"),
+            SubmitError::Unsupported(_) => f.write_str("SubmitError::Unsupported(..)"),
+            SubmitError::Source { error, .. } => {
+                write!(f, "SubmitError::Source {{ error: {error:?}, .. }}")
+            }
+        }
     }
 }
 

@@ -297,9 +297,12 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         }
     }
 
-    /// The drain deadline passed: cancel what still runs (dropping a future cancels it).
+    /// The drain deadline passed: drop what still runs (dropping a future cancels it). A task
+    /// whose cancellation was requested ends `Cancelled`; the others were only interrupted, and
+    /// go back to their source (`Outcome::Interrupted`).
     fn cancel_all(&mut self, ctx: &mut Context<Self>) {
         self.flush();
+        let cancels = &self.cancels;
         let cancelled: Vec<Finished> = Pin::new(&self.running)
             .iter_pin_ref()
             .map(|r| r.get_ref())
@@ -307,9 +310,16 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 id: r.id,
                 attempt: r.attempt,
                 max_attempts: r.max_attempts,
-                outcome: Outcome::Cancelled,
+                outcome: if cancels.is_cancelled(r.id) {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Interrupted
+                },
             })
             .collect();
+        for fin in &cancelled {
+            self.cancels.forget(fin.id);
+        }
         self.running.clear();
         if let Some(d) = &mut self.draining {
             d.report.cancelled += cancelled.len();

@@ -80,8 +80,15 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     pending_enqueues: usize,
     early: Vec<(TaskId, FinalState)>,
     acks_in_flight: usize,
-    /// Acks that arrived while an ack call was in flight; sent together when it lands.
+    /// Acks that arrived while an ack call was in flight (or waiting to be retried); sent
+    /// together when it lands.
     pending_acks: Vec<Ack>,
+    /// Failed ack calls in a row; a failed batch is retried after a backoff, ahead of newer acks.
+    ack_failures: u32,
+    /// The timer of a failed batch's retry; it counts as an ack in flight.
+    ack_retry: Option<SpawnHandle>,
+    /// `CloseSource` arrived: a failed ack is no longer retried.
+    closing: bool,
     heartbeat_in_flight: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
     ack_idle: Vec<oneshot::Sender<()>>,
@@ -148,6 +155,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             early: Vec::new(),
             acks_in_flight: 0,
             pending_acks: Vec::new(),
+            ack_failures: 0,
+            ack_retry: None,
+            closing: false,
             heartbeat_in_flight: false,
             ack_idle: Vec::new(),
             counters,
@@ -326,13 +336,6 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 
     fn record_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
-        if !self.trackers.is_empty() || self.pending_enqueues > 0 {
-            for ack in &acks {
-                if let Some(state) = FinalState::from_ack(ack) {
-                    self.resolve(ack.id, state);
-                }
-            }
-        }
         if self.acks_in_flight > 0 {
             // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
             // store sees few large batches instead of a call per `Ready`.
@@ -343,33 +346,83 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 
     fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
-        // A task going back to the source (retry, snooze) may be due before anything else wakes
-        // the Fetcher: once the source has it, fetch again to learn the next due time.
-        let requeued = acks.iter().any(|a| !a.disposition.is_final());
-        let count = acks.len();
-        let mut fut = self.source.ack(acks);
+        // The copy is what a failed call retries, and what tells trackers their final state
+        // once the source has recorded it.
+        let mut fut = self.source.ack(acks.clone());
         match (&mut fut).now_or_never() {
-            Some(res) => {
-                self.acked(count, res);
-                if requeued {
-                    self.wake(ctx);
-                }
-            }
+            Some(res) => self.acked(acks, res, ctx),
             None => {
                 self.acks_in_flight += 1;
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.acks_in_flight -= 1;
-                    act.acked(count, res);
-                    if !act.pending_acks.is_empty() {
-                        let next = std::mem::take(&mut act.pending_acks);
-                        act.send_acks(next, ctx);
-                    }
-                    act.notify_idle();
-                    if requeued {
-                        act.wake(ctx);
-                    }
+                    act.acked(acks, res, ctx);
                 }));
             }
+        }
+    }
+
+    /// An ack call landed. On success, trackers learn the final states the source now holds; on
+    /// failure the batch is retried after a backoff (acks are what make a durable source's
+    /// work final: dropping them would re-run completed tasks once their leases expire).
+    fn acked(&mut self, acks: Vec<Ack>, res: Result<(), S::Error>, ctx: &mut Context<Self>) {
+        match res {
+            Ok(()) => {
+                self.ack_failures = 0;
+                if !self.trackers.is_empty() || self.pending_enqueues > 0 {
+                    for ack in &acks {
+                        if let Some(state) = FinalState::from_ack(ack) {
+                            self.resolve(ack.id, state);
+                        }
+                    }
+                }
+                // A task going back to the source (retry, snooze) may be due before anything
+                // else wakes the Fetcher: now that the source has it, fetch again to learn the
+                // next due time.
+                if acks.iter().any(|a| !a.disposition.is_final()) {
+                    self.wake(ctx);
+                }
+            }
+            Err(error) => {
+                Counters::add(&self.counters.ack_errors, 1);
+                if self.closing {
+                    tracing::error!(
+                        %error,
+                        acks = acks.len(),
+                        "the source failed to record acks at shutdown; a durable source runs \
+                         those tasks again once their leases expire"
+                    );
+                } else {
+                    self.ack_failures = self.ack_failures.saturating_add(1);
+                    let delay = self.fetch_backoff.delay(self.ack_failures);
+                    tracing::warn!(
+                        %error,
+                        acks = acks.len(),
+                        failures = self.ack_failures,
+                        ?delay,
+                        "the source failed to record acks; retrying"
+                    );
+                    let mut retry = acks;
+                    retry.append(&mut self.pending_acks);
+                    self.pending_acks = retry;
+                    self.acks_in_flight += 1;
+                    self.ack_retry = Some(ctx.run_later(delay, |act, ctx| {
+                        act.ack_retry = None;
+                        act.acks_in_flight -= 1;
+                        act.send_pending_acks(ctx);
+                    }));
+                    return;
+                }
+            }
+        }
+        self.send_pending_acks(ctx);
+        self.notify_idle();
+    }
+
+    /// Sends the acks that waited for the call in flight, if none is in flight now.
+    fn send_pending_acks(&mut self, ctx: &mut Context<Self>) {
+        if self.acks_in_flight == 0 && !self.pending_acks.is_empty() {
+            let next = std::mem::take(&mut self.pending_acks);
+            self.send_acks(next, ctx);
         }
     }
 
@@ -408,13 +461,6 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             for tx in self.ack_idle.drain(..) {
                 let _ = tx.send(());
             }
-        }
-    }
-
-    fn acked(&mut self, count: usize, res: Result<(), S::Error>) {
-        if let Err(error) = res {
-            Counters::add(&self.counters.ack_errors, 1);
-            tracing::error!(%error, acks = count, "the source failed to record acks");
         }
     }
 
@@ -582,9 +628,16 @@ impl<T: Send + 'static, S: Source<T>> Handler<StopFetching<T>> for Fetcher<T, S>
 impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> {
     type Result = ResponseActFuture<Self, Result<Vec<Task<T>>, String>>;
 
-    fn handle(&mut self, msg: CloseSource<T>, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CloseSource<T>, ctx: &mut Self::Context) -> Self::Result {
         // Acks go to the source before it closes, so a durable source records every final state;
-        // enqueues in flight get their reply before the Fetcher stops.
+        // enqueues in flight get their reply before the Fetcher stops. A batch waiting for its
+        // retry gets one last try now, not after its backoff.
+        self.closing = true;
+        if let Some(h) = self.ack_retry.take() {
+            ctx.cancel_future(h);
+            self.acks_in_flight -= 1;
+            self.send_pending_acks(ctx);
+        }
         let acks_idle = (self.acks_in_flight > 0 || self.pending_enqueues > 0).then(|| {
             let (tx, rx) = oneshot::channel();
             self.ack_idle.push(tx);

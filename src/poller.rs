@@ -43,11 +43,14 @@ pub(crate) struct ShutdownPlan {
 pub struct ShutdownReport<T> {
     /// Tasks that finished (in any state) while running tasks were drained.
     pub finished_during_drain: usize,
-    /// Tasks still running at the deadline, cancelled.
+    /// Tasks still running at the deadline, dropped. Unless their cancellation had been asked
+    /// for, they were only *interrupted* ([`Outcome::Interrupted`](crate::Outcome)): the source
+    /// takes them back with the attempt not counted (a durable source makes them due again; the
+    /// in-memory source hands them back below when retries are on, as it then keeps a copy).
     pub cancelled: usize,
-    /// Tasks handed back, never started: with the in-memory source, those fetched but not started
-    /// followed by everything still queued; a durable source releases them instead and hands back
-    /// none.
+    /// Tasks handed back: with the in-memory source, those fetched but not started, then
+    /// interrupted ones it kept a copy of, then everything still queued; a durable source
+    /// releases them instead and hands back none.
     pub handed_back: Vec<Task<T>>,
 }
 
@@ -537,7 +540,8 @@ impl<T: Send + 'static> Poller<T> {
     ///
     /// Hands the task back: [`SubmitError::Full`] when the queue is full (back-pressure),
     /// [`SubmitError::Closed`] after shutdown began, [`SubmitError::Unsupported`] when the source
-    /// takes no submissions.
+    /// takes no submissions, [`SubmitError::Source`] when the source failed to store it (a
+    /// database error).
     pub async fn submit(&self, task: T) -> Result<Receipt, SubmitError<T>> {
         self.send_submit(Submit::new(task)).await
     }

@@ -122,7 +122,7 @@ impl Handler<Done> for Scheduler {
                     panicked += 1;
                     tracing::error!(task = %fin.id, attempt = fin.attempt, %error, "task panicked");
                 }
-                Outcome::Cancelled => cancelled += 1,
+                Outcome::Cancelled | Outcome::Interrupted => cancelled += 1,
                 Outcome::TimedOut(limit) => {
                     failed += 1;
                     timed_out += 1;

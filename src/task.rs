@@ -360,8 +360,12 @@ pub enum Outcome {
     Failed(String),
     /// The handler panicked; the text is the panic message.
     Panicked(String),
-    /// The attempt was cancelled (on request, or by a shutdown deadline) before it finished.
+    /// The attempt was cancelled on request before it finished.
     Cancelled,
+    /// The attempt was still running at the shutdown deadline and was dropped. Nobody asked to
+    /// cancel the task, so it is not a final state: the source keeps the task for a later run
+    /// (the attempt does not count) if it can.
+    Interrupted,
     /// The attempt ran past its timeout and was dropped.
     TimedOut(Duration),
     /// The handler asked to run again after this delay ([`RetryAfter`]); not a failure.
@@ -410,12 +414,21 @@ pub enum Disposition {
         /// How long to wait.
         after: Duration,
     },
+    /// Not final: the attempt was interrupted by a shutdown. The source takes the task back as
+    /// due now, and the attempt does not count: a durable source makes the row runnable again at
+    /// once (not after its lease expires); the in-memory source puts its copy back in the queue,
+    /// so the shutdown hands it back (without a copy, that is without retries, it cannot, and
+    /// the task is lost with the process as every in-memory task would be).
+    Release,
 }
 
 impl Disposition {
     /// `true` when the task will not run again.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Disposition::Retry { .. } | Disposition::Snooze { .. })
+        !matches!(
+            self,
+            Disposition::Retry { .. } | Disposition::Snooze { .. } | Disposition::Release
+        )
     }
 }
 
@@ -457,7 +470,7 @@ impl FinalState {
                 attempts: ack.attempt,
             }),
             Disposition::Cancelled => Some(FinalState::Cancelled),
-            Disposition::Retry { .. } | Disposition::Snooze { .. } => None,
+            Disposition::Retry { .. } | Disposition::Snooze { .. } | Disposition::Release => None,
         }
     }
 }
@@ -468,6 +481,7 @@ impl FinalState {
 /// |---|---|---|
 /// | `Completed` | – | `Completed` (final) |
 /// | `Cancelled` | – | `Cancelled` (final) |
+/// | `Interrupted` | – | `Release` (back in the source, same attempt number again) |
 /// | `Aborted` | – | `Dead` (final) |
 /// | `Snoozed(d)` | – | `Snooze { after: d }` (same attempt number again) |
 /// | `Failed`, `Panicked`, `TimedOut` | yes | `Retry { after: backoff.delay(attempt) }` |
@@ -476,6 +490,7 @@ pub fn settle(finished: &Finished, retry_backoff: &Backoff) -> Disposition {
     match &finished.outcome {
         Outcome::Completed => Disposition::Completed,
         Outcome::Cancelled => Disposition::Cancelled,
+        Outcome::Interrupted => Disposition::Release,
         Outcome::Aborted(reason) => Disposition::Dead {
             error: format!("aborted: {reason}"),
         },
@@ -780,6 +795,12 @@ mod tests {
         assert_eq!(
             settle(&fin(1, 1, Outcome::Cancelled), &b),
             Disposition::Cancelled
+        );
+        let released = settle(&fin(3, 3, Outcome::Interrupted), &b);
+        assert_eq!(released, Disposition::Release);
+        assert!(
+            !released.is_final(),
+            "a shutdown interrupts, it does not end the task"
         );
         assert_eq!(
             settle(&fin(1, 1, Outcome::Failed("x".into())), &b),

@@ -519,3 +519,83 @@ async fn acks_coalesce_while_an_ack_call_is_in_flight() {
         log.ack_batches
     );
 }
+
+/// A failed ack call is retried after a backoff, not dropped (a durable source would otherwise
+/// run completed tasks again once their leases expire), and a tracked submitter learns the
+/// final state only once the source has recorded it.
+#[actix_rt::test]
+async fn failed_acks_are_retried_and_trackers_wait_for_them() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(100);
+    source.ack_delay = Some(Duration::from_millis(1));
+    source.fail_acks = 3;
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .on_current_arbiter()
+        .fetch_backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        ))
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    let receipts = poller
+        .submit_batch_tracked((0..10).collect())
+        .await
+        .unwrap();
+    for r in receipts {
+        let id = r.id();
+        assert_eq!(common::within(r.outcome()).await, Ok(FinalState::Completed));
+        assert!(
+            log.borrow().acks.iter().any(|a| a.id == id),
+            "task {id} resolved before its ack was recorded"
+        );
+    }
+    let stats = poller.stats();
+    assert_eq!(stats.ack_errors, 3);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    let log = log.borrow();
+    assert_eq!(log.failed_acks, 3);
+    let mut ids: Vec<u64> = log.acks.iter().map(|a| a.id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "every ack recorded");
+    assert_eq!(log.acks.len(), 10, "and recorded once");
+}
+
+/// A source that never records acks cannot hold shutdown hostage: the last batch gets one more
+/// try, then shutdown finishes and trackers learn the poller shut down.
+#[actix_rt::test]
+async fn shutdown_finishes_when_acks_keep_failing() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(100);
+    source.ack_delay = Some(Duration::from_millis(1));
+    source.fail_acks = usize::MAX;
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .fetch_backoff(Backoff::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ))
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    let receipt = poller.submit_tracked(1).await.unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().ack_errors >= 1).await;
+    let started = tokio::time::Instant::now();
+    common::within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the ack backoff: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        receipt.outcome().await,
+        Err(actix_poller::OutcomeError::ShutDown)
+    );
+    assert!(log.borrow().acks.is_empty());
+    assert!(log.borrow().failed_acks >= 2, "one last try at shutdown");
+}

@@ -39,46 +39,50 @@ async fn running_tasks_drain_before_the_deadline() {
     }
 }
 
-/// Tasks still running at the deadline are cancelled (their futures dropped), reported, and their
-/// trackers see `Cancelled`; tasks that end in time are drained.
+/// Tasks still running at the deadline are dropped and reported; those nobody asked to cancel
+/// were only interrupted (not a final state: their trackers learn the poller shut down), one
+/// whose cancellation was asked for ends `Cancelled`; tasks that end in time are drained.
 #[actix_rt::test]
-async fn tasks_past_the_deadline_are_cancelled() {
+async fn tasks_past_the_deadline_are_interrupted() {
     tokio::time::pause();
     let dropped = Arc::new(AtomicUsize::new(0));
     let d = dropped.clone();
     let poller = Poller::<u64>::builder()
-        .workers(3)
+        .workers(4)
         .on_current_arbiter()
+        .cancel_grace(Duration::from_secs(3600))
         .start(move |ms: u64, _cx| {
             let probe = DropProbe(d.clone());
             async move {
                 let _probe = probe; // dropped when the future is dropped or ends
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await; // ignores cancellation
                 Ok::<_, Infallible>(())
             }
         })
         .unwrap();
     let receipts = poller
-        .submit_batch_tracked(vec![50, 3_600_000, 3_600_000])
+        .submit_batch_tracked(vec![50, 3_600_000, 3_600_000, 3_600_000])
         .await
         .unwrap();
-    common::eventually(Duration::from_secs(1), || poller.stats().busy == 3).await;
+    common::eventually(Duration::from_secs(1), || poller.stats().busy == 4).await;
+    poller.cancel(receipts[3].id()).await.unwrap();
     let report = within(poller.shutdown(Duration::from_millis(500)))
         .await
         .unwrap();
     assert_eq!(report.finished_during_drain, 1);
-    assert_eq!(report.cancelled, 2);
+    assert_eq!(report.cancelled, 3);
     let outcomes: Vec<_> =
         futures::future::join_all(receipts.into_iter().map(|r| r.outcome())).await;
     assert_eq!(
         outcomes,
         vec![
             Ok(FinalState::Completed),
+            Err(OutcomeError::ShutDown),
+            Err(OutcomeError::ShutDown),
             Ok(FinalState::Cancelled),
-            Ok(FinalState::Cancelled)
         ]
     );
-    assert_eq!(dropped.load(SeqCst), 3, "every task future was dropped");
+    assert_eq!(dropped.load(SeqCst), 4, "every task future was dropped");
 }
 
 /// Queued and prefetched-but-unstarted tasks are handed back in FIFO order, with their ids; their

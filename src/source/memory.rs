@@ -294,6 +294,11 @@ impl<T> MemorySource<T> {
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
                 None => self.bury(ack.id, ack.attempt, error, None),
             },
+            Disposition::Release => {
+                if let Some(task) = copy {
+                    self.push(Queued::from_task(task.with_attempt(ack.attempt)), None);
+                }
+            }
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),

@@ -87,7 +87,7 @@ use tokio::time::Instant;
 
 use self::common::{Leased, Row, Signal};
 use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source, WakeOn};
-use crate::error::SubmitError;
+use crate::error::{SourceError, SubmitError};
 use crate::task::{Ack, DeadTask, Task, TaskId};
 
 const QUERIES: &str = include_str!("sql/sqlite.sql");
@@ -767,18 +767,20 @@ where
                 Ok(b) => b,
                 Err(error) => {
                     tracing::error!(%error, "a payload does not encode as JSON; batch refused");
-                    return Err(SubmitError::Unsupported(
-                        tasks.into_iter().map(|t| t.payload).collect(),
-                    ));
+                    return Err(SubmitError::Source {
+                        task: tasks.into_iter().map(|t| t.payload).collect(),
+                        error: SourceError(format!("a payload does not encode as JSON: {error}")),
+                    });
                 }
             };
             match insert(&queue.pool, &queue.sql.enqueue, &batch).await {
                 Ok(ids) => Ok(ids),
                 Err(error) => {
                     tracing::error!(%error, "enqueue failed; batch handed back");
-                    Err(SubmitError::Full(
-                        tasks.into_iter().map(|t| t.payload).collect(),
-                    ))
+                    Err(SubmitError::Source {
+                        task: tasks.into_iter().map(|t| t.payload).collect(),
+                        error: SourceError(format!("enqueue failed: {error}")),
+                    })
                 }
             }
         }

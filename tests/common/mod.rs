@@ -81,8 +81,10 @@ pub struct SourceLog {
     pub fetches: Vec<usize>,
     /// How many tasks each fetch returned.
     pub returned: Vec<usize>,
-    /// Every ack batch's size.
+    /// Every recorded ack batch's size.
     pub ack_batches: Vec<usize>,
+    /// Ack calls that failed (their acks are not recorded).
+    pub failed_acks: usize,
     pub acks: Vec<Ack>,
     pub closed_with: Option<usize>,
     pub heartbeats: usize,
@@ -102,6 +104,8 @@ pub struct ScriptedSource<T> {
     pub fetch_delay: Option<std::time::Duration>,
     /// Each ack call lands after this long.
     pub ack_delay: Option<std::time::Duration>,
+    /// The first `fail_acks` ack calls fail (`usize::MAX`: always).
+    pub fail_acks: usize,
     pub _drop: Option<DropProbe>,
 }
 
@@ -117,6 +121,7 @@ impl<T> ScriptedSource<T> {
                 heartbeat_every: None,
                 fetch_delay: None,
                 ack_delay: None,
+                fail_acks: 0,
                 _drop: None,
             },
             log,
@@ -186,14 +191,23 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
         let mut log = self.log.borrow_mut();
-        log.ack_batches.push(acks.len());
-        log.acks.extend(acks);
+        let fail = log.failed_acks < self.fail_acks;
+        if fail {
+            log.failed_acks += 1;
+        } else {
+            log.ack_batches.push(acks.len());
+            log.acks.extend(acks);
+        }
         let delay = self.ack_delay;
         async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            Ok(())
+            if fail {
+                Err(Unavailable)
+            } else {
+                Ok(())
+            }
         }
         .boxed_local()
     }

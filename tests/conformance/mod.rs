@@ -421,14 +421,14 @@ pub async fn poller_runs_everything_end_to_end<H: Harness>(h: &H) {
         })
     );
     assert_eq!(calls.load(SeqCst), 30 + 10 + 3);
-    // A tracked outcome resolves when the ack leaves for the source; the write may still be in
-    // flight.
-    bounded("the dead task is recorded", async {
-        while poller.dead_tasks(10).await.unwrap_or_default().len() != 1 {
-            sleep_ms(10).await;
-        }
-    })
-    .await;
+    // A tracked outcome resolves once the source has recorded the final state.
+    assert_eq!(
+        bounded("dead tasks", poller.dead_tasks(10))
+            .await
+            .map(|d| d.len()),
+        Ok(1),
+        "the dead task is recorded before its submitter learns it"
+    );
     bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
         .await
         .unwrap_or_else(|e| panic!("shutdown: {e}"));
@@ -544,6 +544,69 @@ pub async fn shutdown_releases_unstarted_tasks<H: Harness>(h: &H) {
         );
     } else {
         assert_eq!(report.handed_back.len(), 5, "handed back");
+    }
+    h.cleanup(&store).await;
+}
+
+/// An ack of `Release` (a shutdown interrupted the attempt) makes the task due again at once,
+/// with the same attempt number: an interruption is not a failure.
+pub async fn release_keeps_the_attempt<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![with(7, TaskOptions::new(), 2)]).await;
+    let got = fetch(&mut s, 1).await;
+    ack(&mut s, vec![ack_of(&got[0], Disposition::Release)]).await;
+    let again = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
+    assert_eq!((again[0].id, again[0].attempt), (got[0].id, 1));
+    h.cleanup(&store).await;
+}
+
+/// Shutdown: a task still running at the deadline is dropped, counted in `cancelled`, and not
+/// lost: its source takes it back as due, attempt not counted (the in-memory source, which keeps
+/// a copy while retries are on, hands it back in the report).
+pub async fn shutdown_deadline_gives_running_tasks_back<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    enqueue(&mut s, vec![task(1), task(2)]).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let st = started.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(2)
+        .on_current_arbiter()
+        .retry(RetryPolicy::attempts(3))
+        .start(move |_n: Job, _cx| {
+            st.fetch_add(1, SeqCst);
+            futures::future::pending::<Result<(), std::convert::Infallible>>()
+        })
+        .expect("starts");
+    bounded("both tasks start", async {
+        while started.load(SeqCst) < 2 {
+            sleep_ms(5).await;
+        }
+    })
+    .await;
+    let report = bounded("shutdown", poller.shutdown(Duration::from_millis(100)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    assert_eq!(report.cancelled, 2, "both dropped at the deadline");
+    if h.durable() {
+        assert!(report.handed_back.is_empty(), "a durable source keeps them");
+        let mut next = h.source(&store, LONG_LEASE).await;
+        let rest = fetch(&mut next, 10).await;
+        assert_eq!(
+            payloads(&rest),
+            vec![1, 2],
+            "due at once: no lease to wait for"
+        );
+        assert!(
+            rest.iter().all(|t| t.attempt == 1),
+            "interrupted: not counted"
+        );
+    } else {
+        let mut back: Vec<Job> = report.handed_back.iter().map(|t| t.payload).collect();
+        back.sort_unstable();
+        assert_eq!(back, vec![1, 2], "handed back");
     }
     h.cleanup(&store).await;
 }
@@ -724,6 +787,8 @@ macro_rules! conformance_tests {
             poller_runs_everything_end_to_end,
             poller_honours_priority_and_delay,
             shutdown_releases_unstarted_tasks,
+            release_keeps_the_attempt,
+            shutdown_deadline_gives_running_tasks_back,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {

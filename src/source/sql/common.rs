@@ -109,6 +109,9 @@ pub(super) fn ack_rows(acks: Vec<Ack>) -> Vec<AckRow> {
                 Disposition::Snooze { after } => (id, attempt, 2, micros(after), None),
                 Disposition::Dead { error } => (id, attempt, 3, 0, Some(error)),
                 Disposition::Cancelled => (id, attempt, 4, 0, None),
+                // Interrupted by a shutdown: due again now, and the attempt does not count
+                // (what a snooze of no time records).
+                Disposition::Release => (id, attempt, 2, 0, None),
                 // A disposition added later is recorded as a retry after no delay: the task
                 // runs again rather than being lost.
                 #[allow(unreachable_patterns)]
