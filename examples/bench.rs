@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, Semaphore};
 /// Printed for `--help` and, on stderr, for bad input.
 const USAGE: &str = "\
 usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placement X]
-             [--workers K] [--executors E] [--smoke]
+             [--workers K] [--executors E] [--ahead A] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
                  | memory | latency | all  (default: all; may be given more than once)
@@ -47,6 +47,8 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
                  (default: both for noop, cpu, idle, latency; own for the others)
   --workers K    K for noop, sleep, slowfetch and cpu (default 16, 100, 50, 4)
   --executors E  executors on their own arbiters (default: one per core)
+  --ahead A      tasks each executor may hold queued beyond its credits (default: the crate's,
+                 workers ÷ executors rounded up, at most 64)
   --smoke        tiny sizes: checks that every workload works; its figures mean nothing
   --help         this text
 ";
@@ -231,6 +233,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             }
             "--workers" => workers = Some(count(&value("a count")?, "--workers", 1, MAX_N)?),
             "--executors" => executors = Some(count(&value("a count")?, "--executors", 1, 256)?),
+            "--ahead" => {
+                let a = count(&value("a count")?, "--ahead", 0, 1_000_000)?;
+                AHEAD.store(a, Ordering::Relaxed);
+            }
             "--child" => {
                 child = Some(match value("a side")?.as_str() {
                     "memory-ours" => Side::Ours,
@@ -287,6 +293,9 @@ enum Placement {
 /// `--executors`: how many own-arbiter executors to start (default: one per core).
 static EXECUTORS: AtomicUsize = AtomicUsize::new(0);
 
+/// `--ahead`: `PollerBuilder::dispatch_ahead` for every poller (default: the crate's).
+static AHEAD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
 impl Placement {
     /// The name in the table's config column.
     fn name(self) -> &'static str {
@@ -298,6 +307,10 @@ impl Placement {
 
     /// Applies the placement to a builder.
     fn apply<T: Send + 'static, S: Source<T>>(self, b: PollerBuilder<T, S>) -> PollerBuilder<T, S> {
+        let b = match AHEAD.load(Ordering::Relaxed) {
+            usize::MAX => b,
+            a => b.dispatch_ahead(a),
+        };
         match self {
             Placement::Current => b.on_current_arbiter(),
             Placement::Own => match EXECUTORS.load(Ordering::Relaxed) {
@@ -1480,11 +1493,13 @@ async fn memory_ours(n: usize) -> Result<u64, String> {
         next = end;
     }
     let after = rss_bytes().ok_or("cannot read /proc/self/status")?;
-    let queued = poller.stats().queued;
+    // Waiting: in the source's queue, or dispatched ahead to the executor (`buffered`).
+    let stats = poller.stats();
+    let queued = stats.queued.map(|q| q + stats.buffered);
     gate.add_permits(1);
     finish(&poller, None).await?;
     if queued != Some(n as u64) {
-        return Err(format!("{queued:?} tasks queued, expected {n}"));
+        return Err(format!("{queued:?} tasks waiting, expected {n}"));
     }
     Ok(after.saturating_sub(before))
 }

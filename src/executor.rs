@@ -7,13 +7,21 @@
 //!
 //! A handler is called inside `catch_unwind`, and its future polled inside one too: a panic
 //! becomes [`Outcome::Panicked`] with its message; the executor and the credit survive.
+//!
+//! Each executor also keeps a short local queue of tasks dispatched ahead of credits. A task
+//! starts only with a credit that came in an [`Execute`], or in the slot another task of this
+//! executor just left: the slot changes hands without a round trip through the Scheduler and
+//! the Fetcher, and the bound holds because no slot is ever created here. What it cannot use
+//! goes back in the next [`Done`] (`freed`).
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{ready, Context as TaskCx, Poll, Waker};
 use std::time::Duration;
 
@@ -24,8 +32,9 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::messages::{CancelRunning, Done, Drain, DrainReport, Execute};
+use crate::messages::{CancelOutcome, CancelRunning, Done, Drain, DrainReport, Execute};
 use crate::poller::DropGuard;
+use crate::stats::Counters;
 use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
 
 /// The error type handlers may return: anything that converts into a boxed error (`String`,
@@ -161,9 +170,9 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-struct Draining {
-    reply: oneshot::Sender<DrainReport>,
-    report: DrainReport,
+struct Draining<T> {
+    reply: oneshot::Sender<DrainReport<T>>,
+    report: DrainReport<T>,
 }
 
 pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
@@ -174,9 +183,24 @@ pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
     cancels: Rc<CancelBoard>,
     scheduler: Recipient<Done>,
     running: FuturesUnordered<Running<H::Future>>,
-    /// Ends not yet reported: flushed in one `Done` at the end of every wake.
+    /// Tasks dispatched ahead: each starts with a credit from an `Execute`, or in a slot a task
+    /// of this executor just left.
+    queue: VecDeque<Task<T>>,
+    /// When a start brings the queue down to this length (half its length after the last
+    /// refill), the executor reports at once rather than at the end of the wake, so the next
+    /// refill is on its way while the rest still runs.
+    low_water: usize,
+    /// Reported at the low-water mark since the queue was last refilled above it.
+    asked: bool,
+    /// Ends not yet reported: flushed in one `Done` at the end of every wake, with the counts
+    /// below.
     finished: Vec<Finished>,
-    draining: Option<Draining>,
+    freed: u32,
+    dequeued: u32,
+    credits_used: u32,
+    started: u64,
+    counters: Arc<Counters>,
+    draining: Option<Draining<T>>,
     _guard: DropGuard,
     _payload: std::marker::PhantomData<fn(T)>,
 }
@@ -190,6 +214,7 @@ impl<T, H: TaskHandler<T>> fmt::Debug for Executor<T, H> {
         f.debug_struct("Executor")
             .field("index", &self.index)
             .field("running", &self.running.len())
+            .field("queued", &self.queue.len())
             .field("draining", &self.draining.is_some())
             .finish_non_exhaustive()
     }
@@ -201,6 +226,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         handler: H,
         default_timeout: Option<Duration>,
         scheduler: Recipient<Done>,
+        counters: Arc<Counters>,
         guard: DropGuard,
     ) -> Self {
         Executor {
@@ -210,14 +236,47 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             cancels: Rc::default(),
             scheduler,
             running: FuturesUnordered::new(),
+            queue: VecDeque::new(),
+            low_water: 0,
+            asked: false,
             finished: Vec::new(),
+            freed: 0,
+            dequeued: 0,
+            credits_used: 0,
+            started: 0,
+            counters,
             draining: None,
             _guard: guard,
             _payload: std::marker::PhantomData,
         }
     }
 
-    fn start(&mut self, task: Task<T>) {
+    /// The next queued task, unless draining (a drain starts nothing new).
+    fn next_queued(&mut self) -> Option<Task<T>> {
+        if self.draining.is_some() {
+            return None;
+        }
+        let task = self.queue.pop_front()?;
+        self.dequeued += 1;
+        Some(task)
+    }
+
+    /// A slot is free: a queued task takes it over, or it goes back to the Scheduler.
+    fn fill_slot(&mut self) {
+        let mut next = self.next_queued();
+        while let Some(task) = next {
+            if self.start(task) {
+                return;
+            }
+            // It ended at once (its handler panicked when called): the slot is free again.
+            next = self.next_queued();
+        }
+        self.freed += 1;
+    }
+
+    /// Starts one attempt in a slot this executor holds. `false` when it ended at once.
+    fn start(&mut self, task: Task<T>) -> bool {
+        self.started += 1;
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
         let timeout = task.timeout.or(self.default_timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -228,23 +287,29 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             catch_unwind(AssertUnwindSafe(|| self.handler.call(task.payload, cx)))
         };
         match called {
-            Ok(fut) => self.running.push(Running {
-                id,
-                attempt,
-                max_attempts,
-                span,
-                timeout: timeout.unwrap_or_default(),
-                killed: false,
-                waker: None,
-                deadline: deadline.map(tokio::time::sleep_until),
-                fut: AssertUnwindSafe(fut).catch_unwind(),
-            }),
-            Err(panic) => self.finished.push(Finished {
-                id,
-                attempt,
-                max_attempts,
-                outcome: Outcome::Panicked(panic_message(panic.as_ref())),
-            }),
+            Ok(fut) => {
+                self.running.push(Running {
+                    id,
+                    attempt,
+                    max_attempts,
+                    span,
+                    timeout: timeout.unwrap_or_default(),
+                    killed: false,
+                    waker: None,
+                    deadline: deadline.map(tokio::time::sleep_until),
+                    fut: AssertUnwindSafe(fut).catch_unwind(),
+                });
+                true
+            }
+            Err(panic) => {
+                self.finished.push(Finished {
+                    id,
+                    attempt,
+                    max_attempts,
+                    outcome: Outcome::Panicked(panic_message(panic.as_ref())),
+                });
+                false
+            }
         }
     }
 
@@ -271,10 +336,21 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         }
     }
 
-    /// Reports every end collected since the last flush, in one message.
+    /// Reports every end, freed slot and dequeued task since the last flush, in one message.
     fn flush(&mut self) {
-        if self.finished.is_empty() {
+        if self.finished.is_empty()
+            && self.freed == 0
+            && self.dequeued == 0
+            && self.credits_used == 0
+        {
             return;
+        }
+        if self.started > 0 {
+            let started = std::mem::take(&mut self.started);
+            Counters::add(&self.counters.started, started);
+            if let Some(c) = self.counters.per_executor.get(self.index) {
+                Counters::add(&c.started, started);
+            }
         }
         let finished = std::mem::take(&mut self.finished);
         if let Some(d) = &mut self.draining {
@@ -283,6 +359,9 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         self.scheduler.do_send(Done {
             executor: self.index,
             finished,
+            freed: std::mem::take(&mut self.freed),
+            dequeued: std::mem::take(&mut self.dequeued),
+            credits_used: std::mem::take(&mut self.credits_used),
         });
     }
 
@@ -321,6 +400,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             self.cancels.forget(fin.id);
         }
         self.running.clear();
+        let dropped = cancelled.len() as u32;
         if let Some(d) = &mut self.draining {
             d.report.cancelled += cancelled.len();
             tracing::warn!(
@@ -333,6 +413,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             self.scheduler.do_send(Done {
                 executor: self.index,
                 finished: cancelled,
+                freed: dropped,
+                ..Done::default()
             });
         }
         self.finish_drain_if_idle(ctx);
@@ -353,6 +435,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> ActorFuture<Executor<T, H>> for Drive
     ) -> Poll<()> {
         while let Poll::Ready(Some(fin)) = act.running.poll_next_unpin(cx) {
             act.finished(fin);
+            act.fill_slot();
+            if !act.asked && act.dequeued > 0 && act.queue.len() <= act.low_water {
+                act.asked = true;
+                act.flush();
+            }
         }
         act.flush();
         if act.draining.is_some() {
@@ -375,41 +462,73 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H
     type Result = ();
 
     fn handle(&mut self, msg: Execute<T>, _ctx: &mut Self::Context) {
-        for task in msg.tasks {
-            self.start(task);
+        match &mut self.draining {
+            // Dispatched before the drain began (the Fetcher stops first, so this should not
+            // happen): never started, so handed back.
+            Some(d) => d.report.unstarted.extend(msg.tasks),
+            None => self.queue.extend(msg.tasks),
+        }
+        if !self.queue.is_empty() {
+            self.low_water = self.queue.len() / 2;
+            self.asked = false;
+        }
+        self.credits_used += msg.credits;
+        for _ in 0..msg.credits {
+            self.fill_slot();
         }
         // The driver runs after this handler (actix polls items after the mailbox) and flushes.
     }
 }
 
 impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T, H> {
-    type Result = bool;
+    type Result = MessageResult<CancelRunning>;
 
-    fn handle(&mut self, msg: CancelRunning, ctx: &mut Self::Context) -> bool {
+    fn handle(&mut self, msg: CancelRunning, ctx: &mut Self::Context) -> Self::Result {
+        // Dispatched here but not started: it ends now, without a slot.
+        if let Some(pos) = self.queue.iter().position(|t| t.id == msg.id) {
+            if let Some(task) = self.queue.remove(pos) {
+                self.dequeued += 1;
+                // Counted as started so that busy (started − finished) stays exact.
+                self.started += 1;
+                self.finished.push(Finished {
+                    id: task.id,
+                    attempt: task.attempt,
+                    max_attempts: task.max_attempts,
+                    outcome: Outcome::Cancelled,
+                });
+                self.flush();
+                return MessageResult(CancelOutcome::Dequeued);
+            }
+        }
         let attempt = Pin::new(&self.running)
             .iter_pin_ref()
             .find(|r| r.get_ref().id == msg.id)
             .map(|r| r.get_ref().attempt);
         let Some(attempt) = attempt else {
-            return false;
+            return MessageResult(CancelOutcome::NotFound);
         };
         tracing::debug!(task = %msg.id, grace = ?msg.grace, "cancelling a running task");
         self.cancels.request(msg.id);
         let id = msg.id;
         ctx.run_later(msg.grace, move |act, _ctx| act.kill(id, attempt));
-        true
+        MessageResult(CancelOutcome::Signalled)
     }
 }
 
-impl<T: Send + 'static, H: TaskHandler<T>> Handler<Drain> for Executor<T, H> {
+impl<T: Send + 'static, H: TaskHandler<T>> Handler<Drain<T>> for Executor<T, H> {
     type Result = ();
 
-    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Drain<T>, ctx: &mut Self::Context) {
         // The reply travels on its own channel, not as this handler's response: the executor
-        // stops right after replying, and a response future would be dropped with it.
+        // stops right after replying, and a response future would be dropped with it. Queued
+        // tasks never started: they go back with the report.
+        self.dequeued += self.queue.len() as u32;
         self.draining = Some(Draining {
             reply: msg.reply,
-            report: DrainReport::default(),
+            report: DrainReport {
+                unstarted: self.queue.drain(..).collect(),
+                ..DrainReport::default()
+            },
         });
         let delay = msg
             .deadline

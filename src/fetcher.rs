@@ -60,8 +60,17 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     cancel_running: Vec<Recipient<CancelRunning>>,
     default_attempts: u32,
     cancel_grace: Duration,
-    /// Tasks dispatched to each executor and not yet reported freed.
+    /// Tasks dispatched to each executor and not yet reported finished.
     assigned: Vec<usize>,
+    /// Tasks dispatched to each executor and not yet reported out of its queue.
+    queued: Vec<usize>,
+    /// Credits sent to each executor and not yet reported spent or given back.
+    covered: Vec<usize>,
+    /// How many tasks each executor may hold queued beyond the credits it was sent: at most
+    /// `ahead`; per executor, twice what it finished between two reports (so a queue covers a
+    /// round trip to the Fetcher and back with a margin), halving at most per report, at least 1.
+    ahead: usize,
+    ahead_target: Vec<usize>,
     credits: usize,
     buffer: VecDeque<Task<T>>,
     /// Tasks asked for by the fetches in flight.
@@ -114,6 +123,7 @@ impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
 
 pub(crate) struct FetcherConfig {
     pub(crate) prefetch: usize,
+    pub(crate) ahead: usize,
     pub(crate) fetch_backoff: Backoff,
     pub(crate) default_attempts: u32,
     pub(crate) cancel_grace: Duration,
@@ -134,6 +144,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             limits,
             prefetch: config.prefetch,
             assigned: vec![0; executors.len()],
+            queued: vec![0; executors.len()],
+            covered: vec![0; executors.len()],
+            ahead: config.ahead,
+            ahead_target: vec![config.ahead.min(1); executors.len()],
             executors,
             cancel_running,
             default_attempts: config.default_attempts,
@@ -172,8 +186,15 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.dispatch();
         while self.waiting.is_none() && self.backing_off.is_none() {
-            let want =
-                (self.credits + self.prefetch).saturating_sub(self.buffer.len() + self.requested);
+            let room: usize = self
+                .queued
+                .iter()
+                .zip(&self.covered)
+                .zip(&self.ahead_target)
+                .map(|((q, c), t)| t.saturating_sub(q.saturating_sub(*c)))
+                .sum();
+            let want = (self.credits + self.prefetch + room)
+                .saturating_sub(self.buffer.len() + self.requested);
             if want == 0 || self.in_flight >= self.limits.max_in_flight {
                 break;
             }
@@ -195,8 +216,14 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             self.dispatch();
         }
+        let ahead: usize = self
+            .queued
+            .iter()
+            .zip(&self.covered)
+            .map(|(q, c)| q.saturating_sub(*c))
+            .sum();
         self.counters.buffered.store(
-            self.buffer.len() as u64,
+            (self.buffer.len() + ahead) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -280,53 +307,82 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         self.pump(ctx);
     }
 
-    /// Spend credits on buffered tasks, least-loaded executor first, one `Execute` per executor.
+    /// Tasks queued at executor `i` that no credit covers yet.
+    fn uncovered(&self, i: usize) -> usize {
+        self.queued[i].saturating_sub(self.covered[i])
+    }
+
+    /// The executor with the fewest tasks running or about to (a credit on its way), among
+    /// those `eligible` says.
+    fn least_running(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.executors.len())
+            .filter(|&i| eligible(i))
+            .min_by_key(|&i| self.assigned[i] - self.uncovered(i).min(self.assigned[i]))
+    }
+
+    /// Spends credits and hands tasks to the executors, one `Execute` per executor:
+    ///
+    /// 1. each credit to the executor running the fewest tasks (so CPU-bound work spreads over
+    ///    every thread), with one of the tasks already queued there, else a buffered task; with
+    ///    the buffer empty, to an executor that has queued tasks no credit covers (so no task
+    ///    waits behind a long one while a slot is free elsewhere);
+    /// 2. then, with no credit left, buffered tasks ahead into the executors' queues, up to
+    ///    each one's `ahead_target`, shortest queue first, so an executor refills a slot the
+    ///    moment a task ends.
     fn dispatch(&mut self) {
         if self.phase != Phase::Running {
             return;
         }
-        let k = self.credits.min(self.buffer.len());
-        if k == 0 {
-            return;
+        let e = self.executors.len();
+        let mut batches: Vec<(Vec<Task<T>>, u32)> = Vec::new();
+        if self.credits > 0 || (self.ahead > 0 && !self.buffer.is_empty()) {
+            batches.resize_with(e, || (Vec::new(), 0));
         }
-        self.credits -= k;
-        Counters::add(&self.counters.started, k as u64);
-        if !self.trackers.is_empty() {
-            for task in self.buffer.iter_mut().take(k) {
-                if let Some(t) = self.trackers.get(&task.id) {
-                    task.progress = Some(t.progress.clone());
+        while self.credits > 0 {
+            let Some(mut i) = self.least_running(|_| true) else {
+                break;
+            };
+            if self.uncovered(i) == 0 {
+                if let Some(task) = self.buffer.pop_front() {
+                    self.push_task(&mut batches, i, task);
+                } else if let Some(j) = self.least_running(|j| self.uncovered(j) > 0) {
+                    i = j;
+                } else {
+                    break;
                 }
             }
+            batches[i].1 += 1;
+            self.covered[i] += 1;
+            self.credits -= 1;
         }
-        if self.executors.len() == 1 {
-            self.assigned[0] += k;
-            Counters::add(&self.counters.per_executor[0].started, k as u64);
-            let tasks: Vec<Task<T>> = self.buffer.drain(..k).collect();
-            self.executors[0].do_send(Execute { tasks });
-            return;
-        }
-        let mut batches: Vec<Vec<Task<T>>> = self.executors.iter().map(|_| Vec::new()).collect();
-        for task in self.buffer.drain(..k) {
-            let (i, _) = self
-                .assigned
-                .iter()
-                .enumerate()
-                .min_by_key(|&(_, n)| *n)
-                .unwrap_or((0, &0));
-            self.assigned[i] += 1;
-            batches[i].push(task);
-        }
-        for ((exec, tasks), c) in self
-            .executors
-            .iter()
-            .zip(batches)
-            .zip(&self.counters.per_executor)
-        {
-            if !tasks.is_empty() {
-                Counters::add(&c.started, tasks.len() as u64);
-                exec.do_send(Execute { tasks });
+        while self.ahead > 0 && !self.buffer.is_empty() {
+            let Some(i) = (0..e)
+                .filter(|&i| self.uncovered(i) < self.ahead_target[i])
+                .min_by_key(|&i| self.uncovered(i))
+            else {
+                break;
+            };
+            if let Some(task) = self.buffer.pop_front() {
+                self.push_task(&mut batches, i, task);
             }
         }
+        for (exec, (tasks, credits)) in self.executors.iter().zip(batches) {
+            if !tasks.is_empty() || credits > 0 {
+                exec.do_send(Execute { tasks, credits });
+            }
+        }
+    }
+
+    /// Adds `task` to executor `i`'s batch (queued there; a credit may go along).
+    fn push_task(&mut self, batches: &mut [(Vec<Task<T>>, u32)], i: usize, mut task: Task<T>) {
+        if !self.trackers.is_empty() {
+            if let Some(t) = self.trackers.get(&task.id) {
+                task.progress = Some(t.progress.clone());
+            }
+        }
+        batches[i].0.push(task);
+        self.assigned[i] += 1;
+        self.queued[i] += 1;
     }
 
     fn reply_stopped(&mut self) {
@@ -564,8 +620,16 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
 
     fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
         self.credits += msg.credits;
-        for (assigned, freed) in self.assigned.iter_mut().zip(&msg.freed) {
-            *assigned = assigned.saturating_sub(*freed as usize);
+        for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
+            self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
+            self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
+            self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);
+            if d.finished > 0 && self.ahead > 0 {
+                let t = &mut self.ahead_target[i];
+                *t = (2 * d.finished as usize)
+                    .max(*t - *t / 8)
+                    .clamp(1, self.ahead.max(1));
+            }
         }
         if !msg.acks.is_empty() {
             self.record_acks(msg.acks, ctx);
@@ -698,15 +762,14 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
                         // Not waiting: maybe running on one of the executors.
                         Ok(false) => Box::pin(async move {
                             let asks = running.iter().map(|e| e.send(CancelRunning { id, grace }));
-                            let found = futures::future::join_all(asks)
+                            // Queued at an executor (dispatched ahead): dequeued there; else
+                            // running there: signalled.
+                            Ok(futures::future::join_all(asks)
                                 .await
                                 .into_iter()
-                                .any(|r| r.unwrap_or(false));
-                            Ok(if found {
-                                CancelOutcome::Signalled
-                            } else {
-                                CancelOutcome::NotFound
-                            })
+                                .flatten()
+                                .find(|o| *o != CancelOutcome::NotFound)
+                                .unwrap_or(CancelOutcome::NotFound))
                         }),
                     };
                     answer.into_actor(act)

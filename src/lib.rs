@@ -119,10 +119,13 @@ pub mod topology;
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use executor::{BoxError, TaskHandler};
 pub use messages::{
-    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
-    Submit, SubmitBatch,
+    Cancel, CancelOutcome, ExecutorDelta, GetProgress, GetStats, ListDead, Notify, PurgeDead,
+    Receipt, RerunDead, Submit, SubmitBatch,
 };
-pub use poller::{Poller, PollerBuilder, ShutdownReport, DEFAULT_CANCEL_GRACE, DEFAULT_WORKERS};
+pub use poller::{
+    Poller, PollerBuilder, ShutdownReport, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD,
+    DEFAULT_WORKERS,
+};
 pub use source::memory::MemorySource;
 #[cfg(feature = "postgres")]
 pub use source::postgres::{PgConfig, PgError, PgQueue, PgSource};

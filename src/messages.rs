@@ -18,44 +18,79 @@ use crate::task::{Ack, DeadTask, FinalState, Finished, Progress, Task, TaskId, T
 /// Scheduler → Fetcher: `credits` more tasks may start, and these acks must reach the source.
 ///
 /// `credits` is demand, not a token: the Fetcher fetches up to that many in one call. Credits are
-/// conserved: every credit is at the Scheduler, at the Fetcher, or held by one started task until
-/// its `Done` returns it.
+/// conserved: every credit is at the Scheduler, at the Fetcher, on its way to an executor in an
+/// [`Execute`], held by one running task, or on its way back in a [`Done`].
 #[derive(Debug, Default, Message)]
 #[rtype(result = "()")]
 pub struct Ready {
     /// How many more tasks may start.
     pub credits: usize,
-    /// How many tasks each executor finished since the last `Ready` (indexed by executor; empty
-    /// when none did). The Fetcher balances its dispatch with it.
-    pub freed: Vec<u32>,
+    /// What each executor reported since the last `Ready` (indexed by executor; empty when no
+    /// executor reported anything). The Fetcher balances its dispatch with it.
+    pub executors: Vec<ExecutorDelta>,
     /// Acknowledgements to forward to the source, in one batch.
     pub acks: Vec<Ack>,
 }
 
-/// Fetcher → Executor: start these tasks. Each holds one credit until its `Done`.
+/// One executor's reports summed, as the Scheduler forwards them in [`Ready`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorDelta {
+    /// Attempts that ended.
+    pub finished: u32,
+    /// Tasks that left the executor's local queue: started, or cancelled before they started.
+    pub dequeued: u32,
+    /// Credits from [`Execute::credits`] that the executor spent or gave back.
+    pub credits_used: u32,
+}
+
+impl ExecutorDelta {
+    /// `true` when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == ExecutorDelta::default()
+    }
+}
+
+/// Fetcher → Executor: queue these tasks, and start `credits` of the queued ones now.
+///
+/// Each executor keeps a short local queue (see
+/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)). A task starts only
+/// with a credit from an `Execute`, or in the slot a task of the same executor just left: so no
+/// more than the credits granted ever run. Credits it cannot spend (its queue emptied meanwhile)
+/// go back in the next [`Done`].
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Execute<T> {
-    /// The tasks to start.
+    /// Tasks to append to the executor's queue, oldest first.
     pub tasks: Vec<Task<T>>,
+    /// How many queued tasks may start now, each holding one credit until its `Done`.
+    pub credits: u32,
 }
 
 impl<T> fmt::Debug for Execute<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Execute")
             .field("tasks", &self.tasks.len())
+            .field("credits", &self.credits)
             .finish()
     }
 }
 
-/// Executor → Scheduler: these attempts ended (one entry per attempt, exactly once).
-#[derive(Debug, Message)]
+/// Executor → Scheduler: these attempts ended (one entry per attempt, exactly once), and these
+/// slots are free again.
+#[derive(Debug, Default, Message)]
 #[rtype(result = "()")]
 pub struct Done {
     /// The executor that ran them.
     pub executor: usize,
     /// The attempts that ended.
     pub finished: Vec<Finished>,
+    /// Credits given back: slots left by ended tasks that no queued task took over, and credits
+    /// of an `Execute` that found no queued task to start.
+    pub freed: u32,
+    /// Tasks that left the executor's queue since its last `Done`.
+    pub dequeued: u32,
+    /// Credits from `Execute` messages spent or given back since its last `Done`.
+    pub credits_used: u32,
 }
 
 /// Anyone → Fetcher: something new may be in the source; fetch again if there are credits.
@@ -342,9 +377,9 @@ pub struct GetProgress {
 }
 
 /// Fetcher → Executor: cancellation of a running task was requested; signal it now and drop it
-/// after `grace`. Replies whether the task runs there.
+/// after `grace`. A task queued there and not started ends at once. Replies what it found.
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "CancelOutcome")]
 pub(crate) struct CancelRunning {
     pub(crate) id: TaskId,
     pub(crate) grace: std::time::Duration,
@@ -370,16 +405,28 @@ impl<T: 'static> Message for StopFetching<T> {
 /// after the last `Done` has been sent, then stop.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Drain {
+pub(crate) struct Drain<T: 'static> {
     pub(crate) deadline: Instant,
-    pub(crate) reply: oneshot::Sender<DrainReport>,
+    pub(crate) reply: oneshot::Sender<DrainReport<T>>,
 }
 
 /// What one executor did during a drain.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DrainReport {
+#[derive(Debug)]
+pub(crate) struct DrainReport<T> {
     pub(crate) finished: usize,
     pub(crate) cancelled: usize,
+    /// Its local queue: dispatched, never started.
+    pub(crate) unstarted: Vec<Task<T>>,
+}
+
+impl<T> Default for DrainReport<T> {
+    fn default() -> Self {
+        DrainReport {
+            finished: 0,
+            cancelled: 0,
+            unstarted: Vec::new(),
+        }
+    }
 }
 
 /// Handle → Scheduler: every `Done` has been sent; forward the last acks and stop.

@@ -78,6 +78,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     executors: Option<usize>,
     current_arbiter: bool,
     prefetch: usize,
+    dispatch_ahead: Option<usize>,
     fetch_backoff: Backoff,
     retry: RetryPolicy,
     timeout: Option<Duration>,
@@ -94,6 +95,7 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("executors", &self.executors)
             .field("current_arbiter", &self.current_arbiter)
             .field("prefetch", &self.prefetch)
+            .field("dispatch_ahead", &self.dispatch_ahead)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
@@ -102,6 +104,10 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
 
 /// The default concurrency limit.
 pub const DEFAULT_WORKERS: usize = 16;
+
+/// The most tasks an executor holds queued beyond its credits unless
+/// [`PollerBuilder::dispatch_ahead`] says otherwise.
+pub const DEFAULT_DISPATCH_AHEAD: usize = 64;
 
 /// The default time a cancelled running task has to wind down before its future is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -113,6 +119,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             executors: None,
             current_arbiter: false,
             prefetch: 0,
+            dispatch_ahead: None,
             fetch_backoff: Backoff::default(),
             retry: RetryPolicy::none(),
             timeout: None,
@@ -160,6 +167,27 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// tasks go back to the source at shutdown.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = prefetch;
+        self
+    }
+
+    /// At most how many tasks each executor may hold queued beyond its credits (default
+    /// [`DEFAULT_DISPATCH_AHEAD`]).
+    ///
+    /// When one of an executor's tasks ends, a queued task takes over its slot at once, without
+    /// waiting for the slot to travel to the Scheduler and back through the Fetcher: that round
+    /// trip is two thread hops when executors run on their own arbiters, and the System thread
+    /// may wait for a core while CPU-bound executors hold both. The bound is unchanged (a queued
+    /// task starts only in a slot its executor already holds). Each executor's queue adapts
+    /// below this limit: twice what it finished between two of its reports, so short tasks get
+    /// a deep queue and long ones a queue of one or two.
+    ///
+    /// The price: a queued task is committed to its executor, so a higher-priority task fetched
+    /// later may start after the few tasks queued ahead of it. `0` turns queueing off: every
+    /// start then waits for a credit, and priorities are strict among due tasks. A cancelled
+    /// queued task ends at once; queued tasks go back to the source at shutdown, like prefetched
+    /// ones.
+    pub fn dispatch_ahead(mut self, n: usize) -> Self {
+        self.dispatch_ahead = Some(n);
         self
     }
 
@@ -261,6 +289,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             executors: self.executors,
             current_arbiter: self.current_arbiter,
             prefetch: self.prefetch,
+            dispatch_ahead: self.dispatch_ahead,
             fetch_backoff: self.fetch_backoff,
             retry: self.retry,
             timeout: self.timeout,
@@ -385,12 +414,13 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             let done = scheduler.clone().recipient();
             let g = guard();
             let factory = Arc::clone(&factory);
+            let c = Arc::clone(&counters);
             let addr = if self.current_arbiter {
-                Executor::new(index, factory(index), timeout, done, g).start()
+                Executor::new(index, factory(index), timeout, done, c, g).start()
             } else {
                 let arbiter = Arbiter::new();
                 let addr = Executor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
-                    Executor::new(index, factory(index), timeout, done, g)
+                    Executor::new(index, factory(index), timeout, done, c, g)
                 });
                 arbiters.push(arbiter);
                 addr
@@ -416,6 +446,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
                 .collect(),
             FetcherConfig {
                 prefetch: self.prefetch,
+                ahead: self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD),
                 fetch_backoff: self.fetch_backoff,
                 default_attempts: self.retry.max_attempts(),
                 cancel_grace: self.cancel_grace,
@@ -474,7 +505,7 @@ struct Inner<T: Send + 'static> {
     stats: Recipient<GetStats>,
     begin: Recipient<BeginShutdown>,
     flush: Recipient<Flush>,
-    drains: Vec<Recipient<Drain>>,
+    drains: Vec<Recipient<Drain<T>>>,
     counters: Arc<Counters>,
     /// Mirrors "shutdown began" so submits fail fast; the Fetcher's phase is what decides.
     closed: AtomicBool,
@@ -823,6 +854,8 @@ impl<T: Send + 'static> Poller<T> {
             })
             .collect();
         let (mut finished_during_drain, mut cancelled) = (0, 0);
+        // Tasks queued at executors were fetched before those the Fetcher still held.
+        let mut never_started = Vec::new();
         for report in futures::future::join_all(replies)
             .await
             .into_iter()
@@ -830,7 +863,10 @@ impl<T: Send + 'static> Poller<T> {
         {
             finished_during_drain += report.finished;
             cancelled += report.cancelled;
+            never_started.extend(report.unstarted);
         }
+        never_started.extend(unstarted);
+        let unstarted = never_started;
 
         // The Scheduler forwards the last acks; the source records them, then takes back what
         // was never started.

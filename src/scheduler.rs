@@ -3,18 +3,20 @@
 //! It holds the credits no one else holds. Invariant (credit conservation):
 //!
 //! ```text
-//! limit = free (here) + credits held by the Fetcher + tasks started and not yet Done
+//! limit = free (here) + credits held by the Fetcher + credits in `Execute`s in flight
+//!       + running tasks + credits in `Done`s in flight (`freed`)
 //! ```
 //!
 //! so at no instant can more than `limit` tasks run. A credit leaves here only in a `Ready`, and
-//! comes back only in a `Done`; the handler that receives a `Done` grants again before it returns,
+//! comes back only in a `Done` (an executor whose task ended hands its slot to a task from its
+//! own queue without returning the credit); the handler that receives a `Done` grants again before it returns,
 //! so no wake-up can be lost between "a slot freed" and "the Fetcher heard of it".
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{BeginShutdown, Done, Flush, GetStats, Ready};
+use crate::messages::{BeginShutdown, Done, ExecutorDelta, Flush, GetStats, Ready};
 use crate::poller::{DropGuard, ShutdownPlan};
 use crate::stats::Counters;
 use crate::task::{settle, Ack, Backoff, Disposition, Outcome};
@@ -23,8 +25,9 @@ pub(crate) struct Scheduler {
     /// Credits not granted to the Fetcher.
     free: usize,
     fetcher: Recipient<Ready>,
-    /// Per-executor finished counts and acks not yet sent to the Fetcher.
-    freed: Vec<u32>,
+    /// Per-executor reports and acks not yet sent to the Fetcher.
+    deltas: Vec<ExecutorDelta>,
+    changed: bool,
     acks: Vec<Ack>,
     retry_backoff: Backoff,
     /// Set by `BeginShutdown`: from then on credits stay here; acks still flow.
@@ -56,7 +59,8 @@ impl Scheduler {
         Scheduler {
             free: limit,
             fetcher,
-            freed: vec![0; executors],
+            deltas: vec![ExecutorDelta::default(); executors],
+            changed: false,
             acks: Vec::new(),
             retry_backoff,
             closing: false,
@@ -73,12 +77,12 @@ impl Scheduler {
         } else {
             std::mem::take(&mut self.free)
         };
-        if credits == 0 && self.acks.is_empty() {
+        if credits == 0 && self.acks.is_empty() && !self.changed {
             return;
         }
-        let freed = if self.freed.iter().any(|&n| n != 0) {
-            let zeros = vec![0; self.freed.len()];
-            std::mem::replace(&mut self.freed, zeros)
+        let executors = if std::mem::take(&mut self.changed) {
+            let zeros = vec![ExecutorDelta::default(); self.deltas.len()];
+            std::mem::replace(&mut self.deltas, zeros)
         } else {
             Vec::new()
         };
@@ -86,7 +90,7 @@ impl Scheduler {
         tracing::trace!(credits, acks = acks.len(), "ready");
         self.fetcher.do_send(Ready {
             credits,
-            freed,
+            executors,
             acks,
         });
     }
@@ -160,10 +164,13 @@ impl Handler<Done> for Scheduler {
             Counters::add(&e.completed, completed);
             Counters::add(&e.failed, failed);
         }
-        if let Some(slot) = self.freed.get_mut(msg.executor) {
-            *slot += n as u32;
+        if let Some(d) = self.deltas.get_mut(msg.executor) {
+            d.finished += n as u32;
+            d.dequeued += msg.dequeued;
+            d.credits_used += msg.credits_used;
+            self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0;
         }
-        self.free += n;
+        self.free += msg.freed as usize;
         // Grant in the same handler that freed the slots: no lost wake-up.
         self.grant();
     }

@@ -387,9 +387,12 @@ async fn higher_priority_runs_first_fifo_within() {
     let (g, opener) = gate();
     let order = log();
     let o = order.clone();
+    // Strict order needs no task dispatched ahead to the executor: a task queued there is
+    // committed before later, higher-priority ones arrive (see `dispatch_ahead`).
     let poller = Poller::<u32>::builder()
         .workers(1)
         .on_current_arbiter()
+        .dispatch_ahead(0)
         .start(move |n: u32, _cx| {
             o.lock().unwrap().push((n, 0));
             let g = g.clone();

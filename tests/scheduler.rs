@@ -36,6 +36,7 @@ fn sleeper(
 fn bound_case(
     workers: usize,
     executors: usize,
+    ahead: usize,
     bursts: Vec<(u64, Vec<u64>)>,
 ) -> (usize, u64, usize) {
     actix_rt::System::new().block_on(async move {
@@ -44,6 +45,7 @@ fn bound_case(
         let poller = Poller::<u64>::builder()
             .workers(workers)
             .executors(executors)
+            .dispatch_ahead(ahead)
             .on_current_arbiter()
             .start(sleeper(probe.clone()))
             .expect("valid configuration");
@@ -74,18 +76,20 @@ fn bound_case(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// At no instant do more than `workers` tasks run, whatever the worker count, task durations
-    /// and submission timing; and every task completes.
+    /// At no instant do more than `workers` tasks run, whatever the worker count, the tasks
+    /// dispatched ahead to executors, task durations and submission timing; and every task
+    /// completes.
     #[test]
     fn never_more_than_workers_run(
         workers in 1usize..8,
         executors in 1usize..4,
+        ahead in 0usize..6,
         bursts in prop::collection::vec(
             (0u64..30, prop::collection::vec(0u64..20, 0..40)),
             1..8,
         ),
     ) {
-        let (max, completed, total) = bound_case(workers, executors, bursts.clone());
+        let (max, completed, total) = bound_case(workers, executors, ahead, bursts.clone());
         prop_assert!(max <= workers, "{max} tasks ran at once with workers = {workers}");
         prop_assert_eq!(completed as usize, total);
         // The bound is also reached when a burst is large enough to fill every slot with tasks
@@ -163,8 +167,10 @@ async fn fetches_are_batched_up_to_the_free_slots() {
     let (mut source, log) = ScriptedSource::new(1000);
     source.preload((0..100u32).collect());
     let (g, opener) = gate();
+    // No task dispatched ahead: this is the credit protocol alone.
     let poller = Poller::<u32>::builder()
         .workers(8)
+        .dispatch_ahead(0)
         .on_current_arbiter()
         .source(source)
         .start(move |_n: u32, _cx| {
@@ -283,9 +289,12 @@ async fn idle_memory_source_is_not_polled() {
 #[actix_rt::test]
 async fn full_queue_hands_the_task_back() {
     let (g, opener) = gate();
+    // No task dispatched ahead, so the queue's capacity is all that waits (with it, one more
+    // task would wait at the executor, still bounded).
     let poller = Poller::<String>::builder()
         .workers(1)
         .capacity(2)
+        .dispatch_ahead(0)
         .on_current_arbiter()
         .start(move |_s: String, _cx| {
             let g = g.clone();
@@ -598,4 +607,85 @@ async fn shutdown_finishes_when_acks_keep_failing() {
     );
     assert!(log.borrow().acks.is_empty());
     assert!(log.borrow().failed_acks >= 2, "one last try at shutdown");
+}
+
+/// With tasks dispatched ahead, an executor refills a slot from its own queue: the Fetcher asks
+/// for up to the credits plus the room in the executors' queues, never more; the queued tasks show in `buffered`; one cancelled there
+/// ends at once without taking a slot; shutdown hands the queued ones back in FIFO order.
+#[actix_rt::test]
+async fn executors_refill_from_their_queue_and_give_it_back() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::new(1000);
+    source.preload((0..20u32).collect());
+    let (g, opener) = gate();
+    let probe = Arc::new(Probe::default());
+    let p = probe.clone();
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .executors(2)
+        .dispatch_ahead(3)
+        .on_current_arbiter()
+        .source(source)
+        .start(move |n: u32, _cx| {
+            let (g, p) = (g.clone(), p.clone());
+            async move {
+                p.enter();
+                if n < 2 {
+                    g.wait().await;
+                }
+                p.exit();
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    common::eventually(Duration::from_secs(5), || {
+        let s = poller.stats();
+        // Nothing has finished yet, so each executor's queue is at its starting depth, one.
+        s.busy == 2 && s.buffered == 2
+    })
+    .await;
+    assert!(
+        log.borrow().fetches.iter().all(|&n| n <= 2 + 2 * 3),
+        "asks for the credits plus the executors' room: {:?}",
+        log.borrow().fetches
+    );
+    // Task 2 went ahead to an executor: cancelled there, it ends at once and takes no slot.
+    assert_eq!(
+        poller.cancel(actix_poller::TaskId(3)).await,
+        Ok(actix_poller::CancelOutcome::Dequeued)
+    );
+    common::eventually(Duration::from_secs(5), || poller.stats().cancelled == 1).await;
+    assert_eq!(poller.stats().busy, 2, "a queued task holds no slot");
+    opener.open();
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 19).await;
+    assert!(probe.max() <= 2, "{} ran at once", probe.max());
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// Shutdown hands back the tasks queued at executors, first (they were fetched first), then the
+/// Fetcher's prefetched ones, then the source's queue: FIFO overall.
+#[actix_rt::test]
+async fn queued_at_executors_are_handed_back_in_order() {
+    tokio::time::pause();
+    let (g, _opener) = gate();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .dispatch_ahead(4)
+        .prefetch(2)
+        .on_current_arbiter()
+        .start(move |_n: u32, _cx| {
+            let g = g.clone();
+            async move {
+                g.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    poller.submit_batch((0..20).collect()).await.unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
+    // One queued at the executor (its starting depth), two prefetched at the Fetcher.
+    common::eventually(Duration::from_secs(5), || poller.stats().buffered == 3).await;
+    let report = poller.shutdown(Duration::from_millis(10)).await.unwrap();
+    let back: Vec<u32> = report.handed_back.iter().map(|t| t.payload).collect();
+    assert_eq!(back, (1..20).collect::<Vec<_>>());
 }

@@ -91,9 +91,12 @@ async fn tasks_past_the_deadline_are_interrupted() {
 async fn unstarted_tasks_are_handed_back() {
     tokio::time::pause();
     let (source, log) = ScriptedSource::new(100);
+    // Nothing dispatched ahead to the executor, so exactly the prefetched tasks are unstarted at
+    // the Fetcher (tests/scheduler.rs covers tasks queued at executors).
     let poller = Poller::<u32>::builder()
         .workers(1)
         .prefetch(3)
+        .dispatch_ahead(0)
         .on_current_arbiter()
         .source(source)
         .start(|_n: u32, _cx| async {
