@@ -80,8 +80,11 @@ impl Source<u32> for HttpSource {
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), String>> {
+        // Only final states mean something to this service; it hands a task out once and
+        // keeps no copy, so nothing here can run again (see `can_requeue`).
         let reports: Vec<Report> = acks
             .iter()
+            .filter(|a| a.disposition.is_final())
             .map(|a| Report {
                 id: a.id.0,
                 ok: a.disposition == Disposition::Completed,
@@ -99,6 +102,12 @@ impl Source<u32> for HttpSource {
             }
         }
         .boxed_local()
+    }
+
+    /// The service hands each task out once: a snooze cannot put it back, so the poller records
+    /// such a task dead with the reason, and its submitter learns it.
+    fn can_requeue(&self) -> bool {
+        false
     }
 
     fn limits(&self) -> FetchLimits {

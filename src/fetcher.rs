@@ -391,7 +391,22 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
     }
 
-    fn record_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
+    fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
+        if !self.source.can_requeue() {
+            for ack in &mut acks {
+                if matches!(
+                    ack.disposition,
+                    Disposition::Retry { .. } | Disposition::Snooze { .. }
+                ) {
+                    Counters::add(&self.counters.dead, 1);
+                    ack.disposition = Disposition::Dead {
+                        error: "asked to run again, but the source keeps no copy of a started \
+                                task (turn retries on: PollerBuilder::retry)"
+                            .into(),
+                    };
+                }
+            }
+        }
         if self.acks_in_flight > 0 {
             // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
             // store sees few large batches instead of a call per `Ready`.

@@ -48,9 +48,10 @@ pub struct ShutdownReport<T> {
     /// takes them back with the attempt not counted (a durable source makes them due again; the
     /// in-memory source hands them back below when retries are on, as it then keeps a copy).
     pub cancelled: usize,
-    /// Tasks handed back: with the in-memory source, those fetched but not started, then
-    /// interrupted ones it kept a copy of, then everything still queued; a durable source
-    /// releases them instead and hands back none.
+    /// Tasks handed back: with the in-memory source, those dispatched or fetched but not started
+    /// (in the order they were fetched), then everything still queued, including interrupted
+    /// ones it kept a copy of (each at the back of its priority); a durable source releases them
+    /// instead and hands back none.
     pub handed_back: Vec<Task<T>>,
 }
 

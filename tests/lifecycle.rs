@@ -676,3 +676,28 @@ proptest::proptest! {
         run_scripts(workers, tasks);
     }
 }
+
+/// A snooze on an in-memory source without retries (it keeps no copy of a started task) cannot
+/// run again: the task is dead with a reason that says what to change, and its submitter learns
+/// it, rather than waiting for a final state that never comes.
+#[actix_rt::test]
+async fn snooze_without_retries_is_dead_with_a_reason() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx| async {
+            Err::<(), BoxError>(Box::new(RetryAfter(Duration::from_secs(1))))
+        })
+        .unwrap();
+    let receipt = poller.submit_tracked(1).await.unwrap();
+    match within(receipt.outcome()).await {
+        Ok(FinalState::Dead { error, attempts }) => {
+            assert_eq!(attempts, 1);
+            assert!(error.contains("PollerBuilder::retry"), "{error}");
+        }
+        other => panic!("expected Dead, got {other:?}"),
+    }
+    assert_eq!(poller.stats().dead, 1);
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -360,6 +360,10 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         Box::pin(ready(self.enqueue_now(tasks)))
     }
 
+    fn can_requeue(&self) -> bool {
+        self.clone_payload.is_some()
+    }
+
     fn queued(&self) -> Option<u64> {
         Some(self.len() as u64)
     }

@@ -357,6 +357,14 @@ pub trait Source<T>: 'static {
         Box::pin(futures::future::ready(Ok(())))
     }
 
+    /// Whether the source can take a started task back to run it again (a retry, a snooze).
+    /// Default `true`. The in-memory source says `false` unless retries are on, as it then keeps
+    /// no copy of a running task's payload: the Fetcher records such a task dead, with a reason,
+    /// so its submitter learns the final state instead of waiting for one that never comes.
+    fn can_requeue(&self) -> bool {
+        true
+    }
+
     /// How many tasks wait in the source, if it knows cheaply (for [`Stats`](crate::Stats)).
     fn queued(&self) -> Option<u64> {
         None
