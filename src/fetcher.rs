@@ -635,15 +635,19 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
 
     fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
         self.credits += msg.credits;
+        let work_waits = !self.buffer.is_empty() || self.source.queued().map_or(true, |q| q > 0);
         for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
             self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
             self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);
             if d.finished > 0 && self.ahead > 0 {
-                let t = &mut self.ahead_target[i];
-                *t = (2 * d.finished as usize)
-                    .max(*t - *t / 8)
-                    .clamp(1, self.ahead.max(1));
+                let t = self.ahead_target[i];
+                let mut next = (2 * d.finished as usize).max(t - t / 8);
+                // Slots went back while work waited: the queue ran dry before its refill came.
+                if d.freed > 0 && work_waits {
+                    next = next.max(t + d.freed as usize);
+                }
+                self.ahead_target[i] = next.clamp(1, self.ahead.max(1));
             }
         }
         if !msg.acks.is_empty() {

@@ -41,6 +41,9 @@ pub struct ExecutorDelta {
     pub dequeued: u32,
     /// Credits from [`Execute::credits`] that the executor spent or gave back.
     pub credits_used: u32,
+    /// Slots the executor gave back because its queue was empty when a task ended: the queue
+    /// was too short to cover the round trip.
+    pub freed: u32,
 }
 
 impl ExecutorDelta {

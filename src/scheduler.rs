@@ -168,7 +168,8 @@ impl Handler<Done> for Scheduler {
             d.finished += n as u32;
             d.dequeued += msg.dequeued;
             d.credits_used += msg.credits_used;
-            self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0;
+            d.freed += msg.freed;
+            self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0 || msg.freed > 0;
         }
         self.free += msg.freed as usize;
         // Grant in the same handler that freed the slots: no lost wake-up.
