@@ -97,11 +97,18 @@ use crate::task::{Ack, DeadTask, Task, TaskId};
 const QUERIES: &str = include_str!("sql/postgres.sql");
 
 /// The crate's migrations for PostgreSQL: version, description, SQL.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "create the task table and its notify trigger",
-    include_str!("../../migrations/postgres/0001_create_tasks.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "create the task table and its notify trigger",
+        include_str!("../../migrations/postgres/0001_create_tasks.sql"),
+    ),
+    (
+        2,
+        "index leases by lease_until, not by state",
+        include_str!("../../migrations/postgres/0002_lease_index.sql"),
+    ),
+];
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "actix_poller_tasks";
@@ -330,6 +337,7 @@ impl PgConfig {
             .map_or(String::new(), |s| format!("\"{s}\"."));
         let table = &self.table;
         Names {
+            prefix: prefix.clone(),
             table: format!("{prefix}\"{table}\""),
             name: table.clone(),
             function: format!("{prefix}\"{table}_notify\""),
@@ -344,6 +352,8 @@ impl PgConfig {
 
 #[derive(Debug)]
 struct Names {
+    /// The quoted schema and a dot, or nothing (to name the table's indexes).
+    prefix: String,
     table: String,
     name: String,
     function: String,
@@ -352,8 +362,9 @@ struct Names {
 }
 
 impl Names {
-    fn vars(&self) -> [(&str, &str); 4] {
+    fn vars(&self) -> [(&str, &str); 5] {
         [
+            ("prefix", self.prefix.as_str()),
             ("table", self.table.as_str()),
             ("name", self.name.as_str()),
             ("function", self.function.as_str()),

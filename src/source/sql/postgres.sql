@@ -17,11 +17,15 @@ RETURNING id;
 -- Leases up to $1 due tasks: rows another worker is leasing right now are skipped, not waited
 -- for. $2: owner; $3: lease in microseconds. `= ANY(ARRAY(…))` makes the update find its rows
 -- by primary key, however many finished rows the table holds (a join may scan it all).
+-- `LIMIT (SELECT $1)`: the planner does not see the batch size, so it reads the due index in
+-- fetch order and stops, whatever the statistics say. Seeing `LIMIT 2000` on a table not yet
+-- analyzed (a burst of fresh tasks), it sorted every queued row instead, spilling to disk:
+-- three times slower.
 WITH picked AS (
     SELECT id FROM {table}
     WHERE state = 'queued' AND run_at <= now()
     ORDER BY priority DESC, run_at, id
-    LIMIT $1
+    LIMIT (SELECT $1::bigint)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {table} AS t
@@ -39,7 +43,11 @@ FROM {table} WHERE state = 'queued';
 
 -- name: ack
 -- One statement per batch. An ack counts only for the lease it answers (same owner, same
--- attempt, still running). $6: owner.
+-- attempt, still running). $6: owner. The arrays are read through `(SELECT $n)`: not knowing
+-- their length, the planner looks each ack's row up by primary key (a nested loop from the
+-- acks), which is right for any batch and any table. Knowing it, it may scan the whole table
+-- for a large batch; and (with the old lease index, see migration 2) trusting statistics that
+-- saw few running rows, it scanned every running row for every ack.
 UPDATE {table} AS t
 SET state = CASE a.kind
         WHEN 0 THEN 'completed' WHEN 1 THEN 'queued' WHEN 2 THEN 'queued'
@@ -51,7 +59,8 @@ SET state = CASE a.kind
     last_error = coalesce(a.error, t.last_error),
     lease_owner = NULL,
     lease_until = NULL
-FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::text[])
+FROM unnest((SELECT $1::bigint[]), (SELECT $2::int[]), (SELECT $3::smallint[]),
+            (SELECT $4::bigint[]), (SELECT $5::text[]))
      AS a (id, attempt, kind, after_us, error)
 WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = $6;
 
