@@ -99,6 +99,8 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         killed: bool,
         waker: Option<Waker>,
+        // The end, when the first poll (at start, before the set's own) already reached it.
+        ended: Option<Finished>,
         #[pin]
         deadline: Option<Sleep>,
         #[pin]
@@ -115,6 +117,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Finished> {
         let this = self.project();
+        if let Some(ended) = this.ended.take() {
+            return Poll::Ready(ended);
+        }
         let outcome = if *this.killed {
             Outcome::Cancelled
         } else {
@@ -146,6 +151,24 @@ where
             max_attempts: *this.max_attempts,
             outcome,
         })
+    }
+}
+
+impl<F, E> Running<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    /// Polls the attempt once as it starts, so it begins its work now rather than after every
+    /// other future the set has ready (when a cohort of timers fires, a slot would otherwise sit
+    /// idle while the rest of the cohort ends). An end reached here is kept and returned by the
+    /// set's own poll, which every newly pushed future gets: whichever waker this poll
+    /// registered, that poll registers the set's.
+    fn poll_at_start(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) {
+        let mut this = self;
+        if let Poll::Ready(ended) = this.as_mut().poll(cx) {
+            *this.project().ended = Some(ended);
+        }
     }
 }
 
@@ -261,11 +284,12 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         Some(task)
     }
 
-    /// A slot is free: a queued task takes it over, or it goes back to the Scheduler.
-    fn fill_slot(&mut self) {
+    /// A slot is free: a queued task takes it over, or it goes back to the Scheduler. `cx` is
+    /// the driver's when called from it (see [`Running::poll_at_start`]).
+    fn fill_slot(&mut self, cx: &mut TaskCx<'_>) {
         let mut next = self.next_queued();
         while let Some(task) = next {
-            if self.start(task) {
+            if self.start(task, cx) {
                 return;
             }
             // It ended at once (its handler panicked when called): the slot is free again.
@@ -274,8 +298,9 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         self.freed += 1;
     }
 
-    /// Starts one attempt in a slot this executor holds. `false` when it ended at once.
-    fn start(&mut self, task: Task<T>) -> bool {
+    /// Starts one attempt in a slot this executor holds, and polls it once. `false` when its
+    /// handler panicked when called (the attempt ended without a future).
+    fn start(&mut self, task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
         let timeout = task.timeout.or(self.default_timeout);
@@ -296,9 +321,16 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     timeout: timeout.unwrap_or_default(),
                     killed: false,
                     waker: None,
+                    ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
                     fut: AssertUnwindSafe(fut).catch_unwind(),
                 });
+                // The set links a pushed future at the head of its list; checked, not assumed.
+                if let Some(r) = Pin::new(&mut self.running).iter_pin_mut().next() {
+                    if r.id == id && r.attempt == attempt {
+                        r.poll_at_start(poll_cx);
+                    }
+                }
                 true
             }
             Err(panic) => {
@@ -435,7 +467,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> ActorFuture<Executor<T, H>> for Drive
     ) -> Poll<()> {
         while let Poll::Ready(Some(fin)) = act.running.poll_next_unpin(cx) {
             act.finished(fin);
-            act.fill_slot();
+            act.fill_slot(cx);
             if !act.asked && act.dequeued > 0 && act.queue.len() <= act.low_water {
                 act.asked = true;
                 act.flush();
@@ -473,8 +505,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H
             self.asked = false;
         }
         self.credits_used += msg.credits;
+        // No task context in a handler: the first poll registers a no-op waker, and the
+        // set's own poll (the driver runs right after this handler) registers the real one.
+        let mut cx = TaskCx::from_waker(futures::task::noop_waker_ref());
         for _ in 0..msg.credits {
-            self.fill_slot();
+            self.fill_slot(&mut cx);
         }
         // The driver runs after this handler (actix polls items after the mailbox) and flushes.
     }

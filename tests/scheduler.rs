@@ -662,6 +662,50 @@ async fn executors_refill_from_their_queue_and_give_it_back() {
     poller.shutdown(Duration::from_secs(1)).await.unwrap();
 }
 
+/// A task that takes over a slot is polled as it starts, before the other tasks that woke with
+/// the one that left: when a cohort of timers fires, no slot sits idle while the rest of the
+/// cohort ends. Tasks 0 and 1 wake together; whichever ends first, its slot's next task (2,
+/// queued at the executor) has run before the other one resumes.
+#[actix_rt::test]
+async fn a_refilled_slot_starts_before_the_rest_of_its_cohort_resumes() {
+    let (g, opener) = gate();
+    let events = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let e = events.clone();
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .executors(1)
+        .dispatch_ahead(2)
+        .on_current_arbiter()
+        .start(move |n: u32, _cx| {
+            let (g, e) = (g.clone(), e.clone());
+            async move {
+                e.lock().unwrap().push(format!("start {n}"));
+                if n < 2 {
+                    g.wait().await;
+                }
+                e.lock().unwrap().push(format!("end {n}"));
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    poller.submit_batch(vec![0, 1, 2]).await.unwrap();
+    common::eventually(Duration::from_secs(5), || {
+        let s = poller.stats();
+        s.busy == 2 && s.buffered == 1
+    })
+    .await;
+    opener.open();
+    common::eventually(Duration::from_secs(5), || poller.stats().completed == 3).await;
+    let events = events.lock().unwrap().clone();
+    let pos = |ev: &str| events.iter().position(|x| x == ev).unwrap();
+    let second_end = pos("end 0").max(pos("end 1"));
+    assert!(
+        pos("start 2") < second_end,
+        "the refilled slot waited for the whole cohort: {events:?}"
+    );
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
 /// Shutdown hands back the tasks queued at executors, first (they were fetched first), then the
 /// Fetcher's prefetched ones, then the source's queue: FIFO overall.
 #[actix_rt::test]
