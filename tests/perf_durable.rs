@@ -37,6 +37,8 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(source: S, n: u64, workers: u
     rate
 }
 
+/// The `p` quantile of sorted latencies (only the PostgreSQL latency test has any).
+#[cfg(feature = "postgres")]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

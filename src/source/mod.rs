@@ -31,9 +31,14 @@
 //! * The task state machine is not the source's business: [`Ack`]s say what to record
 //!   ([`Disposition`](crate::Disposition)), and the source stores it.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod durable;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[path = "sql/common.rs"]
+mod sql_common;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

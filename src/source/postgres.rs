@@ -69,10 +69,7 @@
 //! }
 //! ```
 
-// Shared with the other durable source; included by each so that each feature builds alone.
-#[allow(clippy::duplicate_mod)]
-#[path = "sql/common.rs"]
-mod common;
+use super::sql_common as common;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -87,17 +84,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use self::common::{Leased, Row, Signal};
-use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source, WakeOn};
-use crate::error::{SourceError, SubmitError};
+use super::durable::{self, Migration};
+use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source};
 use crate::task::{Ack, DeadTask, Task, TaskId};
 
 const QUERIES: &str = include_str!("sql/postgres.sql");
 
 /// The crate's migrations for PostgreSQL: version, description, SQL.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[Migration] = &[
     (
         1,
         "create the task table and its notify trigger",
@@ -228,62 +224,15 @@ impl PgConfig {
         self
     }
 
-    /// The table's name: a plain identifier (letters, digits, `_`; at most 48 bytes).
-    pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
-        self
-    }
+    durable::config_setters! {
+        /// How often an idle poller looks for due tasks without a notification (default 5 s):
+        /// the fallback when a notification is missed.
+        fn poll_interval;
 
-    /// How long a fetched task stays leased to this poller without a heartbeat (default 30 s).
-    /// The heartbeat runs every third of it. A task whose worker died runs again about this
-    /// long after.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(30));
-        self
-    }
-
-    /// How often an idle poller looks for due tasks without a notification (default 5 s):
-    /// the fallback when a notification is missed.
-    pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll_interval = every.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The poll's jitter, a fraction of the interval (default 0.2; clamped to `0.0..=1.0`).
-    pub fn poll_jitter(mut self, jitter: f64) -> Self {
-        self.poll_jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        self
-    }
-
-    /// How long completed and cancelled tasks are kept before the heartbeat prunes them
-    /// (default 24 h; `None`: kept forever). Dead tasks are always kept.
-    pub fn completed_retention(mut self, retention: Option<Duration>) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// Whether to apply the crate's migrations at start (default `true`).
-    pub fn migrate(mut self, migrate: bool) -> Self {
-        self.migrate = migrate;
-        self
-    }
-
-    /// The most tasks one fetch leases (default 1 000, at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
-
-    /// The size of each of the source's pools (default 8): the main pool (enqueues, the
-    /// `LISTEN` connection, which keeps one of its connections, cancels, dead tasks) and, with
-    /// [`async_commit`](Self::async_commit), the pool for fetches, acks and heartbeats.
-    pub fn max_connections(mut self, n: u32) -> Self {
-        self.max_connections = n.max(1);
-        self
+        /// The size of each of the source's pools (default 8): the main pool (enqueues, the
+        /// `LISTEN` connection, which keeps one of its connections, cancels, dead tasks) and, with
+        /// [`async_commit`](Self::async_commit), the pool for fetches, acks and heartbeats.
+        fn max_connections;
     }
 
     /// How long to wait for a connection (default 10 s).
@@ -373,47 +322,28 @@ impl Names {
     }
 }
 
-/// The statements, rendered once for the configured table.
-#[derive(Debug)]
-struct Sql {
-    enqueue: String,
-    fetch: String,
-    next_due: String,
-    ack: String,
-    extend: String,
-    reclaim: String,
-    prune: String,
-    release: String,
-    bury: String,
-    notify: String,
-    cancel: String,
-    dead_list: String,
-    dead_rerun: String,
-    dead_purge: String,
-    dead_purge_all: String,
-}
+durable::statements!(
+    enqueue,
+    fetch,
+    next_due,
+    ack,
+    extend,
+    reclaim,
+    prune,
+    release,
+    bury,
+    notify,
+    cancel,
+    dead_list,
+    dead_rerun,
+    dead_purge,
+    dead_purge_all,
+);
 
 impl Sql {
     fn new(names: &Names) -> Self {
         let vars = names.vars();
-        let s = |name| common::statement(QUERIES, name, &vars);
-        Sql {
-            enqueue: s("enqueue"),
-            fetch: s("fetch"),
-            next_due: s("next_due"),
-            ack: s("ack"),
-            extend: s("extend"),
-            reclaim: s("reclaim"),
-            prune: s("prune"),
-            release: s("release"),
-            bury: s("bury"),
-            notify: s("notify"),
-            cancel: s("cancel"),
-            dead_list: s("dead_list"),
-            dead_rerun: s("dead_rerun"),
-            dead_purge: s("dead_purge"),
-            dead_purge_all: s("dead_purge_all"),
-        }
+        Sql::render(|name| common::statement(QUERIES, name, &vars))
     }
 }
 
@@ -503,7 +433,7 @@ async fn insert<'c, E>(executor: E, sql: &str, c: Columns) -> Result<Vec<TaskId>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    let mut ids: Vec<i64> = sqlx::query_scalar(sql)
+    let ids: Vec<i64> = sqlx::query_scalar(sql)
         .bind(c.0)
         .bind(c.1)
         .bind(c.2)
@@ -512,8 +442,7 @@ where
         .fetch_all(executor)
         .await?;
     // Ids grow in insert order: sorted, they are the batch's order.
-    ids.sort_unstable();
-    Ok(ids.into_iter().map(|id| TaskId(id as u64)).collect())
+    Ok(durable::sorted_ids(ids))
 }
 
 impl<T: Serialize> PgQueue<T> {
@@ -719,16 +648,8 @@ async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
 
 async fn reclaim(pool: &PgPool, sql: &Sql) -> Result<(), sqlx::Error> {
     let states: Vec<String> = sqlx::query_scalar(&sql.reclaim).fetch_all(pool).await?;
-    if !states.is_empty() {
-        let requeued = states.iter().filter(|s| *s == "queued").count();
-        tracing::warn!(
-            requeued,
-            dead = states.len() - requeued,
-            "took back tasks whose lease expired"
-        );
-        if requeued > 0 {
-            sqlx::query(&sql.notify).execute(pool).await?;
-        }
+    if durable::report_reclaimed(&states) {
+        sqlx::query(&sql.notify).execute(pool).await?;
     }
     Ok(())
 }
@@ -759,14 +680,9 @@ async fn migrate(pool: &PgPool, config: &PgConfig, names: &Names) -> Result<(), 
             .await?
             .into_iter()
             .collect();
-    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
-    if let Some(found) = applied.iter().copied().filter(|v| *v > known).max() {
-        return Err(PgError::SchemaTooNew { found, known });
-    }
-    for (version, description, text) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
+    let pending = durable::pending_migrations(MIGRATIONS, &applied)
+        .map_err(|(found, known)| PgError::SchemaTooNew { found, known })?;
+    for (version, description, text) in pending {
         let wrap = |source| PgError::Migration {
             version: *version,
             description,
@@ -831,50 +747,22 @@ where
                 .collect();
             common::sort_rows(&mut rows);
             let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
-            for (id, error) in &bad {
-                tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
-                let buried = sqlx::query(&sql.bury)
+            let bury = |id: i64, error: String| {
+                sqlx::query(&sql.bury)
                     .bind(id)
                     .bind(error)
                     .bind(owner)
                     .execute(&pool)
-                    .await;
-                if let Err(e) = buried {
-                    // Its lease expires and it is tried again later.
-                    tracing::error!(task = id, error = %e, "could not mark the task dead");
-                }
-            }
-            // Some tasks: hand them over now and ask again at once, rather than delay them by
-            // a query for the next due time (the next fetch, if empty, makes it).
-            if full || !tasks.is_empty() || !bad.is_empty() {
-                return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
-            }
-            let next: Option<i64> = sqlx::query_scalar(&sql.next_due)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "next due time unknown; polling");
-                    None
-                });
-            let mut at = Instant::now() + poll;
-            if let Some(wait_us) = next {
-                // A due row another poller is leasing right now: look again shortly.
-                let wait =
-                    Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
-                at = at.min(Instant::now() + wait);
-            }
-            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+            };
+            // Not run unless the fetch came back empty.
+            let next_wait_us = sqlx::query_scalar(&sql.next_due).fetch_one(&pool);
+            Ok(durable::after_fetch(tasks, bad, full, poll, signal, bury, next_wait_us).await)
         }
         .boxed_local()
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), PgError>> {
-        {
-            let mut leased = self.leased.borrow_mut();
-            for ack in &acks {
-                leased.remove(&(ack.id.0 as i64));
-            }
-        }
+        durable::forget(&self.leased, acks.iter().map(|ack| ack.id.0 as i64));
         let pool = self.leases.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
@@ -917,28 +805,9 @@ where
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
         let queue = self.queue.clone();
-        async move {
-            let c = match columns(&tasks) {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::error!(%error, "a payload does not encode as JSON; batch refused");
-                    return Err(SubmitError::Source {
-                        task: tasks.into_iter().map(|t| t.payload).collect(),
-                        error: SourceError(format!("a payload does not encode as JSON: {error}")),
-                    });
-                }
-            };
-            match insert(&queue.pool, &queue.sql.enqueue, c).await {
-                Ok(ids) => Ok(ids),
-                Err(error) => {
-                    tracing::error!(%error, "enqueue failed; batch handed back");
-                    Err(SubmitError::Source {
-                        task: tasks.into_iter().map(|t| t.payload).collect(),
-                        error: SourceError(format!("enqueue failed: {error}")),
-                    })
-                }
-            }
-        }
+        durable::enqueue_or_hand_back(tasks, columns, move |c| async move {
+            insert(&queue.pool, &queue.sql.enqueue, c).await
+        })
         .boxed_local()
     }
 
@@ -968,12 +837,8 @@ where
                 .await?;
             Ok(rows
                 .into_iter()
-                .map(|(id, attempts, error, died)| DeadTask {
-                    id: TaskId(id as u64),
-                    attempts: attempts.max(0) as u32,
-                    error,
-                    died_at: common::system_time(died),
-                    rerunnable: true,
+                .map(|(id, attempts, error, died)| {
+                    durable::dead_task(id, attempts, error, common::system_time(died))
                 })
                 .collect())
         }
@@ -987,16 +852,15 @@ where
         let pool = self.queue.pool.clone();
         let sql = Arc::clone(&self.queue.sql);
         async move {
-            let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
-            let mut rerun: Vec<i64> = sqlx::query_scalar(&sql.dead_rerun)
-                .bind(&ids)
+            let rerun: Vec<i64> = sqlx::query_scalar(&sql.dead_rerun)
+                .bind(durable::raw_ids(&ids))
                 .fetch_all(&pool)
                 .await?;
-            rerun.sort_unstable();
+            let rerun = durable::sorted_ids(rerun);
             if !rerun.is_empty() {
                 sqlx::query(&sql.notify).execute(&pool).await?;
             }
-            Ok(rerun.into_iter().map(|id| TaskId(id as u64)).collect())
+            Ok(rerun)
         }
         .boxed_local()
     }
@@ -1011,9 +875,8 @@ where
             let done = match ids {
                 None => sqlx::query(&sql.dead_purge_all).execute(&pool).await?,
                 Some(ids) => {
-                    let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
                     sqlx::query(&sql.dead_purge)
-                        .bind(&ids)
+                        .bind(durable::raw_ids(&ids))
                         .execute(&pool)
                         .await?
                 }
@@ -1042,23 +905,19 @@ where
                     .bind(lease_us)
                     .execute(&pool)
                     .await?;
-                let lost = ids.len() as u64 - extended.rows_affected().min(ids.len() as u64);
-                if lost > 0 {
-                    tracing::debug!(lost, "leases not extended (acked meanwhile or expired)");
-                }
+                durable::report_extended(ids.len(), extended.rows_affected());
             }
             reclaim(&pool, &sql).await?;
             if let Some(keep) = retention {
-                for _ in 0..PRUNE_ROUNDS {
+                durable::prune(PRUNE_BATCH, PRUNE_ROUNDS, || async {
                     let pruned = sqlx::query(&sql.prune)
                         .bind(common::micros(keep))
                         .bind(PRUNE_BATCH)
                         .execute(&pool)
                         .await?;
-                    if pruned.rows_affected() < PRUNE_BATCH as u64 {
-                        break;
-                    }
-                }
+                    Ok(pruned.rows_affected())
+                })
+                .await?;
             }
             Ok(())
         }
@@ -1070,12 +929,7 @@ where
         unstarted: Vec<Task<T>>,
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, PgError>> {
         let ids: Vec<i64> = unstarted.iter().map(|t| t.id.0 as i64).collect();
-        {
-            let mut leased = self.leased.borrow_mut();
-            for id in &ids {
-                leased.remove(id);
-            }
-        }
+        durable::forget(&self.leased, ids.iter().copied());
         if let Some(listener) = self.listener.take() {
             listener.abort();
         }

@@ -1,5 +1,6 @@
-//! What the SQLite and PostgreSQL sources share. Included by each (`#[path]`), so each feature
-//! builds alone; items one of them does not use are allowed to be dead there.
+//! The small helpers the SQLite and PostgreSQL sources share: the SQL file parser, clocks, row
+//! decoding, ack rows, the wake-up signal. Compiled once when either feature is on; with only
+//! one, the items only the other uses are allowed to be dead.
 #![allow(dead_code)]
 
 use std::cell::RefCell;
