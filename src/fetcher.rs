@@ -507,8 +507,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 
     /// Lets the source extend its leases. One heartbeat at a time: a slow store is not piled on.
+    /// Heartbeats go on while a shutdown drains, until the source closes: tasks still running
+    /// then (or whose acks have not landed) keep their leases however long the drain takes.
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Running || self.heartbeat_in_flight {
+        if self.closing || self.heartbeat_in_flight {
             return;
         }
         self.heartbeat_in_flight = true;

@@ -457,6 +457,35 @@ async fn heartbeats_run_on_their_interval() {
     assert_eq!(log.borrow().heartbeats, beats, "none after shutdown");
 }
 
+/// Heartbeats go on while a shutdown drains running tasks, so a task that runs longer than its
+/// lease during the drain keeps its lease; they stop once the source is closed.
+#[actix_rt::test]
+async fn heartbeats_go_on_while_the_drain_runs() {
+    tokio::time::pause();
+    let (mut source, log) = ScriptedSource::<u32>::new(10);
+    source.heartbeat_every = Some(Duration::from_secs(10));
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .source(source)
+        .start(|secs: u32, _cx| async move {
+            tokio::time::sleep(Duration::from_secs(secs.into())).await;
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    poller.submit(100).await.unwrap();
+    common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
+    let before = log.borrow().heartbeats;
+    let report = poller.shutdown(Duration::from_secs(300)).await.unwrap();
+    assert_eq!(report.finished_during_drain, 1, "the task ran to its end");
+    let during = log.borrow().heartbeats - before;
+    assert!(
+        (9..=11).contains(&during),
+        "{during} heartbeats during a 100 s drain at one per 10 s"
+    );
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(log.borrow().heartbeats, before + during, "none after close");
+}
+
 /// Fetches in flight together that fail together count as one backoff round: the next try comes
 /// after the first delay, not after the delay of as many failures as there were fetches.
 #[actix_rt::test]

@@ -74,6 +74,7 @@ use super::sql_common as common;
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -762,7 +763,8 @@ where
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), PgError>> {
-        durable::forget(&self.leased, acks.iter().map(|ack| ack.id.0 as i64));
+        let leased = Rc::clone(&self.leased);
+        let acked: Vec<i64> = acks.iter().map(|ack| ack.id.0 as i64).collect();
         let pool = self.leases.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
@@ -791,6 +793,10 @@ where
                     .execute(&pool)
             })
             .await?;
+            // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
+            // keeps extending these leases, so no other poller takes the tasks back and runs
+            // them again.
+            durable::forget(&leased, acked);
             Ok(())
         }
         .boxed_local()

@@ -728,6 +728,45 @@ pub async fn heartbeats_extend_leases<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// A lease stays extended until the ack for it lands: an ack that has not run yet (in flight,
+/// or failed and waiting for its retry) does not let another poller take the task back.
+pub async fn leases_are_kept_until_the_ack_lands<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(300);
+    let mut a = h.source(&store, lease).await;
+    let mut b = h.source(&store, lease).await;
+    // Attempts to spare, so a lease taken back would queue it again (not bury it).
+    enqueue(&mut a, vec![with(1, TaskOptions::new(), 3)]).await;
+    let got = fetch(&mut a, 1).await;
+    // Asked for, never run: as if its call failed and waits for a retry.
+    drop(a.ack(vec![ack_of(&got[0], Disposition::Completed)]));
+    for _ in 0..5 {
+        sleep_ms(120).await;
+        bounded("heartbeat", a.heartbeat())
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+        bounded("heartbeat", b.heartbeat())
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+        assert!(
+            fetch(&mut b, 1).await.is_empty(),
+            "still leased to a while its ack waits"
+        );
+    }
+    ack(&mut a, vec![ack_of(&got[0], Disposition::Completed)]).await;
+    sleep_ms(400).await;
+    bounded("heartbeat", b.heartbeat())
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+    assert!(fetch(&mut b, 1).await.is_empty(), "completed once");
+    assert!(bounded("dead", b.dead_tasks(10))
+        .await
+        .ok()
+        .unwrap_or_default()
+        .is_empty());
+    h.cleanup(&store).await;
+}
+
 /// A row whose payload does not decode goes dead with the decoder's error; the others run.
 pub async fn undecodable_payloads_go_dead<H: Harness>(h: &H) {
     let store = h.store().await;
@@ -809,6 +848,7 @@ macro_rules! durable_conformance_tests {
             concurrent_fetches_lease_disjoint_tasks,
             expired_leases_are_taken_back,
             heartbeats_extend_leases,
+            leases_are_kept_until_the_ack_lands,
             undecodable_payloads_go_dead,
             tasks_outlive_their_poller,
         );
