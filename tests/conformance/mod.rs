@@ -701,6 +701,14 @@ pub async fn heartbeats_extend_leases<H: Harness>(h: &H) {
     let mut b = h.source(&store, lease).await;
     enqueue(&mut a, vec![task(1)]).await;
     let got = fetch(&mut a, 1).await;
+    stays_leased_to_a(&mut a, &mut b, "still leased to a").await;
+    completed_once(&mut a, &mut b, &got[0]).await;
+    h.cleanup(&store).await;
+}
+
+/// Two leases' worth (300 ms each) of heartbeats from both sources: `b` never gets the task `a`
+/// holds.
+async fn stays_leased_to_a<S: Source<Job>>(a: &mut S, b: &mut S, why: &str) {
     for _ in 0..5 {
         sleep_ms(120).await;
         bounded("heartbeat", a.heartbeat())
@@ -709,23 +717,23 @@ pub async fn heartbeats_extend_leases<H: Harness>(h: &H) {
         bounded("heartbeat", b.heartbeat())
             .await
             .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-        assert!(fetch(&mut b, 1).await.is_empty(), "still leased to a");
+        assert!(fetch(b, 1).await.is_empty(), "{why}");
     }
-    ack(&mut a, vec![ack_of(&got[0], Disposition::Completed)]).await;
+}
+
+/// `a` completes `task`; a lease later `b` neither gets it back nor sees it dead.
+async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, task: &Task<Job>) {
+    ack(a, vec![ack_of(task, Disposition::Completed)]).await;
     sleep_ms(400).await;
     bounded("heartbeat", b.heartbeat())
         .await
         .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-    assert!(
-        fetch(&mut b, 1).await.is_empty(),
-        "completed, not taken back"
-    );
+    assert!(fetch(b, 1).await.is_empty(), "completed, not taken back");
     assert!(bounded("dead", b.dead_tasks(10))
         .await
         .ok()
         .unwrap_or_default()
         .is_empty());
-    h.cleanup(&store).await;
 }
 
 /// A lease stays extended until the ack for it lands: an ack that has not run yet (in flight,
@@ -740,30 +748,8 @@ pub async fn leases_are_kept_until_the_ack_lands<H: Harness>(h: &H) {
     let got = fetch(&mut a, 1).await;
     // Asked for, never run: as if its call failed and waits for a retry.
     drop(a.ack(vec![ack_of(&got[0], Disposition::Completed)]));
-    for _ in 0..5 {
-        sleep_ms(120).await;
-        bounded("heartbeat", a.heartbeat())
-            .await
-            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-        bounded("heartbeat", b.heartbeat())
-            .await
-            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-        assert!(
-            fetch(&mut b, 1).await.is_empty(),
-            "still leased to a while its ack waits"
-        );
-    }
-    ack(&mut a, vec![ack_of(&got[0], Disposition::Completed)]).await;
-    sleep_ms(400).await;
-    bounded("heartbeat", b.heartbeat())
-        .await
-        .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-    assert!(fetch(&mut b, 1).await.is_empty(), "completed once");
-    assert!(bounded("dead", b.dead_tasks(10))
-        .await
-        .ok()
-        .unwrap_or_default()
-        .is_empty());
+    stays_leased_to_a(&mut a, &mut b, "still leased to a while its ack waits").await;
+    completed_once(&mut a, &mut b, &got[0]).await;
     h.cleanup(&store).await;
 }
 
