@@ -36,9 +36,6 @@ mod durable;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[path = "sql/common.rs"]
-mod sql_common;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

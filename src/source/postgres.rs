@@ -69,8 +69,6 @@
 //! }
 //! ```
 
-use super::sql_common as common;
-
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -86,8 +84,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
-use self::common::{Leased, Row, Signal};
-use super::durable::{self, Migration};
+use super::durable::{self, Leased, Migration, Row, Signal};
 use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source};
 use crate::task::{Ack, DeadTask, Task, TaskId};
 
@@ -268,7 +265,7 @@ impl PgConfig {
             ("schema", self.schema.as_ref()),
         ] {
             if let Some(name) = name {
-                if !common::valid_identifier(name) {
+                if !durable::valid_identifier(name) {
                     return Err(PgError::Config(format!(
                         "{what} name {name:?} must be a plain identifier (letters, digits, _; \
                          at most 48 bytes)"
@@ -344,7 +341,7 @@ durable::statements!(
 impl Sql {
     fn new(names: &Names) -> Self {
         let vars = names.vars();
-        Sql::render(|name| common::statement(QUERIES, name, &vars))
+        Sql::render(|name| durable::statement(QUERIES, name, &vars))
     }
 }
 
@@ -423,9 +420,9 @@ fn columns<T: Serialize>(tasks: &[NewTask<T>]) -> Result<Columns, serde_json::Er
     for t in tasks {
         c.0.push(serde_json::to_string(&t.payload)?);
         c.1.push(t.priority);
-        c.2.push(common::delay_us(t.run_at));
+        c.2.push(durable::delay_us(t.run_at));
         c.3.push(t.max_attempts.clamp(1, i32::MAX as u32) as i32);
-        c.4.push(common::timeout_ms(t.timeout));
+        c.4.push(durable::timeout_ms(t.timeout));
     }
     Ok(c)
 }
@@ -588,7 +585,7 @@ where
                 table: names.table.as_str().into(),
                 _payload: PhantomData,
             },
-            owner: common::new_owner(),
+            owner: durable::new_owner(),
             lease: config.lease,
             poll_interval: config.poll_interval,
             poll_jitter: config.poll_jitter,
@@ -627,11 +624,11 @@ async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
         match listener.try_recv().await {
             Ok(Some(_)) => {
                 failures = 0;
-                common::bump(&signal);
+                durable::bump(&signal);
             }
             Ok(None) => {
                 tracing::warn!("the LISTEN connection was lost; reconnected");
-                common::bump(&signal);
+                durable::bump(&signal);
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
@@ -640,7 +637,7 @@ async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
                     crate::task::Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
                         .delay(failures);
                 tracing::warn!(%error, ?delay, "the LISTEN connection failed; retrying");
-                common::bump(&signal);
+                durable::bump(&signal);
                 tokio::time::sleep(delay).await;
             }
         }
@@ -689,7 +686,7 @@ async fn migrate(pool: &PgPool, config: &PgConfig, names: &Names) -> Result<(), 
             description,
             source,
         };
-        sqlx::raw_sql(&common::fill(text, &names.vars()))
+        sqlx::raw_sql(&durable::fill(text, &names.vars()))
             .execute(&mut *tx)
             .await
             .map_err(wrap)?;
@@ -720,10 +717,10 @@ where
         let sql = Arc::clone(&self.queue.sql);
         let leased = self.leased.clone();
         let owner = self.owner;
-        let lease_us = common::micros(self.lease);
-        let poll = common::jittered(self.poll_interval, self.poll_jitter);
+        let lease_us = durable::micros(self.lease);
+        let poll = durable::jittered(self.poll_interval, self.poll_jitter);
         // Subscribed before the query: a notification during an empty fetch still wakes.
-        let signal = common::wait_for_bump(&self.signal);
+        let signal = durable::wait_for_bump(&self.signal);
         let max = max.min(self.batch).max(1);
         async move {
             let rows: Vec<FetchedRow> = sqlx::query_as(&sql.fetch)
@@ -746,8 +743,8 @@ where
                     run_at_us: r.7,
                 })
                 .collect();
-            common::sort_rows(&mut rows);
-            let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
+            durable::sort_rows(&mut rows);
+            let (tasks, bad) = durable::decode_rows::<T>(rows, &leased);
             let bury = |id: i64, error: String| {
                 sqlx::query(&sql.bury)
                     .bind(id)
@@ -768,7 +765,7 @@ where
         let pool = self.leases.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
-        let rows = common::ack_rows(acks);
+        let rows = durable::ack_rows(acks);
         async move {
             let mut ids = Vec::with_capacity(rows.len());
             let mut attempts = Vec::with_capacity(rows.len());
@@ -782,7 +779,7 @@ where
                 after.push(after_us);
                 errors.push(error);
             }
-            common::with_retries(5, || {
+            durable::with_retries(5, || {
                 sqlx::query(&sql.ack)
                     .bind(&ids)
                     .bind(&attempts)
@@ -844,7 +841,7 @@ where
             Ok(rows
                 .into_iter()
                 .map(|(id, attempts, error, died)| {
-                    durable::dead_task(id, attempts, error, common::system_time(died))
+                    durable::dead_task(id, attempts, error, durable::system_time(died))
                 })
                 .collect())
         }
@@ -900,7 +897,7 @@ where
         let pool = self.leases.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
-        let lease_us = common::micros(self.lease);
+        let lease_us = durable::micros(self.lease);
         let retention = self.retention;
         let ids: Vec<i64> = self.leased.borrow().iter().copied().collect();
         async move {
@@ -917,7 +914,7 @@ where
             if let Some(keep) = retention {
                 durable::prune(PRUNE_BATCH, PRUNE_ROUNDS, || async {
                     let pruned = sqlx::query(&sql.prune)
-                        .bind(common::micros(keep))
+                        .bind(durable::micros(keep))
                         .bind(PRUNE_BATCH)
                         .execute(&pool)
                         .await?;
@@ -944,7 +941,7 @@ where
         let owner = self.owner;
         async move {
             if !ids.is_empty() {
-                let released = common::with_retries(3, || {
+                let released = durable::with_retries(3, || {
                     sqlx::query(&sql.release)
                         .bind(&ids)
                         .bind(owner)

@@ -62,8 +62,6 @@
 //! }
 //! ```
 
-use super::sql_common as common;
-
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -82,8 +80,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::watch;
 
-use self::common::{Leased, Row, Signal};
-use super::durable::{self, Migration};
+use super::durable::{self, Leased, Migration, Row, Signal};
 use super::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source};
 use crate::task::{Ack, DeadTask, Task, TaskId};
 
@@ -254,7 +251,7 @@ impl Sql {
     fn new(table: &str) -> Self {
         let quoted = format!("\"{table}\"");
         let vars = [("table", quoted.as_str()), ("name", table)];
-        Sql::render(|name| common::statement(QUERIES, name, &vars))
+        Sql::render(|name| durable::statement(QUERIES, name, &vars))
     }
 }
 
@@ -313,16 +310,16 @@ impl<T> fmt::Debug for SqliteQueue<T> {
 
 /// Encodes a batch for the `enqueue` statement.
 fn encode_batch<T: Serialize>(tasks: &[NewTask<T>]) -> Result<String, serde_json::Error> {
-    let now = common::now_us();
+    let now = durable::now_us();
     let rows = tasks
         .iter()
         .map(|t| {
             Ok((
                 serde_json::to_string(&t.payload)?,
                 t.priority,
-                now + common::delay_us(t.run_at),
+                now + durable::delay_us(t.run_at),
                 t.max_attempts.max(1),
-                common::timeout_ms(t.timeout),
+                durable::timeout_ms(t.timeout),
             ))
         })
         .collect::<Result<Vec<_>, serde_json::Error>>()?;
@@ -335,7 +332,7 @@ where
 {
     let ids: Vec<i64> = sqlx::query_scalar(sql)
         .bind(batch)
-        .bind(common::now_us())
+        .bind(durable::now_us())
         .fetch_all(executor)
         .await?;
     // Ids grow in insert order: sorted, they are the batch's order.
@@ -393,7 +390,7 @@ impl<T: Serialize> SqliteQueue<T> {
 
     /// Wakes the source's poller: new tasks may be due.
     pub fn notify(&self) {
-        common::bump(&self.signal);
+        durable::bump(&self.signal);
     }
 
     /// The connection pool (for the caller's own transactions).
@@ -451,7 +448,7 @@ where
                 signal: Arc::new(signal),
                 _payload: PhantomData,
             },
-            owner: common::new_owner(),
+            owner: durable::new_owner(),
             lease: config.lease,
             poll_interval: config.poll_interval,
             poll_jitter: config.poll_jitter,
@@ -486,17 +483,17 @@ where
 
 async fn reclaim(pool: &SqlitePool, sql: &Sql, signal: &Signal) -> Result<(), sqlx::Error> {
     let states: Vec<String> = sqlx::query_scalar(&sql.reclaim)
-        .bind(common::now_us())
+        .bind(durable::now_us())
         .fetch_all(pool)
         .await?;
     if durable::report_reclaimed(&states) {
-        common::bump(signal);
+        durable::bump(signal);
     }
     Ok(())
 }
 
 fn check_table(table: &str) -> Result<(), SqliteError> {
-    if common::valid_identifier(table) {
+    if durable::valid_identifier(table) {
         Ok(())
     } else {
         Err(SqliteError::Config(format!(
@@ -528,7 +525,7 @@ async fn migrate(pool: &SqlitePool, table: &str) -> Result<(), SqliteError> {
         let pending = durable::pending_migrations(MIGRATIONS, &applied)
             .map_err(|(found, known)| SqliteError::SchemaTooNew { found, known })?;
         for (version, description, text) in pending {
-            let sql = common::fill(text, &[("table", quoted.as_str()), ("name", table)]);
+            let sql = durable::fill(text, &[("table", quoted.as_str()), ("name", table)]);
             let wrap = |source| SqliteError::Migration {
                 version: *version,
                 description,
@@ -543,7 +540,7 @@ async fn migrate(pool: &SqlitePool, table: &str) -> Result<(), SqliteError> {
             ))
             .bind(version)
             .bind(description)
-            .bind(common::now_us())
+            .bind(durable::now_us())
             .execute(&mut *conn)
             .await
             .map_err(wrap)?;
@@ -577,13 +574,13 @@ where
         let sql = Arc::clone(&self.queue.sql);
         let leased = self.leased.clone();
         let owner = self.owner;
-        let lease_us = common::micros(self.lease);
-        let poll = common::jittered(self.poll_interval, self.poll_jitter);
+        let lease_us = durable::micros(self.lease);
+        let poll = durable::jittered(self.poll_interval, self.poll_jitter);
         // Created before the read: a local enqueue during the fetch still wakes the poller.
-        let signal = common::wait_for_bump(&self.queue.signal);
+        let signal = durable::wait_for_bump(&self.queue.signal);
         let max = max.min(self.batch).max(1);
         async move {
-            let now = common::now_us();
+            let now = durable::now_us();
             let rows: Vec<FetchedRow> = sqlx::query_as(&sql.fetch)
                 .bind(now)
                 .bind(owner)
@@ -605,20 +602,20 @@ where
                     run_at_us: r.7,
                 })
                 .collect();
-            common::sort_rows(&mut rows);
-            let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
+            durable::sort_rows(&mut rows);
+            let (tasks, bad) = durable::decode_rows::<T>(rows, &leased);
             let bury = |id: i64, error: String| {
                 sqlx::query(&sql.bury)
                     .bind(id)
                     .bind(error)
-                    .bind(common::now_us())
+                    .bind(durable::now_us())
                     .bind(owner)
                     .execute(&pool)
             };
             // Not run unless the fetch came back empty.
             let next_wait_us = async {
                 let due: Option<i64> = sqlx::query_scalar(&sql.next_due).fetch_one(&pool).await?;
-                Ok(due.map(|due| due - common::now_us()))
+                Ok(due.map(|due| due - durable::now_us()))
             };
             Ok(durable::after_fetch(tasks, bad, full, poll, signal, bury, next_wait_us).await)
         }
@@ -631,13 +628,13 @@ where
         let pool = self.queue.pool.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
-        let rows = common::ack_rows(acks);
+        let rows = durable::ack_rows(acks);
         async move {
             let batch = serde_json::to_string(&rows)?;
-            common::with_retries(5, || {
+            durable::with_retries(5, || {
                 sqlx::query(&sql.ack)
                     .bind(&batch)
-                    .bind(common::now_us())
+                    .bind(durable::now_us())
                     .bind(owner)
                     .execute(&pool)
             })
@@ -672,7 +669,7 @@ where
         async move {
             let done = sqlx::query(&sql.cancel)
                 .bind(id.0 as i64)
-                .bind(common::now_us())
+                .bind(durable::now_us())
                 .execute(&pool)
                 .await?;
             Ok(done.rows_affected() > 0)
@@ -694,7 +691,7 @@ where
             Ok(rows
                 .into_iter()
                 .map(|(id, attempts, error, died)| {
-                    durable::dead_task(id, attempts, error, common::system_time(died))
+                    durable::dead_task(id, attempts, error, durable::system_time(died))
                 })
                 .collect())
         }
@@ -711,12 +708,12 @@ where
         async move {
             let rerun: Vec<i64> = sqlx::query_scalar(&sql.dead_rerun)
                 .bind(serde_json::to_string(&durable::raw_ids(&ids))?)
-                .bind(common::now_us())
+                .bind(durable::now_us())
                 .fetch_all(&pool)
                 .await?;
             let rerun = durable::sorted_ids(rerun);
             if !rerun.is_empty() {
-                common::bump(&signal);
+                durable::bump(&signal);
             }
             Ok(rerun)
         }
@@ -753,13 +750,13 @@ where
         let sql = Arc::clone(&self.queue.sql);
         let signal = Arc::clone(&self.queue.signal);
         let owner = self.owner;
-        let lease_us = common::micros(self.lease);
+        let lease_us = durable::micros(self.lease);
         let retention = self.retention;
         let ids: Vec<i64> = self.leased.borrow().iter().copied().collect();
         async move {
             if !ids.is_empty() {
                 let extended = sqlx::query(&sql.extend)
-                    .bind(common::now_us() + lease_us)
+                    .bind(durable::now_us() + lease_us)
                     .bind(serde_json::to_string(&ids)?)
                     .bind(owner)
                     .execute(&pool)
@@ -768,7 +765,7 @@ where
             }
             reclaim(&pool, &sql, &signal).await?;
             if let Some(keep) = retention {
-                let before = common::now_us() - common::micros(keep);
+                let before = durable::now_us() - durable::micros(keep);
                 durable::prune(PRUNE_BATCH, PRUNE_ROUNDS, || async {
                     let pruned = sqlx::query(&sql.prune)
                         .bind(before)
@@ -797,7 +794,7 @@ where
         async move {
             if !ids.is_empty() {
                 let batch = serde_json::to_string(&ids)?;
-                let released = common::with_retries(3, || {
+                let released = durable::with_retries(3, || {
                     sqlx::query(&sql.release)
                         .bind(&batch)
                         .bind(owner)
@@ -808,7 +805,7 @@ where
                     released = released.rows_affected(),
                     "released unstarted tasks"
                 );
-                common::bump(&signal);
+                durable::bump(&signal);
             }
             Ok(Vec::new())
         }
