@@ -7,7 +7,7 @@
 #![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -136,15 +136,6 @@ pub(crate) fn raw_ids(ids: &[TaskId]) -> Vec<i64> {
 pub(crate) fn sorted_ids(mut ids: Vec<i64>) -> Vec<TaskId> {
     ids.sort_unstable();
     ids.into_iter().map(|id| TaskId(id as u64)).collect()
-}
-
-/// Forgets leases this source no longer holds (acked or released): the heartbeat stops
-/// extending them.
-pub(crate) fn forget(leased: &RefCell<HashSet<i64>>, ids: impl IntoIterator<Item = i64>) {
-    let mut leased = leased.borrow_mut();
-    for id in ids {
-        leased.remove(&id);
-    }
 }
 
 /// [`Source::enqueue`](super::Source::enqueue): `encode`s the batch and `insert`s it; if either
@@ -388,9 +379,60 @@ pub(crate) fn ack_rows(acks: Vec<Ack>) -> Vec<AckRow> {
         .collect()
 }
 
-/// The ids this poller leased and has not seen acknowledged or released: the heartbeat extends
-/// exactly these. Only the Fetcher's thread touches it (the source's futures are not `Send`).
-pub(crate) type Leased = Rc<RefCell<HashSet<i64>>>;
+/// The leases this poller holds and has not seen acknowledged or released: the heartbeat extends
+/// exactly these. Each lease taken is stamped, so an ack that lands after its task was fetched
+/// again (a retry due at once, fetched while the ack's reply was on its way) forgets only the
+/// lease it answered, not the new one.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    held: HashMap<i64, u64>,
+    stamped: u64,
+}
+
+impl Leases {
+    /// A lease on `id` was taken (by a fetch).
+    pub(crate) fn hold(&mut self, id: i64) {
+        self.stamped += 1;
+        self.held.insert(id, self.stamped);
+    }
+
+    /// The leases held now on `ids`, to forget once an ack for them has landed.
+    pub(crate) fn stamps(&self, ids: impl IntoIterator<Item = i64>) -> Vec<(i64, u64)> {
+        ids.into_iter()
+            .filter_map(|id| self.held.get(&id).map(|&stamp| (id, stamp)))
+            .collect()
+    }
+
+    /// Forgets the leases `stamps` names, unless a newer lease on the same task replaced one.
+    pub(crate) fn forget_stamped(&mut self, stamps: Vec<(i64, u64)>) {
+        for (id, stamp) in stamps {
+            if self.held.get(&id) == Some(&stamp) {
+                self.held.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets the leases on `ids` (released): the heartbeat stops extending them.
+    pub(crate) fn forget(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            self.held.remove(&id);
+        }
+    }
+
+    /// The tasks leased, for the heartbeat to extend.
+    pub(crate) fn ids(&self) -> Vec<i64> {
+        self.held.keys().copied().collect()
+    }
+
+    /// How many leases are held.
+    pub(crate) fn len(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// The source's leases. Only the Fetcher's thread touches them (the source's futures are not
+/// `Send`).
+pub(crate) type Leased = Rc<RefCell<Leases>>;
 
 /// A fetched row, before its payload is decoded.
 #[derive(Debug)]
@@ -428,7 +470,7 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     for row in rows {
         match serde_json::from_str::<T>(&row.payload) {
             Ok(payload) => {
-                leased.insert(row.id);
+                leased.hold(row.id);
                 let task = crate::task::Task::new(crate::task::TaskId(row.id as u64), payload)
                     .with_attempt(row.attempt.clamp(1, u32::MAX as i64) as u32)
                     .with_max_attempts(row.max_attempts.clamp(1, u32::MAX as i64) as u32)
@@ -494,6 +536,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ack that lands after its task was leased again forgets the old lease only.
+    #[test]
+    fn an_ack_forgets_only_the_lease_it_answered() {
+        let mut leases = Leases::default();
+        leases.hold(1);
+        leases.hold(2);
+        let acked = leases.stamps([1, 2, 3]);
+        assert_eq!(acked.len(), 2, "no lease on 3");
+        leases.hold(1); // fetched again before the ack's reply was seen
+        leases.forget_stamped(acked);
+        assert_eq!(leases.ids(), vec![1], "the new lease on 1 is kept");
+        leases.forget([1]);
+        assert_eq!(leases.len(), 0);
+    }
 
     #[test]
     fn identifiers_are_checked() {

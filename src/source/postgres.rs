@@ -761,7 +761,10 @@ where
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), PgError>> {
         let leased = Rc::clone(&self.leased);
-        let acked: Vec<i64> = acks.iter().map(|ack| ack.id.0 as i64).collect();
+        let acked = self
+            .leased
+            .borrow()
+            .stamps(acks.iter().map(|ack| ack.id.0 as i64));
         let pool = self.leases.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
@@ -793,7 +796,7 @@ where
             // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
             // keeps extending these leases, so no other poller takes the tasks back and runs
             // them again.
-            durable::forget(&leased, acked);
+            leased.borrow_mut().forget_stamped(acked);
             Ok(())
         }
         .boxed_local()
@@ -899,7 +902,7 @@ where
         let owner = self.owner;
         let lease_us = durable::micros(self.lease);
         let retention = self.retention;
-        let ids: Vec<i64> = self.leased.borrow().iter().copied().collect();
+        let ids: Vec<i64> = self.leased.borrow().ids();
         async move {
             if !ids.is_empty() {
                 let extended = sqlx::query(&sql.extend)
@@ -932,7 +935,7 @@ where
         unstarted: Vec<Task<T>>,
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, PgError>> {
         let ids: Vec<i64> = unstarted.iter().map(|t| t.id.0 as i64).collect();
-        durable::forget(&self.leased, ids.iter().copied());
+        self.leased.borrow_mut().forget(ids.iter().copied());
         if let Some(listener) = self.listener.take() {
             listener.abort();
         }

@@ -624,7 +624,10 @@ where
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), SqliteError>> {
         let leased = Rc::clone(&self.leased);
-        let acked: Vec<i64> = acks.iter().map(|ack| ack.id.0 as i64).collect();
+        let acked = self
+            .leased
+            .borrow()
+            .stamps(acks.iter().map(|ack| ack.id.0 as i64));
         let pool = self.queue.pool.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
@@ -642,7 +645,7 @@ where
             // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
             // keeps extending these leases, so no other poller takes the tasks back and runs
             // them again.
-            durable::forget(&leased, acked);
+            leased.borrow_mut().forget_stamped(acked);
             Ok(())
         }
         .boxed_local()
@@ -752,7 +755,7 @@ where
         let owner = self.owner;
         let lease_us = durable::micros(self.lease);
         let retention = self.retention;
-        let ids: Vec<i64> = self.leased.borrow().iter().copied().collect();
+        let ids: Vec<i64> = self.leased.borrow().ids();
         async move {
             if !ids.is_empty() {
                 let extended = sqlx::query(&sql.extend)
@@ -786,7 +789,7 @@ where
         unstarted: Vec<Task<T>>,
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, SqliteError>> {
         let ids: Vec<i64> = unstarted.iter().map(|t| t.id.0 as i64).collect();
-        durable::forget(&self.leased, ids.iter().copied());
+        self.leased.borrow_mut().forget(ids.iter().copied());
         let pool = self.queue.pool.clone();
         let sql = Arc::clone(&self.queue.sql);
         let signal = Arc::clone(&self.queue.signal);
