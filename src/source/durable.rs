@@ -90,9 +90,16 @@ pub(crate) use config_setters;
 
 /// Declares `Sql`, a source's statements rendered once for the configured table: a `String`
 /// field for each `-- name:` section of its SQL file, named as the section, and
-/// `Sql::render(section)`, which renders each field from its section's name.
+/// `Sql::render(section)`, which renders each field from its section's name. Every durable
+/// source has the statements listed here; a source names its extra ones.
 macro_rules! statements {
-    ($($name:ident),+ $(,)?) => {
+    ($($extra:ident),* $(,)?) => {
+        $crate::source::durable::statements!(@declare
+            enqueue, fetch, next_due, ack, extend, reclaim, prune, release, bury, cancel,
+            dead_list, dead_rerun, dead_purge, dead_purge_all, $($extra,)*
+        );
+    };
+    (@declare $($name:ident,)+) => {
         /// The statements, rendered once for the configured table.
         #[derive(Debug)]
         struct Sql {

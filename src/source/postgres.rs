@@ -320,23 +320,8 @@ impl Names {
     }
 }
 
-durable::statements!(
-    enqueue,
-    fetch,
-    next_due,
-    ack,
-    extend,
-    reclaim,
-    prune,
-    release,
-    bury,
-    notify,
-    cancel,
-    dead_list,
-    dead_rerun,
-    dead_purge,
-    dead_purge_all,
-);
+// The statements every durable source has, and (PostgreSQL) `notify`.
+durable::statements!(notify);
 
 impl Sql {
     fn new(names: &Names) -> Self {

@@ -230,22 +230,8 @@ impl SqliteConfig {
     }
 }
 
-durable::statements!(
-    enqueue,
-    fetch,
-    next_due,
-    ack,
-    extend,
-    reclaim,
-    prune,
-    release,
-    bury,
-    cancel,
-    dead_list,
-    dead_rerun,
-    dead_purge,
-    dead_purge_all,
-);
+// The statements every durable source has.
+durable::statements!();
 
 impl Sql {
     fn new(table: &str) -> Self {
