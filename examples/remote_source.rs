@@ -49,10 +49,26 @@ struct HttpSource {
     idle_poll: Duration,
 }
 
-impl Source<u32> for HttpSource {
-    type Error = String;
+/// What can go wrong talking to the task service (a `Source::Error` must be a
+/// `std::error::Error`, so the poller can keep it as the cause of what it reports).
+#[derive(Debug)]
+struct ServiceError(String);
 
-    fn fetch(&mut self, _max: usize) -> LocalBoxFuture<'static, Result<Fetched<u32>, String>> {
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for ServiceError {}
+
+impl Source<u32> for HttpSource {
+    type Error = ServiceError;
+
+    fn fetch(
+        &mut self,
+        _max: usize,
+    ) -> LocalBoxFuture<'static, Result<Fetched<u32>, ServiceError>> {
         // `max` is always 1 here: see `limits`.
         let request = self.client.post(format!("{}/tasks/next", self.base));
         let idle_poll = self.idle_poll;
@@ -60,26 +76,26 @@ impl Source<u32> for HttpSource {
             let mut res = request
                 .send()
                 .await
-                .map_err(|e| format!("task service unreachable: {e}"))?;
+                .map_err(|e| ServiceError(format!("task service unreachable: {e}")))?;
             match res.status() {
                 StatusCode::OK => {
                     let t: Leased = res
                         .json()
                         .await
-                        .map_err(|e| format!("task service sent a bad task: {e}"))?;
+                        .map_err(|e| ServiceError(format!("task service sent a bad task: {e}")))?;
                     Ok(Fetched::new(
                         vec![Task::new(TaskId(t.id), t.n)],
                         WakeOn::submit(),
                     ))
                 }
                 StatusCode::NO_CONTENT => Ok(Fetched::empty(WakeOn::after(idle_poll))),
-                status => Err(format!("task service answered {status}")),
+                status => Err(ServiceError(format!("task service answered {status}"))),
             }
         }
         .boxed_local()
     }
 
-    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), String>> {
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), ServiceError>> {
         // Only final states mean something to this service; it hands a task out once and
         // keeps no copy, so nothing here can run again (see `can_requeue`).
         let reports: Vec<Report> = acks
@@ -95,10 +111,12 @@ impl Source<u32> for HttpSource {
             let res = request
                 .send_json(&reports)
                 .await
-                .map_err(|e| format!("could not report to the task service: {e}"))?;
+                .map_err(|e| ServiceError(format!("could not report to the task service: {e}")))?;
             match res.status() {
                 StatusCode::NO_CONTENT => Ok(()),
-                status => Err(format!("task service refused the acks: {status}")),
+                status => Err(ServiceError(format!(
+                    "task service refused the acks: {status}"
+                ))),
             }
         }
         .boxed_local()

@@ -2,6 +2,7 @@
 //! the crate is lost when the crate cannot take it.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Why [`PollerBuilder::start`](crate::PollerBuilder::start) refused to start a poller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +51,8 @@ pub enum SubmitError<T> {
     )]
     Unsupported(T),
     /// The source failed to store the task: a database error, or a payload that does not
-    /// encode. Nothing was stored. A database error may pass: try again later.
+    /// encode. Nothing was stored. [`SubmitError::is_transient`] says whether trying again
+    /// later may help.
     #[error("the source could not store the task ({error}); the task was handed back")]
     Source {
         /// The task (or batch), handed back.
@@ -99,10 +101,16 @@ impl<T> SubmitError<T> {
         matches!(self, SubmitError::Full(_))
     }
 
-    /// `true` when trying again later may succeed: a full queue, or a source error (a database
-    /// that went away may come back). `false` for a closed poller or an unsupported submit.
+    /// `true` when trying again later may succeed: a full queue, or a source error the source
+    /// called transient ([`SourceError::is_transient`]: a database that went away may come
+    /// back; a payload that does not encode will not). `false` for a closed poller or an
+    /// unsupported submit.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SubmitError::Full(_) | SubmitError::Source { .. })
+        match self {
+            SubmitError::Full(_) => true,
+            SubmitError::Source { error, .. } => error.is_transient(),
+            SubmitError::Closed(_) | SubmitError::Unsupported(_) => false,
+        }
     }
 }
 
@@ -141,8 +149,8 @@ pub enum ShutdownError {
     #[error("the poller is already shut down or shutting down")]
     AlreadyShutDown,
     /// The source failed to release or hand back its unstarted tasks.
-    #[error("the source failed to close: {0}")]
-    Source(String),
+    #[error("the source failed to close: {}", .0.message())]
+    Source(#[source] SourceError),
 }
 
 /// A request to the poller could not be answered: it is shut down, or the source failed.
@@ -157,8 +165,107 @@ pub enum RequestError {
     Source(#[from] SourceError),
 }
 
-/// The source failed an operation (listing, re-running or purging dead tasks, cancelling). The
-/// text is the source's error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the source failed: {0}")]
-pub struct SourceError(pub String);
+/// A source failed an operation (storing, cancelling, listing, re-running or purging dead tasks,
+/// closing). It keeps the source's own error: [`source`](std::error::Error::source) returns it,
+/// and [`inner`](Self::inner) / [`message`](Self::message) read it.
+///
+/// It also says whether trying again may help ([`is_transient`](Self::is_transient)): a store
+/// that went away may come back ([`SourceError::new`]); a payload that does not encode never
+/// will ([`SourceError::permanent`]). The source that builds the error decides, since only it
+/// knows.
+///
+/// Two `SourceError`s are equal when they have the same text and the same classification.
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::SourceError;
+/// use std::error::Error as _;
+///
+/// let e = SourceError::new(std::io::Error::other("connection reset"));
+/// assert_eq!(e.to_string(), "the source failed: connection reset");
+/// assert_eq!(e.message(), "connection reset");
+/// assert!(e.is_transient());
+/// assert!(e.source().is_some());
+/// assert!(!SourceError::permanent("a payload does not encode").is_transient());
+/// ```
+#[derive(Clone)]
+pub struct SourceError {
+    // `Arc`, not `Box`: the error types that carry it are `Clone`.
+    inner: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    transient: bool,
+}
+
+impl SourceError {
+    /// A failure that may pass (a store that is down, a timeout): trying again later may work.
+    /// Takes any error, or a message (`&str`, `String`).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        SourceError {
+            inner: Arc::from(error.into()),
+            transient: true,
+        }
+    }
+
+    /// A failure that trying again cannot mend (a payload that does not encode, a row that
+    /// violates a constraint).
+    pub fn permanent(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        SourceError {
+            transient: false,
+            ..SourceError::new(error)
+        }
+    }
+
+    /// `true` when trying again later may succeed (see [`new`](Self::new) and
+    /// [`permanent`](Self::permanent)).
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The source's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// The source's own error's text (without this type's "the source failed: " prefix).
+    pub fn message(&self) -> String {
+        self.inner.to_string()
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the source failed: {}", self.inner)
+    }
+}
+
+impl fmt::Debug for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceError")
+            .field("error", &self.inner)
+            .field("transient", &self.transient)
+            .finish()
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.inner)
+    }
+}
+
+impl PartialEq for SourceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.transient == other.transient && self.message() == other.message()
+    }
+}
+
+impl Eq for SourceError {}
+
+/// The old tuple-struct constructor, `SourceError(text)`, kept for code written against it (the
+/// durable sources) until it moves to [`SourceError::new`] / [`SourceError::permanent`]: a
+/// transient error with that text.
+#[doc(hidden)]
+#[allow(non_snake_case)]
+pub(crate) fn SourceError(text: String) -> SourceError {
+    SourceError::new(text)
+}

@@ -65,8 +65,8 @@
 //!   `Recipient` by actors that should not know the poller's types.
 //! * A [`TaskHandler`] is an async fn of the payload and a [`TaskContext`].
 //! * A [`Source`] is where tasks come from: [`MemorySource`] (the default), or your own.
-//! * Every attempt ends in exactly one [`Outcome`]; [`settle`] turns it into a [`Disposition`]
-//!   that the source records, and a tracked submitter sees the [`FinalState`].
+//! * Every attempt ends in exactly one [`Outcome`]; the poller's state machine turns it into a
+//!   [`Disposition`] that the source records, and a tracked submitter sees the [`FinalState`].
 //! * The lifecycle: retries with backoff ([`PollerBuilder::retry`], [`RetryPolicy`]), per-attempt
 //!   timeouts ([`PollerBuilder::timeout`]), snoozes ([`RetryAfter`]) and aborts ([`Abort`])
 //!   returned by handlers, delayed and prioritized tasks ([`TaskOptions`]), cancellation of
@@ -105,27 +105,32 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod builder;
 pub mod error;
 mod executor;
 mod fetcher;
+mod handler;
 pub mod messages;
 mod poller;
+mod protocol;
+mod retry;
 mod scheduler;
+mod shutdown;
 pub mod source;
 mod stats;
 pub mod task;
 pub mod topology;
 
+pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
-pub use executor::{BoxError, TaskHandler};
+pub use handler::{BoxError, TaskHandler};
 pub use messages::{
-    Cancel, CancelOutcome, ExecutorDelta, GetProgress, GetStats, ListDead, Notify, PurgeDead,
-    Receipt, RerunDead, Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
+    Submit, SubmitBatch,
 };
-pub use poller::{
-    Poller, PollerBuilder, ShutdownReport, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD,
-    DEFAULT_WORKERS,
-};
+pub use poller::Poller;
+pub use retry::{Backoff, RetryPolicy};
+pub use shutdown::ShutdownReport;
 pub use source::memory::MemorySource;
 #[cfg(feature = "postgres")]
 pub use source::postgres::{PgConfig, PgError, PgQueue, PgSource};
@@ -134,7 +139,7 @@ pub use source::sqlite::{SqliteConfig, SqliteError, SqliteQueue, SqliteSource};
 pub use source::{FetchLimits, Fetched, RetrySupport, Source, WakeOn};
 pub use stats::{ExecutorStats, Stats};
 pub use task::{
-    settle, Abort, Ack, Backoff, Cancelled, DeadTask, Disposition, FinalState, Finished, Outcome,
-    Progress, RetryAfter, RetryPolicy, Task, TaskContext, TaskId, TaskOptions,
+    Abort, Ack, Cancelled, DeadTask, Disposition, FinalState, Outcome, Progress, RetryAfter, Task,
+    TaskContext, TaskId, TaskOptions,
 };
 pub use topology::{Edge, Node, NodeCounters, NodeKind, Placement, Stage, Topology};

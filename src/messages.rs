@@ -1,100 +1,16 @@
-//! The messages the actors exchange, and the ones users send.
-//!
-//! Each documents its sender, its receiver and its `Result`. Messages on the hot path carry
-//! batches: one `Ready` grants many credits and returns many acks, one `Execute` starts many
-//! tasks, one `Done` reports many ends.
+//! The messages users send: submit, cancel, dead tasks, progress, stats. Each documents its
+//! receiver and its `Result`. The actors' own protocol is crate-internal
+//! (`crate::protocol`).
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use actix::Message;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::error::{OutcomeError, SourceError, SubmitError};
+use crate::protocol::Returnable;
 use crate::stats::Stats;
-use crate::task::{Ack, DeadTask, FinalState, Finished, Progress, Task, TaskId, TaskOptions};
-
-/// Scheduler → Fetcher: `credits` more tasks may start, and these acks must reach the source.
-///
-/// `credits` is demand, not a token: the Fetcher fetches up to that many in one call. Credits are
-/// conserved: every credit is at the Scheduler, at the Fetcher, on its way to an executor in an
-/// [`Execute`], held by one running task, or on its way back in a [`Done`].
-#[derive(Debug, Default, Message)]
-#[rtype(result = "()")]
-pub struct Ready {
-    /// How many more tasks may start.
-    pub credits: usize,
-    /// What each executor reported since the last `Ready` (indexed by executor; empty when no
-    /// executor reported anything). The Fetcher balances its dispatch with it.
-    pub executors: Vec<ExecutorDelta>,
-    /// Acknowledgements to forward to the source, in one batch.
-    pub acks: Vec<Ack>,
-}
-
-/// One executor's reports summed, as the Scheduler forwards them in [`Ready`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ExecutorDelta {
-    /// Attempts that ended.
-    pub finished: u32,
-    /// Tasks that left the executor's local queue: started, or cancelled before they started.
-    pub dequeued: u32,
-    /// Credits from [`Execute::credits`] that the executor spent or gave back.
-    pub credits_used: u32,
-    /// Slots the executor gave back because its queue was empty when a task ended: the queue
-    /// was too short to cover the round trip.
-    pub freed: u32,
-}
-
-impl ExecutorDelta {
-    /// `true` when nothing changed.
-    pub fn is_empty(&self) -> bool {
-        *self == ExecutorDelta::default()
-    }
-}
-
-/// Fetcher → Executor: queue these tasks, and start `credits` of the queued ones now.
-///
-/// Each executor keeps a short local queue (see
-/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)). A task starts only
-/// with a credit from an `Execute`, or in the slot a task of the same executor just left: so no
-/// more than the credits granted ever run. Credits it cannot spend (its queue emptied meanwhile)
-/// go back in the next [`Done`].
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Execute<T> {
-    /// Tasks to append to the executor's queue, oldest first.
-    pub tasks: Vec<Task<T>>,
-    /// How many queued tasks may start now, each holding one credit until its `Done`.
-    pub credits: u32,
-}
-
-impl<T> fmt::Debug for Execute<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Execute")
-            .field("tasks", &self.tasks.len())
-            .field("credits", &self.credits)
-            .finish()
-    }
-}
-
-/// Executor → Scheduler: these attempts ended (one entry per attempt, exactly once), and these
-/// slots are free again.
-#[derive(Debug, Default, Message)]
-#[rtype(result = "()")]
-pub struct Done {
-    /// The executor that ran them.
-    pub executor: usize,
-    /// The attempts that ended.
-    pub finished: Vec<Finished>,
-    /// Credits given back: slots left by ended tasks that no queued task took over, and credits
-    /// of an `Execute` that found no queued task to start.
-    pub freed: u32,
-    /// Tasks that left the executor's queue since its last `Done`.
-    pub dequeued: u32,
-    /// Credits from `Execute` messages spent or given back since its last `Done`.
-    pub credits_used: u32,
-}
+use crate::task::{DeadTask, FinalState, Progress, TaskId, TaskOptions};
 
 /// Anyone → Fetcher: something new may be in the source; fetch again if there are credits.
 ///
@@ -283,46 +199,6 @@ impl Receipt {
     }
 }
 
-/// A value inside a message that must not vanish if the message is never handled: if the message
-/// is dropped undelivered (the actor stopped), the value goes back through `back`.
-pub(crate) struct Returnable<V> {
-    value: Option<V>,
-    back: Option<oneshot::Sender<V>>,
-}
-
-impl<V> Returnable<V> {
-    pub(crate) fn new(value: V) -> Self {
-        Returnable {
-            value: Some(value),
-            back: None,
-        }
-    }
-
-    /// Arranges for the value to come back on the returned receiver if it is never taken.
-    pub(crate) fn return_on_drop(&mut self) -> oneshot::Receiver<V> {
-        let (tx, rx) = oneshot::channel();
-        self.back = Some(tx);
-        rx
-    }
-
-    /// Takes the value; after this, dropping returns nothing.
-    pub(crate) fn take(&mut self) -> V {
-        self.back = None;
-        // Invariant: taken once, by the one handler that receives the message.
-        self.value
-            .take()
-            .unwrap_or_else(|| unreachable!("value taken twice"))
-    }
-}
-
-impl<V> Drop for Returnable<V> {
-    fn drop(&mut self) {
-        if let (Some(v), Some(back)) = (self.value.take(), self.back.take()) {
-            let _ = back.send(v);
-        }
-    }
-}
-
 /// Anyone → Fetcher: cancel a task. A waiting task is removed (final state `Cancelled`); a
 /// running one is signalled through its [`TaskContext`](crate::TaskContext) and dropped after
 /// the poller's cancel grace if it has not ended by then.
@@ -377,72 +253,4 @@ pub struct PurgeDead {
 pub struct GetProgress {
     /// The task.
     pub id: TaskId,
-}
-
-/// Fetcher → Executor: cancellation of a running task was requested; signal it now and drop it
-/// after `grace`. A task queued there and not started ends at once. Replies what it found.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "CancelOutcome")]
-pub(crate) struct CancelRunning {
-    pub(crate) id: TaskId,
-    pub(crate) grace: std::time::Duration,
-}
-
-// ---- Shutdown protocol (crate-internal) ----------------------------------------------------
-
-/// Handle → Scheduler: begin shutdown: stop granting credits and hand over what only the
-/// Scheduler holds (arbiters, drop signals). Refused the second time.
-#[derive(Debug, Message)]
-#[rtype(result = "Option<crate::poller::ShutdownPlan>")]
-pub(crate) struct BeginShutdown;
-
-/// Handle → Fetcher: stop fetching and dispatching; reply, once no fetch is in flight, with every
-/// task fetched but not started.
-pub(crate) struct StopFetching<T>(pub(crate) PhantomData<fn() -> T>);
-
-impl<T: 'static> Message for StopFetching<T> {
-    type Result = Vec<Task<T>>;
-}
-
-/// Handle → Executor: finish what runs until `deadline`, then cancel the rest; reply on `reply`
-/// after the last `Done` has been sent, then stop.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Drain<T: 'static> {
-    pub(crate) deadline: Instant,
-    pub(crate) reply: oneshot::Sender<DrainReport<T>>,
-}
-
-/// What one executor did during a drain.
-#[derive(Debug)]
-pub(crate) struct DrainReport<T> {
-    pub(crate) finished: usize,
-    pub(crate) cancelled: usize,
-    /// Its local queue: dispatched, never started.
-    pub(crate) unstarted: Vec<Task<T>>,
-}
-
-impl<T> Default for DrainReport<T> {
-    fn default() -> Self {
-        DrainReport {
-            finished: 0,
-            cancelled: 0,
-            unstarted: Vec::new(),
-        }
-    }
-}
-
-/// Handle → Scheduler: every `Done` has been sent; forward the last acks and stop.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Flush;
-
-/// Handle → Fetcher: wait for acks in flight, close the source with `unstarted`, resolve the
-/// remaining trackers as shut down, and stop. Replies with the tasks handed back.
-pub(crate) struct CloseSource<T> {
-    pub(crate) unstarted: Vec<Task<T>>,
-}
-
-impl<T: 'static> Message for CloseSource<T> {
-    type Result = Result<Vec<Task<T>>, String>;
 }

@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{BeginShutdown, Done, ExecutorDelta, Flush, GetStats, Ready};
-use crate::poller::{DropGuard, ShutdownPlan};
+use crate::messages::GetStats;
+use crate::protocol::{BeginShutdown, Done, ExecutorDelta, Flush, Ready};
+use crate::retry::Backoff;
+use crate::shutdown::{DropGuard, ShutdownPlan};
 use crate::stats::Counters;
-use crate::task::{settle, Ack, Backoff, Disposition, Outcome};
+use crate::task::{settle, Ack, Disposition, Outcome};
 
 pub(crate) struct Scheduler {
     /// Credits not granted to the Fetcher.

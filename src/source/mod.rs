@@ -249,8 +249,10 @@ pub type EnqueueResult<T> = Result<Vec<TaskId>, SubmitError<Vec<T>>>;
 /// ```
 pub trait Source<T>: 'static {
     /// The error a fetch, ack or close can fail with. Fetch errors are counted, traced and
-    /// retried with exponential backoff and jitter.
-    type Error: fmt::Display + 'static;
+    /// retried with exponential backoff and jitter. Errors that reach a caller (cancel, dead
+    /// tasks, close) arrive wrapped in a [`SourceError`](crate::SourceError) that keeps this
+    /// error as its [`source`](std::error::Error::source), hence the bounds.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// Fetch up to `max` tasks (`max ≥ 1`). Fewer than `max` means "that is all for now".
     ///

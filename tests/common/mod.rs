@@ -151,6 +151,8 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+impl std::error::Error for Unavailable {}
+
 impl<T: 'static> Source<T> for ScriptedSource<T> {
     type Error = Unavailable;
 

@@ -1,0 +1,471 @@
+//! The builder that starts a poller: its options, their validation, and the wiring of the
+//! actors (Scheduler, Fetcher, executors) behind the handle it returns.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::{Arbiter, System};
+
+use crate::error::StartError;
+use crate::executor::Executor;
+use crate::fetcher::{Fetcher, FetcherConfig};
+use crate::handler::{BoxError, TaskHandler};
+use crate::poller::{Handle, Poller};
+use crate::retry::{Backoff, RetryPolicy};
+use crate::scheduler::Scheduler;
+use crate::shutdown::ShutdownPlan;
+use crate::source::memory::MemorySource;
+use crate::source::{FetchLimits, RetrySupport, Source};
+use crate::stats::Counters;
+use crate::task::TaskContext;
+
+/// Builds and starts a [`Poller`]. Get one from [`Poller::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::Poller;
+/// use std::convert::Infallible;
+///
+/// #[actix_rt::main]
+/// async fn main() {
+///     let poller = Poller::<u64>::builder()
+///         .workers(8)
+///         .capacity(10_000)
+///         .start(|n: u64, _cx| async move { let _ = n * 2; Ok::<_, Infallible>(()) })
+///         .expect("valid configuration inside an actix System");
+///     poller.submit(21).await.expect("room in the queue");
+///     poller.shutdown(std::time::Duration::from_secs(5)).await.expect("first shutdown");
+/// }
+/// ```
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct PollerBuilder<T, S = MemorySource<T>> {
+    workers: usize,
+    executors: Option<usize>,
+    current_arbiter: bool,
+    prefetch: usize,
+    dispatch_ahead: Option<usize>,
+    fetch_backoff: Backoff,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    cancel_grace: Duration,
+    capacity: Option<usize>,
+    source: S,
+    _payload: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, S> fmt::Debug for PollerBuilder<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollerBuilder")
+            .field("workers", &self.workers)
+            .field("executors", &self.executors)
+            .field("current_arbiter", &self.current_arbiter)
+            .field("prefetch", &self.prefetch)
+            .field("dispatch_ahead", &self.dispatch_ahead)
+            .field("fetch_backoff", &self.fetch_backoff)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default concurrency limit.
+pub const DEFAULT_WORKERS: usize = 16;
+
+/// The most tasks an executor holds queued beyond its credits unless
+/// [`PollerBuilder::dispatch_ahead`] says otherwise.
+pub const DEFAULT_DISPATCH_AHEAD: usize = 64;
+
+/// The default time a cancelled running task has to wind down before its future is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
+    pub(crate) fn new() -> Self {
+        PollerBuilder {
+            workers: DEFAULT_WORKERS,
+            executors: None,
+            current_arbiter: false,
+            prefetch: 0,
+            dispatch_ahead: None,
+            fetch_backoff: Backoff::default(),
+            retry: RetryPolicy::none(),
+            timeout: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            capacity: None,
+            source: MemorySource::default(),
+            _payload: std::marker::PhantomData,
+        }
+    }
+
+    /// The in-memory queue's capacity (default
+    /// [`memory::DEFAULT_CAPACITY`](crate::source::memory::DEFAULT_CAPACITY)). A submit that
+    /// does not fit is handed back as [`SubmitError::Full`](crate::SubmitError::Full).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self.source.capacity = capacity;
+        self
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
+    /// The most tasks that may run at once (default [`DEFAULT_WORKERS`]).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How many executor actors run tasks, each on its own arbiter thread (default: one per
+    /// available core). Tasks are spread over them, least loaded first.
+    pub fn executors(mut self, executors: usize) -> Self {
+        self.executors = Some(executors);
+        self
+    }
+
+    /// Run the executors on the current arbiter instead of their own threads (default: one
+    /// executor unless [`executors`](Self::executors) says otherwise). Useful for tests with
+    /// paused time, for `!Send` state, and for I/O-bound tasks that need no second core.
+    pub fn on_current_arbiter(mut self) -> Self {
+        self.current_arbiter = true;
+        self
+    }
+
+    /// How many tasks the Fetcher may fetch ahead of free slots (default 0: it never fetches more
+    /// than the free slots). A slow source keeps workers busy with a few tasks in hand; those
+    /// tasks go back to the source at shutdown.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// At most how many tasks each executor may hold queued beyond its credits (default
+    /// [`DEFAULT_DISPATCH_AHEAD`]).
+    ///
+    /// When one of an executor's tasks ends, a queued task takes over its slot at once, without
+    /// waiting for the slot to travel to the Scheduler and back through the Fetcher: that round
+    /// trip is two thread hops when executors run on their own arbiters, and the System thread
+    /// may wait for a core while CPU-bound executors hold both. The bound is unchanged (a queued
+    /// task starts only in a slot its executor already holds). Each executor's queue adapts
+    /// below this limit: twice what it finished between two of its reports, so short tasks get
+    /// a deep queue and long ones a queue of one or two.
+    ///
+    /// The price: a queued task is committed to its executor, so a higher-priority task fetched
+    /// later may start after the few tasks queued ahead of it. `0` turns queueing off: every
+    /// start then waits for a credit, and priorities are strict among due tasks. A cancelled
+    /// queued task ends at once; queued tasks go back to the source at shutdown, like prefetched
+    /// ones.
+    pub fn dispatch_ahead(mut self, n: usize) -> Self {
+        self.dispatch_ahead = Some(n);
+        self
+    }
+
+    /// The backoff between failed fetches (default: 50 ms doubling to 30 s, 20 % jitter).
+    pub fn fetch_backoff(mut self, backoff: Backoff) -> Self {
+        self.fetch_backoff = backoff;
+        self
+    }
+
+    /// How tasks retry: attempts in all and the backoff between them (default: one attempt).
+    /// A task may override its attempts with [`TaskOptions::max_attempts`](crate::TaskOptions::max_attempts). A task waiting for
+    /// its retry is back in the source and holds no worker slot.
+    ///
+    /// The source must be able to run a task again ([`RetrySupport`]): the in-memory source
+    /// keeps a copy of each payload while it runs, so it needs `T: Clone`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{FinalState, Poller, RetryPolicy, TaskContext};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let calls = Arc::new(AtomicU32::new(0));
+    ///     let c = calls.clone();
+    ///     let poller = Poller::<&'static str>::builder()
+    ///         .retry(RetryPolicy::attempts(3).fixed(Duration::from_millis(10)))
+    ///         .start(move |_url: &'static str, cx: TaskContext| {
+    ///             c.fetch_add(1, Ordering::SeqCst);
+    ///             // Fails twice, then succeeds.
+    ///             async move { if cx.attempt() < 3 { Err("503 from upstream") } else { Ok(()) } }
+    ///         })
+    ///         .unwrap();
+    ///     let receipt = poller.submit_tracked("https://example.invalid").await.unwrap();
+    ///     assert_eq!(receipt.outcome().await, Ok(FinalState::Completed));
+    ///     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self
+    where
+        S: RetrySupport<T>,
+    {
+        self.source.enable_retries();
+        self.retry = policy;
+        self
+    }
+
+    /// The default per-attempt timeout (default: none). At the deadline the task's future is
+    /// dropped, its slot freed, and the attempt recorded as timed out (a failure, retried if
+    /// attempts remain). A task may override it with [`TaskOptions::timeout`](crate::TaskOptions::timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{FinalState, Poller, Submit, TaskOptions};
+    /// use std::time::Duration;
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let poller = Poller::<u64>::builder()
+    ///         .timeout(Duration::from_millis(20))
+    ///         .start(|ms: u64, _cx| async move {
+    ///             actix_rt::time::sleep(Duration::from_millis(ms)).await;
+    ///             Ok::<_, std::convert::Infallible>(())
+    ///         })
+    ///         .unwrap();
+    ///     let slow = poller.submit_tracked(10_000).await.unwrap();
+    ///     assert_eq!(
+    ///         slow.outcome().await,
+    ///         Ok(FinalState::Dead { error: "timed out after 20ms".into(), attempts: 1 })
+    ///     );
+    ///     // This one may take a second.
+    ///     let opts = TaskOptions::new().timeout(Duration::from_secs(1));
+    ///     let patient = poller.submit_with(Submit::new(50).options(opts).tracked()).await.unwrap();
+    ///     assert_eq!(patient.outcome().await, Ok(FinalState::Completed));
+    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a running task has, after [`Poller::cancel`] signals it, before its future is
+    /// dropped (default [`DEFAULT_CANCEL_GRACE`]).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Use `source` instead of the in-memory queue.
+    pub fn source<S2: Source<T>>(self, source: S2) -> PollerBuilder<T, S2> {
+        PollerBuilder {
+            workers: self.workers,
+            executors: self.executors,
+            current_arbiter: self.current_arbiter,
+            prefetch: self.prefetch,
+            dispatch_ahead: self.dispatch_ahead,
+            fetch_backoff: self.fetch_backoff,
+            retry: self.retry,
+            timeout: self.timeout,
+            cancel_grace: self.cancel_grace,
+            capacity: None,
+            source,
+            _payload: std::marker::PhantomData,
+        }
+    }
+
+    /// Starts the poller with `handler`, an async function of the payload and a
+    /// [`TaskContext`](crate::TaskContext), cloned once per executor. (The bound is spelled out
+    /// as `Fn(T, TaskContext)` so a closure's parameter types are inferred.)
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] for a configuration that could never run a task (zero workers,
+    /// executors or capacity), or when no actix `System` runs on this thread.
+    pub fn start<F, Fut, E>(self, handler: F) -> Result<Poller<T>, StartError>
+    where
+        F: Fn(T, TaskContext) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + 'static,
+        E: Into<BoxError>,
+    {
+        self.start_with(move |_executor| handler.clone())
+    }
+
+    /// Starts the poller with a handler of your own type (see [`TaskHandler`]), cloned once per
+    /// executor.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_handler<H>(self, handler: H) -> Result<Poller<T>, StartError>
+    where
+        H: TaskHandler<T> + Clone + Send + Sync,
+    {
+        self.start_with(move |_executor| handler.clone())
+    }
+
+    /// Starts the poller, building each executor's handler with `factory(executor_index)` on
+    /// that executor's own thread: per-executor state (a connection, a client, a cache) lives
+    /// in the handler, without a lock, and need not be `Send`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::Poller;
+    /// use std::{cell::Cell, convert::Infallible, rc::Rc};
+    ///
+    /// #[actix_rt::main]
+    /// async fn main() {
+    ///     let poller = Poller::<u32>::builder()
+    ///         .start_with(|_executor| {
+    ///             // One counter per executor: an `Rc`, no lock.
+    ///             let seen = Rc::new(Cell::new(0u32));
+    ///             move |n: u32, _cx| {
+    ///                 let seen = seen.clone();
+    ///                 async move { seen.set(seen.get() + n); Ok::<_, Infallible>(()) }
+    ///             }
+    ///         })
+    ///         .unwrap();
+    ///     poller.submit(1).await.unwrap();
+    ///     poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// }
+    /// ```
+    pub fn start_with<H, F>(self, factory: F) -> Result<Poller<T>, StartError>
+    where
+        H: TaskHandler<T>,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let executors = self.validate()?;
+        let counters = Arc::new(Counters::new(self.workers, executors));
+        let mut plan = ShutdownPlan::default();
+
+        // Addresses first, actors after: the three know each other.
+        let fetcher_ctx = Context::<Fetcher<T, S>>::new();
+        let fetcher = fetcher_ctx.address();
+        let scheduler_ctx = Context::<Scheduler>::new();
+        let scheduler = scheduler_ctx.address();
+
+        let shape = ExecutorShape {
+            count: executors,
+            current_arbiter: self.current_arbiter,
+            timeout: self.timeout,
+        };
+        let executor_addrs = spawn_executors(shape, factory, &scheduler, &counters, &mut plan);
+
+        let fetcher_guard = plan.guard();
+        let scheduler_guard = plan.guard();
+        let config = FetcherConfig {
+            prefetch: self.prefetch,
+            ahead: self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD),
+            fetch_backoff: self.fetch_backoff,
+            default_attempts: self.retry.max_attempts(),
+            cancel_grace: self.cancel_grace,
+        };
+        fetcher_ctx.run(Fetcher::new(
+            self.source,
+            executor_addrs
+                .iter()
+                .map(|a| a.clone().recipient())
+                .collect(),
+            executor_addrs
+                .iter()
+                .map(|a| a.clone().recipient())
+                .collect(),
+            config,
+            Arc::clone(&counters),
+            fetcher_guard,
+        ));
+        scheduler_ctx.run(Scheduler::new(
+            self.workers,
+            executors,
+            fetcher.clone().recipient(),
+            *self.retry.backoff(),
+            plan,
+            Arc::clone(&counters),
+            scheduler_guard,
+        ));
+        tracing::debug!(workers = self.workers, executors, "poller started");
+
+        Ok(Poller::from_handle(Handle::wire(
+            &fetcher,
+            &scheduler,
+            &executor_addrs,
+            counters,
+            self.workers,
+            self.current_arbiter,
+            std::any::type_name::<S>(),
+        )))
+    }
+
+    /// Checks the configuration; returns how many executors to start.
+    fn validate(&self) -> Result<usize, StartError> {
+        if System::try_current().is_none() || Arbiter::try_current().is_none() {
+            return Err(StartError::NoSystem);
+        }
+        if self.workers == 0 {
+            return Err(StartError::ZeroWorkers);
+        }
+        let executors = self.executors.unwrap_or_else(|| {
+            if self.current_arbiter {
+                1
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        });
+        if executors == 0 {
+            return Err(StartError::ZeroExecutors);
+        }
+        if self.capacity == Some(0) {
+            return Err(StartError::ZeroCapacity);
+        }
+        let FetchLimits {
+            max_batch,
+            max_in_flight,
+        } = self.source.limits();
+        if max_batch == 0 || max_in_flight == 0 {
+            return Err(StartError::ZeroFetchLimit);
+        }
+        Ok(executors)
+    }
+}
+
+/// How the executors run: how many, where, and their default timeout.
+#[derive(Debug, Clone, Copy)]
+struct ExecutorShape {
+    count: usize,
+    current_arbiter: bool,
+    timeout: Option<Duration>,
+}
+
+/// Starts the executors, each with its handler built by `factory` on its own thread (on the
+/// current arbiter, or on a new arbiter each, which `plan` keeps for shutdown).
+fn spawn_executors<T, H, F>(
+    shape: ExecutorShape,
+    factory: F,
+    scheduler: &Addr<Scheduler>,
+    counters: &Arc<Counters>,
+    plan: &mut ShutdownPlan,
+) -> Vec<Addr<Executor<T, H>>>
+where
+    T: Send + 'static,
+    H: TaskHandler<T>,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    let factory = Arc::new(factory);
+    let timeout = shape.timeout;
+    (0..shape.count)
+        .map(|index| {
+            let done = scheduler.clone().recipient();
+            let guard = plan.guard();
+            let factory = Arc::clone(&factory);
+            let c = Arc::clone(counters);
+            if shape.current_arbiter {
+                return Executor::new(index, factory(index), timeout, done, c, guard).start();
+            }
+            let arbiter = Arbiter::new();
+            let addr = Executor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
+                Executor::new(index, factory(index), timeout, done, c, guard)
+            });
+            plan.arbiters.push(arbiter);
+            addr
+        })
+        .collect()
+}

@@ -1,0 +1,171 @@
+//! Acks: one ack call to the source at a time, what arrives meanwhile batched into the next;
+//! a failed batch retried after a backoff, ahead of newer acks; trackers resolved once the
+//! source holds a final state; heartbeats that keep leases alive.
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tokio::sync::{oneshot, watch};
+
+use super::Fetcher;
+use crate::source::Source;
+use crate::stats::Counters;
+use crate::task::{Ack, Disposition, FinalState, Progress, TaskId};
+
+/// A submitter waiting for a task's final state, and the channel its progress goes to.
+pub(super) struct Tracker {
+    pub(super) done: oneshot::Sender<FinalState>,
+    pub(super) progress: watch::Sender<Progress>,
+}
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    pub(super) fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
+        if !self.source.can_requeue() {
+            for ack in &mut acks {
+                if matches!(
+                    ack.disposition,
+                    Disposition::Retry { .. } | Disposition::Snooze { .. }
+                ) {
+                    Counters::add(&self.counters.dead, 1);
+                    ack.disposition = Disposition::Dead {
+                        error: "asked to run again, but the source keeps no copy of a started \
+                                task (turn retries on: PollerBuilder::retry)"
+                            .into(),
+                    };
+                }
+            }
+        }
+        if self.acks_in_flight > 0 {
+            // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
+            // store sees few large batches instead of a call per `Ready`.
+            self.pending_acks.extend(acks);
+            return;
+        }
+        self.send_acks(acks, ctx);
+    }
+
+    pub(super) fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
+        // The copy is what a failed call retries, and what tells trackers their final state
+        // once the source has recorded it.
+        let mut fut = self.source.ack(acks.clone());
+        match (&mut fut).now_or_never() {
+            Some(res) => self.acked(acks, res, ctx),
+            None => {
+                self.acks_in_flight += 1;
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    act.acks_in_flight -= 1;
+                    act.acked(acks, res, ctx);
+                }));
+            }
+        }
+    }
+
+    /// An ack call landed. On success, trackers learn the final states the source now holds; on
+    /// failure the batch is retried after a backoff (acks are what make a durable source's
+    /// work final: dropping them would re-run completed tasks once their leases expire).
+    pub(super) fn acked(
+        &mut self,
+        acks: Vec<Ack>,
+        res: Result<(), S::Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        match res {
+            Ok(()) => {
+                self.ack_failures = 0;
+                if !self.trackers.is_empty() || self.pending_enqueues > 0 {
+                    for ack in &acks {
+                        if let Some(state) = FinalState::from_ack(ack) {
+                            self.resolve(ack.id, state);
+                        }
+                    }
+                }
+                // A task going back to the source (retry, snooze) may be due before anything
+                // else wakes the Fetcher: now that the source has it, fetch again to learn the
+                // next due time.
+                if acks.iter().any(|a| !a.disposition.is_final()) {
+                    self.wake(ctx);
+                }
+            }
+            Err(error) => {
+                Counters::add(&self.counters.ack_errors, 1);
+                if self.closing {
+                    tracing::error!(
+                        %error,
+                        acks = acks.len(),
+                        "the source failed to record acks at shutdown; a durable source runs \
+                         those tasks again once their leases expire"
+                    );
+                } else {
+                    self.ack_failures = self.ack_failures.saturating_add(1);
+                    let delay = self.fetch_backoff.delay(self.ack_failures);
+                    tracing::warn!(
+                        %error,
+                        acks = acks.len(),
+                        failures = self.ack_failures,
+                        ?delay,
+                        "the source failed to record acks; retrying"
+                    );
+                    let mut retry = acks;
+                    retry.append(&mut self.pending_acks);
+                    self.pending_acks = retry;
+                    self.acks_in_flight += 1;
+                    self.ack_retry = Some(ctx.run_later(delay, |act, ctx| {
+                        act.ack_retry = None;
+                        act.acks_in_flight -= 1;
+                        act.send_pending_acks(ctx);
+                    }));
+                    return;
+                }
+            }
+        }
+        self.send_pending_acks(ctx);
+        self.notify_idle();
+    }
+
+    /// Sends the acks that waited for the call in flight, if none is in flight now.
+    pub(super) fn send_pending_acks(&mut self, ctx: &mut Context<Self>) {
+        if self.acks_in_flight == 0 && !self.pending_acks.is_empty() {
+            let next = std::mem::take(&mut self.pending_acks);
+            self.send_acks(next, ctx);
+        }
+    }
+
+    /// Tells a tracked task's submitter its final state.
+    pub(super) fn resolve(&mut self, id: TaskId, state: FinalState) {
+        if let Some(t) = self.trackers.remove(&id) {
+            let _ = t.done.send(state);
+        } else if self.pending_enqueues > 0 {
+            self.early.push((id, state));
+        }
+    }
+
+    /// Lets the source extend its leases. One heartbeat at a time: a slow store is not piled on.
+    /// Heartbeats go on while a shutdown drains, until the source closes: tasks still running
+    /// then (or whose acks have not landed) keep their leases however long the drain takes.
+    pub(super) fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.closing || self.heartbeat_in_flight {
+            return;
+        }
+        self.heartbeat_in_flight = true;
+        ctx.spawn(
+            self.source
+                .heartbeat()
+                .into_actor(self)
+                .map(|res, act, _ctx| {
+                    act.heartbeat_in_flight = false;
+                    if let Err(error) = res {
+                        Counters::add(&act.counters.heartbeat_errors, 1);
+                        tracing::warn!(%error, "heartbeat failed; leases may expire");
+                    }
+                }),
+        );
+    }
+
+    /// Wakes a pending `CloseSource` once no ack and no enqueue is in flight.
+    pub(super) fn notify_idle(&mut self) {
+        if self.acks_in_flight == 0 && self.pending_enqueues == 0 {
+            for tx in self.ack_idle.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Dispatch: the Fetcher spends its credits and hands tasks to the executors, and keeps each
+//! executor's dispatch-ahead queue at its adaptive target (from the deltas in `Ready`).
+
+use actix::prelude::*;
+
+use super::{Fetcher, Phase};
+use crate::protocol::{Execute, Ready};
+use crate::source::Source;
+use crate::task::Task;
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    /// Tasks queued at executor `i` that no credit covers yet.
+    pub(super) fn uncovered(&self, i: usize) -> usize {
+        self.queued[i].saturating_sub(self.covered[i])
+    }
+
+    /// The executor with the fewest tasks running or about to (a credit on its way), among
+    /// those `eligible` says.
+    pub(super) fn least_running(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.executors.len())
+            .filter(|&i| eligible(i))
+            .min_by_key(|&i| self.assigned[i] - self.uncovered(i).min(self.assigned[i]))
+    }
+
+    /// Spends credits and hands tasks to the executors, one `Execute` per executor:
+    ///
+    /// 1. each credit to the executor running the fewest tasks (so CPU-bound work spreads over
+    ///    every thread), with one of the tasks already queued there, else a buffered task; with
+    ///    the buffer empty, to an executor that has queued tasks no credit covers (so no task
+    ///    waits behind a long one while a slot is free elsewhere);
+    /// 2. then, with no credit left, buffered tasks ahead into the executors' queues, up to
+    ///    each one's `ahead_target`, shortest queue first, so an executor refills a slot the
+    ///    moment a task ends.
+    pub(super) fn dispatch(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let e = self.executors.len();
+        let mut batches: Vec<(Vec<Task<T>>, u32)> = Vec::new();
+        if self.credits > 0 || (self.ahead > 0 && !self.buffer.is_empty()) {
+            batches.resize_with(e, || (Vec::new(), 0));
+        }
+        while self.credits > 0 {
+            let Some(mut i) = self.least_running(|_| true) else {
+                break;
+            };
+            if self.uncovered(i) == 0 {
+                if let Some(task) = self.buffer.pop_front() {
+                    self.push_task(&mut batches, i, task);
+                } else if let Some(j) = self.least_running(|j| self.uncovered(j) > 0) {
+                    i = j;
+                } else {
+                    break;
+                }
+            }
+            batches[i].1 += 1;
+            self.covered[i] += 1;
+            self.credits -= 1;
+        }
+        while self.ahead > 0 && !self.buffer.is_empty() {
+            let Some(i) = (0..e)
+                .filter(|&i| self.uncovered(i) < self.ahead_target[i])
+                .min_by_key(|&i| self.uncovered(i))
+            else {
+                break;
+            };
+            if let Some(task) = self.buffer.pop_front() {
+                self.push_task(&mut batches, i, task);
+            }
+        }
+        for (exec, (tasks, credits)) in self.executors.iter().zip(batches) {
+            if !tasks.is_empty() || credits > 0 {
+                exec.do_send(Execute { tasks, credits });
+            }
+        }
+    }
+
+    /// Adds `task` to executor `i`'s batch (queued there; a credit may go along).
+    pub(super) fn push_task(
+        &mut self,
+        batches: &mut [(Vec<Task<T>>, u32)],
+        i: usize,
+        mut task: Task<T>,
+    ) {
+        if !self.trackers.is_empty() {
+            if let Some(t) = self.trackers.get(&task.id) {
+                task.progress = Some(t.progress.clone());
+            }
+        }
+        batches[i].0.push(task);
+        self.assigned[i] += 1;
+        self.queued[i] += 1;
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
+        self.credits += msg.credits;
+        let work_waits = !self.buffer.is_empty() || self.source.queued().map_or(true, |q| q > 0);
+        for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
+            self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
+            self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
+            self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);
+            if d.finished > 0 && self.ahead > 0 {
+                let t = self.ahead_target[i];
+                let mut next = (2 * d.finished as usize).max(t - t / 8);
+                // Slots went back while work waited: the queue ran dry before its refill came.
+                if d.freed > 0 && work_waits {
+                    next = next.max(t + d.freed as usize);
+                }
+                self.ahead_target[i] = next.clamp(1, self.ahead.max(1));
+            }
+        }
+        if !msg.acks.is_empty() {
+            self.record_acks(msg.acks, ctx);
+        }
+        self.pump(ctx);
+    }
+}

@@ -1,0 +1,290 @@
+//! The messages the Fetcher answers besides `Ready` and `Notify`: submits (and the enqueue
+//! they run), cancel, dead tasks, progress, and the shutdown's `StopFetching` / `CloseSource`.
+
+use actix::prelude::*;
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use tokio::sync::{oneshot, watch};
+
+use super::{Fetcher, Phase};
+use crate::error::{SourceError, SubmitError};
+use crate::messages::{
+    Cancel, CancelOutcome, GetProgress, ListDead, PurgeDead, Receipt, RerunDead, Submit,
+    SubmitBatch,
+};
+use crate::protocol::{CancelRunning, CloseSource, StopFetching};
+use crate::source::{EnqueueResult, NewTask, Source};
+use crate::stats::Counters;
+use crate::task::{Ack, DeadTask, Disposition, FinalState, Progress, Task, TaskId, TaskOptions};
+
+use super::acks::Tracker;
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    /// Turns an enqueue's result into receipts, registering trackers.
+    fn enqueued(
+        &mut self,
+        res: EnqueueResult<T>,
+        track: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
+        let ids = res?;
+        Counters::add(&self.counters.submitted, ids.len() as u64);
+        let receipts = ids
+            .into_iter()
+            .map(|id| {
+                if !track {
+                    return Receipt::untracked(id);
+                }
+                let (done, rx) = oneshot::channel();
+                let (progress, progress_rx) = watch::channel(Progress::default());
+                match self.early.iter().position(|(e, _)| *e == id) {
+                    Some(pos) => {
+                        let _ = done.send(self.early.swap_remove(pos).1);
+                    }
+                    None => {
+                        self.trackers.insert(id, Tracker { done, progress });
+                    }
+                }
+                Receipt::tracked(id, rx, progress_rx)
+            })
+            .collect();
+        self.counters.set_queued(self.source.queued());
+        self.wake(ctx);
+        Ok(receipts)
+    }
+
+    fn submit(
+        &mut self,
+        tasks: Vec<T>,
+        track: bool,
+        options: TaskOptions,
+        ctx: &mut Context<Self>,
+    ) -> Answer<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>> {
+        if self.phase != Phase::Running {
+            return Answer::Now(Err(SubmitError::Closed(tasks)));
+        }
+        let attempts = self.default_attempts;
+        let mut fut = self.source.enqueue(
+            tasks
+                .into_iter()
+                .map(|t| NewTask::with_options(t, options, attempts))
+                .collect(),
+        );
+        if let Some(res) = (&mut fut).now_or_never() {
+            return Answer::Now(self.enqueued(res, track, ctx));
+        }
+        self.pending_enqueues += 1;
+        Answer::Later(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            act.pending_enqueues -= 1;
+            let out = act.enqueued(res, track, ctx);
+            if act.pending_enqueues == 0 {
+                act.early.clear();
+            }
+            act.notify_idle();
+            out
+        })))
+    }
+}
+
+/// The [`Source::enqueue`] contract, checked where a batch of one becomes one.
+const ONE_PER_TASK: &str =
+    "Source::enqueue broke its contract: it must answer one id per task, or hand every task back";
+
+/// A reply now (no allocation) or later.
+enum Answer<A: Actor, R> {
+    Now(R),
+    Later(ResponseActFuture<A, R>),
+}
+
+impl<A: Actor<Context = Context<A>>, R: 'static> Answer<A, R> {
+    fn map<U: 'static>(self, f: impl FnOnce(R) -> U + 'static) -> ActorResponse<A, U> {
+        match self {
+            Answer::Now(r) => ActorResponse::reply(f(r)),
+            Answer::Later(fut) => ActorResponse::r#async(fut.map(move |r, _, _| f(r))),
+        }
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Result<Receipt, SubmitError<T>>>;
+
+    fn handle(&mut self, mut msg: Submit<T>, ctx: &mut Self::Context) -> Self::Result {
+        let tasks = msg.tasks.take();
+        // A batch of one in, a batch of one out.
+        self.submit(tasks, msg.track, msg.options, ctx).map(|r| {
+            r.map(|mut receipts| receipts.pop().expect(ONE_PER_TASK))
+                .map_err(|e| e.map(|mut tasks| tasks.pop().expect(ONE_PER_TASK)))
+        })
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<SubmitBatch<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>>;
+
+    fn handle(&mut self, mut msg: SubmitBatch<T>, ctx: &mut Self::Context) -> Self::Result {
+        let tasks = msg.tasks.take();
+        self.submit(tasks, msg.track, msg.options, ctx).map(|r| r)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<StopFetching<T>> for Fetcher<T, S> {
+    type Result = ActorResponse<Self, Vec<Task<T>>>;
+
+    fn handle(&mut self, _msg: StopFetching<T>, ctx: &mut Self::Context) -> Self::Result {
+        self.phase = Phase::Stopping;
+        self.cancel_wait(ctx);
+        if let Some(h) = self.backing_off.take() {
+            ctx.cancel_future(h);
+        }
+        if self.in_flight == 0 {
+            return ActorResponse::reply(self.buffer.drain(..).collect());
+        }
+        // Fetches in flight land in the buffer; the last one to land replies.
+        let (tx, rx) = oneshot::channel();
+        self.stop_reply = Some(tx);
+        ActorResponse::r#async(
+            actix::fut::wrap_future::<_, Self>(rx).map(|r, _, _| r.unwrap_or_default()),
+        )
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<Task<T>>, SourceError>>;
+
+    fn handle(&mut self, msg: CloseSource<T>, ctx: &mut Self::Context) -> Self::Result {
+        // Acks go to the source before it closes, so a durable source records every final state;
+        // enqueues in flight get their reply before the Fetcher stops. A batch waiting for its
+        // retry gets one last try now, not after its backoff.
+        self.closing = true;
+        if let Some(h) = self.ack_retry.take() {
+            ctx.cancel_future(h);
+            self.acks_in_flight -= 1;
+            self.send_pending_acks(ctx);
+        }
+        let acks_idle = (self.acks_in_flight > 0 || self.pending_enqueues > 0).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.ack_idle.push(tx);
+            rx
+        });
+        let unstarted = msg.unstarted;
+        Box::pin(
+            actix::fut::wrap_future::<_, Self>(async move {
+                if let Some(rx) = acks_idle {
+                    let _ = rx.await;
+                }
+            })
+            .then(move |(), act, _ctx| act.source.close(unstarted).into_actor(act))
+            .map(|res, act, ctx| {
+                // Trackers of tasks that never finished learn it now (OutcomeError::ShutDown).
+                act.trackers.clear();
+                act.counters.set_queued(act.source.queued());
+                ctx.stop();
+                res.map_err(SourceError::new)
+            }),
+        )
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<CancelOutcome, SourceError>>;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        // Fetched but not started: leased from the source, so the source hears it as an ack.
+        if let Some(pos) = self.buffer.iter().position(|t| t.id == id) {
+            if let Some(task) = self.buffer.remove(pos) {
+                Counters::add(&self.counters.cancelled, 1);
+                let ack = Ack {
+                    id,
+                    attempt: task.attempt,
+                    disposition: Disposition::Cancelled,
+                };
+                self.record_acks(vec![ack], ctx);
+                return Box::pin(actix::fut::ready(Ok(CancelOutcome::Dequeued)));
+            }
+        }
+        let running = self.cancel_running.clone();
+        let grace = self.cancel_grace;
+        Box::pin(
+            self.source
+                .cancel(id)
+                .into_actor(self)
+                .then(move |res, act, _ctx| {
+                    let answer: LocalBoxFuture<'static, _> = match res {
+                        Err(e) => Box::pin(futures::future::ready(Err(SourceError::new(e)))),
+                        Ok(true) => {
+                            Counters::add(&act.counters.cancelled, 1);
+                            act.counters.set_queued(act.source.queued());
+                            act.resolve(id, FinalState::Cancelled);
+                            Box::pin(futures::future::ready(Ok(CancelOutcome::Dequeued)))
+                        }
+                        // Not waiting: maybe running on one of the executors.
+                        Ok(false) => Box::pin(async move {
+                            let asks = running.iter().map(|e| e.send(CancelRunning { id, grace }));
+                            // Queued at an executor (dispatched ahead): dequeued there; else
+                            // running there: signalled.
+                            Ok(futures::future::join_all(asks)
+                                .await
+                                .into_iter()
+                                .flatten()
+                                .find(|o| *o != CancelOutcome::NotFound)
+                                .unwrap_or(CancelOutcome::NotFound))
+                        }),
+                    };
+                    answer.into_actor(act)
+                }),
+        )
+    }
+}
+
+/// Runs a source operation whose error becomes a [`SourceError`].
+fn source_op<T: Send + 'static, S: Source<T>, R: 'static>(
+    act: &mut Fetcher<T, S>,
+    fut: LocalBoxFuture<'static, Result<R, S::Error>>,
+) -> ResponseActFuture<Fetcher<T, S>, Result<R, SourceError>> {
+    Box::pin(
+        fut.into_actor(act)
+            .map(|res, _, _| res.map_err(SourceError::new)),
+    )
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<ListDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<DeadTask>, SourceError>>;
+
+    fn handle(&mut self, msg: ListDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.dead_tasks(msg.limit);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<RerunDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Vec<TaskId>, SourceError>>;
+
+    fn handle(&mut self, msg: RerunDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.rerun_dead(msg.ids);
+        Box::pin(source_op(self, fut).map(|res, act, ctx| {
+            act.counters.set_queued(act.source.queued());
+            act.wake(ctx);
+            res
+        }))
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<PurgeDead> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<usize, SourceError>>;
+
+    fn handle(&mut self, msg: PurgeDead, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.purge_dead(msg.ids);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetProgress> for Fetcher<T, S> {
+    type Result = Option<Progress>;
+
+    fn handle(&mut self, msg: GetProgress, _ctx: &mut Self::Context) -> Option<Progress> {
+        self.trackers
+            .get(&msg.id)
+            .map(|t| t.progress.borrow().clone())
+    }
+}

@@ -1,0 +1,332 @@
+//! The Fetcher: the only owner of the [`Source`].
+//!
+//! State it owns, and the rules it keeps:
+//!
+//! * `credits`: run slots granted by the Scheduler and not yet spent. A task is dispatched to an
+//!   executor only by spending one, so the Fetcher can never start more than it was granted.
+//! * `buffer`: tasks fetched and not yet dispatched. It holds at most `credits + prefetch` tasks
+//!   (counting fetches in flight), so the Fetcher never asks the source for more than it may run
+//!   soon; with `prefetch = 0` it never fetches more than the free slots.
+//! * `waiting`: set when a fetch came back short. No fetch starts until a wake-up (a submit, a
+//!   [`Notify`], or the source's [`WakeOn`](crate::source::WakeOn) time or signal) clears it.
+//! * `epoch`: bumped by every wake-up. A fetch that comes back short after the epoch moved is not
+//!   trusted to mean "empty": the Fetcher asks again, so a submit that raced a fetch is never lost.
+//! * `backing_off`: set after a fetch error until the backoff timer fires; wake-ups do not cut
+//!   it short, so a failing source is called a bounded number of times.
+
+//!
+//! The Fetcher is split by concern: this file holds its state, fetching (`pump`, `fetched`,
+//! waiting and waking) and its lifecycle; `dispatch.rs` spends credits and hands tasks to the
+//! executors; `acks.rs` batches acks to the source, retries failed batches, heartbeats, and
+//! resolves trackers; `handlers.rs` answers the messages users and the shutdown send (submit,
+//! cancel, dead tasks, progress, stop, close).
+
+mod acks;
+mod dispatch;
+mod handlers;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::messages::Notify;
+use crate::protocol::{CancelRunning, Execute};
+use crate::retry::Backoff;
+use crate::shutdown::DropGuard;
+use crate::source::{FetchLimits, Fetched, Source, WakeOn};
+use crate::stats::Counters;
+use crate::task::{Ack, FinalState, Task, TaskId};
+
+use acks::Tracker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Shutdown began: no fetch starts, nothing is dispatched.
+    Stopping,
+}
+
+pub(crate) struct Fetcher<T: Send + 'static, S> {
+    source: S,
+    limits: FetchLimits,
+    prefetch: usize,
+    executors: Vec<Recipient<Execute<T>>>,
+    cancel_running: Vec<Recipient<CancelRunning>>,
+    default_attempts: u32,
+    cancel_grace: Duration,
+    /// Tasks dispatched to each executor and not yet reported finished.
+    assigned: Vec<usize>,
+    /// Tasks dispatched to each executor and not yet reported out of its queue.
+    queued: Vec<usize>,
+    /// Credits sent to each executor and not yet reported spent or given back.
+    covered: Vec<usize>,
+    /// How many tasks each executor may hold queued beyond the credits it was sent: at most
+    /// `ahead`; per executor, twice what it finished between two reports (so a queue covers a
+    /// round trip to the Fetcher and back with a margin), halving at most per report, at least 1.
+    ahead: usize,
+    ahead_target: Vec<usize>,
+    credits: usize,
+    buffer: VecDeque<Task<T>>,
+    /// Tasks asked for by the fetches in flight.
+    requested: usize,
+    in_flight: usize,
+    epoch: u64,
+    waiting: Option<Vec<SpawnHandle>>,
+    fetch_backoff: Backoff,
+    fetch_failures: u32,
+    backing_off: Option<SpawnHandle>,
+    phase: Phase,
+    stop_reply: Option<oneshot::Sender<Vec<Task<T>>>>,
+    trackers: HashMap<TaskId, Tracker>,
+    /// Enqueues in flight (async sources) and the final states seen meanwhile, so a task that
+    /// finishes before its enqueue's reply is handled still reaches its tracker.
+    pending_enqueues: usize,
+    early: Vec<(TaskId, FinalState)>,
+    acks_in_flight: usize,
+    /// Acks that arrived while an ack call was in flight (or waiting to be retried); sent
+    /// together when it lands.
+    pending_acks: Vec<Ack>,
+    /// Failed ack calls in a row; a failed batch is retried after a backoff, ahead of newer acks.
+    ack_failures: u32,
+    /// The timer of a failed batch's retry; it counts as an ack in flight.
+    ack_retry: Option<SpawnHandle>,
+    /// `CloseSource` arrived: a failed ack is no longer retried.
+    closing: bool,
+    heartbeat_in_flight: bool,
+    /// `CloseSource` waiting for acks and enqueues in flight to land.
+    ack_idle: Vec<oneshot::Sender<()>>,
+    counters: Arc<Counters>,
+    _guard: DropGuard,
+}
+
+// Nothing in the Fetcher is ever pinned in place (its futures are boxed), so it may move freely
+// whatever `T` and `S` are; actix requires actors to be `Unpin`.
+impl<T: Send, S> Unpin for Fetcher<T, S> {}
+
+impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("credits", &self.credits)
+            .field("buffered", &self.buffer.len())
+            .field("in_flight", &self.in_flight)
+            .field("waiting", &self.waiting.is_some())
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct FetcherConfig {
+    pub(crate) prefetch: usize,
+    pub(crate) ahead: usize,
+    pub(crate) fetch_backoff: Backoff,
+    pub(crate) default_attempts: u32,
+    pub(crate) cancel_grace: Duration,
+}
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    pub(crate) fn new(
+        source: S,
+        executors: Vec<Recipient<Execute<T>>>,
+        cancel_running: Vec<Recipient<CancelRunning>>,
+        config: FetcherConfig,
+        counters: Arc<Counters>,
+        guard: DropGuard,
+    ) -> Self {
+        let limits = source.limits();
+        counters.set_queued(source.queued());
+        Fetcher {
+            limits,
+            prefetch: config.prefetch,
+            assigned: vec![0; executors.len()],
+            queued: vec![0; executors.len()],
+            covered: vec![0; executors.len()],
+            ahead: config.ahead,
+            ahead_target: vec![config.ahead.min(1); executors.len()],
+            executors,
+            cancel_running,
+            default_attempts: config.default_attempts,
+            cancel_grace: config.cancel_grace,
+            source,
+            credits: 0,
+            buffer: VecDeque::new(),
+            requested: 0,
+            in_flight: 0,
+            epoch: 0,
+            waiting: None,
+            fetch_backoff: config.fetch_backoff,
+            fetch_failures: 0,
+            backing_off: None,
+            phase: Phase::Running,
+            stop_reply: None,
+            trackers: HashMap::new(),
+            pending_enqueues: 0,
+            early: Vec::new(),
+            acks_in_flight: 0,
+            pending_acks: Vec::new(),
+            ack_failures: 0,
+            ack_retry: None,
+            closing: false,
+            heartbeat_in_flight: false,
+            ack_idle: Vec::new(),
+            counters,
+            _guard: guard,
+        }
+    }
+
+    /// Dispatch what credits allow, then start fetches while there is room for more tasks.
+    pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.dispatch();
+        while self.waiting.is_none() && self.backing_off.is_none() {
+            let room: usize = self
+                .queued
+                .iter()
+                .zip(&self.covered)
+                .zip(&self.ahead_target)
+                .map(|((q, c), t)| t.saturating_sub(q.saturating_sub(*c)))
+                .sum();
+            let want = (self.credits + self.prefetch + room)
+                .saturating_sub(self.buffer.len() + self.requested);
+            if want == 0 || self.in_flight >= self.limits.max_in_flight {
+                break;
+            }
+            let n = want.min(self.limits.max_batch);
+            self.requested += n;
+            self.in_flight += 1;
+            Counters::add(&self.counters.fetch_calls, 1);
+            let epoch = self.epoch;
+            let mut fut = self.source.fetch(n);
+            match (&mut fut).now_or_never() {
+                // A source that answers at once (the in-memory one) costs no spawn.
+                Some(res) => self.fetched(n, epoch, res, ctx),
+                None => {
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        act.fetched(n, epoch, res, ctx);
+                        act.pump(ctx);
+                    }));
+                }
+            }
+            self.dispatch();
+        }
+        let ahead: usize = self
+            .queued
+            .iter()
+            .zip(&self.covered)
+            .map(|(q, c)| q.saturating_sub(*c))
+            .sum();
+        self.counters.buffered.store(
+            (self.buffer.len() + ahead) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(super) fn fetched(
+        &mut self,
+        n: usize,
+        epoch: u64,
+        res: Result<Fetched<T>, S::Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight -= 1;
+        self.requested -= n;
+        match res {
+            Ok(fetched) => {
+                self.fetch_failures = 0;
+                let got = fetched.tasks.len();
+                self.buffer.extend(fetched.tasks);
+                self.counters.set_queued(self.source.queued());
+                // Short, and nothing woke us while the fetch was in flight: the source is
+                // drained for now. Otherwise the loop in `pump` asks again.
+                if got < n && epoch == self.epoch && self.phase == Phase::Running {
+                    self.wait_on(fetched.wake_on, ctx);
+                }
+            }
+            Err(error) => {
+                Counters::add(&self.counters.fetch_errors, 1);
+                // Fetches in flight together fail together: one backoff round, not one per
+                // fetch, or N concurrent fetches would push the delay N steps at once.
+                if self.backing_off.is_some() {
+                    tracing::debug!(%error, "fetch failed during backoff");
+                } else {
+                    self.fetch_failures = self.fetch_failures.saturating_add(1);
+                    let delay = self.fetch_backoff.delay(self.fetch_failures);
+                    tracing::warn!(
+                        %error,
+                        failures = self.fetch_failures,
+                        ?delay,
+                        "fetch failed; backing off"
+                    );
+                    if self.phase == Phase::Running {
+                        self.backing_off = Some(ctx.run_later(delay, |act, ctx| {
+                            act.backing_off = None;
+                            act.pump(ctx);
+                        }));
+                    }
+                }
+            }
+        }
+        if self.phase == Phase::Stopping && self.in_flight == 0 {
+            self.reply_stopped();
+        }
+    }
+
+    /// The source is empty for now: sleep until a submit, a notify, or what `wake_on` says.
+    pub(super) fn wait_on(&mut self, wake_on: WakeOn, ctx: &mut Context<Self>) {
+        self.cancel_wait(ctx);
+        let mut handles = Vec::new();
+        if let Some(at) = wake_on.at {
+            let delay = at.saturating_duration_since(tokio::time::Instant::now());
+            handles.push(ctx.run_later(delay, |act, ctx| act.wake(ctx)));
+        }
+        if let Some(signal) = wake_on.signal {
+            handles.push(ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(signal).map(|(), act, ctx| act.wake(ctx)),
+            ));
+        }
+        self.waiting = Some(handles);
+    }
+
+    pub(super) fn cancel_wait(&mut self, ctx: &mut Context<Self>) {
+        for h in self.waiting.take().into_iter().flatten() {
+            ctx.cancel_future(h);
+        }
+    }
+
+    /// Something may be new in the source.
+    pub(super) fn wake(&mut self, ctx: &mut Context<Self>) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.cancel_wait(ctx);
+        self.pump(ctx);
+    }
+
+    pub(super) fn reply_stopped(&mut self) {
+        if let Some(reply) = self.stop_reply.take() {
+            let _ = reply.send(self.buffer.drain(..).collect());
+        }
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(every) = self.source.heartbeat_interval() {
+            ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        }
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<Notify> for Fetcher<T, S> {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Notify, ctx: &mut Self::Context) {
+        self.wake(ctx);
+    }
+}
