@@ -39,6 +39,7 @@ pub struct GetStats;
 /// let tracked = Submit::new("resize dog.png").tracked();
 /// # let _ = (plain, tracked);
 /// ```
+#[must_use = "a submit does nothing until sent"]
 pub struct Submit<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
     pub(crate) track: bool,
@@ -87,6 +88,7 @@ impl<T: 'static> Message for Submit<T> {
 }
 
 /// Anyone → Fetcher: submit many tasks in one message, all or none.
+#[must_use = "a submit does nothing until sent"]
 pub struct SubmitBatch<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
     pub(crate) track: bool,

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 /// # let _ = (urgent, later);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "options do nothing until given to a submit"]
 pub struct TaskOptions {
     pub(crate) priority: i32,
     pub(crate) run_at: Option<Instant>,
