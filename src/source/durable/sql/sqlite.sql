@@ -1,33 +1,36 @@
--- The statements of SqliteSource, one per `-- name:` section. {table} is the quoted table name.
--- Times are microseconds since the Unix epoch, computed by the caller (one machine, one clock).
+-- The statements of the SQLite dialect, one per `-- name:` section. {table} is the quoted table
+-- name, {migrations} the quoted name of its migrations table. Times are microseconds since the
+-- Unix epoch, computed by the caller (one machine, one clock): the argument "now" is always the
+-- last one. Lists (ids, acks, new tasks) are JSON texts, read with json_each.
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
 -- name: enqueue
--- ?1: a JSON array of [payload_json, priority, run_at, max_attempts, timeout_ms]; ?2: now.
+-- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms]; ?2: now.
 INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
+SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2
 FROM json_each(?1)
 ORDER BY key
 RETURNING id;
 
 -- name: fetch
 -- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
--- ?1: now; ?2: owner; ?3: lease expiry; ?4: how many.
+-- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now.
 UPDATE {table}
-SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?3
+SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3
 WHERE id IN (
     SELECT id FROM {table}
-    WHERE state = 'queued' AND run_at <= ?1
+    WHERE state = 'queued' AND run_at <= ?4
     ORDER BY priority DESC, run_at, id
-    LIMIT ?4
+    LIMIT ?1
 )
 RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at;
 
 -- name: next_due
-SELECT min(run_at) FROM {table} WHERE state = 'queued';
+-- Microseconds from now (?1) to the earliest queued task (negative: overdue).
+SELECT min(run_at) - ?1 FROM {table} WHERE state = 'queued';
 
 -- name: ack
--- ?1: a JSON array of [id, attempt, kind, after_us, error]; ?2: now; ?3: owner.
+-- ?1: a JSON array of [id, attempt, kind, after_us, error]; ?2: owner; ?3: now.
 -- An ack counts only for the lease it answers (same owner, same attempt, still running): an
 -- ack that comes after the lease expired and another worker took the task changes nothing.
 WITH a (id, attempt, kind, after_us, error) AS (
@@ -37,19 +40,19 @@ UPDATE {table} AS t
 SET state = CASE a.kind
         WHEN 0 THEN 'completed' WHEN 1 THEN 'queued' WHEN 2 THEN 'queued'
         WHEN 3 THEN 'dead' ELSE 'cancelled' END,
-    run_at = CASE WHEN a.kind IN (1, 2) THEN ?2 + a.after_us ELSE t.run_at END,
+    run_at = CASE WHEN a.kind IN (1, 2) THEN ?3 + a.after_us ELSE t.run_at END,
     attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
-    finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN ?2 END,
+    finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN ?3 END,
     last_error = coalesce(a.error, t.last_error),
     lease_owner = NULL,
     lease_until = NULL
 FROM a
-WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = ?3;
+WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = ?2;
 
 -- name: extend
--- ?1: new lease expiry; ?2: a JSON array of ids; ?3: owner.
-UPDATE {table} SET lease_until = ?1
-WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 AND state = 'running';
+-- ?1: a JSON array of ids; ?2: owner; ?3: lease (µs); ?4: now.
+UPDATE {table} SET lease_until = ?4 + ?3
+WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running';
 
 -- name: reclaim
 -- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
@@ -66,10 +69,10 @@ WHERE id IN (
 RETURNING state;
 
 -- name: prune
--- ?1: finished before this; ?2: at most this many.
+-- ?1: retention (µs); ?2: at most this many; ?3: now.
 DELETE FROM {table} WHERE id IN (
     SELECT id FROM {table}
-    WHERE state IN ('completed', 'cancelled') AND finished_at < ?1
+    WHERE state IN ('completed', 'cancelled') AND finished_at < ?3 - ?1
     LIMIT ?2
 );
 
@@ -80,12 +83,17 @@ SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = N
 WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running';
 
 -- name: bury
--- A row whose payload does not decode. ?1: id; ?2: error; ?3: now; ?4: owner.
+-- A row whose payload does not decode. ?1: id; ?2: error; ?3: owner; ?4: now.
 UPDATE {table}
-SET state = 'dead', finished_at = ?3, last_error = ?2, lease_owner = NULL, lease_until = NULL
-WHERE id = ?1 AND lease_owner = ?4 AND state = 'running';
+SET state = 'dead', finished_at = ?4, last_error = ?2, lease_owner = NULL, lease_until = NULL
+WHERE id = ?1 AND lease_owner = ?3 AND state = 'running';
+
+-- name: notify
+-- SQLite has no notifications (the dialect wakes its own poller); never run.
+SELECT 1;
 
 -- name: cancel
+-- ?1: id; ?2: now.
 UPDATE {table} SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued';
 
 -- name: dead_list
@@ -105,3 +113,23 @@ DELETE FROM {table} WHERE state = 'dead' AND id IN (SELECT value FROM json_each(
 
 -- name: dead_purge_all
 DELETE FROM {table} WHERE state = 'dead';
+
+-- name: migrate_begin
+-- One writer from here on: two processes starting together do not both migrate.
+BEGIN IMMEDIATE
+
+-- name: migrate_lock
+-- BEGIN IMMEDIATE took the lock.
+SELECT 1;
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL
+);
+
+-- name: migrations_applied
+SELECT version FROM {migrations};
+
+-- name: migration_record
+-- ?1: version; ?2: description; ?3: now.
+INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3);

@@ -1,6 +1,7 @@
--- The statements of PgSource, one per `-- name:` section. {table} is the schema-qualified table,
--- {channel} the LISTEN/NOTIFY channel. Times come from the server's clock (now()), so workers
--- on several machines agree; durations are bound as microseconds.
+-- The statements of the PostgreSQL dialect, one per `-- name:` section. {table} is the
+-- schema-qualified table, {channel} the LISTEN/NOTIFY channel. Times come from the server's clock
+-- (now()), so workers on several machines agree; durations are bound as microseconds. Lists
+-- are arrays; integers come back as bigint.
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
 -- name: enqueue
@@ -32,7 +33,8 @@ UPDATE {table} AS t
 SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,
     lease_until = now() + $3 * interval '1 microsecond'
 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING t.id, t.attempt, t.max_attempts, t.priority, t.timeout_ms, t.payload::text,
+RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
+          t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
           (extract(epoch FROM t.run_at) * 1000000)::bigint;
 
@@ -112,7 +114,7 @@ SELECT pg_notify('{channel}', '');
 UPDATE {table} SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'queued';
 
 -- name: dead_list
-SELECT id, attempt, coalesce(last_error, ''),
+SELECT id, attempt::bigint, coalesce(last_error, ''),
        (extract(epoch FROM coalesce(finished_at, now())) * 1000000)::bigint
 FROM {table} WHERE state = 'dead'
 ORDER BY finished_at DESC, id DESC
@@ -129,3 +131,25 @@ DELETE FROM {table} WHERE state = 'dead' AND id = ANY($1);
 
 -- name: dead_purge_all
 DELETE FROM {table} WHERE state = 'dead';
+
+-- name: migrate_begin
+BEGIN
+
+-- name: migrate_lock
+-- Pollers starting together apply the migrations once: the first holds this lock until it
+-- commits. {create_schema} creates the configured schema, if any.
+SELECT pg_advisory_xact_lock(hashtext('actix-poller:{table}'));
+{create_schema}
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+SELECT version FROM {migrations};
+
+-- name: migration_record
+-- $1: version; $2: description.
+INSERT INTO {migrations} (version, description) VALUES ($1, $2);

@@ -1,0 +1,365 @@
+//! The PostgreSQL dialect: the server's clock, lists bound as arrays, `FOR UPDATE SKIP LOCKED`,
+//! wake-ups by `LISTEN`/`NOTIFY`, bookkeeping optionally with asynchronous commit.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{
+    PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgQueryResult, Postgres,
+};
+use sqlx::Arguments;
+
+use super::common::{self, Migration, Signal};
+use super::config::DurableConfig;
+use super::dialect::{Args, Dialect, List, Names};
+use super::error::DurableError;
+use super::queue::DurableQueue;
+use super::source::DurableSource;
+
+/// The PostgreSQL store (feature `postgres`): see [`crate::source::postgres`].
+#[derive(Debug, Clone, Copy)]
+pub struct PgDialect;
+
+impl super::sealed::Sealed for PgDialect {}
+
+/// What can go wrong with a [`PgSource`]: [`DurableError`] for PostgreSQL (it is never
+/// [`Open`](DurableError::Open)).
+pub type PgError = DurableError<PgDialect>;
+
+/// How to open a [`PgSource`]: the URL, the schema and table, leases, polling, retention.
+/// Start one with [`PgConfig::new`]; the setters every durable source has are
+/// [`DurableConfig`]'s, PostgreSQL's own are [`schema`](PgConfig::schema),
+/// [`connect_timeout`](PgConfig::connect_timeout),
+/// [`application_name`](PgConfig::application_name) and
+/// [`async_commit`](PgConfig::async_commit).
+pub type PgConfig = DurableConfig<PgDialect>;
+
+impl DurableConfig<PgDialect> {
+    /// The database at `url` (`postgres://user:password@host:port/database`), with the
+    /// defaults: no schema (the connection's `search_path`), table
+    /// [`DEFAULT_TABLE`](super::DEFAULT_TABLE), 30 s leases, a 5 s fallback poll with 20 %
+    /// jitter, completed tasks kept 24 h, migrations on, fetches of at most 1 000 tasks, 8
+    /// pooled connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        DurableConfig::with_store(PgOptions {
+            url: url.into(),
+            schema: None,
+            connect_timeout: Duration::from_secs(10),
+            application_name: "actix-poller".to_owned(),
+            async_commit: true,
+        })
+    }
+
+    /// The schema of the table (created by the migrations if missing): a plain identifier.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.store.schema = Some(schema.into());
+        self
+    }
+
+    /// How long to wait for a connection (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.store.connect_timeout = timeout;
+        self
+    }
+
+    /// The `application_name` of the source's connections (default `actix-poller`), as
+    /// `pg_stat_activity` shows it.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.store.application_name = name.into();
+        self
+    }
+
+    /// Whether the poller's own bookkeeping (fetches, acks, lease extensions, releases) commits
+    /// with `synchronous_commit = off` (default `true`), through a second pool of the same size.
+    ///
+    /// It saves a WAL flush per statement on the hot path (lower latency, more tasks per
+    /// second) and stays within "at least once": if the *server* crashes, the last fraction of a
+    /// second of those commits may be lost, so a lease is forgotten (the task runs again) or an
+    /// ack is (its lease expires and the task runs again). Enqueues are never affected: they
+    /// commit as the caller's connection says.
+    pub fn async_commit(mut self, on: bool) -> Self {
+        self.store.async_commit = on;
+        self
+    }
+}
+
+/// The options of `config`'s connections, or why its URL is malformed.
+fn connect_options(
+    config: &DurableConfig<PgDialect>,
+) -> Result<PgConnectOptions, DurableError<PgDialect>> {
+    Ok(PgConnectOptions::from_str(&config.store.url)
+        .map_err(|e| DurableError::Config(format!("malformed PostgreSQL URL: {e}")))?
+        .application_name(&config.store.application_name))
+}
+
+/// PostgreSQL's own settings.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    url: String,
+    schema: Option<String>,
+    connect_timeout: Duration,
+    application_name: String,
+    async_commit: bool,
+}
+
+impl Dialect for PgDialect {
+    type Db = Postgres;
+    type Options = PgOptions;
+    type File = std::convert::Infallible;
+    type Server = String;
+
+    const NAME: &'static str = "PostgreSQL";
+    const QUERIES: &'static str = include_str!("sql/postgres.sql");
+    const MIGRATIONS: &'static [Migration] = &[
+        (
+            1,
+            "create the task table and its notify trigger",
+            include_str!("../../../migrations/postgres/0001_create_tasks.sql"),
+        ),
+        (
+            2,
+            "index leases by lease_until, not by state",
+            include_str!("../../../migrations/postgres/0002_lease_index.sql"),
+        ),
+    ];
+    const PRUNE_BATCH: i64 = 10_000;
+    const POLL_INTERVAL: Duration = Duration::from_secs(5);
+    const POOL_SIZE: u32 = 8;
+    const NOTIFIES: bool = true;
+
+    fn names(config: &DurableConfig<Self>) -> Result<Names, DurableError<Self>> {
+        let schema = config.store.schema.as_ref();
+        for (what, name) in [("table", Some(&config.table)), ("schema", schema)] {
+            if let Some(name) = name {
+                if !common::valid_identifier(name) {
+                    return Err(DurableError::Config(format!(
+                        "{what} name {name:?} must be a plain identifier (letters, digits, _; \
+                         at most 48 bytes)"
+                    )));
+                }
+            }
+        }
+        let prefix = schema.map_or(String::new(), |s| format!("\"{s}\"."));
+        let name = &config.table;
+        let table = format!("{prefix}\"{name}\"");
+        let channel = schema.map_or_else(|| name.clone(), |s| format!("{s}.{name}"));
+        let create_schema = schema.map_or(String::new(), |s| {
+            format!("CREATE SCHEMA IF NOT EXISTS \"{s}\";")
+        });
+        Ok(Names {
+            table: table.clone(),
+            vars: vec![
+                ("prefix", prefix.clone()),
+                ("table", table),
+                ("name", name.clone()),
+                ("function", format!("{prefix}\"{name}_notify\"")),
+                ("migrations", format!("{prefix}\"{name}_migrations\"")),
+                ("channel", channel),
+                ("create_schema", create_schema),
+            ],
+        })
+    }
+
+    fn connect(config: &DurableConfig<Self>) -> BoxFuture<'_, Result<PgPool, DurableError<Self>>> {
+        async move {
+            let options = connect_options(config)?;
+            let target = format!(
+                "{}:{} (database {})",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("<default>")
+            );
+            PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(config.store.connect_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|source| DurableError::Connect { target, source })
+        }
+        .boxed()
+    }
+
+    fn bookkeeping_pool(pool: &PgPool, config: &DurableConfig<Self>) -> PgPool {
+        if !config.store.async_commit {
+            return pool.clone();
+        }
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.store.connect_timeout)
+            .connect_lazy_with(options)
+    }
+
+    fn listen<'a>(
+        pool: &'a PgPool,
+        names: &'a Names,
+        signal: Arc<Signal>,
+    ) -> BoxFuture<'a, Result<Option<tokio::task::JoinHandle<()>>, DurableError<Self>>> {
+        async move {
+            let channel = names
+                .vars
+                .iter()
+                .find(|(k, _)| *k == "channel")
+                .map_or("", |(_, v)| v.as_str());
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(channel).await?;
+            Ok(Some(tokio::spawn(listen(listener, signal))))
+        }
+        .boxed()
+    }
+
+    fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
+        match list {
+            List::Ids(ids) => out.add(ids),
+            List::Acks(acks) => {
+                let (ids, attempts, kinds, after, errors) = columns(acks);
+                out.add(ids)?;
+                out.add(attempts)?;
+                out.add(kinds)?;
+                out.add(after)?;
+                out.add(errors)
+            }
+            List::Tasks(tasks) => {
+                let (payloads, priorities, delays, attempts, timeouts) = columns(tasks);
+                out.add(payloads)?;
+                out.add(priorities)?;
+                out.add(delays)?;
+                out.add(attempts)?;
+                out.add(timeouts)
+            }
+        }
+    }
+
+    /// The statements read the server's clock (`now()`): nothing to bind.
+    fn bind_now(_: &mut Args<'_, Self>) -> Result<(), BoxDynError> {
+        Ok(())
+    }
+
+    fn affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Five columns.
+type Columns<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
+
+/// Rows of five as five columns: PostgreSQL takes a batch as one array per column.
+fn columns<A, B, C, D, E>(rows: Vec<(A, B, C, D, E)>) -> Columns<A, B, C, D, E> {
+    let mut out = (vec![], vec![], vec![], vec![], vec![]);
+    for (a, b, c, d, e) in rows {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+        out.3.push(d);
+        out.4.push(e);
+    }
+    out
+}
+
+/// The `LISTEN` loop: every notification (and every reconnection, when notifications may have
+/// been missed) bumps the signal the fetches wait on.
+async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
+    let mut failures: u32 = 0;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(_)) => {
+                failures = 0;
+                common::bump(&signal);
+            }
+            Ok(None) => {
+                tracing::warn!("the LISTEN connection was lost; reconnected");
+                common::bump(&signal);
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay =
+                    crate::task::Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+                        .delay(failures);
+                tracing::warn!(%error, ?delay, "the LISTEN connection failed; retrying");
+                common::bump(&signal);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// A durable task source in PostgreSQL. See the [module docs](crate::source::postgres). Open one with
+/// [`PgSource::connect`].
+pub type PgSource<T> = DurableSource<T, PgDialect>;
+
+/// Enqueues into a [`PgSource`]'s table from anywhere (cheap to clone, `Send + Sync`), alone or
+/// inside the caller's transaction. Every poller on the table is notified on commit. Get one
+/// from [`PgSource::queue`], or build one with [`PgQueue::new`].
+pub type PgQueue<T> = DurableQueue<T, PgDialect>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::durable::source::tests::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::Sql;
+
+    fn names(config: DurableConfig<PgDialect>) -> Result<Names, DurableError<PgDialect>> {
+        PgDialect::names(&config)
+    }
+
+    #[test]
+    fn every_statement_is_in_the_file() {
+        let names = names(
+            DurableConfig::<PgDialect>::new("postgres://x")
+                .schema("s")
+                .table("t"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names.table, "\"s\".\"t\"");
+        let sql = Sql::new::<PgDialect>(&names);
+        assert!(sql.fetch.contains("SKIP LOCKED"));
+        assert!(sql.notify.contains("'s.t'"));
+        assert!(sql
+            .migrate_lock
+            .contains("CREATE SCHEMA IF NOT EXISTS \"s\""));
+        assert!(!sql.dead_purge_all.contains('{'));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(names(DurableConfig::<PgDialect>::new("x").schema("a b")).is_err());
+        assert!(names(DurableConfig::<PgDialect>::new("x").table("t\"")).is_err());
+        assert!(names(
+            DurableConfig::<PgDialect>::new("x")
+                .schema("ok")
+                .table("ok_2")
+        )
+        .is_ok());
+    }
+
+    /// A notification racing an empty fetch still wakes the poller.
+    #[actix_rt::test]
+    async fn a_notification_racing_an_empty_fetch_is_not_lost() {
+        let url = std::env::var("ACTIX_POLLER_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "set ACTIX_POLLER_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run \
+                 the PostgreSQL tests"
+            )
+        });
+        let schema = format!("ap_unit_{:x}", fastrand::u64(..));
+        let config = PgConfig::new(url)
+            .schema(&schema)
+            .poll_interval(Duration::from_secs(600));
+        let source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
+        let settle = Duration::from_millis(200);
+        a_wake_up_racing_an_empty_fetch_is_not_lost(source, other, settle).await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+}
