@@ -32,7 +32,7 @@
 //!   ([`Disposition`](crate::Disposition)), and the source stores it.
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod durable;
+pub mod durable;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
