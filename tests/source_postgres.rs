@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use actix_poller::source::postgres::{PgConfig, PgError, PgSource};
 use actix_poller::source::NewTask;
+use actix_poller::TaskId;
 use actix_poller::{FinalState, Poller};
-use conformance::{bounded, Harness, Job};
+use conformance::{bounded, Harness, Job, Row};
 use futures::future::LocalBoxFuture;
 use pg::{config, drop_schema, fresh_schema, pg_url};
 
@@ -55,6 +56,23 @@ impl Harness for Postgres {
             .execute(&pool)
             .await
             .unwrap_or_else(|e| panic!("raw insert: {e}"));
+        })
+    }
+
+    fn row(&self, store: &String, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let schema = store.clone();
+        Box::pin(async move {
+            let pool = pg::pool().await;
+            let row = sqlx::query_as::<_, (String, i32, Option<String>)>(&format!(
+                "SELECT state, attempt, last_error FROM \"{schema}\".actix_poller_tasks \
+                 WHERE id = $1"
+            ))
+            .bind(id.0 as i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("row {id:?}: {e}"));
+            pool.close().await;
+            (row.0, row.1.into(), row.2)
         })
     }
 

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_poller::source::sqlite::{SqliteConfig, SqliteError, SqliteSource};
-use conformance::{Harness, Job};
+use actix_poller::TaskId;
+use conformance::{Harness, Job, Row};
 use futures::future::LocalBoxFuture;
 
 /// A fresh database file per test, removed when the property passed.
@@ -63,6 +64,22 @@ impl Harness for Sqlite {
             .execute(s.pool())
             .await
             .unwrap_or_else(|e| panic!("raw insert: {e}"));
+        })
+    }
+
+    fn row(&self, store: &PathBuf, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let path = store.clone();
+        Box::pin(async move {
+            let s = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            sqlx::query_as(
+                "SELECT state, attempt, last_error FROM actix_poller_tasks WHERE id = ?1",
+            )
+            .bind(id.0 as i64)
+            .fetch_one(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("row {id:?}: {e}"))
         })
     }
 

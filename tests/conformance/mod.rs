@@ -46,12 +46,21 @@ pub trait Harness: 'static {
         Box::pin(async {})
     }
 
+    /// The stored row of task `id`: state, attempt, last error (durable sources only).
+    fn row(&self, store: &Self::Store, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let _ = (store, id);
+        Box::pin(async { panic!("only durable sources have rows") })
+    }
+
     /// Drops the store (called at the end of a property that passed).
     fn cleanup(&self, store: &Self::Store) -> LocalBoxFuture<'static, ()> {
         let _ = store;
         Box::pin(async {})
     }
 }
+
+/// A stored task: state, attempt, last error.
+pub type Row = (String, i64, Option<String>);
 
 /// The default lease of the suite: long enough never to expire by accident.
 pub const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -796,6 +805,46 @@ pub async fn tasks_outlive_their_poller<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// An ack the store would refuse (an error text with NUL or too long, a retry `Duration::MAX`
+/// away) is stored bounded, and does not hold up the acks batched with it (issue 12.4).
+pub async fn bad_acks_are_stored_bounded<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let three = (1..=3).map(|n| with(n, TaskOptions::new(), 3)).collect();
+    let ids = enqueue(&mut s, three).await;
+    let mut got = fetch(&mut s, 3).await;
+    got.sort_by_key(|t| t.id);
+    let long = format!("bad\0{}", "é".repeat(100_000));
+    let acks = vec![
+        ack_of(&got[0], Disposition::Completed),
+        ack_of(
+            &got[1],
+            Disposition::Retry {
+                after: Duration::MAX,
+                error: "later".into(),
+            },
+        ),
+        ack_of(&got[2], Disposition::Dead { error: long }),
+    ];
+    ack(&mut s, acks).await;
+    assert_eq!(h.row(&store, ids[0]).await.0, "completed");
+    assert_eq!(h.row(&store, ids[1]).await.0, "queued");
+    assert!(
+        fetch(&mut s, 3).await.is_empty(),
+        "the retry is far in the future"
+    );
+    let (state, _, error) = h.row(&store, ids[2]).await;
+    assert_eq!(state, "dead");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.starts_with("badé"),
+        "NUL stripped: {:?}",
+        &error[..10]
+    );
+    assert!(error.len() <= 8 * 1024, "bounded: {} bytes", error.len());
+    h.cleanup(&store).await;
+}
+
 /// Generates one `#[actix_rt::test]` per property every source has.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -837,6 +886,7 @@ macro_rules! durable_conformance_tests {
             leases_are_kept_until_the_ack_lands,
             undecodable_payloads_go_dead,
             tasks_outlive_their_poller,
+            bad_acks_are_stored_bounded,
         );
     };
 }

@@ -128,9 +128,41 @@ pub(crate) fn system_time(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
-/// How long from now until `run_at` (zero when due or absent), in microseconds.
+/// The longest delay stored: 100 years. A longer one (`Duration::MAX`) is this far future, so
+/// `now + delay` never overflows the store's time type.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A delay as stored: µs, at most [`FAR_FUTURE`].
+pub(crate) fn delay(d: Duration) -> i64 {
+    micros(d.min(FAR_FUTURE))
+}
+
+/// How long from now until `run_at` (zero when due or absent), in microseconds, at most
+/// [`FAR_FUTURE`].
 pub(crate) fn delay_us(run_at: Option<Instant>) -> i64 {
-    run_at.map_or(0, |at| micros(at.saturating_duration_since(Instant::now())))
+    run_at.map_or(0, |at| delay(at.saturating_duration_since(Instant::now())))
+}
+
+/// The longest error text stored, in bytes.
+pub(crate) const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// An error text as stored: without NUL characters (PostgreSQL's text refuses them) and at most
+/// [`MAX_ERROR_BYTES`] (cut at a character boundary, marked with `…`).
+pub(crate) fn stored_text(text: String) -> String {
+    let mut text = if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    };
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// A per-attempt timeout as stored (milliseconds; `None`: the poller's default).
@@ -153,7 +185,8 @@ pub(crate) fn new_owner() -> i64 {
 /// One ack as the batch statement takes it: id, attempt, kind, delay (µs), error.
 pub(crate) type AckRow = (i64, i32, i16, i64, Option<String>);
 
-/// Flattens a batch of acks into rows (see the `ack` statements for the kinds).
+/// Flattens a batch of acks into rows (see the `ack` statements for the kinds), with error texts
+/// and delays bounded as stored.
 pub(crate) fn ack_rows(acks: Vec<Ack>) -> Vec<AckRow> {
     acks.into_iter()
         .map(|ack| {
@@ -161,9 +194,11 @@ pub(crate) fn ack_rows(acks: Vec<Ack>) -> Vec<AckRow> {
             let attempt = ack.attempt.min(i32::MAX as u32) as i32;
             match ack.disposition {
                 Disposition::Completed => (id, attempt, 0, 0, None),
-                Disposition::Retry { after, error } => (id, attempt, 1, micros(after), Some(error)),
-                Disposition::Snooze { after } => (id, attempt, 2, micros(after), None),
-                Disposition::Dead { error } => (id, attempt, 3, 0, Some(error)),
+                Disposition::Retry { after, error } => {
+                    (id, attempt, 1, delay(after), Some(stored_text(error)))
+                }
+                Disposition::Snooze { after } => (id, attempt, 2, delay(after), None),
+                Disposition::Dead { error } => (id, attempt, 3, 0, Some(stored_text(error))),
                 Disposition::Cancelled => (id, attempt, 4, 0, None),
                 // Interrupted by a shutdown: due again now, and the attempt does not count
                 // (what a snooze of no time records).
@@ -312,8 +347,13 @@ pub(crate) fn bump(signal: &Signal) {
 }
 
 /// Retries a database operation a few times with a short backoff (a dropped connection is
-/// replaced by the pool); the last error is returned.
-pub(crate) async fn with_retries<R, E, F, Fut>(tries: u32, mut op: F) -> Result<R, E>
+/// replaced by the pool), unless the error is `permanent` (retrying cannot help); the last error
+/// is returned.
+pub(crate) async fn with_retries<R, E, F, Fut>(
+    tries: u32,
+    permanent: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<R, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<R, E>>,
@@ -324,7 +364,7 @@ where
     loop {
         match op().await {
             Ok(r) => return Ok(r),
-            Err(e) if n < tries => {
+            Err(e) if n < tries && !permanent(&e) => {
                 tracing::debug!(error = %e, attempt = n, "database write failed; retrying");
                 tokio::time::sleep(jittered(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -352,6 +392,15 @@ mod tests {
         assert_eq!(leases.ids(), vec![1], "the new lease on 1 is kept");
         leases.forget([1]);
         assert_eq!(leases.len(), 0);
+    }
+
+    #[test]
+    fn stored_texts_are_bounded_and_without_nul() {
+        assert_eq!(stored_text("a\0b".into()), "ab");
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let cut = stored_text(long);
+        assert!(cut.len() <= MAX_ERROR_BYTES && cut.ends_with('…'));
+        assert_eq!(delay(Duration::MAX), micros(FAR_FUTURE));
     }
 
     #[test]

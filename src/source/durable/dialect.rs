@@ -136,6 +136,10 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
     /// The time cannot be encoded.
     fn bind_now(out: &mut Args<'_, Self>) -> Result<(), BoxDynError>;
 
+    /// Whether `error` is about the data a statement was given (a value the store refuses):
+    /// retrying it cannot help, splitting the batch can.
+    fn is_data_error(error: &sqlx::Error) -> bool;
+
     /// How many rows a statement changed.
     fn affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 }

@@ -240,6 +240,18 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
+    /// SQLSTATE class 22 (data exception: a NUL in a text, a time out of range) or 54 (a
+    /// program limit exceeded), or a value that does not encode.
+    fn is_data_error(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
+    }
+
     fn affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
     }

@@ -77,6 +77,56 @@ async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::
     D::ints(&mut *conn, sql, args).await
 }
 
+/// Records a batch of acks, retrying what may pass on a second try (a dropped connection). A
+/// batch the store refuses for its data (a value out of range, say) is split in halves until
+/// the one ack it refuses is alone: that one is left out (its lease expires and the task runs
+/// again), so one bad ack costs one task, not every later ack. Returns the ids left out.
+///
+/// # Errors
+///
+/// The first error retrying cannot help that is not about the data (the database is gone):
+/// the whole batch is then to be retried later (acks already recorded match no lease then,
+/// and change nothing).
+async fn record_acks<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &str,
+    owner: i64,
+    rows: Vec<common::AckRow>,
+) -> sqlx::Result<Vec<i64>> {
+    let mut unstorable = Vec::new();
+    let mut batches = vec![rows];
+    while let Some(mut batch) = batches.pop() {
+        let stored = common::with_retries(5, D::is_data_error, || {
+            let args = vec![
+                Arg::List(List::Acks(batch.clone())),
+                Arg::Int(owner),
+                Arg::Now,
+            ];
+            count::<D>(pool, sql, args)
+        })
+        .await;
+        match stored {
+            Ok(_) => {}
+            Err(e) if D::is_data_error(&e) && batch.len() > 1 => {
+                let second = batch.split_off(batch.len() / 2);
+                batches.push(second);
+                batches.push(batch);
+            }
+            Err(e) if D::is_data_error(&e) => {
+                let id = batch.first().map_or(0, |row| row.0);
+                tracing::error!(
+                    task = id,
+                    error = %e,
+                    "the store refuses this ack; the task's lease will expire and it runs again"
+                );
+                unstorable.push(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(unstorable)
+}
+
 /// Tells the pollers that tasks are due: the store's notification, or this process's signal.
 async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> sqlx::Result<()> {
     if D::NOTIFIES {
@@ -215,6 +265,7 @@ where
             let buried = !bad.is_empty();
             for (id, error) in bad {
                 tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
+                let error = common::stored_text(error);
                 let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
                 if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
                     // Its lease expires and it is tried again later.
@@ -255,19 +306,14 @@ where
         let owner = self.owner;
         let rows = common::ack_rows(acks);
         async move {
-            common::with_retries(5, || {
-                let args = vec![
-                    Arg::List(List::Acks(rows.clone())),
-                    Arg::Int(owner),
-                    Arg::Now,
-                ];
-                count::<D>(&pool, &sql.ack, args)
-            })
-            .await?;
+            let unstorable = record_acks::<D>(&pool, &sql.ack, owner, rows).await?;
             // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
             // keeps extending these leases, so no other poller takes the tasks back and runs
-            // them again.
-            leased.borrow_mut().forget_stamped(acked);
+            // them again. An ack the store refuses leaves its lease to expire: the task runs
+            // again (at least once), and the rest of the batch is not held up by it.
+            let mut leased = leased.borrow_mut();
+            leased.forget_stamped(acked);
+            leased.forget(unstorable);
             Ok(())
         }
         .boxed_local()
@@ -430,7 +476,7 @@ where
         let owner = self.owner;
         async move {
             if !ids.is_empty() {
-                let released = common::with_retries(3, || {
+                let released = common::with_retries(3, D::is_data_error, || {
                     let args = vec![Arg::List(List::Ids(ids.clone())), Arg::Int(owner)];
                     count::<D>(&pool, &sql.release, args)
                 })

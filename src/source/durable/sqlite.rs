@@ -148,6 +148,19 @@ impl Dialect for SqliteDialect {
         out.add(common::now_us())
     }
 
+    /// `SQLITE_TOOBIG`, `SQLITE_CONSTRAINT`, `SQLITE_MISMATCH` or `SQLITE_RANGE` (with their
+    /// extended codes), or a value that does not encode.
+    fn is_data_error(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25)),
+            _ => false,
+        }
+    }
+
     fn affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
