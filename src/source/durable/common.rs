@@ -182,79 +182,108 @@ pub(crate) fn new_owner() -> i64 {
     (fastrand::i64(1..i64::MAX)).max(1)
 }
 
-/// One ack as the batch statement takes it: id, attempt, kind, delay (µs), error.
-pub(crate) type AckRow = (i64, i32, i16, i64, Option<String>);
+/// One ack as the batch statement takes it: id, attempt, kind, delay (µs), error, and the lease
+/// it answers.
+pub(crate) type AckRow = (i64, i32, i16, i64, Option<String>, i64);
 
 /// Flattens a batch of acks into rows (see the `ack` statements for the kinds), with error texts
 /// and delays bounded as stored.
-pub(crate) fn ack_rows(acks: Vec<Ack>) -> Vec<AckRow> {
+pub(crate) fn ack_rows(acks: Vec<Ack>, leases: Vec<i64>) -> Vec<AckRow> {
     acks.into_iter()
-        .map(|ack| {
+        .zip(leases)
+        .map(|(ack, lease)| {
             let id = ack.id.0 as i64;
             let attempt = ack.attempt.min(i32::MAX as u32) as i32;
-            match ack.disposition {
-                Disposition::Completed => (id, attempt, 0, 0, None),
-                Disposition::Retry { after, error } => {
-                    (id, attempt, 1, delay(after), Some(stored_text(error)))
-                }
-                Disposition::Snooze { after } => (id, attempt, 2, delay(after), None),
-                Disposition::Dead { error } => (id, attempt, 3, 0, Some(stored_text(error))),
-                Disposition::Cancelled => (id, attempt, 4, 0, None),
+            let (kind, after, error) = match ack.disposition {
+                Disposition::Completed => (0, 0, None),
+                Disposition::Retry { after, error } => (1, delay(after), Some(stored_text(error))),
+                Disposition::Snooze { after } => (2, delay(after), None),
+                Disposition::Dead { error } => (3, 0, Some(stored_text(error))),
+                Disposition::Cancelled => (4, 0, None),
                 // Interrupted by a shutdown: due again now, and the attempt does not count
                 // (what a snooze of no time records).
-                Disposition::Release => (id, attempt, 2, 0, None),
+                Disposition::Release => (2, 0, None),
                 // A disposition added later is recorded as a retry after no delay: the task
                 // runs again rather than being lost.
                 #[allow(unreachable_patterns)]
-                _ => (id, attempt, 1, 0, None),
-            }
+                _ => (1, 0, None),
+            };
+            (id, attempt, kind, after, error, lease)
         })
         .collect()
 }
 
 /// The leases this poller holds and has not seen acknowledged or released: the heartbeat extends
-/// exactly these. Each lease taken is stamped, so an ack that lands after its task was fetched
+/// exactly these. Each lease is known by its sequence number, which the store raises on every
+/// fetch of a task (it never repeats for a task, unlike its attempt, which a snooze or a release
+/// gives back), and which an ack, an extension and a release must match.
+///
+/// Each lease taken is also stamped locally, so an ack that lands after its task was fetched
 /// again (a retry due at once, fetched while the ack's reply was on its way) forgets only the
 /// lease it answered, not the new one.
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
-    held: HashMap<i64, u64>,
+    /// Task → (local stamp, the store's lease sequence).
+    held: HashMap<i64, (u64, i64)>,
     stamped: u64,
+    /// Acks whose call failed, by (task, attempt) → the lease they answered. The call may have
+    /// been recorded (its reply lost) and the task leased again since; when the Fetcher sends
+    /// the ack again, it is matched with the lease it answered, not the new one, so a replayed
+    /// snooze cannot requeue the task's next run.
+    unanswered: HashMap<(i64, u32), i64>,
 }
 
 impl Leases {
-    /// A lease on `id` was taken (by a fetch).
-    pub(crate) fn hold(&mut self, id: i64) {
+    /// A lease on `id`, numbered `seq` by the store, was taken (by a fetch).
+    pub(crate) fn hold(&mut self, id: i64, seq: i64) {
         self.stamped += 1;
-        self.held.insert(id, self.stamped);
+        self.held.insert(id, (self.stamped, seq));
     }
 
     /// The leases held now on `ids`, to forget once an ack for them has landed.
     pub(crate) fn stamps(&self, ids: impl IntoIterator<Item = i64>) -> Vec<(i64, u64)> {
         ids.into_iter()
-            .filter_map(|id| self.held.get(&id).map(|&stamp| (id, stamp)))
+            .filter_map(|id| self.held.get(&id).map(|&(stamp, _)| (id, stamp)))
             .collect()
+    }
+
+    /// The lease each ack `(task, attempt)` answers: the one a failed call of the same ack
+    /// answered, else the one held now (0, which no lease has, if none).
+    pub(crate) fn answered(&mut self, acks: &[(i64, u32)]) -> Vec<i64> {
+        acks.iter()
+            .map(|key| match self.unanswered.remove(key) {
+                Some(seq) => seq,
+                None => self.held.get(&key.0).map_or(0, |&(_, seq)| seq),
+            })
+            .collect()
+    }
+
+    /// The call carrying these acks (`(task, attempt)`, the lease each answered) failed: it
+    /// may be sent again.
+    pub(crate) fn unanswered(&mut self, acks: Vec<((i64, u32), i64)>) {
+        self.unanswered.extend(acks);
     }
 
     /// Forgets the leases `stamps` names, unless a newer lease on the same task replaced one.
     pub(crate) fn forget_stamped(&mut self, stamps: Vec<(i64, u64)>) {
         for (id, stamp) in stamps {
-            if self.held.get(&id) == Some(&stamp) {
+            if self.held.get(&id).map(|held| held.0) == Some(stamp) {
                 self.held.remove(&id);
             }
         }
     }
 
-    /// Forgets the leases on `ids` (released): the heartbeat stops extending them.
-    pub(crate) fn forget(&mut self, ids: impl IntoIterator<Item = i64>) {
-        for id in ids {
-            self.held.remove(&id);
-        }
+    /// Forgets the leases on `ids` (released, or left to expire): the heartbeat stops
+    /// extending them. Returns them: task and lease sequence.
+    pub(crate) fn forget(&mut self, ids: impl IntoIterator<Item = i64>) -> Vec<(i64, i64)> {
+        ids.into_iter()
+            .filter_map(|id| self.held.remove(&id).map(|(_, seq)| (id, seq)))
+            .collect()
     }
 
-    /// The tasks leased, for the heartbeat to extend.
-    pub(crate) fn ids(&self) -> Vec<i64> {
-        self.held.keys().copied().collect()
+    /// The leases held, for the heartbeat to extend: task and lease sequence.
+    pub(crate) fn held(&self) -> Vec<(i64, i64)> {
+        self.held.iter().map(|(&id, &(_, seq))| (id, seq)).collect()
     }
 
     /// How many leases are held.
@@ -281,10 +310,10 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _) in rows {
+    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq) in rows {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
-                leased.hold(id);
+                leased.hold(id, seq);
                 let task = Task::new(TaskId(id as u64), payload)
                     .with_attempt(attempt.clamp(1, u32::MAX as i64) as u32)
                     .with_max_attempts(max_attempts.clamp(1, u32::MAX as i64) as u32)
@@ -379,19 +408,46 @@ where
 mod tests {
     use super::*;
 
-    /// An ack that lands after its task was leased again forgets the old lease only.
+    /// An ack that lands after its task was leased again forgets only the old lease.
     #[test]
     fn an_ack_forgets_only_the_lease_it_answered() {
         let mut leases = Leases::default();
-        leases.hold(1);
-        leases.hold(2);
+        leases.hold(1, 10);
+        leases.hold(2, 20);
         let acked = leases.stamps([1, 2, 3]);
         assert_eq!(acked.len(), 2, "no lease on 3");
-        leases.hold(1); // fetched again before the ack's reply was seen
+        leases.hold(1, 11); // fetched again before the ack's reply was seen
         leases.forget_stamped(acked);
-        assert_eq!(leases.ids(), vec![1], "the new lease on 1 is kept");
-        leases.forget([1]);
+        assert_eq!(leases.held(), vec![(1, 11)], "the new lease on 1 is kept");
+        assert_eq!(leases.forget([1]), vec![(1, 11)]);
         assert_eq!(leases.len(), 0);
+    }
+
+    /// An ack whose call failed (it may have been recorded, its reply lost) and that is sent
+    /// again after its task was leased again answers the old lease, not the new one.
+    #[test]
+    fn a_replayed_ack_answers_the_lease_it_was_for() {
+        let mut leases = Leases::default();
+        leases.hold(1, 10);
+        let first = leases.answered(&[(1, 1)]);
+        assert_eq!(first, vec![10]);
+        leases.unanswered(vec![((1, 1), 10)]); // the call failed
+        leases.hold(1, 11); // the snooze was recorded: fetched again, same attempt
+        assert_eq!(
+            leases.answered(&[(1, 1)]),
+            vec![10],
+            "the replay: the old lease"
+        );
+        assert_eq!(
+            leases.answered(&[(1, 1)]),
+            vec![11],
+            "the new run's own ack"
+        );
+        assert_eq!(
+            leases.answered(&[(2, 1)]),
+            vec![0],
+            "no lease: matches nothing"
+        );
     }
 
     #[test]

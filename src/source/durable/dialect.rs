@@ -41,6 +41,8 @@ pub enum Arg {
 pub enum List {
     /// Task ids.
     Ids(Vec<i64>),
+    /// Leases: task ids and their lease sequences.
+    Leases(Vec<(i64, i64)>),
     /// A batch of acks.
     Acks(Vec<AckRow>),
     /// A batch of new tasks.
@@ -145,8 +147,8 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
 }
 
 /// A fetched row: id, attempt, max attempts, priority, timeout (ms), payload (JSON),
-/// enqueued at and due at (µs since the epoch).
-pub(crate) type FetchedRow = (i64, i64, i64, i64, Option<i64>, String, i64, i64);
+/// enqueued at and due at (µs since the epoch), lease sequence.
+pub(crate) type FetchedRow = (i64, i64, i64, i64, Option<i64>, String, i64, i64, i64);
 
 /// A dead row: id, attempts, error, died at (µs since the epoch).
 pub(crate) type DeadRow = (i64, i64, String, i64);

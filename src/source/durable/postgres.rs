@@ -124,6 +124,11 @@ impl Dialect for PgDialect {
             "index leases by lease_until, not by state",
             include_str!("../../../migrations/postgres/0002_lease_index.sql"),
         ),
+        (
+            3,
+            "number leases: a sequence that only grows",
+            include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
+        ),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -216,13 +221,24 @@ impl Dialect for PgDialect {
     fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
         match list {
             List::Ids(ids) => out.add(ids),
+            List::Leases(leases) => {
+                let (ids, seqs): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
+                out.add(ids)?;
+                out.add(seqs)
+            }
             List::Acks(acks) => {
+                let seqs: Vec<i64> = acks.iter().map(|ack| ack.5).collect();
+                let acks = acks
+                    .into_iter()
+                    .map(|a| (a.0, a.1, a.2, a.3, a.4))
+                    .collect();
                 let (ids, attempts, kinds, after, errors) = columns(acks);
                 out.add(ids)?;
                 out.add(attempts)?;
                 out.add(kinds)?;
                 out.add(after)?;
-                out.add(errors)
+                out.add(errors)?;
+                out.add(seqs)
             }
             List::Tasks(tasks) => {
                 let (payloads, priorities, delays, attempts, timeouts) = columns(tasks);

@@ -301,19 +301,31 @@ where
             .leased
             .borrow()
             .stamps(acks.iter().map(|ack| ack.id.0 as i64));
+        let keys: Vec<(i64, u32)> = acks.iter().map(|a| (a.id.0 as i64, a.attempt)).collect();
+        let leases = self.leased.borrow_mut().answered(&keys);
         let pool = self.bookkeeping.clone();
         let sql = Arc::clone(&self.queue.sql);
         let owner = self.owner;
-        let rows = common::ack_rows(acks);
+        let rows = common::ack_rows(acks, leases.clone());
         async move {
-            let unstorable = record_acks::<D>(&pool, &sql.ack, owner, rows).await?;
+            let unstorable = match record_acks::<D>(&pool, &sql.ack, owner, rows).await {
+                Ok(unstorable) => unstorable,
+                Err(e) => {
+                    // Perhaps recorded, the reply lost: if these acks come again, they answer
+                    // the same leases, whatever this poller leased since.
+                    leased
+                        .borrow_mut()
+                        .unanswered(keys.into_iter().zip(leases).collect());
+                    return Err(e.into());
+                }
+            };
             // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
             // keeps extending these leases, so no other poller takes the tasks back and runs
             // them again. An ack the store refuses leaves its lease to expire: the task runs
             // again (at least once), and the rest of the batch is not held up by it.
             let mut leased = leased.borrow_mut();
             leased.forget_stamped(acked);
-            leased.forget(unstorable);
+            let _ = leased.forget(unstorable);
             Ok(())
         }
         .boxed_local()
@@ -430,12 +442,12 @@ where
         let owner = self.owner;
         let lease_us = common::micros(self.lease);
         let retention = self.retention;
-        let ids: Vec<i64> = self.leased.borrow().ids();
+        let held = self.leased.borrow().held();
         async move {
-            if !ids.is_empty() {
-                let asked = ids.len();
+            if !held.is_empty() {
+                let asked = held.len();
                 let args = vec![
-                    Arg::List(List::Ids(ids)),
+                    Arg::List(List::Leases(held)),
                     Arg::Int(owner),
                     Arg::Int(lease_us),
                     Arg::Now,
@@ -465,8 +477,8 @@ where
         &mut self,
         unstarted: Vec<Task<T>>,
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, DurableError<D>>> {
-        let ids: Vec<i64> = unstarted.iter().map(|t| t.id.0 as i64).collect();
-        self.leased.borrow_mut().forget(ids.iter().copied());
+        let ids = unstarted.iter().map(|t| t.id.0 as i64);
+        let leases = self.leased.borrow_mut().forget(ids);
         if let Some(listener) = self.listener.take() {
             listener.abort();
         }
@@ -475,9 +487,9 @@ where
         let signal = Arc::clone(&self.queue.signal);
         let owner = self.owner;
         async move {
-            if !ids.is_empty() {
+            if !leases.is_empty() {
                 let released = common::with_retries(3, D::is_data_error, || {
-                    let args = vec![Arg::List(List::Ids(ids.clone())), Arg::Int(owner)];
+                    let args = vec![Arg::List(List::Leases(leases.clone())), Arg::Int(owner)];
                     count::<D>(&pool, &sql.release, args)
                 })
                 .await?;

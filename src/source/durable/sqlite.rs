@@ -80,11 +80,18 @@ impl Dialect for SqliteDialect {
 
     const NAME: &'static str = "SQLite";
     const QUERIES: &'static str = include_str!("sql/sqlite.sql");
-    const MIGRATIONS: &'static [Migration] = &[(
-        1,
-        "create the task table",
-        include_str!("../../../migrations/sqlite/0001_create_tasks.sql"),
-    )];
+    const MIGRATIONS: &'static [Migration] = &[
+        (
+            1,
+            "create the task table",
+            include_str!("../../../migrations/sqlite/0001_create_tasks.sql"),
+        ),
+        (
+            2,
+            "number leases: a sequence that only grows",
+            include_str!("../../../migrations/sqlite/0002_lease_seq.sql"),
+        ),
+    ];
     const PRUNE_BATCH: i64 = 5_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(1);
     const POOL_SIZE: u32 = 4;
@@ -138,6 +145,7 @@ impl Dialect for SqliteDialect {
     fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
         let json = match list {
             List::Ids(ids) => serde_json::to_string(&ids)?,
+            List::Leases(leases) => serde_json::to_string(&leases)?,
             List::Acks(acks) => serde_json::to_string(&acks)?,
             List::Tasks(tasks) => serde_json::to_string(&tasks)?,
         };

@@ -30,13 +30,13 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {table} AS t
-SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,
+SET state = 'running', attempt = t.attempt + 1, lease_owner = $2, lease_seq = t.lease_seq + 1,
     lease_until = now() + $3 * interval '1 microsecond'
 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
@@ -45,7 +45,7 @@ FROM {table} WHERE state = 'queued';
 
 -- name: ack
 -- One statement per batch. An ack counts only for the lease it answers (same owner, same
--- attempt, still running). $6: owner. The arrays are read through `(SELECT $n)`: not knowing
+-- lease, still running). $6: lease sequences; $7: owner. The arrays are read through `(SELECT $n)`: not knowing
 -- their length, the planner looks each ack's row up by primary key (a nested loop from the
 -- acks), which is right for any batch and any table. Knowing it, it may scan the whole table
 -- for a large batch; and (with the old lease index, see migration 2) trusting statistics that
@@ -62,14 +62,16 @@ SET state = CASE a.kind
     lease_owner = NULL,
     lease_until = NULL
 FROM unnest((SELECT $1::bigint[]), (SELECT $2::int[]), (SELECT $3::smallint[]),
-            (SELECT $4::bigint[]), (SELECT $5::text[]))
-     AS a (id, attempt, kind, after_us, error)
-WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = $6;
+            (SELECT $4::bigint[]), (SELECT $5::text[]), (SELECT $6::bigint[]))
+     AS a (id, attempt, kind, after_us, error, seq)
+WHERE t.id = a.id AND t.lease_seq = a.seq AND t.attempt = a.attempt AND t.state = 'running'
+  AND t.lease_owner = $7;
 
 -- name: extend
--- $1: ids; $2: owner; $3: lease in microseconds.
-UPDATE {table} SET lease_until = now() + $3 * interval '1 microsecond'
-WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+-- $1: ids; $2: their lease sequences; $3: owner; $4: lease in microseconds.
+UPDATE {table} AS t SET lease_until = now() + $4 * interval '1 microsecond'
+FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[])) AS l (id, seq)
+WHERE t.id = l.id AND t.lease_seq = l.seq AND t.lease_owner = $3 AND t.state = 'running';
 
 -- name: reclaim
 -- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
@@ -96,10 +98,12 @@ DELETE FROM {table} WHERE id = ANY(ARRAY(
 ));
 
 -- name: release
--- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: owner.
-UPDATE {table}
-SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
-WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+-- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: their
+-- lease sequences; $3: owner.
+UPDATE {table} AS t
+SET state = 'queued', attempt = t.attempt - 1, lease_owner = NULL, lease_until = NULL
+FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[])) AS l (id, seq)
+WHERE t.id = l.id AND t.lease_seq = l.seq AND t.lease_owner = $3 AND t.state = 'running';
 
 -- name: bury
 -- A row whose payload does not decode. $1: id; $2: error; $3: owner.

@@ -16,25 +16,28 @@ RETURNING id;
 -- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
 -- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now.
 UPDATE {table}
-SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3
+SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
+    lease_seq = lease_seq + 1
 WHERE id IN (
     SELECT id FROM {table}
     WHERE state = 'queued' AND run_at <= ?4
     ORDER BY priority DESC, run_at, id
     LIMIT ?1
 )
-RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at;
+RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
+          lease_seq;
 
 -- name: next_due
 -- Microseconds from now (?1) to the earliest queued task (negative: overdue).
 SELECT min(run_at) - ?1 FROM {table} WHERE state = 'queued';
 
 -- name: ack
--- ?1: a JSON array of [id, attempt, kind, after_us, error]; ?2: owner; ?3: now.
+-- ?1: a JSON array of [id, attempt, kind, after_us, error, lease_seq]; ?2: owner; ?3: now.
 -- An ack counts only for the lease it answers (same owner, same attempt, still running): an
 -- ack that comes after the lease expired and another worker took the task changes nothing.
-WITH a (id, attempt, kind, after_us, error) AS (
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?1)
+WITH a (id, attempt, kind, after_us, error, seq) AS (
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+    FROM json_each(?1)
 )
 UPDATE {table} AS t
 SET state = CASE a.kind
@@ -47,12 +50,14 @@ SET state = CASE a.kind
     lease_owner = NULL,
     lease_until = NULL
 FROM a
-WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = ?2;
+WHERE t.id = a.id AND t.lease_seq = a.seq AND t.attempt = a.attempt AND t.state = 'running'
+  AND t.lease_owner = ?2;
 
 -- name: extend
--- ?1: a JSON array of ids; ?2: owner; ?3: lease (µs); ?4: now.
+-- ?1: a JSON array of [id, lease_seq]; ?2: owner; ?3: lease (µs); ?4: now.
 UPDATE {table} SET lease_until = ?4 + ?3
-WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running';
+WHERE (id, lease_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+  AND lease_owner = ?2 AND state = 'running';
 
 -- name: reclaim
 -- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
@@ -77,10 +82,12 @@ DELETE FROM {table} WHERE id IN (
 );
 
 -- name: release
--- Fetched, never started: back to the queue, the attempt not counted. ?1: ids; ?2: owner.
+-- Fetched, never started: back to the queue, the attempt not counted.
+-- ?1: a JSON array of [id, lease_seq]; ?2: owner.
 UPDATE {table}
 SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 AND state = 'running';
+WHERE (id, lease_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+  AND lease_owner = ?2 AND state = 'running';
 
 -- name: bury
 -- A row whose payload does not decode. ?1: id; ?2: error; ?3: owner; ?4: now.
