@@ -20,6 +20,7 @@ pub struct DurableConfig<D: Dialect> {
     pub(crate) migrate: bool,
     pub(crate) batch: usize,
     pub(crate) max_connections: u32,
+    pub(crate) expiries: u32,
     /// The store's own settings.
     pub(crate) store: D::Options,
 }
@@ -35,6 +36,7 @@ impl<D: Dialect> Clone for DurableConfig<D> {
             migrate: self.migrate,
             batch: self.batch,
             max_connections: self.max_connections,
+            expiries: self.expiries,
             store: self.store.clone(),
         }
     }
@@ -52,6 +54,7 @@ impl<D: Dialect> fmt::Debug for DurableConfig<D> {
             .field("migrate", &self.migrate)
             .field("batch", &self.batch)
             .field("max_connections", &self.max_connections)
+            .field("lease_expiries", &self.expiries)
             .finish()
     }
 }
@@ -68,6 +71,7 @@ impl<D: Dialect> DurableConfig<D> {
             migrate: true,
             batch: 1_000,
             max_connections: D::POOL_SIZE,
+            expiries: 5,
             store,
         }
     }
@@ -110,6 +114,20 @@ impl<D: Dialect> DurableConfig<D> {
     /// (default 24 h; `None`: kept forever). Dead tasks are always kept.
     pub fn completed_retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How many times in a row a task's lease may expire before the task is dead (default 5,
+    /// at least 1).
+    ///
+    /// A lease expires when its poller died or stalled, perhaps before the task started (queued
+    /// ahead at an executor, or prefetched): an expiry therefore costs the task no attempt, and
+    /// it runs again. This limit is the guard against a task that kills its worker each time
+    /// (a crash, an out-of-memory kill): after that many expiries with no ack recorded between,
+    /// it is dead, with the reason in its error. A task that never started goes dead this way
+    /// only if its poller died that many times while holding it.
+    pub fn lease_expiries(mut self, n: u32) -> Self {
+        self.expiries = n.max(1);
         self
     }
 

@@ -129,6 +129,11 @@ impl Dialect for PgDialect {
             "number leases: a sequence that only grows",
             include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
         ),
+        (
+            4,
+            "count lease expiries apart from attempts",
+            include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
+        ),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -41,6 +41,8 @@ pub struct DurableSource<T, D: Store> {
     poll_jitter: f64,
     retention: Option<Duration>,
     batch: usize,
+    /// How many lease expiries in a row make a task dead.
+    expiries: u32,
     leased: Leased,
     /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`).
     listener: Option<tokio::task::JoinHandle<()>>,
@@ -138,9 +140,15 @@ async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> s
 }
 
 /// Takes back tasks whose lease expired; announces them if some are queued again.
-async fn reclaim<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> sqlx::Result<()> {
+async fn reclaim<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &Sql,
+    signal: &Signal,
+    expiries: u32,
+) -> sqlx::Result<()> {
     let mut conn = pool.acquire().await?;
-    let states = D::texts(&mut *conn, &sql.reclaim, vec![Arg::Now]).await?;
+    let args = vec![Arg::Int(expiries.into()), Arg::Now];
+    let states = D::texts(&mut *conn, &sql.reclaim, args).await?;
     drop(conn);
     if common::report_reclaimed(&states) {
         announce::<D>(pool, sql, signal).await?;
@@ -206,10 +214,12 @@ where
             poll_jitter: config.poll_jitter,
             retention: config.retention,
             batch: config.batch,
+            expiries: config.expiries,
             leased: Leased::default(),
             listener,
         };
-        reclaim::<D>(&source.bookkeeping, &source.queue.sql, &source.queue.signal).await?;
+        let (pool, signal) = (&source.bookkeeping, &source.queue.signal);
+        reclaim::<D>(pool, &source.queue.sql, signal, source.expiries).await?;
         Ok(source)
     }
 
@@ -442,6 +452,7 @@ where
         let owner = self.owner;
         let lease_us = common::micros(self.lease);
         let retention = self.retention;
+        let expiries = self.expiries;
         let held = self.leased.borrow().held();
         async move {
             if !held.is_empty() {
@@ -455,7 +466,7 @@ where
                 let extended = count::<D>(&pool, &sql.extend, args).await?;
                 common::report_extended(asked, extended);
             }
-            reclaim::<D>(&pool, &sql, &signal).await?;
+            reclaim::<D>(&pool, &sql, &signal, expiries).await?;
             if let Some(keep) = retention {
                 for _ in 0..PRUNE_ROUNDS {
                     let args = vec![

@@ -91,6 +91,11 @@ impl Dialect for SqliteDialect {
             "number leases: a sequence that only grows",
             include_str!("../../../migrations/sqlite/0002_lease_seq.sql"),
         ),
+        (
+            3,
+            "count lease expiries apart from attempts",
+            include_str!("../../../migrations/sqlite/0003_lease_expiries.sql"),
+        ),
     ];
     const PRUNE_BATCH: i64 = 5_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -59,6 +59,7 @@ SET state = CASE a.kind
     attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
     finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN now() END,
     last_error = coalesce(a.error, t.last_error),
+    expiries = 0,
     lease_owner = NULL,
     lease_until = NULL
 FROM unnest((SELECT $1::bigint[]), (SELECT $2::int[]), (SELECT $3::smallint[]),
@@ -74,12 +75,18 @@ FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[])) AS l (id, seq)
 WHERE t.id = l.id AND t.lease_seq = l.seq AND t.lease_owner = $3 AND t.state = 'running';
 
 -- name: reclaim
--- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
--- the task is dead.
+-- Leases that expired: their worker died or stalled, maybe before the task started (queued
+-- ahead at an executor, prefetched). The attempt the fetch counted is given back; the expiry is
+-- counted instead, and a task whose leases expired $1 times in a row (no ack recorded between)
+-- is dead: its worker dies each time it holds it. $1: most expiries.
 UPDATE {table}
-SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
-    last_error = 'lease expired: the worker died or stalled',
+SET state = CASE WHEN expiries + 1 >= $1 THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN expiries + 1 >= $1 THEN now() END,
+    attempt = greatest(attempt - 1, 0),
+    expiries = expiries + 1,
+    last_error = CASE WHEN expiries + 1 >= $1
+        THEN 'lease expired ' || (expiries + 1) || ' times in a row: the worker died or stalled each time it held the task'
+        ELSE 'lease expired: the worker died or stalled' END,
     lease_owner = NULL,
     lease_until = NULL
 WHERE id = ANY(ARRAY(

@@ -47,6 +47,7 @@ SET state = CASE a.kind
     attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
     finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN ?3 END,
     last_error = coalesce(a.error, t.last_error),
+    expiries = 0,
     lease_owner = NULL,
     lease_until = NULL
 FROM a
@@ -60,16 +61,22 @@ WHERE (id, lease_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
   AND lease_owner = ?2 AND state = 'running';
 
 -- name: reclaim
--- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
--- the task is dead. ?1: now.
+-- Leases that expired: their worker died or stalled, maybe before the task started (queued
+-- ahead at an executor, prefetched). The attempt the fetch counted is given back; the expiry is
+-- counted instead, and a task whose leases expired ?1 times in a row (no ack recorded between)
+-- is dead: its worker dies each time it holds it. ?1: most expiries; ?2: now.
 UPDATE {table}
-SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
-    last_error = 'lease expired: the worker died or stalled',
+SET state = CASE WHEN expiries + 1 >= ?1 THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN expiries + 1 >= ?1 THEN ?2 END,
+    attempt = max(attempt - 1, 0),
+    expiries = expiries + 1,
+    last_error = CASE WHEN expiries + 1 >= ?1
+        THEN 'lease expired ' || (expiries + 1) || ' times in a row: the worker died or stalled each time it held the task'
+        ELSE 'lease expired: the worker died or stalled' END,
     lease_owner = NULL,
     lease_until = NULL
 WHERE id IN (
-    SELECT id FROM {table} WHERE state = 'running' AND lease_until < ?1 LIMIT 1000
+    SELECT id FROM {table} WHERE state = 'running' AND lease_until < ?2 LIMIT 1000
 )
 RETURNING state;
 
