@@ -218,3 +218,30 @@ async fn notifications_wake_an_idle_poller_promptly() {
         .unwrap_or_else(|e| panic!("{e}"));
     drop_schema(&schema).await;
 }
+
+/// A long schema and a long table name: their `NOTIFY` channel would pass PostgreSQL's 63 bytes,
+/// which made every insert fail; the channel is shortened, and enqueues work (issue 12.6).
+#[actix_rt::test]
+async fn long_schema_and_table_names_work() {
+    let mut schema = format!("{}_", fresh_schema());
+    while schema.len() < 46 {
+        schema.push('s');
+    }
+    let table = "t".repeat(45);
+    let config = config(&schema)
+        .table(&table)
+        .poll_interval(Duration::from_secs(600));
+    let mut source = PgSource::<Job>::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let queue = source.queue();
+    use actix_poller::source::Source;
+    queue
+        .enqueue(vec![NewTask::new(7)])
+        .await
+        .unwrap_or_else(|e| panic!("enqueue: {e}"));
+    let got = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.tasks.len(), 1);
+    drop(source);
+    drop_schema(&schema).await;
+}

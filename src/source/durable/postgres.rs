@@ -155,7 +155,7 @@ impl Dialect for PgDialect {
         let prefix = schema.map_or(String::new(), |s| format!("\"{s}\"."));
         let name = &config.table;
         let table = format!("{prefix}\"{name}\"");
-        let channel = schema.map_or_else(|| name.clone(), |s| format!("{s}.{name}"));
+        let channel = channel(schema.map(String::as_str), name);
         let create_schema = schema.map_or(String::new(), |s| {
             format!("CREATE SCHEMA IF NOT EXISTS \"{s}\";")
         });
@@ -278,6 +278,23 @@ impl Dialect for PgDialect {
     }
 }
 
+/// PostgreSQL's longest identifier, in bytes: a longer `NOTIFY` channel is an error.
+const MAX_IDENTIFIER: usize = 63;
+
+/// The `LISTEN`/`NOTIFY` channel of a table: `schema.table`, or, when that is longer than
+/// PostgreSQL allows (two long names), `actix_poller_` and a stable hash of it (FNV-1a, the same
+/// in every process and version).
+fn channel(schema: Option<&str>, table: &str) -> String {
+    let full = schema.map_or_else(|| table.to_owned(), |s| format!("{s}.{table}"));
+    if full.len() <= MAX_IDENTIFIER {
+        return full;
+    }
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("actix_poller_{hash:016x}")
+}
+
 /// Five columns.
 type Columns<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
 
@@ -357,6 +374,22 @@ mod tests {
             .migrate_lock
             .contains("CREATE SCHEMA IF NOT EXISTS \"s\""));
         assert!(!sql.dead_purge_all.contains('{'));
+    }
+
+    /// Two long names make a channel PostgreSQL would refuse: it is shortened, stably and
+    /// distinctly (issue 12.6).
+    #[test]
+    fn long_names_get_a_short_channel() {
+        assert_eq!(channel(Some("s"), "t"), "s.t");
+        let (a, b) = ("a".repeat(48), "b".repeat(48));
+        let long = channel(Some(&a), &b);
+        assert!(long.len() <= MAX_IDENTIFIER, "{long}");
+        assert_eq!(long, channel(Some(&a), &b), "stable");
+        assert_ne!(long, channel(Some(&b), &a), "distinct");
+        let names = names(DurableConfig::<PgDialect>::new("x").schema(&a).table(&b))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sql = Sql::new::<PgDialect>(&names);
+        assert!(sql.notify.contains(&long));
     }
 
     #[test]
