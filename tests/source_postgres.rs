@@ -245,3 +245,50 @@ async fn long_schema_and_table_names_work() {
     drop(source);
     drop_schema(&schema).await;
 }
+
+/// A pool of one: the `LISTEN` connection is its own, so it does not take the pool's only
+/// connection and starve enqueues (issue 12.15).
+#[actix_rt::test]
+async fn a_pool_of_one_is_not_starved_by_listen() {
+    let schema = fresh_schema();
+    let config = config(&schema)
+        .max_connections(1)
+        .async_commit(false)
+        .connect_timeout(Duration::from_secs(2));
+    let mut source = bounded("connect", PgSource::<Job>::connect(config))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    bounded("enqueue", source.queue().enqueue(vec![NewTask::new(1)]))
+        .await
+        .unwrap_or_else(|e| panic!("enqueue: {e}"));
+    use actix_poller::source::Source;
+    let got = bounded("fetch", source.fetch(10))
+        .await
+        .unwrap_or_else(|e| panic!("fetch: {e}"));
+    assert_eq!(got.tasks.len(), 1);
+    drop(source);
+    drop_schema(&schema).await;
+}
+
+/// Index and trigger names derived from a mixed-case table name are quoted: they keep its case
+/// (issue 12.15).
+#[actix_rt::test]
+async fn index_names_keep_the_table_name_case() {
+    let schema = fresh_schema();
+    let source = PgSource::<Job>::connect(config(&schema).table("MixedCase"))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut names: Vec<String> =
+        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1")
+            .bind(&schema)
+            .fetch_all(source.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    names.sort();
+    for suffix in ["_dead", "_due", "_finished", "_lease_until", "_next"] {
+        let name = format!("MixedCase{suffix}");
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    drop(source);
+    drop_schema(&schema).await;
+}

@@ -141,3 +141,36 @@ async fn migrations_apply_once() {
     Sqlite.cleanup(&path).await;
     Sqlite.cleanup(&other).await;
 }
+
+/// Dead tasks are kept for `dead_retention`, then the heartbeat prunes them (issue 12.15).
+#[actix_rt::test]
+async fn dead_tasks_are_pruned_after_their_retention() {
+    use actix_poller::source::{NewTask, Source};
+    use actix_poller::{Ack, Disposition};
+    let path = temp_db();
+    let config = SqliteConfig::new(&path).dead_retention(Some(Duration::from_millis(1)));
+    let mut s = SqliteSource::<Job>::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.enqueue(vec![NewTask::new(1)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let task = s.fetch(1).await.unwrap_or_else(|e| panic!("{e}")).tasks;
+    let dead = Disposition::Dead { error: "no".into() };
+    let ack = Ack {
+        id: task[0].id,
+        attempt: task[0].attempt,
+        disposition: dead,
+    };
+    s.ack(vec![ack]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.dead_tasks(10).await.map(|d| d.len()).ok(), Some(1));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.heartbeat().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.dead_tasks(10).await.map(|d| d.len()).ok(),
+        Some(0),
+        "pruned"
+    );
+    drop(s);
+    Sqlite.cleanup(&path).await;
+}

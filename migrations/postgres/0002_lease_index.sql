@@ -7,5 +7,5 @@
 -- a queue table), the planner estimated one running row and chose to scan every running row
 -- and, for each, every acked id: O(running × acked), minutes for a batch of thousands. Only the
 -- reclaim statement, which asks for `lease_until < now()`, can use this index.
-CREATE INDEX IF NOT EXISTS {name}_lease_until ON {table} (lease_until) WHERE lease_until IS NOT NULL;
-DROP INDEX IF EXISTS {prefix}{name}_leases;
+CREATE INDEX IF NOT EXISTS "{name}_lease_until" ON {table} (lease_until) WHERE lease_until IS NOT NULL;
+DROP INDEX IF EXISTS {prefix}"{name}_leases";

@@ -17,6 +17,7 @@ pub struct DurableConfig<D: Dialect> {
     pub(crate) poll_interval: Duration,
     pub(crate) poll_jitter: f64,
     pub(crate) retention: Option<Duration>,
+    pub(crate) dead_retention: Option<Duration>,
     pub(crate) migrate: bool,
     pub(crate) batch: usize,
     pub(crate) max_connections: u32,
@@ -33,6 +34,7 @@ impl<D: Dialect> Clone for DurableConfig<D> {
             poll_interval: self.poll_interval,
             poll_jitter: self.poll_jitter,
             retention: self.retention,
+            dead_retention: self.dead_retention,
             migrate: self.migrate,
             batch: self.batch,
             max_connections: self.max_connections,
@@ -51,6 +53,7 @@ impl<D: Dialect> fmt::Debug for DurableConfig<D> {
             .field("poll_interval", &self.poll_interval)
             .field("poll_jitter", &self.poll_jitter)
             .field("retention", &self.retention)
+            .field("dead_retention", &self.dead_retention)
             .field("migrate", &self.migrate)
             .field("batch", &self.batch)
             .field("max_connections", &self.max_connections)
@@ -68,6 +71,7 @@ impl<D: Dialect> DurableConfig<D> {
             poll_interval: D::POLL_INTERVAL,
             poll_jitter: 0.2,
             retention: Some(Duration::from_secs(24 * 3600)),
+            dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             migrate: true,
             batch: 1_000,
             max_connections: D::POOL_SIZE,
@@ -111,9 +115,18 @@ impl<D: Dialect> DurableConfig<D> {
     }
 
     /// How long completed and cancelled tasks are kept before the heartbeat prunes them
-    /// (default 24 h; `None`: kept forever). Dead tasks are always kept.
+    /// (default 24 h; `None`: kept forever). Dead tasks: see
+    /// [`dead_retention`](Self::dead_retention).
     pub fn completed_retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How long dead tasks are kept, for [`Poller::dead_tasks`](crate::Poller::dead_tasks) and
+    /// a re-run, before the heartbeat prunes them (default 30 days, counted from their death;
+    /// `None`: kept until purged).
+    pub fn dead_retention(mut self, retention: Option<Duration>) -> Self {
+        self.dead_retention = retention;
         self
     }
 
@@ -144,8 +157,8 @@ impl<D: Dialect> DurableConfig<D> {
     }
 
     /// The connection pool's size (default: SQLite 4, PostgreSQL 8; at least 1). PostgreSQL:
-    /// the size of each of the source's pools: the main pool (enqueues, the `LISTEN`
-    /// connection, which keeps one of its connections, cancels, dead tasks) and, with
+    /// the size of each of the source's pools: the main pool (enqueues, cancels, dead tasks;
+    /// the `LISTEN` connection is one more, its own) and, with
     /// [`async_commit`](crate::source::postgres::PgConfig::async_commit), the pool for
     /// fetches, acks and heartbeats.
     pub fn max_connections(mut self, n: u32) -> Self {

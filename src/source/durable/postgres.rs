@@ -1,6 +1,7 @@
 //! The PostgreSQL dialect: the server's clock, lists bound as arrays, `FOR UPDATE SKIP LOCKED`,
 //! wake-ups by `LISTEN`/`NOTIFY`, bookkeeping optionally with asynchronous commit.
 
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,38 @@ use super::source::DurableSource;
 pub struct PgDialect;
 
 impl super::sealed::Sealed for PgDialect {}
+
+impl fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redacted(&self.url))
+            .field("schema", &self.schema)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("application_name", &self.application_name)
+            .field("async_commit", &self.async_commit)
+            .finish()
+    }
+}
+
+/// `url` without its password (`user:password@` and a `password=` parameter), for logs.
+fn redacted(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme) = out.find("://") {
+        let rest = scheme + 3;
+        let end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..end].rfind('@') {
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(start) = out.find("password=") {
+        let value = start + "password=".len();
+        let end = out[value..].find('&').map_or(out.len(), |i| value + i);
+        out.replace_range(value..end, "***");
+    }
+    out
+}
 
 /// What can go wrong with a [`PgSource`]: [`DurableError`] for PostgreSQL (it is never
 /// [`Open`](DurableError::Open)).
@@ -95,8 +128,8 @@ fn connect_options(
         .application_name(&config.store.application_name))
 }
 
-/// PostgreSQL's own settings.
-#[derive(Debug, Clone)]
+/// PostgreSQL's own settings. Their `Debug` does not show the URL's password.
+#[derive(Clone)]
 pub struct PgOptions {
     url: String,
     schema: Option<String>,
@@ -216,7 +249,11 @@ impl Dialect for PgDialect {
                 .iter()
                 .find(|(k, _)| *k == "channel")
                 .map_or("", |(_, v)| v.as_str());
-            let mut listener = PgListener::connect_with(pool).await?;
+            // Its own connection, outside the pool: a pool of one is not starved by it.
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((*pool.connect_options()).clone());
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(channel).await?;
             Ok(Some(tokio::spawn(listen(listener, signal))))
         }
@@ -390,6 +427,23 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let sql = Sql::new::<PgDialect>(&names);
         assert!(sql.notify.contains(&long));
+    }
+
+    /// Neither `Debug` nor anything logged shows the password (issue 12.15).
+    #[test]
+    fn debug_hides_the_password() {
+        let config = DurableConfig::<PgDialect>::new("postgres://app:s3cret@db:5432/app");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("app:***@db"),
+            "{shown}"
+        );
+        let query = redacted("postgres://db/app?user=a&password=s3cret&sslmode=require");
+        assert_eq!(
+            query,
+            "postgres://db/app?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(redacted("postgres://a@db/x"), "postgres://a@db/x");
     }
 
     #[test]

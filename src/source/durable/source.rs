@@ -40,6 +40,7 @@ pub struct DurableSource<T, D: Store> {
     poll_interval: Duration,
     poll_jitter: f64,
     retention: Option<Duration>,
+    dead_retention: Option<Duration>,
     batch: usize,
     /// How many lease expiries in a row make a task dead.
     expiries: u32,
@@ -183,8 +184,8 @@ where
     /// timeout are advised). Only the table, schema, lease, poll, retention, migration, batch
     /// and (PostgreSQL) async-commit settings of `config` apply, and its pool size for the
     /// second pool [`PgConfig::async_commit`](crate::source::postgres::PgConfig::async_commit)
-    /// opens with the same connect options. PostgreSQL's `LISTEN` connection keeps one of the
-    /// pool's connections.
+    /// opens with the same connect options. PostgreSQL's `LISTEN` connection is its own, opened
+    /// with the pool's connect options, outside the pool.
     ///
     /// # Errors
     ///
@@ -213,6 +214,7 @@ where
             poll_interval: config.poll_interval,
             poll_jitter: config.poll_jitter,
             retention: config.retention,
+            dead_retention: config.dead_retention,
             batch: config.batch,
             expiries: config.expiries,
             leased: Leased::default(),
@@ -452,6 +454,7 @@ where
         let owner = self.owner;
         let lease_us = common::micros(self.lease);
         let retention = self.retention;
+        let dead_retention = self.dead_retention;
         let expiries = self.expiries;
         let held = self.leased.borrow().held();
         async move {
@@ -467,14 +470,15 @@ where
                 common::report_extended(asked, extended);
             }
             reclaim::<D>(&pool, &sql, &signal, expiries).await?;
-            if let Some(keep) = retention {
+            for (statement, keep) in [(&sql.prune, retention), (&sql.prune_dead, dead_retention)] {
+                let Some(keep) = keep else { continue };
                 for _ in 0..PRUNE_ROUNDS {
                     let args = vec![
                         Arg::Int(common::micros(keep)),
                         Arg::Int(D::PRUNE_BATCH),
                         Arg::Now,
                     ];
-                    if count::<D>(&pool, &sql.prune, args).await? < D::PRUNE_BATCH as u64 {
+                    if count::<D>(&pool, statement, args).await? < D::PRUNE_BATCH as u64 {
                         break;
                     }
                 }

@@ -104,6 +104,14 @@ DELETE FROM {table} WHERE id = ANY(ARRAY(
     LIMIT $2
 ));
 
+-- name: prune_dead
+-- $1: retention in microseconds; $2: at most this many.
+DELETE FROM {table} WHERE id = ANY(ARRAY(
+    SELECT id FROM {table}
+    WHERE state = 'dead' AND finished_at < now() - $1 * interval '1 microsecond'
+    LIMIT $2
+));
+
 -- name: release
 -- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: their
 -- lease sequences; $3: owner.

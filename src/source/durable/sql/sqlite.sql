@@ -88,6 +88,12 @@ DELETE FROM {table} WHERE id IN (
     LIMIT ?2
 );
 
+-- name: prune_dead
+-- ?1: retention (µs); ?2: at most this many; ?3: now.
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table} WHERE state = 'dead' AND finished_at < ?3 - ?1 LIMIT ?2
+);
+
 -- name: release
 -- Fetched, never started: back to the queue, the attempt not counted.
 -- ?1: a JSON array of [id, lease_seq]; ?2: owner.
