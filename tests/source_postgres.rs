@@ -292,3 +292,25 @@ async fn index_names_keep_the_table_name_case() {
     drop(source);
     drop_schema(&schema).await;
 }
+
+/// `sslmode=require` works: the `postgres` feature builds sqlx with TLS (rustls), and the
+/// connections are encrypted (issue 12.15). Needs a server with `ssl = on`.
+#[actix_rt::test]
+async fn sslmode_require_connects_over_tls() {
+    let schema = fresh_schema();
+    let url = pg_url();
+    let url = format!(
+        "{url}{}sslmode=require",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let source = PgSource::<Job>::connect(PgConfig::new(url).schema(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("connect with sslmode=require: {e}"));
+    let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(source.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(tls, "the connection is encrypted");
+    drop(source);
+    drop_schema(&schema).await;
+}

@@ -23,6 +23,8 @@
 //!   tasks. Times are the server's (`now()`), so machines need not agree on the time.
 //! * **Acks**: one `UPDATE … FROM unnest(…)` statement per batch, retried a few times if the
 //!   connection drops.
+//! * **TLS**: the URL's `sslmode` is honoured (`?sslmode=require`, `verify-full` with
+//!   `sslrootcert=…`), through rustls with the Mozilla (webpki) roots; no system OpenSSL needed.
 //! * **Payloads** are JSON (`jsonb`, serde). A row whose payload does not decode goes dead with
 //!   the decoder's error; the others run.
 //!
