@@ -221,12 +221,16 @@ pub async fn final_acks_are_final<H: Harness>(h: &H) {
         ],
     )
     .await;
-    sleep_ms(50).await;
+    if h.durable() {
+        // Recorded in the store, not merely gone from this source's view.
+        for (task, state) in got.iter().zip(["completed", "dead", "cancelled"]) {
+            assert_eq!(h.row(&store, task.id).await.0, state, "task {:?}", task.id);
+        }
+    }
     assert!(fetch(&mut s, 10).await.is_empty());
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, got[1].id);
     assert_eq!(dead[0].error, "boom");
@@ -312,12 +316,20 @@ pub async fn cancel_removes_waiting_tasks<H: Harness>(h: &H) {
     let ids = enqueue(&mut s, vec![task(1), with(2, later, 1), task(3)]).await;
     let cancel = |s: &mut H::Source, id| {
         let f = s.cancel(id);
-        async move { bounded("cancel", f).await.ok().unwrap_or(false) }
+        async move {
+            bounded("cancel", f)
+                .await
+                .unwrap_or_else(|e| panic!("cancel: {e}"))
+        }
     };
     assert!(cancel(&mut s, ids[0]).await, "due task cancelled");
     assert!(cancel(&mut s, ids[1]).await, "delayed task cancelled");
     assert!(!cancel(&mut s, ids[0]).await, "already cancelled");
     assert!(!cancel(&mut s, TaskId(987_654)).await, "unknown");
+    if h.durable() {
+        assert_eq!(h.row(&store, ids[0]).await.0, "cancelled");
+        assert_eq!(h.row(&store, ids[1]).await.0, "cancelled");
+    }
     let got = fetch(&mut s, 10).await;
     assert_eq!(payloads(&got), vec![3]);
     assert!(!cancel(&mut s, ids[2]).await, "leased: not waiting");
@@ -350,8 +362,7 @@ pub async fn dead_tasks_rerun_and_purge<H: Harness>(h: &H) {
     }
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(
         dead.iter().map(|d| d.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1], ids[0]],
@@ -360,27 +371,21 @@ pub async fn dead_tasks_rerun_and_purge<H: Harness>(h: &H) {
     assert!(dead.iter().all(|d| d.rerunnable));
     let limited = bounded("dead_tasks", s.dead_tasks(1))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(limited.len(), 1);
     let rerun = bounded("rerun", s.rerun_dead(vec![ids[0], TaskId(987_654)]))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("rerun: {e}"));
     assert_eq!(rerun, vec![ids[0]]);
     let again = fetch(&mut s, 10).await;
     assert_eq!((again.len(), again[0].id, again[0].attempt), (1, ids[0], 1));
-    assert_eq!(
-        bounded("purge", s.purge_dead(Some(vec![ids[1]])))
-            .await
-            .ok(),
-        Some(1)
-    );
-    assert_eq!(bounded("purge", s.purge_dead(None)).await.ok(), Some(1));
+    let purged = bounded("purge", s.purge_dead(Some(vec![ids[1]]))).await;
+    assert_eq!(purged.unwrap_or_else(|e| panic!("purge: {e}")), 1);
+    let purged = bounded("purge", s.purge_dead(None)).await;
+    assert_eq!(purged.unwrap_or_else(|e| panic!("purge: {e}")), 1);
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert!(dead.is_empty());
     h.cleanup(&store).await;
 }
@@ -762,8 +767,7 @@ async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, task: &Task<Job>) 
     assert!(fetch(b, 1).await.is_empty(), "completed, not taken back");
     assert!(bounded("dead", b.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("dead: {e}"))
         .is_empty());
 }
 
@@ -795,8 +799,7 @@ pub async fn undecodable_payloads_go_dead<H: Harness>(h: &H) {
     assert_eq!(payloads(&got), vec![1, 3]);
     let dead = bounded("dead", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead: {e}"));
     assert_eq!(dead.len(), 1);
     assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
     assert!(fetch(&mut s, 10).await.is_empty());
@@ -867,6 +870,47 @@ pub async fn bad_acks_are_stored_bounded<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// End to end, a task that runs three times its lease is kept by the poller's heartbeat: a
+/// second poller reclaiming expired leases all the while neither takes it back nor runs it
+/// again; it completes once, at attempt 1.
+pub async fn a_long_task_outlives_its_lease<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(300);
+    let mut s = h.source(&store, lease).await;
+    let id = enqueue(&mut s, vec![with(1, TaskOptions::new(), 3)]).await[0];
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(1)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            r.fetch_add(1, SeqCst);
+            async move {
+                sleep_ms(900).await; // three leases
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .expect("starts");
+    let mut other = h.source(&store, lease).await;
+    bounded("the long task completes", async {
+        while h.row(&store, id).await.0 != "completed" {
+            bounded("heartbeat", other.heartbeat())
+                .await
+                .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+            assert!(fetch(&mut other, 1).await.is_empty(), "never taken back");
+            sleep_ms(50).await;
+        }
+    })
+    .await;
+    assert_eq!(runs.load(SeqCst), 1, "run once");
+    assert_eq!(h.row(&store, id).await.1, 1, "at attempt 1");
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    h.cleanup(&store).await;
+}
+
 /// Generates one `#[actix_rt::test]` per property every source has.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -905,6 +949,7 @@ macro_rules! durable_conformance_tests {
             concurrent_fetches_lease_disjoint_tasks,
             expired_leases_are_taken_back,
             repeated_lease_expiries_make_a_task_dead,
+            a_long_task_outlives_its_lease,
             heartbeats_extend_leases,
             leases_are_kept_until_the_ack_lands,
             undecodable_payloads_go_dead,
