@@ -30,14 +30,20 @@ pub fn spawn_child(env: &[(&str, String)]) -> Child {
         .unwrap_or_else(|e| panic!("spawn the child: {e}"))
 }
 
-/// SIGKILL: no shutdown, no release, no last ack. A child that already exited (it panicked at
-/// start, say) is a failure, not a kill.
-pub fn kill_9(child: &mut Child) {
+/// SIGKILL: no shutdown, no release, no last ack. `false` if the child had already exited with
+/// success (the queue was done); a child that exited with failure (it panicked at start, say)
+/// is a failure of the test, not a kill.
+pub fn kill_9(child: &mut Child) -> bool {
     if let Ok(Some(status)) = child.try_wait() {
-        panic!("the child exited before it was killed ({status}): it did not run");
+        assert!(
+            status.success(),
+            "the child failed before it was killed: {status}"
+        );
+        return false;
     }
     let _ = child.kill();
     let _ = child.wait();
+    true
 }
 
 /// The tasks run more than once (`runs`: each execution's task id) must be among those `held`
