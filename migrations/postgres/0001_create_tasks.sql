@@ -1,3 +1,4 @@
+-- migration: create the task table and its notify trigger
 -- The task table of a PgSource. Placeholders are filled in by the crate's migration runner:
 -- {table} is the schema-qualified table, {name} the bare table name, {function} the
 -- schema-qualified name of the notify function, {channel} the LISTEN/NOTIFY channel.

@@ -1,3 +1,4 @@
+-- migration: index leases by lease_until, not by state
 -- The index of leases, keyed on `lease_until IS NOT NULL` rather than `state = 'running'` (the
 -- same rows: a lease is set exactly while a task runs). {prefix} is the table's schema and a
 -- dot, or nothing.

@@ -1,3 +1,4 @@
+-- migration: create the task table
 -- The task table of a SqliteSource. Placeholders ({table}, {name}) are filled in by the crate's
 -- migration runner with the configured table name.
 --

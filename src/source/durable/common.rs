@@ -14,7 +14,9 @@ use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
 
 /// A migration: version, description, SQL.
-pub(crate) type Migration = (i64, &'static str, &'static str);
+/// A migration's SQL; its first line is `-- migration: <what it does>`, and its version is its
+/// place in the dialect's list (from 1).
+pub(crate) type Migration = &'static str;
 
 /// Task ids as the tables store them.
 pub(crate) fn raw_ids(ids: &[TaskId]) -> Vec<i64> {

@@ -11,17 +11,28 @@ use super::dialect::{Arg, Store};
 use super::error::DurableError;
 use super::Sql;
 
-/// The migrations of `all` not yet `applied`, in order; `Err((found, known))` when the database
-/// holds a version newer than any in `all` (migrated by a newer version of the crate).
-fn pending<'m, D: Store>(
-    all: &'m [Migration],
+/// What a migration does: its first line, `-- migration: <description>`.
+fn description(text: &'static str) -> &'static str {
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("-- migration:").map_or(first, str::trim)
+}
+
+/// The migrations of `all` not yet `applied`, in order, as (version, description, SQL); an
+/// error when the database holds a version newer than any in `all` (migrated by a newer
+/// version of the crate).
+fn pending<D: Store>(
+    all: &[Migration],
     applied: &HashSet<i64>,
-) -> Result<Vec<&'m Migration>, DurableError<D>> {
-    let known = all.iter().map(|m| m.0).max().unwrap_or(0);
+) -> Result<Vec<(i64, &'static str, &'static str)>, DurableError<D>> {
+    let known = all.len() as i64;
     if let Some(found) = applied.iter().copied().filter(|v| *v > known).max() {
         return Err(DurableError::SchemaTooNew { found, known });
     }
-    Ok(all.iter().filter(|m| !applied.contains(&m.0)).collect())
+    Ok((1..)
+        .zip(all.iter().copied())
+        .filter(|(version, _)| !applied.contains(version))
+        .map(|(version, text)| (version, description(text), text))
+        .collect())
 }
 
 /// Applies the migrations not yet applied; all or none.
@@ -40,15 +51,15 @@ pub(crate) async fn migrate<D: Store>(
         .collect();
     for (version, description, text) in pending::<D>(D::MIGRATIONS, &applied)? {
         let wrap = |source| DurableError::<D>::Migration {
-            version: *version,
+            version,
             description,
             source,
         };
         let text = common::fill(text, vars);
         D::raw(&mut *tx, &text).await.map_err(wrap)?;
         let args = vec![
-            Arg::Int(*version),
-            Arg::Text((*description).to_owned()),
+            Arg::Int(version),
+            Arg::Text(description.to_owned()),
             Arg::Now,
         ];
         D::count(&mut *tx, &sql.migration_record, args)
@@ -74,7 +85,8 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused() {
-        let all: &[Migration] = &[(1, "a", ""), (2, "b", "")];
+        let all: &[Migration] = &["-- migration: a\n", "-- migration: b\n"];
+        assert_eq!(description(all[1]), "b");
         let none = HashSet::new();
         assert_eq!(pending(all, &none).ok(), Some(vec![1, 2]));
         let one: HashSet<i64> = [1].into();

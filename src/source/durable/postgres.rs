@@ -147,26 +147,10 @@ impl Dialect for PgDialect {
     const NAME: &'static str = "PostgreSQL";
     const QUERIES: &'static str = include_str!("sql/postgres.sql");
     const MIGRATIONS: &'static [Migration] = &[
-        (
-            1,
-            "create the task table and its notify trigger",
-            include_str!("../../../migrations/postgres/0001_create_tasks.sql"),
-        ),
-        (
-            2,
-            "index leases by lease_until, not by state",
-            include_str!("../../../migrations/postgres/0002_lease_index.sql"),
-        ),
-        (
-            3,
-            "number leases: a sequence that only grows",
-            include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
-        ),
-        (
-            4,
-            "count lease expiries apart from attempts",
-            include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
-        ),
+        include_str!("../../../migrations/postgres/0001_create_tasks.sql"),
+        include_str!("../../../migrations/postgres/0002_lease_index.sql"),
+        include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
+        include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -81,21 +81,9 @@ impl Dialect for SqliteDialect {
     const NAME: &'static str = "SQLite";
     const QUERIES: &'static str = include_str!("sql/sqlite.sql");
     const MIGRATIONS: &'static [Migration] = &[
-        (
-            1,
-            "create the task table",
-            include_str!("../../../migrations/sqlite/0001_create_tasks.sql"),
-        ),
-        (
-            2,
-            "number leases: a sequence that only grows",
-            include_str!("../../../migrations/sqlite/0002_lease_seq.sql"),
-        ),
-        (
-            3,
-            "count lease expiries apart from attempts",
-            include_str!("../../../migrations/sqlite/0003_lease_expiries.sql"),
-        ),
+        include_str!("../../../migrations/sqlite/0001_create_tasks.sql"),
+        include_str!("../../../migrations/sqlite/0002_lease_seq.sql"),
+        include_str!("../../../migrations/sqlite/0003_lease_expiries.sql"),
     ];
     const PRUNE_BATCH: i64 = 5_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(1);
