@@ -12,6 +12,7 @@ use actix_poller::source::sqlite::{SqliteConfig, SqliteError, SqliteSource};
 use actix_poller::TaskId;
 use conformance::{Harness, Job, Row};
 use futures::future::LocalBoxFuture;
+use sqlx::Connection;
 
 /// A fresh database file per test, removed when the property passed.
 struct Sqlite;
@@ -172,5 +173,85 @@ async fn dead_tasks_are_pruned_after_their_retention() {
         "pruned"
     );
     drop(s);
+    Sqlite.cleanup(&path).await;
+}
+
+/// An ack that cannot be written at shutdown (the database is locked by another process) is
+/// given up after its last try; its lease then expires, and the task runs again, its attempt
+/// not counted: at least once, nothing lost (issue 16).
+#[actix_rt::test]
+async fn an_ack_given_up_at_shutdown_runs_the_task_again() {
+    use actix_poller::source::{NewTask, Source};
+    use actix_poller::Poller;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let path = temp_db();
+    let lease = Duration::from_millis(300);
+    let cfg = || config(&path, lease).busy_timeout(Duration::from_millis(20));
+    let source = SqliteSource::<Job>::connect(cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = source
+        .queue()
+        .enqueue(vec![NewTask::new(7)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))[0];
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let poller = Poller::<Job>::builder()
+        .source(source)
+        .workers(1)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            r.fetch_add(1, SeqCst);
+            let mut open = open_rx.clone();
+            async move {
+                let _ = open.wait_for(|o| *o).await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    conformance::bounded("the task starts", async {
+        while runs.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Another process locks the database: the ack (and the heartbeat) cannot be written.
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = open_tx.send(true);
+    conformance::bounded("shutdown", poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Its lease expires; another poller takes it back and runs it again.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    assert_ne!(
+        Sqlite.row(&path, id).await.0,
+        "completed",
+        "the ack was given up"
+    );
+    let mut b = SqliteSource::<Job>::connect(cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.heartbeat().await.unwrap_or_else(|e| panic!("{e}"));
+    let again = b.fetch(1).await.unwrap_or_else(|e| panic!("{e}")).tasks;
+    assert_eq!(again.len(), 1, "the task runs again");
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (id, 1),
+        "the expiry cost no attempt"
+    );
+    drop(b);
     Sqlite.cleanup(&path).await;
 }
