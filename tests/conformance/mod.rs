@@ -911,6 +911,43 @@ pub async fn a_long_task_outlives_its_lease<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// A store shared by pollers knows the final state of a task whichever poller ran it: one
+/// poller finishes tasks, another reads their final states (issue 12.9).
+pub async fn final_states_are_read_from_the_store<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    let mut b = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(&mut a, vec![task(1), task(2), task(3), task(4)]).await;
+    let mut got = fetch(&mut a, 3).await;
+    got.sort_by_key(|t| t.id);
+    let dead = Disposition::Dead { error: "no".into() };
+    let acks = vec![
+        ack_of(&got[0], Disposition::Completed),
+        ack_of(&got[1], dead),
+    ];
+    ack(&mut a, acks).await;
+    let cancelled = bounded("cancel", b.cancel(ids[3])).await;
+    assert!(cancelled.unwrap_or_else(|e| panic!("cancel: {e}")));
+    let mut states = bounded("final states", b.final_states(ids.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("final states: {e}"));
+    states.sort_by_key(|s| s.0);
+    let dead = FinalState::Dead {
+        error: "no".into(),
+        attempts: 1,
+    };
+    assert_eq!(
+        states,
+        vec![
+            (ids[0], FinalState::Completed),
+            (ids[1], dead),
+            (ids[3], FinalState::Cancelled)
+        ],
+        "the running task is not final"
+    );
+    h.cleanup(&store).await;
+}
+
 /// Generates one `#[actix_rt::test]` per property every source has.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -950,6 +987,7 @@ macro_rules! durable_conformance_tests {
             expired_leases_are_taken_back,
             repeated_lease_expiries_make_a_task_dead,
             a_long_task_outlives_its_lease,
+            final_states_are_read_from_the_store,
             heartbeats_extend_leases,
             leases_are_kept_until_the_ack_lands,
             undecodable_payloads_go_dead,

@@ -153,6 +153,9 @@ pub(crate) type FetchedRow = (i64, i64, i64, i64, Option<i64>, String, i64, i64,
 /// A dead row: id, attempts, error, died at (µs since the epoch).
 pub(crate) type DeadRow = (i64, i64, String, i64);
 
+/// A finished row: id, state, attempt, last error.
+pub(crate) type FinalRow = (i64, String, i64, Option<String>);
+
 /// The statement runners, written once for every dialect whose `sqlx` driver can run them
 /// (implemented for every such [`Dialect`]; not to be implemented by hand).
 pub trait Store: Dialect {
@@ -205,6 +208,13 @@ pub trait Store: Dialect {
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>>;
 
+    /// Runs the final-state lookup.
+    fn finals<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<FinalRow>, sqlx::Error>>;
+
     /// Runs SQL without arguments (several statements may be given).
     fn raw<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
@@ -229,6 +239,7 @@ where
     for<'r> (String,): FromRow<'r, Row<D>>,
     for<'r> FetchedRow: FromRow<'r, Row<D>>,
     for<'r> DeadRow: FromRow<'r, Row<D>>,
+    for<'r> FinalRow: FromRow<'r, Row<D>>,
     for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
     for<'q> String: Encode<'q, D::Db> + Type<D::Db>,
 {
@@ -308,6 +319,17 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
+        match D::bind(args) {
+            Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
+            Err(e) => unbound(e),
+        }
+    }
+
+    fn finals<'a>(
+        conn: &'a mut <D::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<FinalRow>, sqlx::Error>> {
         match D::bind(args) {
             Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
             Err(e) => unbound(e),

@@ -21,8 +21,10 @@ use super::migrate;
 use super::queue::DurableQueue;
 use super::Sql;
 use crate::error::{SourceError, SubmitError};
-use crate::source::{EnqueueResult, FetchLimits, Fetched, NewTask, RetrySupport, Source, WakeOn};
-use crate::task::{Ack, DeadTask, Task, TaskId};
+use crate::source::{
+    EnqueueResult, FetchLimits, Fetched, FinalStates, NewTask, RetrySupport, Source, WakeOn,
+};
+use crate::task::{Ack, DeadTask, FinalState, Task, TaskId};
 
 /// How many prune statements one heartbeat runs at most (each deletes at most the dialect's
 /// `PRUNE_BATCH` rows), so one heartbeat stays short.
@@ -400,6 +402,35 @@ where
                 .into_iter()
                 .map(|(id, attempts, error, died)| {
                     common::dead_task(id, attempts, error, common::system_time(died))
+                })
+                .collect())
+        }
+        .boxed_local()
+    }
+
+    fn final_states(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<FinalStates, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let mut conn = pool.acquire().await?;
+            let args = vec![Arg::List(List::Ids(common::raw_ids(&ids)))];
+            let rows = D::finals(&mut *conn, &sql.final_states, args).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(id, state, attempt, error)| {
+                    let state = match state.as_str() {
+                        "completed" => FinalState::Completed,
+                        "cancelled" => FinalState::Cancelled,
+                        "dead" => FinalState::Dead {
+                            error: error.unwrap_or_default(),
+                            attempts: attempt.clamp(0, u32::MAX.into()) as u32,
+                        },
+                        _ => return None,
+                    };
+                    Some((TaskId(id as u64), state))
                 })
                 .collect())
         }

@@ -139,6 +139,11 @@ FROM {table} WHERE state = 'dead'
 ORDER BY finished_at DESC, id DESC
 LIMIT $1;
 
+-- name: final_states
+-- $1: ids.
+SELECT id, state, attempt::bigint, last_error FROM {table}
+WHERE id = ANY($1) AND state IN ('completed', 'dead', 'cancelled');
+
 -- name: dead_rerun
 UPDATE {table}
 SET state = 'queued', attempt = 0, run_at = now(), finished_at = NULL, last_error = NULL

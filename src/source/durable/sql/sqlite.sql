@@ -122,6 +122,11 @@ FROM {table} WHERE state = 'dead'
 ORDER BY finished_at DESC, id DESC
 LIMIT ?1;
 
+-- name: final_states
+-- ?1: a JSON array of ids.
+SELECT id, state, attempt, last_error FROM {table}
+WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('completed', 'dead', 'cancelled');
+
 -- name: dead_rerun
 UPDATE {table}
 SET state = 'queued', attempt = 0, run_at = ?2, finished_at = NULL, last_error = NULL
