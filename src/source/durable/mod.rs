@@ -25,6 +25,8 @@ mod migrate;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod queue;
+#[cfg(test)]
+pub(crate) mod race_test;
 mod source;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;

@@ -372,7 +372,7 @@ pub type PgQueue<T> = DurableQueue<T, PgDialect>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::durable::source::tests::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::race_test::a_wake_up_racing_an_empty_fetch_is_not_lost;
     use crate::source::durable::Sql;
 
     fn names(config: DurableConfig<PgDialect>) -> Result<Names, DurableError<PgDialect>> {
