@@ -6,9 +6,14 @@
 //! cargo run --example sqlite --features sqlite -- --reset           # starts over
 //! ```
 //!
-//! Killing it (Ctrl-C, `kill -9`) instead of `--stop-after` works too: the tasks it had leased
-//! run again once their lease (5 s here) expires. That is "at least once" delivery, so the
-//! handler is idempotent: it records its result with `INSERT OR IGNORE`, keyed by the task.
+//! Ctrl-C stops it the same way: the poller drains, tasks it fetched but never started go back
+//! to the queue at once, their attempt not counted. Killing it (`kill -9`) works too: the tasks
+//! it had leased run again once their lease (5 s here) expires, and an expiry costs no attempt.
+//! That is "at least once" delivery, so the handler is idempotent: it records its result with
+//! `INSERT OR IGNORE`, keyed by the task.
+//!
+//! Every run ends with exact counts: thumbnails made, tasks left, tasks dead, and tasks lost
+//! (none of those); it exits with an error when a task is lost or the counts do not add up.
 //!
 //! The database file is `actix-poller-example.db` in the system's temporary directory, or the
 //! path in `ACTIX_POLLER_SQLITE`.
@@ -18,7 +23,7 @@ use std::time::Duration;
 
 use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
 use actix_poller::source::NewTask;
-use actix_poller::{Poller, RetryPolicy, TaskContext};
+use actix_poller::{Poller, RetryPolicy, TaskContext, TaskOptions};
 use serde::{Deserialize, Serialize};
 
 /// One unit of work: make a thumbnail of an image.
@@ -29,6 +34,9 @@ struct Thumbnail {
 }
 
 const TASKS: u32 = 200;
+
+/// Attempts per task: the poller's retry policy, and what each task is enqueued with.
+const ATTEMPTS: u32 = 3;
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,10 +83,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .enqueue(
                 (0..TASKS)
                     .map(|i| {
-                        NewTask::new(Thumbnail {
+                        let job = Thumbnail {
                             image: format!("photo-{i:03}.jpg"),
                             width: 320,
-                        })
+                        };
+                        NewTask::with_options(job, TaskOptions::new(), ATTEMPTS)
                     })
                     .collect(),
             )
@@ -92,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let poller = Poller::builder()
         .source(source)
         .workers(8)
-        .retry(RetryPolicy::attempts(3))
+        .retry(RetryPolicy::attempts(ATTEMPTS))
         .start(move |job: Thumbnail, _cx: TaskContext| {
             let db = db.clone();
             async move {
@@ -107,8 +116,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })?;
 
+    let ctrl_c = actix_rt::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut ctrl_c => {
+                println!("interrupted; stopping, run again to finish the rest");
+                break;
+            }
+        }
         let done = poller.stats().completed;
         if stop_after.is_some_and(|n| done >= n) {
             println!("stopping after {done} tasks; run again to finish the rest");
@@ -120,13 +137,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     poller.shutdown(Duration::from_secs(10)).await?;
-    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM thumbnails")
-        .fetch_one(&pool)
-        .await?;
-    println!(
-        "{made} thumbnails made, {} tasks left",
-        remaining(&pool).await?
-    );
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
+    let made = count("SELECT count(*) FROM thumbnails").await?;
+    let left = remaining(&pool).await?;
+    let dead = count("SELECT count(*) FROM actix_poller_tasks WHERE state = 'dead'").await?;
+    let tasks = count("SELECT count(*) FROM actix_poller_tasks").await?;
+    // A task finished without its thumbnail, or a thumbnail without its task.
+    let lost = count(
+        "SELECT count(*) FROM actix_poller_tasks t
+         WHERE t.state NOT IN ('queued', 'running', 'dead')
+           AND NOT EXISTS (SELECT 1 FROM thumbnails WHERE image = t.payload ->> 'image')",
+    )
+    .await?;
+    println!("{made} thumbnails made, {left} tasks left, {dead} dead, {lost} lost");
+    // Each image is made, or its task is left or dead; none is lost. (An image made whose task
+    // is still left, its ack lost, is counted in both: at least once.)
+    if lost > 0 || tasks != i64::from(TASKS) || made + left + dead < tasks {
+        eprintln!("the counts do not add up: {tasks} tasks in the table, {TASKS} enqueued");
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use actix_poller::source::postgres::{PgConfig, PgError, PgSource};
 use actix_poller::source::NewTask;
+use actix_poller::TaskId;
 use actix_poller::{FinalState, Poller};
-use conformance::{bounded, Harness, Job};
+use conformance::{bounded, Harness, Job, Row};
 use futures::future::LocalBoxFuture;
 use pg::{config, drop_schema, fresh_schema, pg_url};
 
@@ -55,6 +56,23 @@ impl Harness for Postgres {
             .execute(&pool)
             .await
             .unwrap_or_else(|e| panic!("raw insert: {e}"));
+        })
+    }
+
+    fn row(&self, store: &String, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let schema = store.clone();
+        Box::pin(async move {
+            let pool = pg::pool().await;
+            let row = sqlx::query_as::<_, (String, i32, Option<String>)>(&format!(
+                "SELECT state, attempt, last_error FROM \"{schema}\".actix_poller_tasks \
+                 WHERE id = $1"
+            ))
+            .bind(id.0 as i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("row {id:?}: {e}"));
+            pool.close().await;
+            (row.0, row.1.into(), row.2)
         })
     }
 
@@ -198,5 +216,101 @@ async fn notifications_wake_an_idle_poller_promptly() {
         .shutdown(Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    drop_schema(&schema).await;
+}
+
+/// A long schema and a long table name: their `NOTIFY` channel would pass PostgreSQL's 63 bytes,
+/// which made every insert fail; the channel is shortened, and enqueues work (issue 12.6).
+#[actix_rt::test]
+async fn long_schema_and_table_names_work() {
+    let mut schema = format!("{}_", fresh_schema());
+    while schema.len() < 46 {
+        schema.push('s');
+    }
+    let table = "t".repeat(45);
+    let config = config(&schema)
+        .table(&table)
+        .poll_interval(Duration::from_secs(600));
+    let mut source = PgSource::<Job>::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let queue = source.queue();
+    use actix_poller::source::Source;
+    queue
+        .enqueue(vec![NewTask::new(7)])
+        .await
+        .unwrap_or_else(|e| panic!("enqueue: {e}"));
+    let got = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.tasks.len(), 1);
+    drop(source);
+    drop_schema(&schema).await;
+}
+
+/// A pool of one: the `LISTEN` connection is its own, so it does not take the pool's only
+/// connection and starve enqueues (issue 12.15).
+#[actix_rt::test]
+async fn a_pool_of_one_is_not_starved_by_listen() {
+    let schema = fresh_schema();
+    let config = config(&schema)
+        .max_connections(1)
+        .async_commit(false)
+        .connect_timeout(Duration::from_secs(2));
+    let mut source = bounded("connect", PgSource::<Job>::connect(config))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    bounded("enqueue", source.queue().enqueue(vec![NewTask::new(1)]))
+        .await
+        .unwrap_or_else(|e| panic!("enqueue: {e}"));
+    use actix_poller::source::Source;
+    let got = bounded("fetch", source.fetch(10))
+        .await
+        .unwrap_or_else(|e| panic!("fetch: {e}"));
+    assert_eq!(got.tasks.len(), 1);
+    drop(source);
+    drop_schema(&schema).await;
+}
+
+/// Index and trigger names derived from a mixed-case table name are quoted: they keep its case
+/// (issue 12.15).
+#[actix_rt::test]
+async fn index_names_keep_the_table_name_case() {
+    let schema = fresh_schema();
+    let source = PgSource::<Job>::connect(config(&schema).table("MixedCase"))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut names: Vec<String> =
+        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1")
+            .bind(&schema)
+            .fetch_all(source.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    names.sort();
+    for suffix in ["_dead", "_due", "_finished", "_lease_until", "_next"] {
+        let name = format!("MixedCase{suffix}");
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    drop(source);
+    drop_schema(&schema).await;
+}
+
+/// `sslmode=require` works: the `postgres` feature builds sqlx with TLS (rustls), and the
+/// connections are encrypted (issue 12.15). Needs a server with `ssl = on`.
+#[actix_rt::test]
+async fn sslmode_require_connects_over_tls() {
+    let schema = fresh_schema();
+    let url = pg_url();
+    let url = format!(
+        "{url}{}sslmode=require",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let source = PgSource::<Job>::connect(PgConfig::new(url).schema(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("connect with sslmode=require: {e}"));
+    let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(source.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(tls, "the connection is encrypted");
+    drop(source);
     drop_schema(&schema).await;
 }

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_poller::source::sqlite::{SqliteConfig, SqliteError, SqliteSource};
-use conformance::{Harness, Job};
+use actix_poller::TaskId;
+use conformance::{Harness, Job, Row};
 use futures::future::LocalBoxFuture;
+use sqlx::Connection;
 
 /// A fresh database file per test, removed when the property passed.
 struct Sqlite;
@@ -66,6 +68,22 @@ impl Harness for Sqlite {
         })
     }
 
+    fn row(&self, store: &PathBuf, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let path = store.clone();
+        Box::pin(async move {
+            let s = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            sqlx::query_as(
+                "SELECT state, attempt, last_error FROM actix_poller_tasks WHERE id = ?1",
+            )
+            .bind(id.0 as i64)
+            .fetch_one(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("row {id:?}: {e}"))
+        })
+    }
+
     fn cleanup(&self, store: &PathBuf) -> LocalBoxFuture<'static, ()> {
         let path = store.clone();
         Box::pin(async move {
@@ -114,7 +132,7 @@ async fn migrations_apply_once() {
         .fetch_all(b.pool())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2, 3]);
     drop((a, b));
     let other = temp_db();
     let err = SqliteSource::<Job>::connect(SqliteConfig::new(&other).migrate(false))
@@ -123,4 +141,117 @@ async fn migrations_apply_once() {
     assert!(err.to_string().contains("no such table"), "{err}");
     Sqlite.cleanup(&path).await;
     Sqlite.cleanup(&other).await;
+}
+
+/// Dead tasks are kept for `dead_retention`, then the heartbeat prunes them (issue 12.15).
+#[actix_rt::test]
+async fn dead_tasks_are_pruned_after_their_retention() {
+    use actix_poller::source::{NewTask, Source};
+    use actix_poller::{Ack, Disposition};
+    let path = temp_db();
+    let config = SqliteConfig::new(&path).dead_retention(Some(Duration::from_millis(1)));
+    let mut s = SqliteSource::<Job>::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.enqueue(vec![NewTask::new(1)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let task = s.fetch(1).await.unwrap_or_else(|e| panic!("{e}")).tasks;
+    let dead = Disposition::Dead { error: "no".into() };
+    let ack = Ack {
+        id: task[0].id,
+        attempt: task[0].attempt,
+        disposition: dead,
+    };
+    s.ack(vec![ack]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.dead_tasks(10).await.map(|d| d.len()).ok(), Some(1));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.heartbeat().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.dead_tasks(10).await.map(|d| d.len()).ok(),
+        Some(0),
+        "pruned"
+    );
+    drop(s);
+    Sqlite.cleanup(&path).await;
+}
+
+/// An ack that cannot be written at shutdown (the database is locked by another process) is
+/// given up after its last try; its lease then expires, and the task runs again, its attempt
+/// not counted: at least once, nothing lost (issue 16).
+#[actix_rt::test]
+async fn an_ack_given_up_at_shutdown_runs_the_task_again() {
+    use actix_poller::source::{NewTask, Source};
+    use actix_poller::Poller;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let path = temp_db();
+    let lease = Duration::from_millis(300);
+    let cfg = || config(&path, lease).busy_timeout(Duration::from_millis(20));
+    let source = SqliteSource::<Job>::connect(cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = source
+        .queue()
+        .enqueue(vec![NewTask::new(7)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))[0];
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let poller = Poller::<Job>::builder()
+        .source(source)
+        .workers(1)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            r.fetch_add(1, SeqCst);
+            let mut open = open_rx.clone();
+            async move {
+                let _ = open.wait_for(|o| *o).await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    conformance::bounded("the task starts", async {
+        while runs.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Another process locks the database: the ack (and the heartbeat) cannot be written.
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = open_tx.send(true);
+    conformance::bounded("shutdown", poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Its lease expires; another poller takes it back and runs it again.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    assert_ne!(
+        Sqlite.row(&path, id).await.0,
+        "completed",
+        "the ack was given up"
+    );
+    let mut b = SqliteSource::<Job>::connect(cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.heartbeat().await.unwrap_or_else(|e| panic!("{e}"));
+    let again = b.fetch(1).await.unwrap_or_else(|e| panic!("{e}")).tasks;
+    assert_eq!(again.len(), 1, "the task runs again");
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (id, 1),
+        "the expiry cost no attempt"
+    );
+    drop(b);
+    Sqlite.cleanup(&path).await;
 }

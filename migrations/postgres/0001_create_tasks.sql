@@ -1,3 +1,4 @@
+-- migration: create the task table and its notify trigger
 -- The task table of a PgSource. Placeholders are filled in by the crate's migration runner:
 -- {table} is the schema-qualified table, {name} the bare table name, {function} the
 -- schema-qualified name of the notify function, {channel} the LISTEN/NOTIFY channel.
@@ -22,14 +23,14 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 
 -- Due tasks in fetch order. Partial: completed rows piling up do not slow a fetch down.
-CREATE INDEX IF NOT EXISTS {name}_due ON {table} (priority DESC, run_at, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS "{name}_due" ON {table} (priority DESC, run_at, id) WHERE state = 'queued';
 -- The next due time (delayed tasks, retries).
-CREATE INDEX IF NOT EXISTS {name}_next ON {table} (run_at) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS "{name}_next" ON {table} (run_at) WHERE state = 'queued';
 -- Expired leases.
-CREATE INDEX IF NOT EXISTS {name}_leases ON {table} (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS "{name}_leases" ON {table} (lease_until) WHERE state = 'running';
 -- Pruning of finished tasks, and the list of dead ones.
-CREATE INDEX IF NOT EXISTS {name}_finished ON {table} (finished_at) WHERE state IN ('completed', 'cancelled');
-CREATE INDEX IF NOT EXISTS {name}_dead ON {table} (finished_at DESC, id DESC) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS "{name}_finished" ON {table} (finished_at) WHERE state IN ('completed', 'cancelled');
+CREATE INDEX IF NOT EXISTS "{name}_dead" ON {table} (finished_at DESC, id DESC) WHERE state = 'dead';
 
 -- Every insert statement (the crate's or anyone's) wakes the listening pollers, on commit.
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -38,6 +39,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS {name}_notify ON {table};
-CREATE TRIGGER {name}_notify AFTER INSERT ON {table}
+DROP TRIGGER IF EXISTS "{name}_notify" ON {table};
+CREATE TRIGGER "{name}_notify" AFTER INSERT ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {function}();

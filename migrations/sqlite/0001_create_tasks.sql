@@ -1,3 +1,4 @@
+-- migration: create the task table
 -- The task table of a SqliteSource. Placeholders ({table}, {name}) are filled in by the crate's
 -- migration runner with the configured table name.
 --
@@ -21,11 +22,11 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 
 -- Due tasks in fetch order. Partial: completed rows piling up do not slow a fetch down.
-CREATE INDEX IF NOT EXISTS {name}_due ON {table} (priority DESC, run_at, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS "{name}_due" ON {table} (priority DESC, run_at, id) WHERE state = 'queued';
 -- The next due time (delayed tasks, retries).
-CREATE INDEX IF NOT EXISTS {name}_next ON {table} (run_at) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS "{name}_next" ON {table} (run_at) WHERE state = 'queued';
 -- Expired leases.
-CREATE INDEX IF NOT EXISTS {name}_leases ON {table} (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS "{name}_leases" ON {table} (lease_until) WHERE state = 'running';
 -- Pruning of finished tasks, and the list of dead ones.
-CREATE INDEX IF NOT EXISTS {name}_finished ON {table} (finished_at) WHERE state IN ('completed', 'cancelled');
-CREATE INDEX IF NOT EXISTS {name}_dead ON {table} (finished_at DESC, id DESC) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS "{name}_finished" ON {table} (finished_at) WHERE state IN ('completed', 'cancelled');
+CREATE INDEX IF NOT EXISTS "{name}_dead" ON {table} (finished_at DESC, id DESC) WHERE state = 'dead';

@@ -32,7 +32,7 @@
 //!   ([`Disposition`](crate::Disposition)), and the source stores it.
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod durable;
+pub mod durable;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -45,7 +45,7 @@ use futures::future::LocalBoxFuture;
 use tokio::time::Instant;
 
 use crate::error::SubmitError;
-use crate::task::{Ack, DeadTask, Task, TaskId, TaskOptions};
+use crate::task::{Ack, DeadTask, FinalState, Task, TaskId, TaskOptions};
 
 /// The answer to one [`Source::fetch`] call.
 #[derive(Debug)]
@@ -204,6 +204,9 @@ pub trait RetrySupport<T> {
     fn enable_retries(&mut self);
 }
 
+/// The answer of [`Source::final_states`]: tasks and the final state each reached.
+pub type FinalStates = Vec<(TaskId, FinalState)>;
+
 /// The result of [`Source::enqueue`]: the ids of the enqueued tasks, or the whole batch back.
 pub type EnqueueResult<T> = Result<Vec<TaskId>, SubmitError<Vec<T>>>;
 
@@ -340,6 +343,22 @@ pub trait Source<T>: 'static {
     ) -> LocalBoxFuture<'static, Result<usize, Self::Error>> {
         let _ = ids;
         Box::pin(futures::future::ready(Ok(0)))
+    }
+
+    /// Which of `ids` reached a final state in the source, and which: a durable store shared
+    /// by several pollers knows it even for tasks another process ran, whose acks this poller
+    /// never sees (so a receipt of such a task can be resolved from here). Default: none known.
+    /// Optional; tasks not final (or unknown) are left out.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn final_states(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<FinalStates, Self::Error>> {
+        let _ = ids;
+        Box::pin(futures::future::ready(Ok(Vec::new())))
     }
 
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs

@@ -46,12 +46,21 @@ pub trait Harness: 'static {
         Box::pin(async {})
     }
 
+    /// The stored row of task `id`: state, attempt, last error (durable sources only).
+    fn row(&self, store: &Self::Store, id: TaskId) -> LocalBoxFuture<'static, Row> {
+        let _ = (store, id);
+        Box::pin(async { panic!("only durable sources have rows") })
+    }
+
     /// Drops the store (called at the end of a property that passed).
     fn cleanup(&self, store: &Self::Store) -> LocalBoxFuture<'static, ()> {
         let _ = store;
         Box::pin(async {})
     }
 }
+
+/// A stored task: state, attempt, last error.
+pub type Row = (String, i64, Option<String>);
 
 /// The default lease of the suite: long enough never to expire by accident.
 pub const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -212,12 +221,16 @@ pub async fn final_acks_are_final<H: Harness>(h: &H) {
         ],
     )
     .await;
-    sleep_ms(50).await;
+    if h.durable() {
+        // Recorded in the store, not merely gone from this source's view.
+        for (task, state) in got.iter().zip(["completed", "dead", "cancelled"]) {
+            assert_eq!(h.row(&store, task.id).await.0, state, "task {:?}", task.id);
+        }
+    }
     assert!(fetch(&mut s, 10).await.is_empty());
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, got[1].id);
     assert_eq!(dead[0].error, "boom");
@@ -303,12 +316,20 @@ pub async fn cancel_removes_waiting_tasks<H: Harness>(h: &H) {
     let ids = enqueue(&mut s, vec![task(1), with(2, later, 1), task(3)]).await;
     let cancel = |s: &mut H::Source, id| {
         let f = s.cancel(id);
-        async move { bounded("cancel", f).await.ok().unwrap_or(false) }
+        async move {
+            bounded("cancel", f)
+                .await
+                .unwrap_or_else(|e| panic!("cancel: {e}"))
+        }
     };
     assert!(cancel(&mut s, ids[0]).await, "due task cancelled");
     assert!(cancel(&mut s, ids[1]).await, "delayed task cancelled");
     assert!(!cancel(&mut s, ids[0]).await, "already cancelled");
     assert!(!cancel(&mut s, TaskId(987_654)).await, "unknown");
+    if h.durable() {
+        assert_eq!(h.row(&store, ids[0]).await.0, "cancelled");
+        assert_eq!(h.row(&store, ids[1]).await.0, "cancelled");
+    }
     let got = fetch(&mut s, 10).await;
     assert_eq!(payloads(&got), vec![3]);
     assert!(!cancel(&mut s, ids[2]).await, "leased: not waiting");
@@ -341,8 +362,7 @@ pub async fn dead_tasks_rerun_and_purge<H: Harness>(h: &H) {
     }
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(
         dead.iter().map(|d| d.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1], ids[0]],
@@ -351,27 +371,21 @@ pub async fn dead_tasks_rerun_and_purge<H: Harness>(h: &H) {
     assert!(dead.iter().all(|d| d.rerunnable));
     let limited = bounded("dead_tasks", s.dead_tasks(1))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert_eq!(limited.len(), 1);
     let rerun = bounded("rerun", s.rerun_dead(vec![ids[0], TaskId(987_654)]))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("rerun: {e}"));
     assert_eq!(rerun, vec![ids[0]]);
     let again = fetch(&mut s, 10).await;
     assert_eq!((again.len(), again[0].id, again[0].attempt), (1, ids[0], 1));
-    assert_eq!(
-        bounded("purge", s.purge_dead(Some(vec![ids[1]])))
-            .await
-            .ok(),
-        Some(1)
-    );
-    assert_eq!(bounded("purge", s.purge_dead(None)).await.ok(), Some(1));
+    let purged = bounded("purge", s.purge_dead(Some(vec![ids[1]]))).await;
+    assert_eq!(purged.unwrap_or_else(|e| panic!("purge: {e}")), 1);
+    let purged = bounded("purge", s.purge_dead(None)).await;
+    assert_eq!(purged.unwrap_or_else(|e| panic!("purge: {e}")), 1);
     let dead = bounded("dead_tasks", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead_tasks: {e}"));
     assert!(dead.is_empty());
     h.cleanup(&store).await;
 }
@@ -636,9 +650,10 @@ pub async fn concurrent_fetches_lease_disjoint_tasks<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
-/// A poller that dies leaves its leases to expire; another poller takes the task back with the
-/// attempt counted, and a task out of attempts goes dead ("lease expired"). A late ack from the
-/// dead poller's lease changes nothing.
+/// A lease that expires (its poller died or stalled) is taken back by another poller's
+/// heartbeat, and costs no attempt: the poller may have died before the task started (queued
+/// ahead at an executor, prefetched), so even a task of one attempt runs again (issue 12.2).
+/// A late ack from the dead poller's lease changes nothing.
 pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
     let store = h.store().await;
     let lease = Duration::from_millis(300);
@@ -651,7 +666,8 @@ pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
         ],
     )
     .await;
-    let first = fetch(&mut a, 2).await;
+    let mut first = fetch(&mut a, 2).await;
+    first.sort_by_key(|t| t.id);
     assert_eq!(first.len(), 2);
     // `a` stops heartbeating: it died.
     let mut b = h.source(&store, lease).await;
@@ -660,35 +676,55 @@ pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
     bounded("heartbeat", b.heartbeat())
         .await
         .unwrap_or_else(|e| panic!("heartbeat: {e}"));
-    let again = fetch_until(&mut b, 1, Duration::from_secs(5)).await;
-    assert_eq!(again.len(), 1);
-    assert_eq!(
-        (again[0].id, again[0].attempt),
-        (ids[0], 2),
-        "attempt counted"
-    );
+    let mut again = fetch_until(&mut b, 2, Duration::from_secs(5)).await;
+    again.sort_by_key(|t| t.id);
+    let seen: Vec<_> = again.iter().map(|t| (t.id, t.attempt)).collect();
+    assert_eq!(seen, vec![(ids[0], 1), (ids[1], 1)], "no attempt counted");
     let dead = bounded("dead", b.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
-    assert_eq!(dead.len(), 1, "out of attempts: dead");
-    assert_eq!(dead[0].id, ids[1]);
-    assert!(dead[0].error.contains("lease expired"), "{}", dead[0].error);
+        .unwrap_or_else(|e| panic!("dead tasks: {e}"));
+    assert!(dead.is_empty(), "an expiry alone kills nothing: {dead:?}");
     // The dead poller's late ack is for a lease it lost.
     ack(&mut a, vec![ack_of(&first[0], Disposition::Completed)]).await;
-    ack(
-        &mut b,
-        vec![ack_of(
-            &again[0],
-            Disposition::Retry {
-                after: Duration::ZERO,
-                error: "x".into(),
-            },
-        )],
-    )
-    .await;
+    assert_eq!(
+        h.row(&store, ids[0]).await.0,
+        "running",
+        "a's ack changed nothing"
+    );
+    let retry = Disposition::Retry {
+        after: Duration::ZERO,
+        error: "x".into(),
+    };
+    ack(&mut b, vec![ack_of(&again[0], retry)]).await;
     let third = fetch_until(&mut b, 1, Duration::from_secs(5)).await;
-    assert_eq!(third[0].attempt, 3, "b's ack counted, a's did not");
+    assert_eq!(third[0].attempt, 2, "b's ack counted, a's did not");
+    h.cleanup(&store).await;
+}
+
+/// The guard against a task that kills its worker each time: after five lease expiries in a
+/// row (the default), with no ack between, it is dead, and says why.
+pub async fn repeated_lease_expiries_make_a_task_dead<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(200);
+    let mut b = h.source(&store, lease).await;
+    let id = enqueue(&mut b, vec![with(1, TaskOptions::new(), 1)]).await[0];
+    for expiry in 1..=5 {
+        let mut a = h.source(&store, lease).await;
+        let got = fetch_until(&mut a, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            (got[0].id, got[0].attempt),
+            (id, 1),
+            "expiry {expiry}: not counted"
+        );
+        drop(a); // dies holding it
+        sleep_ms(300).await;
+        bounded("heartbeat", b.heartbeat())
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+    }
+    let (state, attempt, error) = h.row(&store, id).await;
+    assert_eq!((state.as_str(), attempt), ("dead", 0));
+    assert!(error.unwrap_or_default().contains("5 times"));
     h.cleanup(&store).await;
 }
 
@@ -731,8 +767,7 @@ async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, task: &Task<Job>) 
     assert!(fetch(b, 1).await.is_empty(), "completed, not taken back");
     assert!(bounded("dead", b.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("dead: {e}"))
         .is_empty());
 }
 
@@ -764,8 +799,7 @@ pub async fn undecodable_payloads_go_dead<H: Harness>(h: &H) {
     assert_eq!(payloads(&got), vec![1, 3]);
     let dead = bounded("dead", s.dead_tasks(10))
         .await
-        .ok()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("dead: {e}"));
     assert_eq!(dead.len(), 1);
     assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
     assert!(fetch(&mut s, 10).await.is_empty());
@@ -793,6 +827,124 @@ pub async fn tasks_outlive_their_poller<H: Harness>(h: &H) {
     let mut b = h.source(&store, LONG_LEASE).await;
     let rest = fetch(&mut b, 100).await;
     assert_eq!(payloads(&rest), (4..10).collect::<Vec<_>>());
+    h.cleanup(&store).await;
+}
+
+/// An ack the store would refuse (an error text with NUL or too long, a retry `Duration::MAX`
+/// away) is stored bounded, and does not hold up the acks batched with it (issue 12.4).
+pub async fn bad_acks_are_stored_bounded<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let three = (1..=3).map(|n| with(n, TaskOptions::new(), 3)).collect();
+    let ids = enqueue(&mut s, three).await;
+    let mut got = fetch(&mut s, 3).await;
+    got.sort_by_key(|t| t.id);
+    let long = format!("bad\0{}", "é".repeat(100_000));
+    let acks = vec![
+        ack_of(&got[0], Disposition::Completed),
+        ack_of(
+            &got[1],
+            Disposition::Retry {
+                after: Duration::MAX,
+                error: "later".into(),
+            },
+        ),
+        ack_of(&got[2], Disposition::Dead { error: long }),
+    ];
+    ack(&mut s, acks).await;
+    assert_eq!(h.row(&store, ids[0]).await.0, "completed");
+    assert_eq!(h.row(&store, ids[1]).await.0, "queued");
+    assert!(
+        fetch(&mut s, 3).await.is_empty(),
+        "the retry is far in the future"
+    );
+    let (state, _, error) = h.row(&store, ids[2]).await;
+    assert_eq!(state, "dead");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.starts_with("badé"),
+        "NUL stripped: {:?}",
+        &error[..10]
+    );
+    assert!(error.len() <= 8 * 1024, "bounded: {} bytes", error.len());
+    h.cleanup(&store).await;
+}
+
+/// End to end, a task that runs three times its lease is kept by the poller's heartbeat: a
+/// second poller reclaiming expired leases all the while neither takes it back nor runs it
+/// again; it completes once, at attempt 1.
+pub async fn a_long_task_outlives_its_lease<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let lease = Duration::from_millis(300);
+    let mut s = h.source(&store, lease).await;
+    let id = enqueue(&mut s, vec![with(1, TaskOptions::new(), 3)]).await[0];
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(1)
+        .on_current_arbiter()
+        .start(move |_n: Job, _cx| {
+            r.fetch_add(1, SeqCst);
+            async move {
+                sleep_ms(900).await; // three leases
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .expect("starts");
+    let mut other = h.source(&store, lease).await;
+    bounded("the long task completes", async {
+        while h.row(&store, id).await.0 != "completed" {
+            bounded("heartbeat", other.heartbeat())
+                .await
+                .unwrap_or_else(|e| panic!("heartbeat: {e}"));
+            assert!(fetch(&mut other, 1).await.is_empty(), "never taken back");
+            sleep_ms(50).await;
+        }
+    })
+    .await;
+    assert_eq!(runs.load(SeqCst), 1, "run once");
+    assert_eq!(h.row(&store, id).await.1, 1, "at attempt 1");
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    h.cleanup(&store).await;
+}
+
+/// A store shared by pollers knows the final state of a task whichever poller ran it: one
+/// poller finishes tasks, another reads their final states (issue 12.9).
+pub async fn final_states_are_read_from_the_store<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    let mut b = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(&mut a, vec![task(1), task(2), task(3), task(4)]).await;
+    let mut got = fetch(&mut a, 3).await;
+    got.sort_by_key(|t| t.id);
+    let dead = Disposition::Dead { error: "no".into() };
+    let acks = vec![
+        ack_of(&got[0], Disposition::Completed),
+        ack_of(&got[1], dead),
+    ];
+    ack(&mut a, acks).await;
+    let cancelled = bounded("cancel", b.cancel(ids[3])).await;
+    assert!(cancelled.unwrap_or_else(|e| panic!("cancel: {e}")));
+    let mut states = bounded("final states", b.final_states(ids.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("final states: {e}"));
+    states.sort_by_key(|s| s.0);
+    let dead = FinalState::Dead {
+        error: "no".into(),
+        attempts: 1,
+    };
+    assert_eq!(
+        states,
+        vec![
+            (ids[0], FinalState::Completed),
+            (ids[1], dead),
+            (ids[3], FinalState::Cancelled)
+        ],
+        "the running task is not final"
+    );
     h.cleanup(&store).await;
 }
 
@@ -833,10 +985,14 @@ macro_rules! durable_conformance_tests {
         $crate::conformance_tests!(@each $harness;
             concurrent_fetches_lease_disjoint_tasks,
             expired_leases_are_taken_back,
+            repeated_lease_expiries_make_a_task_dead,
+            a_long_task_outlives_its_lease,
+            final_states_are_read_from_the_store,
             heartbeats_extend_leases,
             leases_are_kept_until_the_ack_lands,
             undecodable_payloads_go_dead,
             tasks_outlive_their_poller,
+            bad_acks_are_stored_bounded,
         );
     };
 }

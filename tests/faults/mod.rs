@@ -1,6 +1,7 @@
 //! Fault-test helpers: a child process running a poller, killed with SIGKILL at random moments.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -29,10 +30,39 @@ pub fn spawn_child(env: &[(&str, String)]) -> Child {
         .unwrap_or_else(|e| panic!("spawn the child: {e}"))
 }
 
-/// SIGKILL: no shutdown, no release, no last ack.
-pub fn kill_9(child: &mut Child) {
+/// SIGKILL: no shutdown, no release, no last ack. `false` if the child had already exited with
+/// success (the queue was done); a child that exited with failure (it panicked at start, say)
+/// is a failure of the test, not a kill.
+pub fn kill_9(child: &mut Child) -> bool {
+    if let Ok(Some(status)) = child.try_wait() {
+        assert!(
+            status.success(),
+            "the child failed before it was killed: {status}"
+        );
+        return false;
+    }
     let _ = child.kill();
     let _ = child.wait();
+    true
+}
+
+/// The tasks run more than once (`runs`: each execution's task id) must be among those `held`
+/// (leased, never acknowledged) by a killed worker: returns them.
+pub fn duplicated_within(runs: &[i64], held: &HashSet<i64>) -> Vec<i64> {
+    let mut seen = HashSet::new();
+    let mut twice: Vec<i64> = runs
+        .iter()
+        .filter(|id| !seen.insert(**id))
+        .copied()
+        .collect();
+    twice.sort_unstable();
+    twice.dedup();
+    let outside: Vec<_> = twice.iter().filter(|id| !held.contains(id)).collect();
+    assert!(
+        outside.is_empty(),
+        "tasks run twice that no killed worker held: {outside:?}"
+    );
+    twice
 }
 
 /// A random pause of `lo..hi` milliseconds.
@@ -40,15 +70,18 @@ pub fn random_ms(lo: u64, hi: u64) -> Duration {
     Duration::from_millis(fastrand::u64(lo..hi))
 }
 
-/// Waits (polling `done`) for a child to exit by itself, killing it after `limit`.
+/// Waits for a child to exit by itself: `true` if it did, with success, within `limit`
+/// (it is killed after `limit`; a child that panicked exits with failure).
 pub async fn wait_exit(child: &mut Child, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "the child failed: {status}");
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
-            kill_9(child);
+            let _ = child.kill();
+            let _ = child.wait();
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,6 +1,7 @@
--- The statements of PgSource, one per `-- name:` section. {table} is the schema-qualified table,
--- {channel} the LISTEN/NOTIFY channel. Times come from the server's clock (now()), so workers
--- on several machines agree; durations are bound as microseconds.
+-- The statements of the PostgreSQL dialect, one per `-- name:` section. {table} is the
+-- schema-qualified table, {channel} the LISTEN/NOTIFY channel. Times come from the server's clock
+-- (now()), so workers on several machines agree; durations are bound as microseconds. Lists
+-- are arrays; integers come back as bigint.
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
 -- name: enqueue
@@ -29,12 +30,13 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {table} AS t
-SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,
+SET state = 'running', attempt = t.attempt + 1, lease_owner = $2, lease_seq = t.lease_seq + 1,
     lease_until = now() + $3 * interval '1 microsecond'
 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING t.id, t.attempt, t.max_attempts, t.priority, t.timeout_ms, t.payload::text,
+RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
+          t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
@@ -43,7 +45,7 @@ FROM {table} WHERE state = 'queued';
 
 -- name: ack
 -- One statement per batch. An ack counts only for the lease it answers (same owner, same
--- attempt, still running). $6: owner. The arrays are read through `(SELECT $n)`: not knowing
+-- lease, still running). $6: lease sequences; $7: owner. The arrays are read through `(SELECT $n)`: not knowing
 -- their length, the planner looks each ack's row up by primary key (a nested loop from the
 -- acks), which is right for any batch and any table. Knowing it, it may scan the whole table
 -- for a large batch; and (with the old lease index, see migration 2) trusting statistics that
@@ -57,25 +59,34 @@ SET state = CASE a.kind
     attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
     finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN now() END,
     last_error = coalesce(a.error, t.last_error),
+    expiries = 0,
     lease_owner = NULL,
     lease_until = NULL
 FROM unnest((SELECT $1::bigint[]), (SELECT $2::int[]), (SELECT $3::smallint[]),
-            (SELECT $4::bigint[]), (SELECT $5::text[]))
-     AS a (id, attempt, kind, after_us, error)
-WHERE t.id = a.id AND t.attempt = a.attempt AND t.state = 'running' AND t.lease_owner = $6;
+            (SELECT $4::bigint[]), (SELECT $5::text[]), (SELECT $6::bigint[]))
+     AS a (id, attempt, kind, after_us, error, seq)
+WHERE t.id = a.id AND t.lease_seq = a.seq AND t.attempt = a.attempt AND t.state = 'running'
+  AND t.lease_owner = $7;
 
 -- name: extend
--- $1: ids; $2: owner; $3: lease in microseconds.
-UPDATE {table} SET lease_until = now() + $3 * interval '1 microsecond'
-WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+-- $1: ids; $2: their lease sequences; $3: owner; $4: lease in microseconds.
+UPDATE {table} AS t SET lease_until = now() + $4 * interval '1 microsecond'
+FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[])) AS l (id, seq)
+WHERE t.id = l.id AND t.lease_seq = l.seq AND t.lease_owner = $3 AND t.state = 'running';
 
 -- name: reclaim
--- Leases that expired: their worker died or stalled. The attempt is counted: out of attempts,
--- the task is dead.
+-- Leases that expired: their worker died or stalled, maybe before the task started (queued
+-- ahead at an executor, prefetched). The attempt the fetch counted is given back; the expiry is
+-- counted instead, and a task whose leases expired $1 times in a row (no ack recorded between)
+-- is dead: its worker dies each time it holds it. $1: most expiries.
 UPDATE {table}
-SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
-    last_error = 'lease expired: the worker died or stalled',
+SET state = CASE WHEN expiries + 1 >= $1 THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN expiries + 1 >= $1 THEN now() END,
+    attempt = greatest(attempt - 1, 0),
+    expiries = expiries + 1,
+    last_error = CASE WHEN expiries + 1 >= $1
+        THEN 'lease expired ' || (expiries + 1) || ' times in a row: the worker died or stalled each time it held the task'
+        ELSE 'lease expired: the worker died or stalled' END,
     lease_owner = NULL,
     lease_until = NULL
 WHERE id = ANY(ARRAY(
@@ -93,11 +104,21 @@ DELETE FROM {table} WHERE id = ANY(ARRAY(
     LIMIT $2
 ));
 
+-- name: prune_dead
+-- $1: retention in microseconds; $2: at most this many.
+DELETE FROM {table} WHERE id = ANY(ARRAY(
+    SELECT id FROM {table}
+    WHERE state = 'dead' AND finished_at < now() - $1 * interval '1 microsecond'
+    LIMIT $2
+));
+
 -- name: release
--- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: owner.
-UPDATE {table}
-SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
-WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running';
+-- Fetched, never started: back to the queue, the attempt not counted. $1: ids; $2: their
+-- lease sequences; $3: owner.
+UPDATE {table} AS t
+SET state = 'queued', attempt = t.attempt - 1, lease_owner = NULL, lease_until = NULL
+FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[])) AS l (id, seq)
+WHERE t.id = l.id AND t.lease_seq = l.seq AND t.lease_owner = $3 AND t.state = 'running';
 
 -- name: bury
 -- A row whose payload does not decode. $1: id; $2: error; $3: owner.
@@ -112,11 +133,16 @@ SELECT pg_notify('{channel}', '');
 UPDATE {table} SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'queued';
 
 -- name: dead_list
-SELECT id, attempt, coalesce(last_error, ''),
+SELECT id, attempt::bigint, coalesce(last_error, ''),
        (extract(epoch FROM coalesce(finished_at, now())) * 1000000)::bigint
 FROM {table} WHERE state = 'dead'
 ORDER BY finished_at DESC, id DESC
 LIMIT $1;
+
+-- name: final_states
+-- $1: ids.
+SELECT id, state, attempt::bigint, last_error FROM {table}
+WHERE id = ANY($1) AND state IN ('completed', 'dead', 'cancelled');
 
 -- name: dead_rerun
 UPDATE {table}
@@ -129,3 +155,25 @@ DELETE FROM {table} WHERE state = 'dead' AND id = ANY($1);
 
 -- name: dead_purge_all
 DELETE FROM {table} WHERE state = 'dead';
+
+-- name: migrate_begin
+BEGIN
+
+-- name: migrate_lock
+-- Pollers starting together apply the migrations once: the first holds this lock until it
+-- commits. {create_schema} creates the configured schema, if any.
+SELECT pg_advisory_xact_lock(hashtext('actix-poller:{table}'));
+{create_schema}
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+SELECT version FROM {migrations};
+
+-- name: migration_record
+-- $1: version; $2: description.
+INSERT INTO {migrations} (version, description) VALUES ($1, $2);

@@ -1,0 +1,168 @@
+//! How to open a durable source: the settings every store has, and the store's own.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::dialect::Dialect;
+
+/// The default table name.
+pub const DEFAULT_TABLE: &str = "actix_poller_tasks";
+
+/// How to open a durable source: the table, leases, polling, retention, and the store's own
+/// settings (see [`SqliteConfig`](crate::source::sqlite::SqliteConfig) and
+/// [`PgConfig`](crate::source::postgres::PgConfig), whose `new` starts one).
+pub struct DurableConfig<D: Dialect> {
+    pub(crate) table: String,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) poll_jitter: f64,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) dead_retention: Option<Duration>,
+    pub(crate) migrate: bool,
+    pub(crate) batch: usize,
+    pub(crate) max_connections: u32,
+    pub(crate) expiries: u32,
+    /// The store's own settings.
+    pub(crate) store: D::Options,
+}
+
+impl<D: Dialect> Clone for DurableConfig<D> {
+    fn clone(&self) -> Self {
+        DurableConfig {
+            table: self.table.clone(),
+            lease: self.lease,
+            poll_interval: self.poll_interval,
+            poll_jitter: self.poll_jitter,
+            retention: self.retention,
+            dead_retention: self.dead_retention,
+            migrate: self.migrate,
+            batch: self.batch,
+            max_connections: self.max_connections,
+            expiries: self.expiries,
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<D: Dialect> fmt::Debug for DurableConfig<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableConfig")
+            .field("store", &self.store)
+            .field("table", &self.table)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("poll_jitter", &self.poll_jitter)
+            .field("retention", &self.retention)
+            .field("dead_retention", &self.dead_retention)
+            .field("migrate", &self.migrate)
+            .field("batch", &self.batch)
+            .field("max_connections", &self.max_connections)
+            .field("lease_expiries", &self.expiries)
+            .finish()
+    }
+}
+
+impl<D: Dialect> DurableConfig<D> {
+    /// The defaults, with the store's own settings.
+    pub(crate) fn with_store(store: D::Options) -> Self {
+        DurableConfig {
+            table: DEFAULT_TABLE.to_owned(),
+            lease: Duration::from_secs(30),
+            poll_interval: D::POLL_INTERVAL,
+            poll_jitter: 0.2,
+            retention: Some(Duration::from_secs(24 * 3600)),
+            dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            migrate: true,
+            batch: 1_000,
+            max_connections: D::POOL_SIZE,
+            expiries: 5,
+            store,
+        }
+    }
+
+    /// The table's name: a plain identifier (letters, digits, `_`; at most 48 bytes). Default
+    /// [`DEFAULT_TABLE`].
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a fetched task stays leased to this poller without a heartbeat (default 30 s,
+    /// at least 30 ms). The heartbeat runs every third of it. A task whose worker died runs
+    /// again about this long after.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How often an idle poller looks for due tasks it was not told of (default: SQLite 1 s,
+    /// PostgreSQL 5 s; at least 1 ms). SQLite: tasks written by other processes are found this
+    /// way (local submits wake the poller at once). PostgreSQL: the fallback when a
+    /// notification is missed.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The poll's jitter, a fraction of the interval (default 0.2; clamped to `0.0..=1.0`).
+    pub fn poll_jitter(mut self, jitter: f64) -> Self {
+        self.poll_jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// How long completed and cancelled tasks are kept before the heartbeat prunes them
+    /// (default 24 h; `None`: kept forever). Dead tasks: see
+    /// [`dead_retention`](Self::dead_retention).
+    pub fn completed_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long dead tasks are kept, for [`Poller::dead_tasks`](crate::Poller::dead_tasks) and
+    /// a re-run, before the heartbeat prunes them (default 30 days, counted from their death;
+    /// `None`: kept until purged).
+    pub fn dead_retention(mut self, retention: Option<Duration>) -> Self {
+        self.dead_retention = retention;
+        self
+    }
+
+    /// How many times in a row a task's lease may expire before the task is dead (default 5,
+    /// at least 1).
+    ///
+    /// A lease expires when its poller died or stalled, perhaps before the task started (queued
+    /// ahead at an executor, or prefetched): an expiry therefore costs the task no attempt, and
+    /// it runs again. This limit is the guard against a task that kills its worker each time
+    /// (a crash, an out-of-memory kill): after that many expiries with no ack recorded between,
+    /// it is dead, with the reason in its error. A task that never started goes dead this way
+    /// only if its poller died that many times while holding it.
+    pub fn lease_expiries(mut self, n: u32) -> Self {
+        self.expiries = n.max(1);
+        self
+    }
+
+    /// Whether to apply the crate's migrations at start (default `true`).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// The most tasks one fetch leases (default 1 000, at least 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The connection pool's size (default: SQLite 4, PostgreSQL 8; at least 1). PostgreSQL:
+    /// the size of each of the source's pools: the main pool (enqueues, cancels, dead tasks;
+    /// the `LISTEN` connection is one more, its own) and, with
+    /// [`async_commit`](crate::source::postgres::PgConfig::async_commit), the pool for
+    /// fetches, acks and heartbeats.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+}

@@ -1,0 +1,469 @@
+//! The PostgreSQL dialect: the server's clock, lists bound as arrays, `FOR UPDATE SKIP LOCKED`,
+//! wake-ups by `LISTEN`/`NOTIFY`, bookkeeping optionally with asynchronous commit.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{
+    PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgQueryResult, Postgres,
+};
+use sqlx::Arguments;
+
+use super::common::{self, Migration, Signal};
+use super::config::DurableConfig;
+use super::dialect::{Args, Dialect, List, Names};
+use super::error::DurableError;
+use super::queue::DurableQueue;
+use super::source::DurableSource;
+
+/// The PostgreSQL store (feature `postgres`): see [`crate::source::postgres`].
+#[derive(Debug, Clone, Copy)]
+pub struct PgDialect;
+
+impl super::sealed::Sealed for PgDialect {}
+
+impl fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redacted(&self.url))
+            .field("schema", &self.schema)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("application_name", &self.application_name)
+            .field("async_commit", &self.async_commit)
+            .finish()
+    }
+}
+
+/// `url` without its password (`user:password@` and a `password=` parameter), for logs.
+fn redacted(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme) = out.find("://") {
+        let rest = scheme + 3;
+        let end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..end].rfind('@') {
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(start) = out.find("password=") {
+        let value = start + "password=".len();
+        let end = out[value..].find('&').map_or(out.len(), |i| value + i);
+        out.replace_range(value..end, "***");
+    }
+    out
+}
+
+/// What can go wrong with a [`PgSource`]: [`DurableError`] for PostgreSQL (it is never
+/// [`Open`](DurableError::Open)).
+pub type PgError = DurableError<PgDialect>;
+
+/// How to open a [`PgSource`]: the URL, the schema and table, leases, polling, retention.
+/// Start one with [`PgConfig::new`]; the setters every durable source has are
+/// [`DurableConfig`]'s, PostgreSQL's own are [`schema`](PgConfig::schema),
+/// [`connect_timeout`](PgConfig::connect_timeout),
+/// [`application_name`](PgConfig::application_name) and
+/// [`async_commit`](PgConfig::async_commit).
+pub type PgConfig = DurableConfig<PgDialect>;
+
+impl DurableConfig<PgDialect> {
+    /// The database at `url` (`postgres://user:password@host:port/database`), with the
+    /// defaults: no schema (the connection's `search_path`), table
+    /// [`DEFAULT_TABLE`](super::DEFAULT_TABLE), 30 s leases, a 5 s fallback poll with 20 %
+    /// jitter, completed tasks kept 24 h, migrations on, fetches of at most 1 000 tasks, 8
+    /// pooled connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        DurableConfig::with_store(PgOptions {
+            url: url.into(),
+            schema: None,
+            connect_timeout: Duration::from_secs(10),
+            application_name: "actix-poller".to_owned(),
+            async_commit: true,
+        })
+    }
+
+    /// The schema of the table (created by the migrations if missing): a plain identifier.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.store.schema = Some(schema.into());
+        self
+    }
+
+    /// How long to wait for a connection (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.store.connect_timeout = timeout;
+        self
+    }
+
+    /// The `application_name` of the source's connections (default `actix-poller`), as
+    /// `pg_stat_activity` shows it.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.store.application_name = name.into();
+        self
+    }
+
+    /// Whether the poller's own bookkeeping (fetches, acks, lease extensions, releases) commits
+    /// with `synchronous_commit = off` (default `true`), through a second pool of the same size.
+    ///
+    /// It saves a WAL flush per statement on the hot path (lower latency, more tasks per
+    /// second) and stays within "at least once": if the *server* crashes, the last fraction of a
+    /// second of those commits may be lost, so a lease is forgotten (the task runs again) or an
+    /// ack is (its lease expires and the task runs again). Enqueues are never affected: they
+    /// commit as the caller's connection says.
+    pub fn async_commit(mut self, on: bool) -> Self {
+        self.store.async_commit = on;
+        self
+    }
+}
+
+/// The options of `config`'s connections, or why its URL is malformed.
+fn connect_options(
+    config: &DurableConfig<PgDialect>,
+) -> Result<PgConnectOptions, DurableError<PgDialect>> {
+    Ok(PgConnectOptions::from_str(&config.store.url)
+        .map_err(|e| DurableError::Config(format!("malformed PostgreSQL URL: {e}")))?
+        .application_name(&config.store.application_name))
+}
+
+/// PostgreSQL's own settings. Their `Debug` does not show the URL's password.
+#[derive(Clone)]
+pub struct PgOptions {
+    url: String,
+    schema: Option<String>,
+    connect_timeout: Duration,
+    application_name: String,
+    async_commit: bool,
+}
+
+impl Dialect for PgDialect {
+    type Db = Postgres;
+    type Options = PgOptions;
+    type File = std::convert::Infallible;
+    type Server = String;
+
+    const NAME: &'static str = "PostgreSQL";
+    const QUERIES: &'static str = include_str!("sql/postgres.sql");
+    const MIGRATIONS: &'static [Migration] = &[
+        include_str!("../../../migrations/postgres/0001_create_tasks.sql"),
+        include_str!("../../../migrations/postgres/0002_lease_index.sql"),
+        include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
+        include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
+    ];
+    const PRUNE_BATCH: i64 = 10_000;
+    const POLL_INTERVAL: Duration = Duration::from_secs(5);
+    const POOL_SIZE: u32 = 8;
+    const NOTIFIES: bool = true;
+
+    fn names(config: &DurableConfig<Self>) -> Result<Names, DurableError<Self>> {
+        let schema = config.store.schema.as_ref();
+        for (what, name) in [("table", Some(&config.table)), ("schema", schema)] {
+            if let Some(name) = name {
+                if !common::valid_identifier(name) {
+                    return Err(DurableError::Config(format!(
+                        "{what} name {name:?} must be a plain identifier (letters, digits, _; \
+                         at most 48 bytes)"
+                    )));
+                }
+            }
+        }
+        let prefix = schema.map_or(String::new(), |s| format!("\"{s}\"."));
+        let name = &config.table;
+        let table = format!("{prefix}\"{name}\"");
+        let channel = channel(schema.map(String::as_str), name);
+        let create_schema = schema.map_or(String::new(), |s| {
+            format!("CREATE SCHEMA IF NOT EXISTS \"{s}\";")
+        });
+        Ok(Names {
+            table: table.clone(),
+            vars: vec![
+                ("prefix", prefix.clone()),
+                ("table", table),
+                ("name", name.clone()),
+                ("function", format!("{prefix}\"{name}_notify\"")),
+                ("migrations", format!("{prefix}\"{name}_migrations\"")),
+                ("channel", channel),
+                ("create_schema", create_schema),
+            ],
+        })
+    }
+
+    fn connect(config: &DurableConfig<Self>) -> BoxFuture<'_, Result<PgPool, DurableError<Self>>> {
+        async move {
+            let options = connect_options(config)?;
+            let target = format!(
+                "{}:{} (database {})",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("<default>")
+            );
+            PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(config.store.connect_timeout)
+                .connect_with(options)
+                .await
+                .map_err(|source| DurableError::Connect { target, source })
+        }
+        .boxed()
+    }
+
+    fn bookkeeping_pool(pool: &PgPool, config: &DurableConfig<Self>) -> PgPool {
+        if !config.store.async_commit {
+            return pool.clone();
+        }
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.store.connect_timeout)
+            .connect_lazy_with(options)
+    }
+
+    fn listen<'a>(
+        pool: &'a PgPool,
+        names: &'a Names,
+        signal: Arc<Signal>,
+    ) -> BoxFuture<'a, Result<Option<tokio::task::JoinHandle<()>>, DurableError<Self>>> {
+        async move {
+            let channel = names
+                .vars
+                .iter()
+                .find(|(k, _)| *k == "channel")
+                .map_or("", |(_, v)| v.as_str());
+            // Its own connection, outside the pool: a pool of one is not starved by it.
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((*pool.connect_options()).clone());
+            let mut listener = PgListener::connect_with(&own).await?;
+            listener.listen(channel).await?;
+            Ok(Some(tokio::spawn(listen(listener, signal))))
+        }
+        .boxed()
+    }
+
+    fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
+        match list {
+            List::Ids(ids) => out.add(ids),
+            List::Leases(leases) => {
+                let (ids, seqs): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
+                out.add(ids)?;
+                out.add(seqs)
+            }
+            List::Acks(acks) => {
+                let seqs: Vec<i64> = acks.iter().map(|ack| ack.5).collect();
+                let acks = acks
+                    .into_iter()
+                    .map(|a| (a.0, a.1, a.2, a.3, a.4))
+                    .collect();
+                let (ids, attempts, kinds, after, errors) = columns(acks);
+                out.add(ids)?;
+                out.add(attempts)?;
+                out.add(kinds)?;
+                out.add(after)?;
+                out.add(errors)?;
+                out.add(seqs)
+            }
+            List::Tasks(tasks) => {
+                let (payloads, priorities, delays, attempts, timeouts) = columns(tasks);
+                out.add(payloads)?;
+                out.add(priorities)?;
+                out.add(delays)?;
+                out.add(attempts)?;
+                out.add(timeouts)
+            }
+        }
+    }
+
+    /// The statements read the server's clock (`now()`): nothing to bind.
+    fn bind_now(_: &mut Args<'_, Self>) -> Result<(), BoxDynError> {
+        Ok(())
+    }
+
+    /// SQLSTATE class 22 (data exception: a NUL in a text, a time out of range) or 54 (a
+    /// program limit exceeded), or a value that does not encode.
+    fn is_data_error(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
+    }
+
+    fn affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// PostgreSQL's longest identifier, in bytes: a longer `NOTIFY` channel is an error.
+const MAX_IDENTIFIER: usize = 63;
+
+/// The `LISTEN`/`NOTIFY` channel of a table: `schema.table`, or, when that is longer than
+/// PostgreSQL allows (two long names), `actix_poller_` and a stable hash of it (FNV-1a, the same
+/// in every process and version).
+fn channel(schema: Option<&str>, table: &str) -> String {
+    let full = schema.map_or_else(|| table.to_owned(), |s| format!("{s}.{table}"));
+    if full.len() <= MAX_IDENTIFIER {
+        return full;
+    }
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("actix_poller_{hash:016x}")
+}
+
+/// Five columns.
+type Columns<A, B, C, D, E> = (Vec<A>, Vec<B>, Vec<C>, Vec<D>, Vec<E>);
+
+/// Rows of five as five columns: PostgreSQL takes a batch as one array per column.
+fn columns<A, B, C, D, E>(rows: Vec<(A, B, C, D, E)>) -> Columns<A, B, C, D, E> {
+    let mut out = (vec![], vec![], vec![], vec![], vec![]);
+    for (a, b, c, d, e) in rows {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+        out.3.push(d);
+        out.4.push(e);
+    }
+    out
+}
+
+/// The `LISTEN` loop: every notification (and every reconnection, when notifications may have
+/// been missed) bumps the signal the fetches wait on.
+async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
+    let mut failures: u32 = 0;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(_)) => {
+                failures = 0;
+                common::bump(&signal);
+            }
+            Ok(None) => {
+                tracing::warn!("the LISTEN connection was lost; reconnected");
+                common::bump(&signal);
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay =
+                    crate::task::Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+                        .delay(failures);
+                tracing::warn!(%error, ?delay, "the LISTEN connection failed; retrying");
+                common::bump(&signal);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// A durable task source in PostgreSQL. See the [module docs](crate::source::postgres). Open one with
+/// [`PgSource::connect`].
+pub type PgSource<T> = DurableSource<T, PgDialect>;
+
+/// Enqueues into a [`PgSource`]'s table from anywhere (cheap to clone, `Send + Sync`), alone or
+/// inside the caller's transaction. Every poller on the table is notified on commit. Get one
+/// from [`PgSource::queue`], or build one with [`PgQueue::new`].
+pub type PgQueue<T> = DurableQueue<T, PgDialect>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::durable::race_test::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::Sql;
+
+    fn names(config: DurableConfig<PgDialect>) -> Result<Names, DurableError<PgDialect>> {
+        PgDialect::names(&config)
+    }
+
+    #[test]
+    fn every_statement_is_in_the_file() {
+        let names = names(
+            DurableConfig::<PgDialect>::new("postgres://x")
+                .schema("s")
+                .table("t"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names.table, "\"s\".\"t\"");
+        let sql = Sql::new::<PgDialect>(&names);
+        assert!(sql.fetch.contains("SKIP LOCKED"));
+        assert!(sql.notify.contains("'s.t'"));
+        assert!(sql
+            .migrate_lock
+            .contains("CREATE SCHEMA IF NOT EXISTS \"s\""));
+        assert!(!sql.dead_purge_all.contains('{'));
+    }
+
+    /// Two long names make a channel PostgreSQL would refuse: it is shortened, stably and
+    /// distinctly (issue 12.6).
+    #[test]
+    fn long_names_get_a_short_channel() {
+        assert_eq!(channel(Some("s"), "t"), "s.t");
+        let (a, b) = ("a".repeat(48), "b".repeat(48));
+        let long = channel(Some(&a), &b);
+        assert!(long.len() <= MAX_IDENTIFIER, "{long}");
+        assert_eq!(long, channel(Some(&a), &b), "stable");
+        assert_ne!(long, channel(Some(&b), &a), "distinct");
+        let names = names(DurableConfig::<PgDialect>::new("x").schema(&a).table(&b))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sql = Sql::new::<PgDialect>(&names);
+        assert!(sql.notify.contains(&long));
+    }
+
+    /// Neither `Debug` nor anything logged shows the password (issue 12.15).
+    #[test]
+    fn debug_hides_the_password() {
+        let config = DurableConfig::<PgDialect>::new("postgres://app:s3cret@db:5432/app");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("app:***@db"),
+            "{shown}"
+        );
+        let query = redacted("postgres://db/app?user=a&password=s3cret&sslmode=require");
+        assert_eq!(
+            query,
+            "postgres://db/app?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(redacted("postgres://a@db/x"), "postgres://a@db/x");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(names(DurableConfig::<PgDialect>::new("x").schema("a b")).is_err());
+        assert!(names(DurableConfig::<PgDialect>::new("x").table("t\"")).is_err());
+        assert!(names(
+            DurableConfig::<PgDialect>::new("x")
+                .schema("ok")
+                .table("ok_2")
+        )
+        .is_ok());
+    }
+
+    /// A notification racing an empty fetch still wakes the poller.
+    #[actix_rt::test]
+    async fn a_notification_racing_an_empty_fetch_is_not_lost() {
+        let url = std::env::var("ACTIX_POLLER_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "set ACTIX_POLLER_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run \
+                 the PostgreSQL tests"
+            )
+        });
+        let schema = format!("ap_unit_{:x}", fastrand::u64(..));
+        let config = PgConfig::new(url)
+            .schema(&schema)
+            .poll_interval(Duration::from_secs(600));
+        let source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
+        let settle = Duration::from_millis(200);
+        a_wake_up_racing_an_empty_fetch_is_not_lost(source, other, settle).await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+}

@@ -1,0 +1,555 @@
+//! [`DurableSource`]: the [`Source`] every durable store shares.
+
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::Pool;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::common::{self, Leased, Signal};
+use super::config::DurableConfig;
+use super::dialect::{Arg, List, Store};
+use super::error::DurableError;
+use super::migrate;
+use super::queue::DurableQueue;
+use super::Sql;
+use crate::error::{SourceError, SubmitError};
+use crate::source::{
+    EnqueueResult, FetchLimits, Fetched, FinalStates, NewTask, RetrySupport, Source, WakeOn,
+};
+use crate::task::{Ack, DeadTask, FinalState, Task, TaskId};
+
+/// How many prune statements one heartbeat runs at most (each deletes at most the dialect's
+/// `PRUNE_BATCH` rows), so one heartbeat stays short.
+const PRUNE_ROUNDS: usize = 20;
+
+/// A durable task source: tasks in a database table, leased to the poller that runs them.
+/// Users name it [`SqliteSource`](crate::source::sqlite::SqliteSource) or
+/// [`PgSource`](crate::source::postgres::PgSource); see those modules for each store.
+pub struct DurableSource<T, D: Store> {
+    queue: DurableQueue<T, D>,
+    /// Fetches, acks, heartbeats and releases (PostgreSQL: possibly with asynchronous commit).
+    bookkeeping: Pool<D::Db>,
+    owner: i64,
+    lease: Duration,
+    poll_interval: Duration,
+    poll_jitter: f64,
+    retention: Option<Duration>,
+    dead_retention: Option<Duration>,
+    batch: usize,
+    /// How many lease expiries in a row make a task dead.
+    expiries: u32,
+    leased: Leased,
+    /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`).
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<T, D: Store> fmt::Debug for DurableSource<T, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableSource")
+            .field("table", &self.queue.table)
+            .field("owner", &self.owner)
+            .field("lease", &self.lease)
+            .field("leased", &self.leased.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, D: Store> Drop for DurableSource<T, D> {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+    }
+}
+
+/// Runs `sql` on a connection of `pool`; how many rows it changed.
+async fn count<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::Result<u64> {
+    let mut conn = pool.acquire().await?;
+    D::count(&mut *conn, sql, args).await
+}
+
+/// Runs `sql` on a connection of `pool`; the integer each row returned.
+async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::Result<Vec<i64>> {
+    let mut conn = pool.acquire().await?;
+    D::ints(&mut *conn, sql, args).await
+}
+
+/// Records a batch of acks, retrying what may pass on a second try (a dropped connection). A
+/// batch the store refuses for its data (a value out of range, say) is split in halves until
+/// the one ack it refuses is alone: that one is left out (its lease expires and the task runs
+/// again), so one bad ack costs one task, not every later ack. Returns the ids left out.
+///
+/// # Errors
+///
+/// The first error retrying cannot help that is not about the data (the database is gone):
+/// the whole batch is then to be retried later (acks already recorded match no lease then,
+/// and change nothing).
+async fn record_acks<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &str,
+    owner: i64,
+    rows: Vec<common::AckRow>,
+) -> sqlx::Result<Vec<i64>> {
+    let mut unstorable = Vec::new();
+    let mut batches = vec![rows];
+    while let Some(mut batch) = batches.pop() {
+        let stored = common::with_retries(5, D::is_data_error, || {
+            let args = vec![
+                Arg::List(List::Acks(batch.clone())),
+                Arg::Int(owner),
+                Arg::Now,
+            ];
+            count::<D>(pool, sql, args)
+        })
+        .await;
+        match stored {
+            Ok(_) => {}
+            Err(e) if D::is_data_error(&e) && batch.len() > 1 => {
+                let second = batch.split_off(batch.len() / 2);
+                batches.push(second);
+                batches.push(batch);
+            }
+            Err(e) if D::is_data_error(&e) => {
+                let id = batch.first().map_or(0, |row| row.0);
+                tracing::error!(
+                    task = id,
+                    error = %e,
+                    "the store refuses this ack; the task's lease will expire and it runs again"
+                );
+                unstorable.push(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(unstorable)
+}
+
+/// Tells the pollers that tasks are due: the store's notification, or this process's signal.
+async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> sqlx::Result<()> {
+    if D::NOTIFIES {
+        count::<D>(pool, &sql.notify, vec![]).await?;
+    } else {
+        common::bump(signal);
+    }
+    Ok(())
+}
+
+/// Takes back tasks whose lease expired; announces them if some are queued again.
+async fn reclaim<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &Sql,
+    signal: &Signal,
+    expiries: u32,
+) -> sqlx::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let args = vec![Arg::Int(expiries.into()), Arg::Now];
+    let states = D::texts(&mut *conn, &sql.reclaim, args).await?;
+    drop(conn);
+    if common::report_reclaimed(&states) {
+        announce::<D>(pool, sql, signal).await?;
+    }
+    Ok(())
+}
+
+impl<T, D> DurableSource<T, D>
+where
+    T: Serialize + DeserializeOwned + 'static,
+    D: Store,
+{
+    /// Connects, applies the migrations unless turned off, starts listening for other
+    /// processes' enqueues (PostgreSQL), and takes back tasks whose lease expired while no
+    /// poller ran.
+    ///
+    /// PostgreSQL: call it inside a tokio runtime (the actix `System` counts): the `LISTEN`
+    /// connection runs as a task of that runtime until the source is closed or dropped.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors: the database cannot be opened or reached (SQLite `Open`, PostgreSQL
+    /// `Connect`, which name the file or the host), an invalid configuration (`Config`), a
+    /// schema that cannot be brought to this crate's version (`Migration`, `SchemaTooNew`).
+    pub async fn connect(config: DurableConfig<D>) -> Result<Self, DurableError<D>> {
+        D::names(&config)?;
+        let pool = D::connect(&config).await?;
+        Self::with_pool(pool, config).await
+    }
+
+    /// Uses an existing pool (its connect options are the caller's: for SQLite, WAL and a busy
+    /// timeout are advised). Only the table, schema, lease, poll, retention, migration, batch
+    /// and (PostgreSQL) async-commit settings of `config` apply, and its pool size for the
+    /// second pool [`PgConfig::async_commit`](crate::source::postgres::PgConfig::async_commit)
+    /// opens with the same connect options. PostgreSQL's `LISTEN` connection is its own, opened
+    /// with the pool's connect options, outside the pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), without the connection errors.
+    pub async fn with_pool(
+        pool: Pool<D::Db>,
+        config: DurableConfig<D>,
+    ) -> Result<Self, DurableError<D>> {
+        let names = D::names(&config)?;
+        let sql = Arc::new(Sql::new::<D>(&names));
+        if config.migrate {
+            let vars: Vec<(&str, &str)> =
+                names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            migrate::migrate::<D>(&pool, &sql, &vars, &names.table).await?;
+        }
+        let bookkeeping = D::bookkeeping_pool(&pool, &config);
+        let (signal, _) = watch::channel(0u64);
+        let signal = Arc::new(signal);
+        // Listening before the first fetch: no notification after this point is missed.
+        let listener = D::listen(&pool, &names, Arc::clone(&signal)).await?;
+        let source = DurableSource {
+            queue: DurableQueue::of(pool, sql, &names.table, signal),
+            bookkeeping,
+            owner: common::new_owner(),
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            poll_jitter: config.poll_jitter,
+            retention: config.retention,
+            dead_retention: config.dead_retention,
+            batch: config.batch,
+            expiries: config.expiries,
+            leased: Leased::default(),
+            listener,
+        };
+        let (pool, signal) = (&source.bookkeeping, &source.queue.signal);
+        reclaim::<D>(pool, &source.queue.sql, signal, source.expiries).await?;
+        Ok(source)
+    }
+
+    /// A handle to enqueue from anywhere, alone or in the caller's transaction; its enqueues
+    /// wake this source's poller.
+    pub fn queue(&self) -> DurableQueue<T, D> {
+        self.queue.clone()
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool<D::Db> {
+        &self.queue.pool
+    }
+
+    /// The table's name (PostgreSQL: schema-qualified and quoted).
+    pub fn table(&self) -> &str {
+        &self.queue.table
+    }
+}
+
+impl<T, D> Source<T> for DurableSource<T, D>
+where
+    T: Serialize + DeserializeOwned + 'static,
+    D: Store,
+{
+    type Error = DurableError<D>;
+
+    fn fetch(
+        &mut self,
+        max: usize,
+    ) -> LocalBoxFuture<'static, Result<Fetched<T>, DurableError<D>>> {
+        let pool = self.bookkeeping.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let leased = self.leased.clone();
+        let owner = self.owner;
+        let lease_us = common::micros(self.lease);
+        let poll = common::jittered(self.poll_interval, self.poll_jitter);
+        // Subscribed before the query: a wake-up during an empty fetch is not lost.
+        let signal = common::wait_for_bump(&self.queue.signal);
+        let max = max.min(self.batch).max(1);
+        async move {
+            let mut conn = pool.acquire().await?;
+            let args = vec![
+                Arg::Int(max as i64),
+                Arg::Int(owner),
+                Arg::Int(lease_us),
+                Arg::Now,
+            ];
+            let mut rows = D::fetched(&mut *conn, &sql.fetch, args).await?;
+            let full = rows.len() >= max;
+            common::sort_rows(&mut rows);
+            let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
+            let buried = !bad.is_empty();
+            for (id, error) in bad {
+                tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
+                let error = common::stored_text(error);
+                let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
+                if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
+                    // Its lease expires and it is tried again later.
+                    tracing::error!(task = id, error = %e, "could not mark the task dead");
+                }
+            }
+            // Some tasks: hand them over now and ask again at once, rather than delay them by
+            // a query for the next due time (the next fetch, if empty, makes it).
+            if full || !tasks.is_empty() || buried {
+                return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
+            }
+            let next = D::maybe_int(&mut *conn, &sql.next_due, vec![Arg::Now])
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "next due time unknown; polling");
+                    None
+                });
+            let mut at = Instant::now() + poll;
+            if let Some(wait_us) = next {
+                // A due row another poller is leasing right now: look again shortly.
+                let wait =
+                    Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
+                at = at.min(Instant::now() + wait);
+            }
+            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+        }
+        .boxed_local()
+    }
+
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), DurableError<D>>> {
+        let leased = Rc::clone(&self.leased);
+        let acked = self
+            .leased
+            .borrow()
+            .stamps(acks.iter().map(|ack| ack.id.0 as i64));
+        let keys: Vec<(i64, u32)> = acks.iter().map(|a| (a.id.0 as i64, a.attempt)).collect();
+        let leases = self.leased.borrow_mut().answered(&keys);
+        let pool = self.bookkeeping.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let owner = self.owner;
+        let rows = common::ack_rows(acks, leases.clone());
+        async move {
+            let unstorable = match record_acks::<D>(&pool, &sql.ack, owner, rows).await {
+                Ok(unstorable) => unstorable,
+                Err(e) => {
+                    // Perhaps recorded, the reply lost: if these acks come again, they answer
+                    // the same leases, whatever this poller leased since.
+                    leased
+                        .borrow_mut()
+                        .unanswered(keys.into_iter().zip(leases).collect());
+                    return Err(e.into());
+                }
+            };
+            // Only now: until the ack lands (it may fail and wait for its retry), the heartbeat
+            // keeps extending these leases, so no other poller takes the tasks back and runs
+            // them again. An ack the store refuses leaves its lease to expire: the task runs
+            // again (at least once), and the rest of the batch is not held up by it.
+            let mut leased = leased.borrow_mut();
+            leased.forget_stamped(acked);
+            let _ = leased.forget(unstorable);
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn limits(&self) -> FetchLimits {
+        FetchLimits {
+            max_batch: self.batch,
+            max_in_flight: 1,
+        }
+    }
+
+    fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        let queue = self.queue.clone();
+        async move {
+            let failed = |tasks: Vec<NewTask<T>>, error: String| {
+                tracing::error!(%error, "enqueue failed; batch handed back");
+                Err(SubmitError::Source {
+                    task: tasks.into_iter().map(|t| t.payload).collect(),
+                    error: SourceError(error),
+                })
+            };
+            let rows = match common::new_rows(&tasks) {
+                Ok(rows) => rows,
+                Err(e) => return failed(tasks, format!("a payload does not encode as JSON: {e}")),
+            };
+            let inserted = match queue.pool.acquire().await {
+                Ok(mut conn) => queue.insert(&mut conn, rows).await,
+                Err(e) => Err(e),
+            };
+            match inserted {
+                Ok(ids) => Ok(ids),
+                Err(e) => failed(tasks, format!("enqueue failed: {e}")),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let args = vec![Arg::Int(id.0 as i64), Arg::Now];
+            Ok(count::<D>(&pool, &sql.cancel, args).await? > 0)
+        }
+        .boxed_local()
+    }
+
+    fn dead_tasks(
+        &mut self,
+        limit: usize,
+    ) -> LocalBoxFuture<'static, Result<Vec<DeadTask>, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let mut conn = pool.acquire().await?;
+            let limit = Arg::Int(limit.min(i64::MAX as usize) as i64);
+            let rows = D::dead(&mut *conn, &sql.dead_list, vec![limit]).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, attempts, error, died)| {
+                    common::dead_task(id, attempts, error, common::system_time(died))
+                })
+                .collect())
+        }
+        .boxed_local()
+    }
+
+    fn final_states(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<FinalStates, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let mut conn = pool.acquire().await?;
+            let args = vec![Arg::List(List::Ids(common::raw_ids(&ids)))];
+            let rows = D::finals(&mut *conn, &sql.final_states, args).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(id, state, attempt, error)| {
+                    let state = match state.as_str() {
+                        "completed" => FinalState::Completed,
+                        "cancelled" => FinalState::Cancelled,
+                        "dead" => FinalState::Dead {
+                            error: error.unwrap_or_default(),
+                            attempts: attempt.clamp(0, u32::MAX.into()) as u32,
+                        },
+                        _ => return None,
+                    };
+                    Some((TaskId(id as u64), state))
+                })
+                .collect())
+        }
+        .boxed_local()
+    }
+
+    fn rerun_dead(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        async move {
+            let args = vec![Arg::List(List::Ids(common::raw_ids(&ids))), Arg::Now];
+            let rerun = common::sorted_ids(ints::<D>(&pool, &sql.dead_rerun, args).await?);
+            if !rerun.is_empty() {
+                announce::<D>(&pool, &sql, &signal).await?;
+            }
+            Ok(rerun)
+        }
+        .boxed_local()
+    }
+
+    fn purge_dead(
+        &mut self,
+        ids: Option<Vec<TaskId>>,
+    ) -> LocalBoxFuture<'static, Result<usize, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let purged = match ids {
+                None => count::<D>(&pool, &sql.dead_purge_all, vec![]).await?,
+                Some(ids) => {
+                    let args = vec![Arg::List(List::Ids(common::raw_ids(&ids)))];
+                    count::<D>(&pool, &sql.dead_purge, args).await?
+                }
+            };
+            Ok(purged as usize)
+        }
+        .boxed_local()
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.lease / 3)
+    }
+
+    fn heartbeat(&mut self) -> LocalBoxFuture<'static, Result<(), DurableError<D>>> {
+        let pool = self.bookkeeping.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        let owner = self.owner;
+        let lease_us = common::micros(self.lease);
+        let retention = self.retention;
+        let dead_retention = self.dead_retention;
+        let expiries = self.expiries;
+        let held = self.leased.borrow().held();
+        async move {
+            if !held.is_empty() {
+                let asked = held.len();
+                let args = vec![
+                    Arg::List(List::Leases(held)),
+                    Arg::Int(owner),
+                    Arg::Int(lease_us),
+                    Arg::Now,
+                ];
+                let extended = count::<D>(&pool, &sql.extend, args).await?;
+                common::report_extended(asked, extended);
+            }
+            reclaim::<D>(&pool, &sql, &signal, expiries).await?;
+            for (statement, keep) in [(&sql.prune, retention), (&sql.prune_dead, dead_retention)] {
+                let Some(keep) = keep else { continue };
+                for _ in 0..PRUNE_ROUNDS {
+                    let args = vec![
+                        Arg::Int(common::micros(keep)),
+                        Arg::Int(D::PRUNE_BATCH),
+                        Arg::Now,
+                    ];
+                    if count::<D>(&pool, statement, args).await? < D::PRUNE_BATCH as u64 {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn close(
+        &mut self,
+        unstarted: Vec<Task<T>>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, DurableError<D>>> {
+        let ids = unstarted.iter().map(|t| t.id.0 as i64);
+        let leases = self.leased.borrow_mut().forget(ids);
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        let pool = self.bookkeeping.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        let owner = self.owner;
+        async move {
+            if !leases.is_empty() {
+                let released = common::with_retries(3, D::is_data_error, || {
+                    let args = vec![Arg::List(List::Leases(leases.clone())), Arg::Int(owner)];
+                    count::<D>(&pool, &sql.release, args)
+                })
+                .await?;
+                tracing::debug!(released, "released unstarted tasks");
+                // Other pollers may be idle: tell them.
+                announce::<D>(&pool, &sql, &signal).await?;
+            }
+            Ok(Vec::new())
+        }
+        .boxed_local()
+    }
+}
+
+impl<T, D: Store> RetrySupport<T> for DurableSource<T, D> {
+    /// Nothing to do: the table keeps every payload.
+    fn enable_retries(&mut self) {}
+}

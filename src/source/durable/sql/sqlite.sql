@@ -1,0 +1,160 @@
+-- The statements of the SQLite dialect, one per `-- name:` section. {table} is the quoted table
+-- name, {migrations} the quoted name of its migrations table. Times are microseconds since the
+-- Unix epoch, computed by the caller (one machine, one clock): the argument "now" is always the
+-- last one. Lists (ids, acks, new tasks) are JSON texts, read with json_each.
+-- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
+
+-- name: enqueue
+-- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms]; ?2: now.
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at)
+SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2
+FROM json_each(?1)
+ORDER BY key
+RETURNING id;
+
+-- name: fetch
+-- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
+-- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now.
+UPDATE {table}
+SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
+    lease_seq = lease_seq + 1
+WHERE id IN (
+    SELECT id FROM {table}
+    WHERE state = 'queued' AND run_at <= ?4
+    ORDER BY priority DESC, run_at, id
+    LIMIT ?1
+)
+RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
+          lease_seq;
+
+-- name: next_due
+-- Microseconds from now (?1) to the earliest queued task (negative: overdue).
+SELECT min(run_at) - ?1 FROM {table} WHERE state = 'queued';
+
+-- name: ack
+-- ?1: a JSON array of [id, attempt, kind, after_us, error, lease_seq]; ?2: owner; ?3: now.
+-- An ack counts only for the lease it answers (same owner, same attempt, still running): an
+-- ack that comes after the lease expired and another worker took the task changes nothing.
+WITH a (id, attempt, kind, after_us, error, seq) AS (
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+    FROM json_each(?1)
+)
+UPDATE {table} AS t
+SET state = CASE a.kind
+        WHEN 0 THEN 'completed' WHEN 1 THEN 'queued' WHEN 2 THEN 'queued'
+        WHEN 3 THEN 'dead' ELSE 'cancelled' END,
+    run_at = CASE WHEN a.kind IN (1, 2) THEN ?3 + a.after_us ELSE t.run_at END,
+    attempt = CASE WHEN a.kind = 2 THEN t.attempt - 1 ELSE t.attempt END,
+    finished_at = CASE WHEN a.kind IN (0, 3, 4) THEN ?3 END,
+    last_error = coalesce(a.error, t.last_error),
+    expiries = 0,
+    lease_owner = NULL,
+    lease_until = NULL
+FROM a
+WHERE t.id = a.id AND t.lease_seq = a.seq AND t.attempt = a.attempt AND t.state = 'running'
+  AND t.lease_owner = ?2;
+
+-- name: extend
+-- ?1: a JSON array of [id, lease_seq]; ?2: owner; ?3: lease (µs); ?4: now.
+UPDATE {table} SET lease_until = ?4 + ?3
+WHERE (id, lease_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+  AND lease_owner = ?2 AND state = 'running';
+
+-- name: reclaim
+-- Leases that expired: their worker died or stalled, maybe before the task started (queued
+-- ahead at an executor, prefetched). The attempt the fetch counted is given back; the expiry is
+-- counted instead, and a task whose leases expired ?1 times in a row (no ack recorded between)
+-- is dead: its worker dies each time it holds it. ?1: most expiries; ?2: now.
+UPDATE {table}
+SET state = CASE WHEN expiries + 1 >= ?1 THEN 'dead' ELSE 'queued' END,
+    finished_at = CASE WHEN expiries + 1 >= ?1 THEN ?2 END,
+    attempt = max(attempt - 1, 0),
+    expiries = expiries + 1,
+    last_error = CASE WHEN expiries + 1 >= ?1
+        THEN 'lease expired ' || (expiries + 1) || ' times in a row: the worker died or stalled each time it held the task'
+        ELSE 'lease expired: the worker died or stalled' END,
+    lease_owner = NULL,
+    lease_until = NULL
+WHERE id IN (
+    SELECT id FROM {table} WHERE state = 'running' AND lease_until < ?2 LIMIT 1000
+)
+RETURNING state;
+
+-- name: prune
+-- ?1: retention (µs); ?2: at most this many; ?3: now.
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table}
+    WHERE state IN ('completed', 'cancelled') AND finished_at < ?3 - ?1
+    LIMIT ?2
+);
+
+-- name: prune_dead
+-- ?1: retention (µs); ?2: at most this many; ?3: now.
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table} WHERE state = 'dead' AND finished_at < ?3 - ?1 LIMIT ?2
+);
+
+-- name: release
+-- Fetched, never started: back to the queue, the attempt not counted.
+-- ?1: a JSON array of [id, lease_seq]; ?2: owner.
+UPDATE {table}
+SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
+WHERE (id, lease_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+  AND lease_owner = ?2 AND state = 'running';
+
+-- name: bury
+-- A row whose payload does not decode. ?1: id; ?2: error; ?3: owner; ?4: now.
+UPDATE {table}
+SET state = 'dead', finished_at = ?4, last_error = ?2, lease_owner = NULL, lease_until = NULL
+WHERE id = ?1 AND lease_owner = ?3 AND state = 'running';
+
+-- name: notify
+-- SQLite has no notifications (the dialect wakes its own poller); never run.
+SELECT 1;
+
+-- name: cancel
+-- ?1: id; ?2: now.
+UPDATE {table} SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued';
+
+-- name: dead_list
+SELECT id, attempt, coalesce(last_error, ''), coalesce(finished_at, 0)
+FROM {table} WHERE state = 'dead'
+ORDER BY finished_at DESC, id DESC
+LIMIT ?1;
+
+-- name: final_states
+-- ?1: a JSON array of ids.
+SELECT id, state, attempt, last_error FROM {table}
+WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('completed', 'dead', 'cancelled');
+
+-- name: dead_rerun
+UPDATE {table}
+SET state = 'queued', attempt = 0, run_at = ?2, finished_at = NULL, last_error = NULL
+WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'
+RETURNING id;
+
+-- name: dead_purge
+DELETE FROM {table} WHERE state = 'dead' AND id IN (SELECT value FROM json_each(?1));
+
+-- name: dead_purge_all
+DELETE FROM {table} WHERE state = 'dead';
+
+-- name: migrate_begin
+-- One writer from here on: two processes starting together do not both migrate.
+BEGIN IMMEDIATE
+
+-- name: migrate_lock
+-- BEGIN IMMEDIATE took the lock.
+SELECT 1;
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS {migrations} (
+    version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at INTEGER NOT NULL
+);
+
+-- name: migrations_applied
+SELECT version FROM {migrations};
+
+-- name: migration_record
+-- ?1: version; ?2: description; ?3: now.
+INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3);

@@ -1,0 +1,222 @@
+//! The SQLite dialect: one file, one writer at a time, the client's clock, lists bound as JSON
+//! (read by `json_each`), wake-ups by a local signal.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteQueryResult, SqliteSynchronous,
+};
+use sqlx::Arguments;
+
+use super::common::{self, Migration};
+use super::config::DurableConfig;
+use super::dialect::{Args, Dialect, List, Names};
+use super::error::DurableError;
+use super::queue::DurableQueue;
+use super::source::DurableSource;
+
+/// The SQLite store (feature `sqlite`): see [`crate::source::sqlite`].
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteDialect;
+
+impl super::sealed::Sealed for SqliteDialect {}
+
+/// What can go wrong with a [`SqliteSource`]: [`DurableError`] for SQLite (it is never
+/// [`Connect`](DurableError::Connect)).
+pub type SqliteError = DurableError<SqliteDialect>;
+
+/// How to open a [`SqliteSource`]: the file, the table, leases, polling, retention. Start one
+/// with [`SqliteConfig::new`]; the setters every durable source has are
+/// [`DurableConfig`]'s, SQLite's own are [`busy_timeout`](SqliteConfig::busy_timeout) and
+/// [`full_sync`](SqliteConfig::full_sync).
+pub type SqliteConfig = DurableConfig<SqliteDialect>;
+
+impl DurableConfig<SqliteDialect> {
+    /// The database at `path` (created if missing), with the defaults: table
+    /// [`DEFAULT_TABLE`](super::DEFAULT_TABLE), 30 s leases, a 1 s poll with 20 % jitter,
+    /// completed tasks kept for 24 h, migrations on, fetches of at most 1 000 tasks, 4 pooled
+    /// connections, a 10 s busy timeout.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref().to_path_buf();
+        let busy_timeout = Duration::from_secs(10);
+        DurableConfig::with_store(SqliteOptions {
+            path,
+            busy_timeout,
+            full_sync: false,
+        })
+    }
+
+    /// How long a statement waits for another process's write to finish (default 10 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.store.busy_timeout = timeout;
+        self
+    }
+
+    /// `synchronous = FULL`: every commit is on disk before it returns, so a power loss loses
+    /// nothing (default `false`: `NORMAL`, which survives a crash of the process).
+    pub fn full_sync(mut self, full: bool) -> Self {
+        self.store.full_sync = full;
+        self
+    }
+}
+
+/// SQLite's own settings.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    path: PathBuf,
+    busy_timeout: Duration,
+    full_sync: bool,
+}
+
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+    type Options = SqliteOptions;
+    type File = PathBuf;
+    type Server = std::convert::Infallible;
+
+    const NAME: &'static str = "SQLite";
+    const QUERIES: &'static str = include_str!("sql/sqlite.sql");
+    const MIGRATIONS: &'static [Migration] = &[
+        include_str!("../../../migrations/sqlite/0001_create_tasks.sql"),
+        include_str!("../../../migrations/sqlite/0002_lease_seq.sql"),
+        include_str!("../../../migrations/sqlite/0003_lease_expiries.sql"),
+    ];
+    const PRUNE_BATCH: i64 = 5_000;
+    const POLL_INTERVAL: Duration = Duration::from_secs(1);
+    const POOL_SIZE: u32 = 4;
+    const NOTIFIES: bool = false;
+
+    fn names(config: &DurableConfig<Self>) -> Result<Names, DurableError<Self>> {
+        let table = &config.table;
+        if !common::valid_identifier(table) {
+            return Err(DurableError::Config(format!(
+                "table name {table:?} must be a plain identifier (letters, digits, _; at most 48 \
+                 bytes)"
+            )));
+        }
+        Ok(Names {
+            table: table.clone(),
+            vars: vec![
+                ("table", format!("\"{table}\"")),
+                ("name", table.clone()),
+                ("migrations", format!("\"{table}_migrations\"")),
+            ],
+        })
+    }
+
+    fn connect(
+        config: &DurableConfig<Self>,
+    ) -> BoxFuture<'_, Result<SqlitePool, DurableError<Self>>> {
+        let store = &config.store;
+        let options = SqliteConnectOptions::new()
+            .filename(&store.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if store.full_sync {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(store.busy_timeout);
+        SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(store.busy_timeout + Duration::from_secs(5))
+            .connect_with(options)
+            .map(|r| {
+                r.map_err(|source| DurableError::Open {
+                    path: store.path.clone(),
+                    source,
+                })
+            })
+            .boxed()
+    }
+
+    fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
+        let json = match list {
+            List::Ids(ids) => serde_json::to_string(&ids)?,
+            List::Leases(leases) => serde_json::to_string(&leases)?,
+            List::Acks(acks) => serde_json::to_string(&acks)?,
+            List::Tasks(tasks) => serde_json::to_string(&tasks)?,
+        };
+        out.add(json)
+    }
+
+    fn bind_now(out: &mut Args<'_, Self>) -> Result<(), BoxDynError> {
+        out.add(common::now_us())
+    }
+
+    /// `SQLITE_TOOBIG`, `SQLITE_CONSTRAINT`, `SQLITE_MISMATCH` or `SQLITE_RANGE` (with their
+    /// extended codes), or a value that does not encode.
+    fn is_data_error(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25)),
+            _ => false,
+        }
+    }
+
+    fn affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// A durable task source in a SQLite database. See the [module docs](crate::source::sqlite). Open one with
+/// [`SqliteSource::connect`].
+pub type SqliteSource<T> = DurableSource<T, SqliteDialect>;
+
+/// Enqueues into a [`SqliteSource`]'s table from anywhere in the process (cheap to clone,
+/// `Send + Sync`); the source's poller is woken at once. Get one from [`SqliteSource::queue`].
+pub type SqliteQueue<T> = DurableQueue<T, SqliteDialect>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::durable::race_test::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::Sql;
+
+    #[test]
+    fn every_statement_is_in_the_file() {
+        let names = SqliteDialect::names(&DurableConfig::<SqliteDialect>::new("x").table("t"));
+        let sql = Sql::new::<SqliteDialect>(&names.unwrap_or_else(|e| panic!("{e}")));
+        assert!(sql.fetch.contains("\"t\""));
+        assert!(sql.ack.contains("json_each"));
+        assert!(!sql.dead_purge_all.contains('{'));
+    }
+
+    #[test]
+    fn bad_table_names_are_refused() {
+        assert!(
+            SqliteDialect::names(&DurableConfig::<SqliteDialect>::new("x").table("tasks")).is_ok()
+        );
+        assert!(matches!(
+            SqliteDialect::names(
+                &DurableConfig::<SqliteDialect>::new("x").table("x; DROP TABLE y")
+            ),
+            Err(DurableError::Config(_))
+        ));
+    }
+
+    /// A local enqueue racing an empty fetch still wakes the poller.
+    #[actix_rt::test]
+    async fn a_local_enqueue_racing_an_empty_fetch_is_not_lost() {
+        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
+        let config = SqliteConfig::new(&path).poll_interval(Duration::from_secs(600));
+        let source = SqliteSource::<u32>::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let queue = source.queue();
+        a_wake_up_racing_an_empty_fetch_is_not_lost(source, queue, Duration::ZERO).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
