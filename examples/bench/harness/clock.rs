@@ -40,6 +40,13 @@ impl Tally {
         }
     }
 
+    /// One task that sleeps for `nap`, its duration measured inside it and recorded.
+    pub(crate) async fn timed_sleep(&self, nap: Duration) {
+        let started = Instant::now();
+        tokio::time::sleep(nap).await;
+        self.record(started.elapsed());
+    }
+
     /// Resolves once `target` tasks have finished.
     pub(crate) async fn wait(&self) -> Result<(), String> {
         if self.done.load(Ordering::Acquire) >= self.target {

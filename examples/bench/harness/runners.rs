@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix_poller::{Poller, TaskHandler};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::table::{fmt_val, Unit};
+use super::table::{fmt_val, Report, Row, Unit};
 use super::{base_runtime, finish, in_system, median, Clock, Placement, Run, Tally};
 
 /// Runs `payloads` on our poller (in-memory source, `workers` slots); the clock runs from the
@@ -107,35 +107,60 @@ pub(crate) struct Medians {
     pub(crate) base: Run,
 }
 
+impl Medians {
+    /// The report of the queue workload `name` with `workers` slots: for each placement, the
+    /// rows `rows` makes from its config column, its median run and the baseline's, and a
+    /// detail line; the baseline's detail line last.
+    pub(crate) fn report(
+        &self,
+        name: &str,
+        workers: usize,
+        rows: impl Fn(String, &Run, &Run) -> Vec<Row>,
+    ) -> Report {
+        let mut report = Report::default();
+        for (placement, ours) in &self.ours {
+            let config = format!("{}, K={workers}", placement.name());
+            report.rows.extend(rows(config, ours, &self.base));
+            report
+                .details
+                .push(run_detail(name, placement.name(), workers, ours));
+        }
+        report
+            .details
+            .push(run_detail(name, "baseline", workers, &self.base));
+        report
+    }
+}
+
 /// Runs a queue workload `repeat` times on each placement and on the baseline, interleaved so
 /// that drifting machine load hits every side alike, and keeps the median of each.
-/// `ours_handler` and `base_task` build one side's task from that run's tally.
-pub(crate) fn queue_workload<T, H, F, Fut>(
+/// Each run is `tasks` u64 tasks; `ours_handler` and `base_task` build one side's task from that
+/// run's tally.
+pub(crate) fn queue_workload<H, F, Fut>(
     placements: &[Placement],
     repeat: usize,
     workers: usize,
-    payloads: impl Fn() -> Vec<T>,
+    tasks: usize,
     ours_handler: impl Fn(Arc<Tally>) -> H,
     base_task: impl Fn(Arc<Tally>) -> F,
 ) -> Result<Medians, String>
 where
-    T: Send + 'static,
-    H: TaskHandler<T> + Clone + Send + Sync,
-    F: Fn(T) -> Fut + Send + 'static,
+    H: TaskHandler<u64> + Clone + Send + Sync,
+    F: Fn(u64) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut ours: Vec<Vec<Run>> = placements.iter().map(|_| Vec::new()).collect();
     let mut base = Vec::new();
     for _ in 0..repeat {
         for (placement, runs) in placements.iter().zip(&mut ours) {
-            let payload = payloads();
+            let payload: Vec<u64> = (0..tasks as u64).collect();
             let tally = Tally::new(payload.len());
             let handler = ours_handler(Arc::clone(&tally));
             runs.push(in_system(ours_queue(
                 *placement, workers, payload, tally, handler,
             ))?);
         }
-        let payload = payloads();
+        let payload: Vec<u64> = (0..tasks as u64).collect();
         let tally = Tally::new(payload.len());
         let task = base_task(Arc::clone(&tally));
         base.push(base_queue(workers, payload, tally, task)?);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_poller::TaskContext;
 
-use crate::harness::{queue_workload, run_detail, Placement, Report, Row, Run, Unit};
+use crate::harness::{queue_workload, Placement, Report, Row, Run, Unit};
 
 /// `iters` rounds of xorshift: pure CPU work the optimizer cannot remove.
 fn spin(iters: u64) -> u64 {
@@ -55,7 +55,7 @@ pub(crate) fn cpu(
         placements,
         repeat,
         k,
-        || (0..n as u64).collect(),
+        n,
         |t| {
             move |_: u64, _cx: TaskContext| {
                 let t = Arc::clone(&t);
@@ -81,40 +81,34 @@ pub(crate) fn cpu(
     // load took the cores and the ratio says more about that load than about us: not judged.
     let free = std::thread::available_parallelism().map_or(1, |n| n.get().min(2)) as f64;
     let quiet = m.base.cores_used() >= 0.9 * free;
-    let mut report = Report::default();
-    for (placement, ours) in &m.ours {
-        let config = format!("{}, K={k}", placement.name());
-        report.rows.push(Row {
-            workload: "cpu",
-            config: config.clone(),
-            metric: "tasks/s",
-            unit: Unit::Rate,
-            ours: ours.rate(),
-            base: Some(m.base.rate()),
-            target: if quiet {
-                "ratio ≥ 0.97"
-            } else {
-                "ratio ≥ 0.97 (machine busy: not judged)"
+    let mut report = m.report("cpu", k, |config, ours, base| {
+        vec![
+            Row {
+                workload: "cpu",
+                config: config.clone(),
+                metric: "tasks/s",
+                unit: Unit::Rate,
+                ours: ours.rate(),
+                base: Some(base.rate()),
+                target: if quiet {
+                    "ratio ≥ 0.97"
+                } else {
+                    "ratio ≥ 0.97 (machine busy: not judged)"
+                },
+                met: quiet.then(|| ours.rate() >= 0.97 * base.rate()),
             },
-            met: quiet.then(|| ours.rate() >= 0.97 * m.base.rate()),
-        });
-        report.rows.push(Row {
-            workload: "cpu",
-            config,
-            metric: "cores busy",
-            unit: Unit::Plain,
-            ours: cores(ours),
-            base: Some(cores(&m.base)),
-            target: "",
-            met: None,
-        });
-        report
-            .details
-            .push(run_detail("cpu", placement.name(), k, ours));
-    }
-    report
-        .details
-        .push(run_detail("cpu", "baseline", k, &m.base));
+            Row {
+                workload: "cpu",
+                config,
+                metric: "cores busy",
+                unit: Unit::Plain,
+                ours: cores(ours),
+                base: Some(cores(base)),
+                target: "",
+                met: None,
+            },
+        ]
+    });
     report.details.push(format!(
         "cpu: one task = {iters} xorshift rounds = {:.1} µs alone on one core",
         single.as_secs_f64() * 1e6

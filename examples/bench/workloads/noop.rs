@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_poller::TaskContext;
 use futures::future::ready;
 
-use crate::harness::{queue_workload, run_detail, Placement, Report, Row, Unit};
+use crate::harness::{queue_workload, Placement, Report, Row, Unit};
 
 /// noop: N tasks that do nothing, K = 16: dispatch overhead in tasks/s.
 pub(crate) fn noop(
@@ -20,7 +20,7 @@ pub(crate) fn noop(
         placements,
         repeat,
         k,
-        || (0..n as u64).collect(),
+        n,
         |t| {
             move |_: u64, _cx: TaskContext| {
                 t.record(Duration::ZERO);
@@ -34,24 +34,16 @@ pub(crate) fn noop(
             }
         },
     )?;
-    let mut report = Report::default();
-    for (placement, ours) in &m.ours {
-        report.rows.push(Row {
+    Ok(m.report("noop", k, |config, ours, base| {
+        vec![Row {
             workload: "noop",
-            config: format!("{}, K={k}", placement.name()),
+            config,
             metric: "tasks/s",
             unit: Unit::Rate,
             ours: ours.rate(),
-            base: Some(m.base.rate()),
+            base: Some(base.rate()),
             target: "ratio ≥ 1.0",
-            met: Some(ours.rate() >= m.base.rate()),
-        });
-        report
-            .details
-            .push(run_detail("noop", placement.name(), k, ours));
-    }
-    report
-        .details
-        .push(run_detail("noop", "baseline", k, &m.base));
-    Ok(report)
+            met: Some(ours.rate() >= base.rate()),
+        }]
+    }))
 }

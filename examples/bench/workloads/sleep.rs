@@ -2,11 +2,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_poller::TaskContext;
 
-use crate::harness::{queue_workload, run_detail, Placement, Report, Row, Run, Unit};
+use crate::harness::{queue_workload, Placement, Report, Row, Run, Unit};
 
 /// sleep: each task awaits a 1 ms timer, K = 100: efficiency = average busy workers ÷ K, with
 /// the task duration measured inside the task (tokio rounds a 1 ms sleep up to about 2 ms).
@@ -21,14 +21,12 @@ pub(crate) fn sleep(
         placements,
         repeat,
         k,
-        || (0..n as u64).collect(),
+        n,
         |t| {
             move |_: u64, _cx: TaskContext| {
                 let t = Arc::clone(&t);
                 async move {
-                    let started = Instant::now();
-                    tokio::time::sleep(NAP).await;
-                    t.record(started.elapsed());
+                    t.timed_sleep(NAP).await;
                     Ok::<(), Infallible>(())
                 }
             }
@@ -36,33 +34,21 @@ pub(crate) fn sleep(
         |t| {
             move |_: u64| {
                 let t = Arc::clone(&t);
-                async move {
-                    let started = Instant::now();
-                    tokio::time::sleep(NAP).await;
-                    t.record(started.elapsed());
-                }
+                async move { t.timed_sleep(NAP).await }
             }
         },
     )?;
     let eff = |r: &Run| r.avg_busy() / k as f64;
-    let mut report = Report::default();
-    for (placement, ours) in &m.ours {
-        report.rows.push(Row {
+    Ok(m.report("sleep", k, |config, ours, base| {
+        vec![Row {
             workload: "sleep",
-            config: format!("{}, K={k}", placement.name()),
+            config,
             metric: "efficiency",
             unit: Unit::Plain,
             ours: eff(ours),
-            base: Some(eff(&m.base)),
+            base: Some(eff(base)),
             target: "ours ≥ 0.99",
             met: Some(eff(ours) >= 0.99),
-        });
-        report
-            .details
-            .push(run_detail("sleep", placement.name(), k, ours));
-    }
-    report
-        .details
-        .push(run_detail("sleep", "baseline", k, &m.base));
-    Ok(report)
+        }]
+    }))
 }

@@ -130,9 +130,7 @@ async fn slowfetch_ours(
         .start(move |(), _cx: TaskContext| {
             let t = Arc::clone(&t);
             async move {
-                let started = Instant::now();
-                tokio::time::sleep(SLOW_TASK).await;
-                t.record(started.elapsed());
+                t.timed_sleep(SLOW_TASK).await;
                 Ok::<(), Infallible>(())
             }
         })
@@ -187,9 +185,7 @@ fn slowfetch_base(
                 for permit in permits.into_iter().take(got) {
                     let t = Arc::clone(&t);
                     tokio::spawn(async move {
-                        let started = Instant::now();
-                        tokio::time::sleep(SLOW_TASK).await;
-                        t.record(started.elapsed());
+                        t.timed_sleep(SLOW_TASK).await;
                         drop(permit);
                     });
                 }
