@@ -1,8 +1,7 @@
 //! The Graphviz DOT renderer: [`Topology::to_dot`].
 
-use std::fmt::Write as _;
-
-use super::{lines, Node, NodeKind, Topology};
+use super::render::{lines, Format};
+use super::{Edge, Node, NodeKind, Topology};
 
 impl Topology {
     /// Renders a Graphviz DOT digraph: one cluster per stage, inside it one cluster per
@@ -29,63 +28,55 @@ impl Topology {
     /// }
     /// ```
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph topology {\n");
-        out.push_str("    rankdir=LR;\n");
-        out.push_str("    node [shape=box, fontname=\"Helvetica\"];\n");
-        out.push_str("    edge [fontname=\"Helvetica\", fontsize=10];\n");
-        for node in self.nodes.iter().filter(|n| n.stage.is_none()) {
-            let _ = writeln!(out, "    {}", dot_node(node));
-        }
-        for stage in &self.stages {
-            let _ = writeln!(out, "    subgraph \"cluster_{}\" {{", stage.prefix);
-            let _ = writeln!(out, "        label=\"{}\";", dot_escape(&stage.title()));
-            for group in self.groups(stage) {
-                let indent = if group.title.is_some() { "    " } else { "" };
-                if let Some(title) = &group.title {
-                    let _ = writeln!(
-                        out,
-                        "        subgraph \"cluster_{}_{}\" {{",
-                        stage.prefix, group.key
-                    );
-                    let _ = writeln!(out, "            label=\"{}\";", dot_escape(title));
-                }
-                for node in group.nodes {
-                    let _ = writeln!(out, "        {indent}{}", dot_node(node));
-                }
-                if group.title.is_some() {
-                    let _ = writeln!(out, "        }}");
-                }
-            }
-            let _ = writeln!(out, "    }}");
-        }
-        for e in &self.edges {
-            let _ = writeln!(
-                out,
-                "    \"{}\" -> \"{}\" [label=\"{}\"];",
-                e.from,
-                e.to,
-                dot_escape(&e.label)
-            );
-        }
-        out.push_str("}\n");
-        out
+        self.render(&Dot)
     }
 }
 
-fn dot_node(node: &Node) -> String {
-    let (label, counters) = lines(node);
-    let mut text = dot_escape(&label);
-    if !counters.is_empty() {
-        text.push_str("\\n");
-        text.push_str(&dot_escape(&counters));
+/// Graphviz DOT syntax.
+struct Dot;
+
+impl Format for Dot {
+    const HEADER: &'static str = "digraph topology {\n    rankdir=LR;\n    \
+        node [shape=box, fontname=\"Helvetica\"];\n    \
+        edge [fontname=\"Helvetica\", fontsize=10];\n";
+    const FOOTER: &'static str = "}\n";
+    const CLOSE: &'static str = "}";
+
+    fn node(&self, node: &Node) -> String {
+        let (label, counters) = lines(node);
+        let mut text = dot_escape(&label);
+        if !counters.is_empty() {
+            text.push_str("\\n");
+            text.push_str(&dot_escape(&counters));
+        }
+        let shape = match node.kind {
+            NodeKind::Client => "oval",
+            NodeKind::Source => "cylinder",
+            NodeKind::Scheduler => "hexagon",
+            NodeKind::Fetcher | NodeKind::Executor => "box",
+        };
+        format!("\"{}\" [label=\"{text}\", shape={shape}];", node.id)
     }
-    let shape = match node.kind {
-        NodeKind::Client => "oval",
-        NodeKind::Source => "cylinder",
-        NodeKind::Scheduler => "hexagon",
-        NodeKind::Fetcher | NodeKind::Executor => "box",
-    };
-    format!("\"{}\" [label=\"{text}\", shape={shape}];", node.id)
+
+    fn open(&self, prefix: &str, key: Option<&str>, title: &str, indent: &str) -> String {
+        let id = match key {
+            None => format!("cluster_{prefix}"),
+            Some(key) => format!("cluster_{prefix}_{key}"),
+        };
+        format!(
+            "{indent}subgraph \"{id}\" {{\n{indent}    label=\"{}\";\n",
+            dot_escape(title)
+        )
+    }
+
+    fn edge(&self, e: &Edge) -> String {
+        format!(
+            "\"{}\" -> \"{}\" [label=\"{}\"];",
+            e.from,
+            e.to,
+            dot_escape(&e.label)
+        )
+    }
 }
 
 fn dot_escape(s: &str) -> String {

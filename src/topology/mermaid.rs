@@ -1,8 +1,7 @@
 //! The Mermaid renderer: [`Topology::to_mermaid`].
 
-use std::fmt::Write as _;
-
-use super::{lines, Node, NodeKind, Topology};
+use super::render::{lines, Format};
+use super::{Edge, Node, NodeKind, Topology};
 
 impl Topology {
     /// Renders a Mermaid flowchart: one group per stage, inside it one group per arbiter; the
@@ -36,64 +35,45 @@ impl Topology {
     /// }
     /// ```
     pub fn to_mermaid(&self) -> String {
-        let mut out = String::from("flowchart LR\n");
-        for node in self.nodes.iter().filter(|n| n.stage.is_none()) {
-            let _ = writeln!(out, "    {}", mermaid_node(node));
-        }
-        for stage in &self.stages {
-            let _ = writeln!(
-                out,
-                "    subgraph {}_stage [\"{}\"]",
-                stage.prefix,
-                mermaid_escape(&stage.title())
-            );
-            for group in self.groups(stage) {
-                let indent = if group.title.is_some() { "    " } else { "" };
-                if let Some(title) = &group.title {
-                    let _ = writeln!(
-                        out,
-                        "        subgraph {}_{} [\"{}\"]",
-                        stage.prefix,
-                        group.key,
-                        mermaid_escape(title)
-                    );
-                }
-                for node in group.nodes {
-                    let _ = writeln!(out, "    {indent}    {}", mermaid_node(node));
-                }
-                if group.title.is_some() {
-                    let _ = writeln!(out, "        end");
-                }
-            }
-            let _ = writeln!(out, "    end");
-        }
-        for e in &self.edges {
-            let _ = writeln!(
-                out,
-                "    {} -->|\"{}\"| {}",
-                e.from,
-                mermaid_escape(&e.label),
-                e.to
-            );
-        }
-        out
+        self.render(&Mermaid)
     }
 }
 
-fn mermaid_node(node: &Node) -> String {
-    let (label, counters) = lines(node);
-    let mut text = mermaid_escape(&label);
-    if !counters.is_empty() {
-        text.push_str("<br/>");
-        text.push_str(&mermaid_escape(&counters));
+/// Mermaid flowchart syntax.
+struct Mermaid;
+
+impl Format for Mermaid {
+    const HEADER: &'static str = "flowchart LR\n";
+    const FOOTER: &'static str = "";
+    const CLOSE: &'static str = "end";
+
+    fn node(&self, node: &Node) -> String {
+        let (label, counters) = lines(node);
+        let mut text = mermaid_escape(&label);
+        if !counters.is_empty() {
+            text.push_str("<br/>");
+            text.push_str(&mermaid_escape(&counters));
+        }
+        let (open, close) = match node.kind {
+            NodeKind::Client => ("([", "])"),
+            NodeKind::Source => ("[(", ")]"),
+            NodeKind::Scheduler => ("{{", "}}"),
+            NodeKind::Fetcher | NodeKind::Executor => ("[", "]"),
+        };
+        format!("{}{open}\"{text}\"{close}", node.id)
     }
-    let (open, close) = match node.kind {
-        NodeKind::Client => ("([", "])"),
-        NodeKind::Source => ("[(", ")]"),
-        NodeKind::Scheduler => ("{{", "}}"),
-        NodeKind::Fetcher | NodeKind::Executor => ("[", "]"),
-    };
-    format!("{}{open}\"{text}\"{close}", node.id)
+
+    fn open(&self, prefix: &str, key: Option<&str>, title: &str, indent: &str) -> String {
+        let id = match key {
+            None => format!("{prefix}_stage"),
+            Some(key) => format!("{prefix}_{key}"),
+        };
+        format!("{indent}subgraph {id} [\"{}\"]\n", mermaid_escape(title))
+    }
+
+    fn edge(&self, e: &Edge) -> String {
+        format!("{} -->|\"{}\"| {}", e.from, mermaid_escape(&e.label), e.to)
+    }
 }
 
 /// Mermaid entity codes for what would end a quoted label or be read as HTML.

@@ -14,9 +14,9 @@
 //! final states the Scheduler returned with its credits), `Ready` (Scheduler → Fetcher), and an
 //! `Execute` and a `Done` per executor.
 //!
-//! This module holds the graph model: the snapshot, naming, chaining and grouping. Each
-//! renderer has its own file: `mermaid.rs` ([`Topology::to_mermaid`]) and `dot.rs`
-//! ([`Topology::to_dot`]).
+//! This module holds the graph model: the snapshot, naming and chaining. `render.rs` walks the
+//! graph for every text format (stages, arbiter groups, nodes, edges); each format has its own
+//! file: `mermaid.rs` ([`Topology::to_mermaid`]) and `dot.rs` ([`Topology::to_dot`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,6 +24,7 @@ use crate::Poller;
 
 mod dot;
 mod mermaid;
+mod render;
 
 /// What a [`Node`] stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -521,71 +522,6 @@ impl Topology {
         }
         rename_ends(&mut self.edges, &renames);
     }
-
-    /// The stage's nodes grouped for rendering: ungrouped (the source) first, then the
-    /// current arbiter, then each own arbiter.
-    fn groups<'a>(&'a self, stage: &Stage) -> Vec<Group<'a>> {
-        let in_stage: Vec<&Node> = self
-            .nodes
-            .iter()
-            .filter(|n| n.stage.as_ref() == Some(&stage.name))
-            .collect();
-        let mut groups = vec![Group {
-            key: String::new(),
-            title: None,
-            nodes: in_stage
-                .iter()
-                .copied()
-                .filter(|n| n.placement.is_none())
-                .collect(),
-        }];
-        let mut placements: Vec<Placement> = Vec::new();
-        for n in &in_stage {
-            if let Some(p) = n.placement {
-                if !placements.contains(&p) {
-                    placements.push(p);
-                }
-            }
-        }
-        for p in placements {
-            let (key, title) = match p {
-                Placement::CurrentArbiter => ("current".to_string(), "current arbiter".to_string()),
-                Placement::OwnArbiter(i) => (format!("arbiter{i}"), format!("arbiter {i}")),
-            };
-            groups.push(Group {
-                key,
-                title: Some(title),
-                nodes: in_stage
-                    .iter()
-                    .copied()
-                    .filter(|n| n.placement == Some(p))
-                    .collect(),
-            });
-        }
-        groups
-    }
-}
-
-impl Stage {
-    fn title(&self) -> String {
-        let executors = if self.executors == 1 {
-            "1 executor".to_string()
-        } else {
-            format!("{} executors", self.executors)
-        };
-        format!("{}: {} workers, {executors}", self.name, self.workers)
-    }
-}
-
-struct Group<'a> {
-    key: String,
-    title: Option<String>,
-    nodes: Vec<&'a Node>,
-}
-
-/// The node's label and, on a second line, its counters.
-fn lines(node: &Node) -> (String, String) {
-    (node.label.clone(), node.counters.summary())
 }
 
 /// Letters, digits and `_` only, starting with a letter.
