@@ -17,6 +17,8 @@ use actix::prelude::*;
 use actix_poller::{FinalState, Poller, Submit};
 use tokio::sync::oneshot;
 
+mod check;
+
 const IMAGES: [&str; 8] = [
     "cat.png",
     "dog.jpg",
@@ -173,5 +175,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
         failed.join(", "),
     );
     poller.shutdown(Duration::from_secs(5)).await?;
+
+    // Each image settled once: resized unless its format is unsupported.
+    let unsupported = IMAGES.iter().filter(|i| i.ends_with(".gif")).count();
+    let mut distinct: Vec<&str> = resized.iter().map(|(image, _)| image.as_str()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let stats = poller.stats();
+    check::Check::new("actors")
+        .eq(
+            "Resized messages",
+            resized.len(),
+            IMAGES.len() - unsupported,
+        )
+        .eq("distinct images resized", distinct.len(), resized.len())
+        .eq("images that did not complete", failed.len(), unsupported)
+        .eq("stats.started", stats.started, IMAGES.len() as u64)
+        .eq("stats.completed", stats.completed, resized.len() as u64)
+        .eq("stats.dead", stats.dead, unsupported as u64)
+        .exit_if_wrong();
     Ok(())
 }

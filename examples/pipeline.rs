@@ -17,7 +17,14 @@ use actix_poller::{FinalState, Poller, Receipt};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
+mod check;
+
 const PAGES: usize = 60;
+
+/// Whether page `i`'s URL answers 404 (every 25th).
+fn missing(i: usize) -> bool {
+    i % 25 == 24
+}
 
 /// What stage one hands to stage two.
 struct Page {
@@ -63,9 +70,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })?;
 
     let urls: Vec<String> = (0..PAGES)
-        .map(|i| match i % 25 {
-            24 => format!("https://example.org/{i}/missing"),
-            _ => format!("https://example.org/{i}"),
+        .map(|i| {
+            if missing(i) {
+                format!("https://example.org/{i}/missing")
+            } else {
+                format!("https://example.org/{i}")
+            }
         })
         .collect();
     let fetched = fetch
@@ -107,5 +117,22 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Stage one first: nothing submits to stage two after it.
     fetch.shutdown(Duration::from_secs(5)).await?;
     transform.shutdown(Duration::from_secs(5)).await?;
+
+    // Every page went through once: fetched unless missing, then transformed.
+    let missing = (0..PAGES).filter(|i| missing(*i)).count();
+    let dead = fetched
+        .iter()
+        .filter(|o| matches!(o, Ok(FinalState::Dead { .. })))
+        .count();
+    let (one, two) = (fetch.stats(), transform.stats());
+    check::Check::new("pipeline")
+        .eq("pages fetched", pages, PAGES - missing)
+        .eq("404s", dead, missing)
+        .eq("pages transformed", transformed, pages)
+        .eq("stage one started", one.started, PAGES as u64)
+        .eq("stage one completed", one.completed, pages as u64)
+        .eq("stage two started", two.started, pages as u64)
+        .eq("stage two completed", two.completed, transformed as u64)
+        .exit_if_wrong();
     Ok(())
 }

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 use actix_poller::{FinalState, Poller, Receipt, SubmitBatch, TaskContext, TaskOptions};
 use futures::future::join_all;
 
+mod check;
+
+/// The producers: class, tasks, priority.
+const CLASSES: [(&str, usize, i32); 3] =
+    [("bulk", 300, -10), ("normal", 30, 0), ("urgent", 10, 10)];
+
 /// A task: its class and when it was submitted.
 #[derive(Debug, Clone)]
 struct Job {
@@ -38,7 +44,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })?;
 
     // Three producers, each with its own priority, all through the same handle.
-    let produce = |class: &'static str, n: usize, priority: i32| {
+    let produce = |(class, n, priority): (&'static str, usize, i32)| {
         let poller = poller.clone();
         async move {
             let jobs = (0..n)
@@ -56,8 +62,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .map_err(|e| format!("{class}: {e}"))
         }
     };
-    let bulk = produce("bulk", 300, -10).await?;
-    let (normal, urgent) = futures::join!(produce("normal", 30, 0), produce("urgent", 10, 10));
+    let [bulk, normal, urgent] = CLASSES;
+    let bulk = produce(bulk).await?;
+    let (normal, urgent) = futures::join!(produce(normal), produce(urgent));
     let receipts: Vec<Receipt> = bulk.into_iter().chain(normal?).chain(urgent?).collect();
 
     let outcomes = join_all(receipts.into_iter().map(Receipt::outcome)).await;
@@ -85,5 +92,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("  {class:>6}: {:>4} tasks, {mean:>10.2?}", mine.len());
     }
     poller.shutdown(Duration::from_secs(5)).await?;
+
+    // Every task ran once: each class's count of starts is its count of tasks.
+    let total: usize = CLASSES.iter().map(|(_, n, _)| n).sum();
+    let mut check = check::Check::new("priorities");
+    check
+        .eq("receipts", outcomes.len(), total)
+        .eq("completed", completed, total)
+        .eq("starts recorded", waits.len(), total)
+        .eq("stats.started", poller.stats().started, total as u64);
+    for (class, n, _) in CLASSES {
+        let started = waits.iter().filter(|(c, _)| *c == class).count();
+        check.eq(&format!("{class} tasks started"), started, n);
+    }
+    check.exit_if_wrong();
     Ok(())
 }

@@ -15,7 +15,14 @@ use actix_poller::{FinalState, Poller};
 use futures::future::join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod check;
+
 const TASKS: u32 = 2_000;
+
+/// Whether task `n` fails (every 500th).
+fn fails(n: u32) -> bool {
+    n % 500 == 499
+}
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -27,7 +34,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .start(|n: u32, _cx| async move {
                 // A few milliseconds of "work": a call to a slow service, say.
                 actix_rt::time::sleep(Duration::from_millis(2 + u64::from(n % 4))).await;
-                if n % 500 == 499 {
+                if fails(n) {
                     return Err(format!("task {n}: the service said no"));
                 }
                 Ok(())
@@ -60,7 +67,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .iter()
         .filter(|o| matches!(o, Ok(FinalState::Completed)))
         .count();
-    let failed = outcomes.len() - completed;
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(FinalState::Dead { .. })))
+        .count();
     let stats = poller.stats();
     println!("{}", poller.topology().to_mermaid());
     println!(
@@ -77,5 +87,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     poller.shutdown(Duration::from_secs(5)).await?;
+
+    // Every task settled once, as expected: the receipts and the poller's counters agree.
+    let will_fail = (0..TASKS).filter(|n| fails(*n)).count();
+    let stats = poller.stats();
+    check::Check::new("quickstart")
+        .eq("receipts", outcomes.len(), TASKS as usize)
+        .eq("completed", completed, TASKS as usize - will_fail)
+        .eq("dead", failed, will_fail)
+        .eq("stats.submitted", stats.submitted, u64::from(TASKS))
+        .eq("stats.started", stats.started, u64::from(TASKS))
+        .eq("stats.completed", stats.completed, completed as u64)
+        .eq("stats.dead", stats.dead, failed as u64)
+        .exit_if_wrong();
     Ok(())
 }

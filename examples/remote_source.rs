@@ -11,7 +11,7 @@
 //! is fed 40 tasks, which four workers run while up to four fetch calls are in flight. Final states go
 //! back to the service in batches, through `Source::ack`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,14 @@ use actix_web::{http::StatusCode, web, App, HttpResponse, HttpServer};
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::{Deserialize, Serialize};
 
+mod check;
+
 const TASKS: u32 = 40;
+
+/// Whether task `n` fails (every 13th).
+fn fails(n: u32) -> bool {
+    n % 13 == 12
+}
 
 // ---- The source: what a user of the crate writes. ---------------------------------------------
 
@@ -146,6 +153,9 @@ struct Status {
     empty_answers: u64,
     down_answers: u64,
     ack_batches: u64,
+    handed_out: u64,
+    /// Final states reported for a task that already had one.
+    repeated_acks: u64,
 }
 
 struct TaskService {
@@ -153,6 +163,8 @@ struct TaskService {
     next_id: u64,
     down_until: Instant,
     status: Status,
+    /// The tasks with a final state recorded.
+    recorded: HashSet<u64>,
 }
 
 impl Actor for TaskService {
@@ -196,8 +208,9 @@ impl Handler<Next> for TaskService {
             return Err(());
         }
         let next = self.queue.pop_front();
-        if next.is_none() {
-            self.status.empty_answers += 1;
+        match next {
+            Some(_) => self.status.handed_out += 1,
+            None => self.status.empty_answers += 1,
         }
         Ok(next)
     }
@@ -208,6 +221,9 @@ impl Handler<Record> for TaskService {
     fn handle(&mut self, msg: Record, _: &mut Context<Self>) {
         self.status.ack_batches += 1;
         for r in msg.0 {
+            if !self.recorded.insert(r.id) {
+                self.status.repeated_acks += 1;
+            }
             if r.ok {
                 self.status.done += 1;
             } else {
@@ -256,6 +272,16 @@ async fn status(svc: Service) -> HttpResponse {
 
 // ---- The example. ------------------------------------------------------------------------------
 
+/// What the task service has recorded so far (`GET {base}/status`).
+async fn service_status(client: &awc::Client, base: &str) -> Result<Status, Box<dyn Error>> {
+    Ok(client
+        .get(format!("{base}/status"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let began = Instant::now();
@@ -265,6 +291,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             next_id: 0,
             down_until: began + Duration::from_millis(200),
             status: Status::default(),
+            recorded: HashSet::new(),
         }
         .start(),
     );
@@ -300,7 +327,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
         .start(|n: u32, _cx| async move {
             actix_rt::time::sleep(Duration::from_millis(10 + u64::from(n % 10))).await;
-            if n % 13 == 12 {
+            if fails(n) {
                 return Err(format!("task {n}: the thumbnail came out black"));
             }
             Ok(())
@@ -318,12 +345,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        let s: Status = client
-            .get(format!("{base}/status"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let s = service_status(&client, &base).await?;
         if s.done + s.failed == u64::from(TASKS) {
             break s;
         }
@@ -357,7 +379,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
             report.handed_back.len()
         );
     }
+    let last = service_status(&client, &base).await?;
     server_handle.stop(true).await;
     running.await??;
+
+    // Every task was handed out once and reported once, with the final state it should have.
+    let will_fail = (0..TASKS).filter(|n| fails(*n)).count() as u64;
+    let stats = poller.stats();
+    check::Check::new("remote_source")
+        .eq("tasks handed out", last.handed_out, u64::from(TASKS))
+        .eq("tasks left in the service", last.queued, 0)
+        .eq("done", last.done, u64::from(TASKS) - will_fail)
+        .eq("failed", last.failed, will_fail)
+        .eq("repeated acks", last.repeated_acks, 0)
+        .eq("handed back at shutdown", report.handed_back.len(), 0)
+        .eq("stats.started", stats.started, u64::from(TASKS))
+        .exit_if_wrong();
     Ok(())
 }

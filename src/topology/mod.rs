@@ -13,11 +13,18 @@
 //! the executors) and `2E + 3` edges: `fetch` (source → Fetcher), `ack` (Fetcher → source: the
 //! final states the Scheduler returned with its credits), `Ready` (Scheduler → Fetcher), and an
 //! `Execute` and a `Done` per executor.
+//!
+//! This module holds the graph model: the snapshot, naming and chaining. `render.rs` walks the
+//! graph for every text format (stages, arbiter groups, nodes, edges); each format has its own
+//! file: `mermaid.rs` ([`Topology::to_mermaid`]) and `dot.rs` ([`Topology::to_dot`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
-use crate::poller::Poller;
+use crate::Poller;
+
+mod dot;
+mod mermaid;
+mod render;
 
 /// What a [`Node`] stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -484,146 +491,6 @@ impl Topology {
         self
     }
 
-    /// Renders a Mermaid flowchart: one group per stage, inside it one group per arbiter; the
-    /// source as a cylinder, the Scheduler as a hexagon, clients as stadiums; each node's
-    /// counters on a second line. Paste it into a Markdown code block tagged `mermaid`, or into
-    /// <https://mermaid.live>.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use actix_poller::Poller;
-    /// use std::{convert::Infallible, time::Duration};
-    ///
-    /// #[actix_rt::main]
-    /// async fn main() {
-    ///     let poller = Poller::<u32>::builder()
-    ///         .workers(2)
-    ///         .on_current_arbiter()
-    ///         .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
-    ///         .unwrap();
-    ///     let mermaid = poller.topology().to_mermaid();
-    ///     let mut lines = mermaid.lines();
-    ///     assert_eq!(lines.next(), Some("flowchart LR"));
-    ///     assert_eq!(
-    ///         lines.next(),
-    ///         Some(r#"    subgraph poller_stage ["poller: 2 workers, 1 executor"]"#)
-    ///     );
-    ///     assert!(mermaid.contains(r#"poller_scheduler{{"Scheduler<br/>busy 0/2, "#));
-    ///     assert!(mermaid.contains(r#"poller_fetcher -->|"Execute"| poller_executor0"#));
-    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
-    /// }
-    /// ```
-    pub fn to_mermaid(&self) -> String {
-        let mut out = String::from("flowchart LR\n");
-        for node in self.nodes.iter().filter(|n| n.stage.is_none()) {
-            let _ = writeln!(out, "    {}", mermaid_node(node));
-        }
-        for stage in &self.stages {
-            let _ = writeln!(
-                out,
-                "    subgraph {}_stage [\"{}\"]",
-                stage.prefix,
-                mermaid_escape(&stage.title())
-            );
-            for group in self.groups(stage) {
-                let indent = if group.title.is_some() { "    " } else { "" };
-                if let Some(title) = &group.title {
-                    let _ = writeln!(
-                        out,
-                        "        subgraph {}_{} [\"{}\"]",
-                        stage.prefix,
-                        group.key,
-                        mermaid_escape(title)
-                    );
-                }
-                for node in group.nodes {
-                    let _ = writeln!(out, "    {indent}    {}", mermaid_node(node));
-                }
-                if group.title.is_some() {
-                    let _ = writeln!(out, "        end");
-                }
-            }
-            let _ = writeln!(out, "    end");
-        }
-        for e in &self.edges {
-            let _ = writeln!(
-                out,
-                "    {} -->|\"{}\"| {}",
-                e.from,
-                mermaid_escape(&e.label),
-                e.to
-            );
-        }
-        out
-    }
-
-    /// Renders a Graphviz DOT digraph: one cluster per stage, inside it one cluster per
-    /// arbiter; each node's counters on a second line. Render with `dot -Tsvg`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use actix_poller::Poller;
-    /// use std::{convert::Infallible, time::Duration};
-    ///
-    /// #[actix_rt::main]
-    /// async fn main() {
-    ///     let poller = Poller::<u32>::builder()
-    ///         .workers(2)
-    ///         .executors(2)
-    ///         .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
-    ///         .unwrap();
-    ///     let dot = poller.topology().to_dot();
-    ///     assert!(dot.starts_with("digraph topology {"));
-    ///     assert!(dot.contains(r#"subgraph "cluster_poller_arbiter2" {"#));
-    ///     assert!(dot.contains(r#""poller_executor1" -> "poller_scheduler" [label="Done"];"#));
-    ///     poller.shutdown(Duration::from_secs(1)).await.unwrap();
-    /// }
-    /// ```
-    pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph topology {\n");
-        out.push_str("    rankdir=LR;\n");
-        out.push_str("    node [shape=box, fontname=\"Helvetica\"];\n");
-        out.push_str("    edge [fontname=\"Helvetica\", fontsize=10];\n");
-        for node in self.nodes.iter().filter(|n| n.stage.is_none()) {
-            let _ = writeln!(out, "    {}", dot_node(node));
-        }
-        for stage in &self.stages {
-            let _ = writeln!(out, "    subgraph \"cluster_{}\" {{", stage.prefix);
-            let _ = writeln!(out, "        label=\"{}\";", dot_escape(&stage.title()));
-            for group in self.groups(stage) {
-                let indent = if group.title.is_some() { "    " } else { "" };
-                if let Some(title) = &group.title {
-                    let _ = writeln!(
-                        out,
-                        "        subgraph \"cluster_{}_{}\" {{",
-                        stage.prefix, group.key
-                    );
-                    let _ = writeln!(out, "            label=\"{}\";", dot_escape(title));
-                }
-                for node in group.nodes {
-                    let _ = writeln!(out, "        {indent}{}", dot_node(node));
-                }
-                if group.title.is_some() {
-                    let _ = writeln!(out, "        }}");
-                }
-            }
-            let _ = writeln!(out, "    }}");
-        }
-        for e in &self.edges {
-            let _ = writeln!(
-                out,
-                "    \"{}\" -> \"{}\" [label=\"{}\"];",
-                e.from,
-                e.to,
-                dot_escape(&e.label)
-            );
-        }
-        out.push_str("}\n");
-        out
-    }
-
     fn clients(&self) -> usize {
         self.nodes
             .iter()
@@ -655,134 +522,6 @@ impl Topology {
         }
         rename_ends(&mut self.edges, &renames);
     }
-
-    /// The stage's nodes grouped for rendering: ungrouped (the source) first, then the
-    /// current arbiter, then each own arbiter.
-    fn groups<'a>(&'a self, stage: &Stage) -> Vec<Group<'a>> {
-        let in_stage: Vec<&Node> = self
-            .nodes
-            .iter()
-            .filter(|n| n.stage.as_ref() == Some(&stage.name))
-            .collect();
-        let mut groups = vec![Group {
-            key: String::new(),
-            title: None,
-            nodes: in_stage
-                .iter()
-                .copied()
-                .filter(|n| n.placement.is_none())
-                .collect(),
-        }];
-        let mut placements: Vec<Placement> = Vec::new();
-        for n in &in_stage {
-            if let Some(p) = n.placement {
-                if !placements.contains(&p) {
-                    placements.push(p);
-                }
-            }
-        }
-        for p in placements {
-            let (key, title) = match p {
-                Placement::CurrentArbiter => ("current".to_string(), "current arbiter".to_string()),
-                Placement::OwnArbiter(i) => (format!("arbiter{i}"), format!("arbiter {i}")),
-            };
-            groups.push(Group {
-                key,
-                title: Some(title),
-                nodes: in_stage
-                    .iter()
-                    .copied()
-                    .filter(|n| n.placement == Some(p))
-                    .collect(),
-            });
-        }
-        groups
-    }
-}
-
-impl Stage {
-    fn title(&self) -> String {
-        let executors = if self.executors == 1 {
-            "1 executor".to_string()
-        } else {
-            format!("{} executors", self.executors)
-        };
-        format!("{}: {} workers, {executors}", self.name, self.workers)
-    }
-}
-
-struct Group<'a> {
-    key: String,
-    title: Option<String>,
-    nodes: Vec<&'a Node>,
-}
-
-/// The node's label and, on a second line, its counters.
-fn lines(node: &Node) -> (String, String) {
-    (node.label.clone(), node.counters.summary())
-}
-
-fn mermaid_node(node: &Node) -> String {
-    let (label, counters) = lines(node);
-    let mut text = mermaid_escape(&label);
-    if !counters.is_empty() {
-        text.push_str("<br/>");
-        text.push_str(&mermaid_escape(&counters));
-    }
-    let (open, close) = match node.kind {
-        NodeKind::Client => ("([", "])"),
-        NodeKind::Source => ("[(", ")]"),
-        NodeKind::Scheduler => ("{{", "}}"),
-        NodeKind::Fetcher | NodeKind::Executor => ("[", "]"),
-    };
-    format!("{}{open}\"{text}\"{close}", node.id)
-}
-
-fn dot_node(node: &Node) -> String {
-    let (label, counters) = lines(node);
-    let mut text = dot_escape(&label);
-    if !counters.is_empty() {
-        text.push_str("\\n");
-        text.push_str(&dot_escape(&counters));
-    }
-    let shape = match node.kind {
-        NodeKind::Client => "oval",
-        NodeKind::Source => "cylinder",
-        NodeKind::Scheduler => "hexagon",
-        NodeKind::Fetcher | NodeKind::Executor => "box",
-    };
-    format!("\"{}\" [label=\"{text}\", shape={shape}];", node.id)
-}
-
-/// Mermaid entity codes for what would end a quoted label or be read as HTML.
-fn mermaid_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("#quot;"),
-            '#' => out.push_str("#35;"),
-            '<' => out.push_str("#lt;"),
-            '>' => out.push_str("#gt;"),
-            '&' => out.push_str("#amp;"),
-            '\n' | '\r' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn dot_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Letters, digits and `_` only, starting with a letter.
@@ -868,9 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn escapes_keep_labels_inside_their_quotes() {
-        assert_eq!(mermaid_escape("a \"b\" <c>"), "a #quot;b#quot; #lt;c#gt;");
-        assert_eq!(dot_escape("a \"b\" \\"), "a \\\"b\\\" \\\\");
+    fn stage_names_become_ids() {
         assert_eq!(sanitize("resize images!"), "resize_images_");
         assert_eq!(sanitize("2nd"), "s2nd");
     }

@@ -1,0 +1,54 @@
+//! One file per workload; [`run_workload`] picks each one's sizes, K and placements.
+
+use crate::cli::{Opts, Workload};
+use crate::harness::{Placement, Report};
+
+pub(crate) mod cpu;
+pub(crate) mod idle;
+pub(crate) mod latency;
+pub(crate) mod memory;
+pub(crate) mod noop;
+pub(crate) mod sleep;
+pub(crate) mod slowfetch;
+
+use cpu::cpu;
+use idle::idle;
+use latency::latency;
+use memory::memory;
+use noop::noop;
+use sleep::sleep;
+use slowfetch::{slowfetch, DEFAULT_PREFETCH_BATCH, DEFAULT_PREFETCH_SINGLE};
+
+/// Runs one workload.
+pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
+    let s = &opts.sizes;
+    // Both placements where the trade-off matters; the default placement elsewhere.
+    let both = [Placement::Current, Placement::Own];
+    let placements = |default: &[Placement]| opts.placements.clone().unwrap_or(default.to_vec());
+    let k = |default: usize| opts.workers.unwrap_or(default);
+    match w {
+        Workload::Noop => noop(s.noop, k(16), opts.repeat, &placements(&both)),
+        Workload::Sleep => sleep(s.sleep, k(100), opts.repeat, &placements(&[Placement::Own])),
+        Workload::SlowfetchBatch | Workload::SlowfetchSingle => {
+            let single = w == Workload::SlowfetchSingle;
+            let default = if single {
+                DEFAULT_PREFETCH_SINGLE
+            } else {
+                DEFAULT_PREFETCH_BATCH
+            };
+            let p = opts.prefetch.clone().unwrap_or_else(|| vec![default]);
+            slowfetch(
+                s.slowfetch,
+                k(50),
+                opts.repeat,
+                single,
+                &p,
+                &placements(&[Placement::Own]),
+            )
+        }
+        Workload::Cpu => cpu(s.cpu, k(4), opts.repeat, opts.smoke, &placements(&both)),
+        Workload::Idle => idle(s.idle, &placements(&both)),
+        Workload::Memory => memory(s.memory),
+        Workload::Latency => latency(s.latency, &placements(&both)),
+    }
+}
