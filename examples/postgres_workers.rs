@@ -91,8 +91,13 @@ async fn coordinator(workers: usize, tasks: u32) -> Result<(), Box<dyn std::erro
     ))
     .execute(&admin)
     .await?;
-    for child in &mut children {
-        child.wait()?;
+    let mut failed_workers = 0;
+    for (i, child) in children.iter_mut().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            eprintln!("WRONG RESULT: worker-{i} exited with {status}");
+            failed_workers += 1;
+        }
     }
     println!("all workers finished in {:.2?}", start.elapsed());
 
@@ -113,6 +118,17 @@ async fn coordinator(workers: usize, tasks: u32) -> Result<(), Box<dyn std::erro
         "{distinct} distinct tasks ran, {runs} executions (duplicates: {})",
         runs - distinct
     );
+    // The example checks its own result: every worker exited cleanly, every enqueued task ran,
+    // and none ran twice (no worker was killed, so no lease expired).
+    let enqueued = i64::from(tasks);
+    if failed_workers > 0 || distinct != enqueued || runs != distinct {
+        eprintln!(
+            "WRONG RESULT: {failed_workers} workers failed; {distinct} distinct of {enqueued} \
+             enqueued; {} duplicates",
+            runs - distinct
+        );
+        std::process::exit(1);
+    }
     Ok(())
 }
 

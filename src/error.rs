@@ -260,12 +260,3 @@ impl PartialEq for SourceError {
 }
 
 impl Eq for SourceError {}
-
-/// The old tuple-struct constructor, `SourceError(text)`, kept for code written against it (the
-/// durable sources) until it moves to [`SourceError::new`] / [`SourceError::permanent`]: a
-/// transient error with that text.
-#[doc(hidden)]
-#[allow(non_snake_case)]
-pub(crate) fn SourceError(text: String) -> SourceError {
-    SourceError::new(text)
-}

@@ -355,16 +355,20 @@ where
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
         let queue = self.queue.clone();
         async move {
-            let failed = |tasks: Vec<NewTask<T>>, error: String| {
+            let failed = |tasks: Vec<NewTask<T>>, error: SourceError| {
                 tracing::error!(%error, "enqueue failed; batch handed back");
                 Err(SubmitError::Source {
                     task: tasks.into_iter().map(|t| t.payload).collect(),
-                    error: SourceError(error),
+                    error,
                 })
             };
             let rows = match common::new_rows(&tasks) {
                 Ok(rows) => rows,
-                Err(e) => return failed(tasks, format!("a payload does not encode as JSON: {e}")),
+                // A payload that does not encode never will: not worth a retry.
+                Err(e) => {
+                    let error = format!("a payload does not encode as JSON: {e}");
+                    return failed(tasks, SourceError::permanent(error));
+                }
             };
             let inserted = match queue.pool.acquire().await {
                 Ok(mut conn) => queue.insert(&mut conn, rows).await,
@@ -372,7 +376,7 @@ where
             };
             match inserted {
                 Ok(ids) => Ok(ids),
-                Err(e) => failed(tasks, format!("enqueue failed: {e}")),
+                Err(e) => failed(tasks, SourceError::new(format!("enqueue failed: {e}"))),
             }
         }
         .boxed_local()
