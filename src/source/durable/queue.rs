@@ -134,6 +134,8 @@ impl<T: Serialize, D: Store> DurableQueue<T, D> {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # mod example {
     /// # use actix_poller::source::postgres::{PgQueue, PgError};
     /// use actix_poller::source::NewTask;
     /// # async fn f(queue: PgQueue<String>) -> Result<(), PgError> {
@@ -142,6 +144,7 @@ impl<T: Serialize, D: Store> DurableQueue<T, D> {
     /// queue.enqueue_in(&mut tx, vec![NewTask::new("welcome mail for 7".into())]).await?;
     /// tx.commit().await?;
     /// # Ok(()) }
+    /// # }
     /// ```
     pub async fn enqueue_in(
         &self,
