@@ -2,6 +2,13 @@
 //! decision is ever taken on them.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+use crate::task::TaskId;
+
+/// At most this many lost task ids are kept for the shutdown report; beyond it only
+/// [`Stats::lost`] counts.
+pub(crate) const MAX_LOST_IDS: usize = 100_000;
 
 /// A snapshot of a poller's counters.
 ///
@@ -48,6 +55,16 @@ pub struct Stats {
     pub ack_errors: u64,
     /// Heartbeats (lease extensions) that failed.
     pub heartbeat_errors: u64,
+    /// Executors that stopped without being drained by a shutdown: their arbiter was stopped
+    /// (for instance the actix `System` stopped under the poller) or their actor panicked
+    /// outside a task. The Fetcher stops sending to them and takes back the tasks they had not
+    /// started; what they were running is interrupted (see [`lost`](Self::lost)).
+    pub executors_lost: u64,
+    /// Tasks lost with an actor that died: running on a dead executor when the source keeps no
+    /// copy to run again (the in-memory source without retries), or held when no actor was
+    /// left to take them back. Zero means nothing was lost. Their ids are listed in
+    /// [`ShutdownReport::lost`](crate::ShutdownReport::lost).
+    pub lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +88,10 @@ pub(crate) struct Counters {
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
     pub(crate) heartbeat_errors: AtomicU64,
+    pub(crate) executors_lost: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    /// The ids of lost tasks not yet reported by a shutdown (at most [`MAX_LOST_IDS`]).
+    pub(crate) lost_ids: Mutex<Vec<TaskId>>,
     /// Per executor: tasks dispatched to it (written by the Fetcher) and attempts it finished
     /// (written by the Scheduler). Running on executor `i` = started − finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
@@ -135,6 +156,30 @@ impl Counters {
         }
     }
 
+    /// Records tasks lost with an actor that died.
+    pub(crate) fn record_lost(&self, ids: &[TaskId]) {
+        if ids.is_empty() {
+            return;
+        }
+        Counters::add(&self.lost, ids.len() as u64);
+        let mut kept = self
+            .lost_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let room = MAX_LOST_IDS.saturating_sub(kept.len());
+        kept.extend(ids.iter().take(room).copied());
+    }
+
+    /// The lost ids recorded so far, taken.
+    pub(crate) fn take_lost(&self) -> Vec<TaskId> {
+        std::mem::take(
+            &mut *self
+                .lost_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
     pub(crate) fn set_queued(&self, queued: Option<u64>) {
         match queued {
             Some(q) => {
@@ -168,6 +213,8 @@ impl Counters {
             fetch_errors: self.fetch_errors.load(Relaxed),
             ack_errors: self.ack_errors.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+            executors_lost: self.executors_lost.load(Relaxed),
+            lost: self.lost.load(Relaxed),
         }
     }
 }

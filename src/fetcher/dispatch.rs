@@ -18,7 +18,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// those `eligible` says.
     pub(super) fn least_running(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         (0..self.executors.len())
-            .filter(|&i| eligible(i))
+            .filter(|&i| !self.dead[i] && eligible(i))
             .min_by_key(|&i| self.assigned[i] - self.uncovered(i).min(self.assigned[i]))
     }
 
@@ -59,7 +59,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         while self.ahead > 0 && !self.buffer.is_empty() {
             let Some(i) = (0..e)
-                .filter(|&i| self.uncovered(i) < self.ahead_target[i])
+                .filter(|&i| !self.dead[i] && self.uncovered(i) < self.ahead_target[i])
                 .min_by_key(|&i| self.uncovered(i))
             else {
                 break;
@@ -68,9 +68,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 self.push_task(&mut batches, i, task);
             }
         }
-        for (exec, (tasks, credits)) in self.executors.iter().zip(batches) {
+        for (i, (exec, (tasks, credits))) in self.executors.iter().zip(batches).enumerate() {
             if !tasks.is_empty() || credits > 0 {
-                exec.do_send(Execute { tasks, credits });
+                exec.do_send(Execute::new(i, tasks, credits, &self.returns));
             }
         }
     }
