@@ -57,8 +57,10 @@ pin_project_lite::pin_project! {
         ended: Option<Finished>,
         #[pin]
         deadline: Option<Sleep>,
+        // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
+        // `catch_unwind` too, so a panicking destructor cannot take the executor down.
         #[pin]
-        fut: CatchUnwind<AssertUnwindSafe<F>>,
+        fut: Option<CatchUnwind<AssertUnwindSafe<F>>>,
     }
 }
 
@@ -74,11 +76,12 @@ where
         if let Some(ended) = this.ended.take() {
             return Poll::Ready(ended);
         }
+        let mut fut = this.fut;
         let outcome = if *this.killed {
             Outcome::Cancelled
-        } else {
+        } else if let Some(running) = fut.as_mut().as_pin_mut() {
             let _entered = this.span.enter();
-            match this.fut.poll(cx) {
+            match running.poll(cx) {
                 Poll::Ready(Ok(Ok(()))) => Outcome::Completed,
                 Poll::Ready(Ok(Err(e))) => classify(e.into()),
                 Poll::Ready(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
@@ -86,18 +89,25 @@ where
                     if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         *this.waker = Some(cx.waker().clone());
                     }
-                    if let Some(deadline) = this.deadline.as_pin_mut() {
-                        ready!(deadline.poll(cx));
-                        return Poll::Ready(Finished {
-                            id: *this.id,
-                            attempt: *this.attempt,
-                            max_attempts: *this.max_attempts,
-                            outcome: Outcome::TimedOut(*this.timeout),
-                        });
-                    }
-                    return Poll::Pending;
+                    let Some(deadline) = this.deadline.as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(deadline.poll(cx));
+                    Outcome::TimedOut(*this.timeout)
                 }
             }
+        } else {
+            // Already dropped (a panicking destructor was reported): never polled again.
+            return Poll::Pending;
+        };
+        // Ended: drop the handler's future here, where a panic in its destructor is caught.
+        let dropped = catch_unwind(AssertUnwindSafe(|| fut.set(None)));
+        let outcome = match dropped {
+            Ok(()) => outcome,
+            Err(panic) => Outcome::Panicked(format!(
+                "panicked while dropped: {}",
+                panic_message(panic.as_ref())
+            )),
         };
         Poll::Ready(Finished {
             id: *this.id,
@@ -285,7 +295,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     waker: None,
                     ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
-                    fut: AssertUnwindSafe(fut).catch_unwind(),
+                    fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.
                 if let Some(r) = Pin::new(&mut self.running).iter_pin_mut().next() {
@@ -394,7 +404,13 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         for fin in &cancelled {
             self.cancels.forget(fin.id);
         }
-        self.running.clear();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.running.clear())) {
+            tracing::error!(
+                executor = self.index,
+                panic = panic_message(panic.as_ref()),
+                "a task future panicked while dropped at the drain deadline"
+            );
+        }
         let dropped = cancelled.len() as u32;
         if let Some(d) = &mut self.draining {
             d.report.cancelled += cancelled.len();

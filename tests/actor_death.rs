@@ -1,0 +1,400 @@
+//! Actors that die under the poller, and shutdowns that must end anyway: executors whose arbiter
+//! stops (alone, or with the whole actix `System`), handler factories that panic, handlers that
+//! block their thread, sources that hang, durations too long to represent. Whatever happens,
+//! every accepted task is accounted for, per id: completed, handed back, or reported lost.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_poller::source::{FetchLimits, Fetched, Source};
+use actix_poller::{
+    Ack, FinalState, OutcomeError, Poller, Receipt, RetryPolicy, StartError, Submit, Task,
+    TaskContext, TaskId, TaskOptions, Unfinished, SHUTDOWN_SLACK,
+};
+use common::{eventually, gate, within, within_for, DropProbe};
+use futures::future::{pending, FutureExt, LocalBoxFuture};
+
+/// Durations too long to add to an instant are "no limit", not a panic: a `Duration::MAX`
+/// default timeout, per-task timeout, cancel grace and shutdown grace.
+#[actix_rt::test]
+async fn huge_durations_mean_no_limit() {
+    tokio::time::pause();
+    let poller = Poller::<u64>::builder()
+        .on_current_arbiter()
+        .timeout(Duration::MAX)
+        .cancel_grace(Duration::MAX)
+        .start(|ms: u64, _cx| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    let a = poller.submit_tracked(10).await.unwrap();
+    let opts = TaskOptions::new().timeout(Duration::MAX);
+    let b = poller
+        .submit_with(Submit::new(20).options(opts).tracked())
+        .await
+        .unwrap();
+    assert_eq!(within(a.outcome()).await, Ok(FinalState::Completed));
+    assert_eq!(within(b.outcome()).await, Ok(FinalState::Completed));
+    assert_eq!(poller.stats().executors_lost, 0);
+    let report = within(poller.shutdown(Duration::MAX)).await.unwrap();
+    assert!(report.unfinished.is_empty() && report.lost.is_empty());
+}
+
+thread_local! {
+    /// Set on an executor's thread; dropped (counted) when that thread exits.
+    static THREAD_EXIT: RefCell<Option<DropProbe>> = const { RefCell::new(None) };
+}
+
+/// A factory that panics for one executor fails `start` with the executor and the message, and
+/// leaves nothing behind: the handlers already built are dropped and every arbiter thread has
+/// exited when `start` returns.
+#[actix_rt::test]
+async fn a_panicking_factory_is_a_start_error_and_leaves_nothing_running() {
+    let built = Arc::new(AtomicUsize::new(0));
+    let handlers_dropped = Arc::new(AtomicUsize::new(0));
+    let threads_exited = Arc::new(AtomicUsize::new(0));
+    let (b, h, t) = (
+        built.clone(),
+        handlers_dropped.clone(),
+        threads_exited.clone(),
+    );
+    let started = Poller::<u32>::builder()
+        .executors(3)
+        .start_with(move |executor| {
+            THREAD_EXIT.with(|p| *p.borrow_mut() = Some(DropProbe(t.clone())));
+            if executor == 1 {
+                panic!("no connection for executor 1");
+            }
+            b.fetch_add(1, SeqCst);
+            let state = std::rc::Rc::new(DropProbe(h.clone()));
+            move |_n: u32, _cx| {
+                let _state = state.clone();
+                async { Ok::<_, Infallible>(()) }
+            }
+        });
+    match started {
+        Err(StartError::FactoryPanicked { executor, message }) => {
+            assert_eq!(executor, 1);
+            assert!(message.contains("no connection"), "{message}");
+        }
+        other => panic!("expected FactoryPanicked, got {other:?}"),
+    }
+    assert_eq!(built.load(SeqCst), 2);
+    assert_eq!(handlers_dropped.load(SeqCst), 2, "built handlers dropped");
+    assert_eq!(threads_exited.load(SeqCst), 3, "every arbiter thread joined");
+
+    // On the current arbiter: nothing is started at all.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let started = Poller::<u32>::builder()
+        .executors(2)
+        .on_current_arbiter()
+        .start_with(move |executor| {
+            c.fetch_add(1, SeqCst);
+            assert_ne!(executor, 1, "executor 1 has no handler");
+            |_n: u32, _cx| async { Ok::<_, Infallible>(()) }
+        });
+    assert!(matches!(
+        started,
+        Err(StartError::FactoryPanicked { executor: 1, .. })
+    ));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// What a test's handler does: `0` stops its own executor's arbiter (once) and never ends; any
+/// other task waits for the gate.
+fn killer_or_waiter(
+    killed: Arc<AtomicBool>,
+    gate: common::Gate,
+) -> impl Fn(u32, TaskContext) -> LocalBoxFuture<'static, Result<(), Infallible>> + Clone + Send + Sync
+{
+    move |n: u32, _cx: TaskContext| {
+        if n == 0 && !killed.swap(true, SeqCst) {
+            actix_rt::Arbiter::current().stop();
+            return pending().boxed_local();
+        }
+        let gate = gate.clone();
+        async move {
+            gate.wait().await;
+            Ok(())
+        }
+        .boxed_local()
+    }
+}
+
+/// An executor whose arbiter stops while the poller runs is noticed: it is counted, no more work
+/// goes to it, the tasks it had queued run elsewhere, and (retries on, so the source keeps a
+/// copy) the ones it was running run again. Every task completes; nothing is lost; its slots
+/// came back (the other executor runs `workers` tasks at once afterwards).
+#[actix_rt::test]
+async fn a_lost_executor_gives_its_tasks_back() {
+    let killed = Arc::new(AtomicBool::new(false));
+    let (gate, opener) = gate();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .retry(RetryPolicy::attempts(1))
+        .start(killer_or_waiter(killed, gate))
+        .unwrap();
+    let receipts = poller
+        .submit_batch_tracked((0..40).collect())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || poller.stats().executors_lost == 1).await;
+    // The surviving executor gets every slot back: four tasks run on it at once.
+    eventually(Duration::from_secs(10), || {
+        poller
+            .executor_stats()
+            .iter()
+            .any(|e| e.busy == 4 && e.started >= 4)
+    })
+    .await;
+    opener.open();
+    for r in receipts {
+        let id = r.id();
+        assert_eq!(
+            within(r.outcome()).await,
+            Ok(FinalState::Completed),
+            "task {id}"
+        );
+    }
+    let stats = poller.stats();
+    assert_eq!((stats.executors_lost, stats.lost), (1, 0));
+    let report = within(poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(report.executors_lost.len(), 1);
+    assert!(report.lost.is_empty() && report.handed_back.is_empty());
+    assert!(report.unfinished.is_empty(), "{:?}", report.unfinished);
+}
+
+/// Without retries the in-memory source keeps no copy of a running task: what ran on the lost
+/// executor is reported lost, by id; everything else completes.
+#[actix_rt::test]
+async fn without_a_copy_what_ran_on_a_lost_executor_is_reported_lost() {
+    let killed = Arc::new(AtomicBool::new(false));
+    let (gate, opener) = gate();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .start(killer_or_waiter(killed, gate))
+        .unwrap();
+    let receipts = poller
+        .submit_batch_tracked((0..40).collect())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        let s = poller.stats();
+        s.executors_lost == 1 && s.lost >= 1
+    })
+    .await;
+    opener.open();
+    eventually(Duration::from_secs(10), || {
+        let s = poller.stats();
+        s.completed + s.lost == 40
+    })
+    .await;
+    let report = within(poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let lost: HashSet<TaskId> = report.lost.iter().copied().collect();
+    assert_eq!(lost.len() as u64, poller.stats().lost);
+    assert!(lost.contains(&receipts[0].id()), "the killer was running there");
+    assert!(report.handed_back.is_empty());
+    for r in receipts {
+        let id = r.id();
+        match within(r.outcome()).await {
+            Ok(FinalState::Completed) => assert!(!lost.contains(&id)),
+            Err(OutcomeError::ShutDown) => assert!(lost.contains(&id), "task {id} vanished"),
+            other => panic!("task {id}: {other:?}"),
+        }
+    }
+}
+
+/// The actix `System` stops under a running poller (what actix-web's default Ctrl-C handling
+/// does before the app's own `shutdown` runs): the executors' arbiters die with tasks running and
+/// queued. The shutdown that follows accounts for every accepted task, per id: completed before
+/// the stop, handed back, or listed lost, and names the lost executors.
+#[actix_rt::test]
+async fn the_system_stopping_under_the_poller_loses_nothing_silently() {
+    for retries in [false, true] {
+        let (gate, opener) = gate();
+        let builder = Poller::<u32>::builder()
+            .workers(4)
+            .executors(2)
+            .dispatch_ahead(8);
+        let handler = move |n: u32, _cx: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                if n >= 10 {
+                    gate.wait().await;
+                }
+                Ok::<_, Infallible>(())
+            }
+        };
+        let poller = if retries {
+            builder
+                .retry(RetryPolicy::attempts(2))
+                .start(handler)
+                .unwrap()
+        } else {
+            builder.start(handler).unwrap()
+        };
+        let receipts: Vec<Receipt> = poller
+            .submit_batch_tracked((0..60).collect())
+            .await
+            .unwrap();
+        // The first ten complete; then four run and more wait, queued at the executors.
+        eventually(Duration::from_secs(10), || {
+            let s = poller.stats();
+            s.completed == 10 && s.busy == 4
+        })
+        .await;
+        actix_rt::System::current().stop();
+        eventually(Duration::from_secs(10), || poller.stats().executors_lost == 2).await;
+        let report = within(poller.shutdown(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        drop(opener);
+        let mut executors_lost = report.executors_lost.clone();
+        executors_lost.sort_unstable();
+        assert_eq!(executors_lost, vec![0, 1]);
+        let back: HashSet<TaskId> = report.handed_back.iter().map(|t| t.id).collect();
+        let lost: HashSet<TaskId> = report.lost.iter().copied().collect();
+        assert!(back.is_disjoint(&lost));
+        if retries {
+            assert!(lost.is_empty(), "the source kept a copy of every running task");
+        } else {
+            assert_eq!(lost.len(), 4, "the four running tasks");
+        }
+        for (n, r) in receipts.into_iter().enumerate() {
+            let id = r.id();
+            let outcome = within(r.outcome()).await;
+            if n < 10 {
+                assert_eq!(outcome, Ok(FinalState::Completed), "task {n}");
+            } else {
+                assert_eq!(outcome, Err(OutcomeError::ShutDown), "task {n}");
+                assert!(
+                    back.contains(&id) || lost.contains(&id),
+                    "task {n} ({id}) was neither handed back nor reported lost ({retries})"
+                );
+            }
+        }
+        assert_eq!(back.len() + lost.len(), 50);
+    }
+}
+
+/// A handler that blocks its thread cannot stop a shutdown: it returns within grace + the
+/// documented slack, naming the executor that did not answer and the arbiter it could not join.
+/// (Real time: the blocked thread cannot be paused. Only an upper bound is checked, generous for
+/// CI.)
+#[actix_rt::test]
+async fn shutdown_is_bounded_when_a_handler_blocks_its_thread() {
+    let entered = Arc::new(AtomicBool::new(false));
+    let e = entered.clone();
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .executors(1)
+        .start(move |_n: u32, _cx| {
+            e.store(true, SeqCst);
+            // Blocks the executor's thread for far longer than the test runs.
+            std::thread::sleep(Duration::from_secs(3_600));
+            async { Ok::<_, Infallible>(()) }
+        })
+        .unwrap();
+    poller.submit(1).await.unwrap();
+    eventually(Duration::from_secs(10), || entered.load(SeqCst)).await;
+    let grace = Duration::from_millis(200);
+    let began = std::time::Instant::now();
+    let report = within_for(Duration::from_secs(60), poller.shutdown(grace))
+        .await
+        .unwrap();
+    assert!(
+        began.elapsed() < grace + SHUTDOWN_SLACK + Duration::from_secs(10),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert!(report.unfinished.contains(&Unfinished::Executor(0)));
+    assert!(report.unfinished.contains(&Unfinished::Arbiter(0)));
+}
+
+/// A source that answers its first fetch and then hangs on every call.
+struct Hanging {
+    fetched: bool,
+    _dropped: DropProbe,
+}
+
+impl Source<u32> for Hanging {
+    type Error = std::io::Error;
+
+    fn fetch(&mut self, _max: usize) -> LocalBoxFuture<'static, Result<Fetched<u32>, Self::Error>> {
+        if std::mem::replace(&mut self.fetched, true) {
+            return pending().boxed_local();
+        }
+        let task = Task::new(TaskId(1), 1);
+        async move { Ok(Fetched::new(vec![task], actix_poller::source::WakeOn::submit())) }
+            .boxed_local()
+    }
+
+    fn ack(&mut self, _acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Self::Error>> {
+        pending().boxed_local()
+    }
+
+    fn limits(&self) -> FetchLimits {
+        FetchLimits {
+            max_batch: 1,
+            max_in_flight: 1,
+        }
+    }
+
+    fn close(
+        &mut self,
+        _unstarted: Vec<Task<u32>>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<u32>>, Self::Error>> {
+        pending().boxed_local()
+    }
+}
+
+/// A source whose fetch, ack and close all hang cannot stop a shutdown either: it returns within
+/// grace + the slack (virtual time), says the source did not close, and the Fetcher is stopped
+/// with its source dropped.
+#[actix_rt::test]
+async fn shutdown_is_bounded_when_the_source_hangs() {
+    tokio::time::pause();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let source = Hanging {
+        fetched: false,
+        _dropped: DropProbe(dropped.clone()),
+    };
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .on_current_arbiter()
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    // The one task runs and completes; its ack hangs, and so does the next fetch.
+    eventually(Duration::from_secs(1), || poller.stats().completed == 1).await;
+    let grace = Duration::from_secs(3);
+    let began = tokio::time::Instant::now();
+    let report = within_for(Duration::from_secs(600), poller.shutdown(grace))
+        .await
+        .unwrap();
+    assert!(
+        began.elapsed() <= grace + SHUTDOWN_SLACK,
+        "took {:?}",
+        began.elapsed()
+    );
+    assert!(
+        report.unfinished.contains(&Unfinished::Close),
+        "{:?}",
+        report.unfinished
+    );
+    eventually(Duration::from_secs(1), || dropped.load(SeqCst) == 1).await;
+}
