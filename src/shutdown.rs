@@ -325,12 +325,17 @@ async fn stop_all(plan: ShutdownPlan, unfinished: &mut Vec<Unfinished>) {
             timeout_at(limit, rx)
         })
         .collect();
-    for (i, joined) in futures::future::join_all(joins).await.into_iter().enumerate() {
+    for (i, joined) in futures::future::join_all(joins)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         if !matches!(joined, Ok(Ok(()))) {
             unfinished.push(Unfinished::Arbiter(i));
         }
     }
-    let gone = futures::future::join_all(plan.actors_gone.into_iter().map(|g| timeout_at(limit, g)));
+    let gone =
+        futures::future::join_all(plan.actors_gone.into_iter().map(|g| timeout_at(limit, g)));
     let alive = gone.await.into_iter().filter(|g| g.is_err()).count();
     if alive > 0 {
         unfinished.push(Unfinished::Actors(alive));

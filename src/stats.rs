@@ -162,22 +162,14 @@ impl Counters {
             return;
         }
         Counters::add(&self.lost, ids.len() as u64);
-        let mut kept = self
-            .lost_ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner);
         let room = MAX_LOST_IDS.saturating_sub(kept.len());
         kept.extend(ids.iter().take(room).copied());
     }
 
     /// The lost ids recorded so far, taken.
     pub(crate) fn take_lost(&self) -> Vec<TaskId> {
-        std::mem::take(
-            &mut *self
-                .lost_ids
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        std::mem::take(&mut *self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(crate) fn set_queued(&self, queued: Option<u64>) {

@@ -88,7 +88,11 @@ async fn a_panicking_factory_is_a_start_error_and_leaves_nothing_running() {
     }
     assert_eq!(built.load(SeqCst), 2);
     assert_eq!(handlers_dropped.load(SeqCst), 2, "built handlers dropped");
-    assert_eq!(threads_exited.load(SeqCst), 3, "every arbiter thread joined");
+    assert_eq!(
+        threads_exited.load(SeqCst),
+        3,
+        "every arbiter thread joined"
+    );
 
     // On the current arbiter: nothing is started at all.
     let calls = Arc::new(AtomicUsize::new(0));
@@ -147,7 +151,10 @@ async fn a_lost_executor_gives_its_tasks_back() {
         .submit_batch_tracked((0..40).collect())
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), || poller.stats().executors_lost == 1).await;
+    eventually(Duration::from_secs(10), || {
+        poller.stats().executors_lost == 1
+    })
+    .await;
     // The surviving executor gets every slot back: four tasks run on it at once.
     eventually(Duration::from_secs(10), || {
         poller
@@ -206,7 +213,10 @@ async fn without_a_copy_what_ran_on_a_lost_executor_is_reported_lost() {
         .unwrap();
     let lost: HashSet<TaskId> = report.lost.iter().copied().collect();
     assert_eq!(lost.len() as u64, poller.stats().lost);
-    assert!(lost.contains(&receipts[0].id()), "the killer was running there");
+    assert!(
+        lost.contains(&receipts[0].id()),
+        "the killer was running there"
+    );
     assert!(report.handed_back.is_empty());
     for r in receipts {
         let id = r.id();
@@ -258,7 +268,10 @@ async fn the_system_stopping_under_the_poller_loses_nothing_silently() {
         })
         .await;
         actix_rt::System::current().stop();
-        eventually(Duration::from_secs(10), || poller.stats().executors_lost == 2).await;
+        eventually(Duration::from_secs(10), || {
+            poller.stats().executors_lost == 2
+        })
+        .await;
         let report = within(poller.shutdown(Duration::from_secs(1)))
             .await
             .unwrap();
@@ -270,7 +283,10 @@ async fn the_system_stopping_under_the_poller_loses_nothing_silently() {
         let lost: HashSet<TaskId> = report.lost.iter().copied().collect();
         assert!(back.is_disjoint(&lost));
         if retries {
-            assert!(lost.is_empty(), "the source kept a copy of every running task");
+            assert!(
+                lost.is_empty(),
+                "the source kept a copy of every running task"
+            );
         } else {
             assert_eq!(lost.len(), 4, "the four running tasks");
         }
@@ -339,8 +355,13 @@ impl Source<u32> for Hanging {
             return pending().boxed_local();
         }
         let task = Task::new(TaskId(1), 1);
-        async move { Ok(Fetched::new(vec![task], actix_poller::source::WakeOn::submit())) }
-            .boxed_local()
+        async move {
+            Ok(Fetched::new(
+                vec![task],
+                actix_poller::source::WakeOn::submit(),
+            ))
+        }
+        .boxed_local()
     }
 
     fn ack(&mut self, _acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Self::Error>> {
@@ -397,4 +418,124 @@ async fn shutdown_is_bounded_when_the_source_hangs() {
         report.unfinished
     );
     eventually(Duration::from_secs(1), || dropped.load(SeqCst) == 1).await;
+}
+
+/// The same with SQLite: when the `System` stops under the poller, the shutdown that follows
+/// releases every lease at once (nothing waits for a lease to expire) and counts no attempt for
+/// the tasks that never started or were interrupted; nothing is lost.
+#[cfg(feature = "sqlite")]
+#[actix_rt::test]
+async fn the_system_stopping_under_a_durable_poller_releases_every_lease() {
+    use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+
+    let path = std::env::temp_dir().join(format!(
+        "actix-poller-death-{}-{}.db",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let source = SqliteSource::<u32>::connect(
+        SqliteConfig::new(&path)
+            .lease(Duration::from_secs(600))
+            .poll_interval(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let pool = source.pool().clone();
+    let (gate, opener) = gate();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .dispatch_ahead(8)
+        .prefetch(4)
+        .source(source)
+        .start(move |n: u32, _cx: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                if n >= 10 {
+                    gate.wait().await;
+                }
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    poller.submit_batch((0..60).collect()).await.unwrap();
+    eventually(Duration::from_secs(20), || {
+        let s = poller.stats();
+        s.completed == 10 && s.busy == 4
+    })
+    .await;
+    actix_rt::System::current().stop();
+    eventually(Duration::from_secs(10), || {
+        poller.stats().executors_lost == 2
+    })
+    .await;
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    drop(opener);
+    assert!(report.lost.is_empty() && report.handed_back.is_empty());
+    assert!(report.unfinished.is_empty(), "{:?}", report.unfinished);
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM actix_poller_tasks WHERE state = 'completed'").await,
+        10
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM actix_poller_tasks \
+             WHERE state = 'queued' AND attempt = 0 AND lease_owner IS NULL"
+        )
+        .await,
+        50,
+        "every other task is due again at once, no attempt counted"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Panics when dropped.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("bomb went off");
+        }
+    }
+}
+
+/// A task future whose destructor panics when its timeout drops it is a panicked attempt, not
+/// a dead executor: the executor keeps running tasks.
+#[actix_rt::test]
+async fn a_future_that_panics_when_dropped_does_not_kill_its_executor() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .timeout(Duration::from_millis(10))
+        .start(|n: u32, _cx| async move {
+            if n == 0 {
+                let _bomb = Bomb;
+                pending::<()>().await;
+            }
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    let bomb = poller.submit_tracked(0).await.unwrap();
+    let after = poller.submit_tracked(1).await.unwrap();
+    match within(bomb.outcome()).await {
+        Ok(FinalState::Dead { error, .. }) => assert!(error.contains("bomb went off"), "{error}"),
+        other => panic!("expected dead, got {other:?}"),
+    }
+    assert_eq!(within(after.outcome()).await, Ok(FinalState::Completed));
+    let s = poller.stats();
+    assert_eq!((s.executors_lost, s.panicked), (0, 1));
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
 }

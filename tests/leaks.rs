@@ -16,9 +16,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// After shutdown every actor is gone (its state dropped), every arbiter joined, and the handle
 /// refuses work with `Closed`, handing the task back. A second shutdown is an error.
-#[actix_rt::test]
-async fn nothing_is_left_alive_after_shutdown() {
+#[test]
+fn nothing_is_left_alive_after_shutdown() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    actix_rt::System::new().block_on(after_shutdown());
+}
+
+async fn after_shutdown() {
     for on_current in [false, true] {
         let handler_states = Arc::new(AtomicUsize::new(0));
         let source_drops = Arc::new(AtomicUsize::new(0));
@@ -98,9 +102,13 @@ async fn nothing_is_left_alive_after_shutdown() {
 /// running tasks are interrupted (their futures dropped), every executor and the source are
 /// dropped, and the arbiter threads exit. Before this, the actors held each other's addresses
 /// and lived, with their threads, until the System stopped.
-#[actix_rt::test]
-async fn nothing_is_left_alive_after_the_last_handle_drops() {
+#[test]
+fn nothing_is_left_alive_after_the_last_handle_drops() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    actix_rt::System::new().block_on(after_the_last_handle_drops());
+}
+
+async fn after_the_last_handle_drops() {
     for on_current in [false, true] {
         let handler_states = Arc::new(AtomicUsize::new(0));
         let task_futures = Arc::new(AtomicUsize::new(0));

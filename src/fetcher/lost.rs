@@ -40,9 +40,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Orphans<T>> for Fetcher<T, S> {
             self.buffer.push_front(task);
         }
         if self.dead.iter().all(|d| *d) {
-            tracing::error!(
-                "every executor is lost: no task runs until shutdown hands them back"
-            );
+            tracing::error!("every executor is lost: no task runs until shutdown hands them back");
         }
         self.pump(ctx);
     }
