@@ -386,24 +386,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// go back to their source (`Outcome::Interrupted`).
     fn cancel_all(&mut self, ctx: &mut Context<Self>) {
         self.flush();
-        let cancels = &self.cancels;
-        let cancelled: Vec<Finished> = Pin::new(&self.running)
-            .iter_pin_ref()
-            .map(|r| r.get_ref())
-            .map(|r| Finished {
-                id: r.id,
-                attempt: r.attempt,
-                max_attempts: r.max_attempts,
-                outcome: if cancels.is_cancelled(r.id) {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Interrupted
-                },
-            })
-            .collect();
-        for fin in &cancelled {
-            self.cancels.forget(fin.id);
-        }
+        let cancelled = self.ends_of_running();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.running.clear())) {
             tracing::error!(
                 executor = self.index,
@@ -451,21 +434,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
         };
         self.dequeued += self.queue.len() as u32;
         unstarted.extend(self.queue.drain(..));
-        let cancels = &self.cancels;
-        let ended: Vec<Finished> = Pin::new(&self.running)
-            .iter_pin_ref()
-            .map(|r| r.get_ref())
-            .map(|r| Finished {
-                id: r.id,
-                attempt: r.attempt,
-                max_attempts: r.max_attempts,
-                outcome: if cancels.is_cancelled(r.id) {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Interrupted
-                },
-            })
-            .collect();
+        let ended = self.ends_of_running();
         let interrupted: Vec<TaskId> = ended
             .iter()
             .filter(|f| f.outcome == Outcome::Interrupted)
@@ -487,6 +456,32 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
         self.flush();
         self.back.send(self.index, unstarted, interrupted, 0);
         drop(reply);
+    }
+}
+
+impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
+    /// The ends of the tasks still running, about to be dropped: `Cancelled` if their
+    /// cancellation was requested, else `Interrupted` (they go back to their source).
+    fn ends_of_running(&self) -> Vec<Finished> {
+        let cancels = &self.cancels;
+        let ends: Vec<Finished> = Pin::new(&self.running)
+            .iter_pin_ref()
+            .map(|r| r.get_ref())
+            .map(|r| Finished {
+                id: r.id,
+                attempt: r.attempt,
+                max_attempts: r.max_attempts,
+                outcome: if cancels.is_cancelled(r.id) {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Interrupted
+                },
+            })
+            .collect();
+        for fin in &ends {
+            cancels.forget(fin.id);
+        }
+        ends
     }
 }
 

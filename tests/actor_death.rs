@@ -228,6 +228,38 @@ async fn without_a_copy_what_ran_on_a_lost_executor_is_reported_lost() {
     }
 }
 
+/// Tasks below 10 complete at once; the others wait for the gate.
+fn ten_then_gated(
+    gate: common::Gate,
+) -> impl Fn(u32, TaskContext) -> LocalBoxFuture<'static, Result<(), Infallible>> + Clone + Send + Sync
+{
+    move |n: u32, _cx: TaskContext| {
+        let gate = gate.clone();
+        async move {
+            if n >= 10 {
+                gate.wait().await;
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+}
+
+/// Once the first ten tasks completed and four run (more wait, queued at the two executors),
+/// stops the actix `System` and waits until both executors are lost.
+async fn stop_the_system_mid_run(poller: &Poller<u32>) {
+    eventually(Duration::from_secs(20), || {
+        let s = poller.stats();
+        s.completed == 10 && s.busy == 4
+    })
+    .await;
+    actix_rt::System::current().stop();
+    eventually(Duration::from_secs(10), || {
+        poller.stats().executors_lost == 2
+    })
+    .await;
+}
+
 /// The actix `System` stops under a running poller (what actix-web's default Ctrl-C handling
 /// does before the app's own `shutdown` runs): the executors' arbiters die with tasks running and
 /// queued. The shutdown that follows accounts for every accepted task, per id: completed before
@@ -240,15 +272,7 @@ async fn the_system_stopping_under_the_poller_loses_nothing_silently() {
             .workers(4)
             .executors(2)
             .dispatch_ahead(8);
-        let handler = move |n: u32, _cx: TaskContext| {
-            let gate = gate.clone();
-            async move {
-                if n >= 10 {
-                    gate.wait().await;
-                }
-                Ok::<_, Infallible>(())
-            }
-        };
+        let handler = ten_then_gated(gate);
         let poller = if retries {
             builder
                 .retry(RetryPolicy::attempts(2))
@@ -261,17 +285,7 @@ async fn the_system_stopping_under_the_poller_loses_nothing_silently() {
             .submit_batch_tracked((0..60).collect())
             .await
             .unwrap();
-        // The first ten complete; then four run and more wait, queued at the executors.
-        eventually(Duration::from_secs(10), || {
-            let s = poller.stats();
-            s.completed == 10 && s.busy == 4
-        })
-        .await;
-        actix_rt::System::current().stop();
-        eventually(Duration::from_secs(10), || {
-            poller.stats().executors_lost == 2
-        })
-        .await;
+        stop_the_system_mid_run(&poller).await;
         let report = within(poller.shutdown(Duration::from_secs(1)))
             .await
             .unwrap();
@@ -448,27 +462,10 @@ async fn the_system_stopping_under_a_durable_poller_releases_every_lease() {
         .dispatch_ahead(8)
         .prefetch(4)
         .source(source)
-        .start(move |n: u32, _cx: TaskContext| {
-            let gate = gate.clone();
-            async move {
-                if n >= 10 {
-                    gate.wait().await;
-                }
-                Ok::<_, Infallible>(())
-            }
-        })
+        .start(ten_then_gated(gate))
         .unwrap();
     poller.submit_batch((0..60).collect()).await.unwrap();
-    eventually(Duration::from_secs(20), || {
-        let s = poller.stats();
-        s.completed == 10 && s.busy == 4
-    })
-    .await;
-    actix_rt::System::current().stop();
-    eventually(Duration::from_secs(10), || {
-        poller.stats().executors_lost == 2
-    })
-    .await;
+    stop_the_system_mid_run(&poller).await;
     let report = within(poller.shutdown(Duration::from_secs(1)))
         .await
         .unwrap();
