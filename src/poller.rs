@@ -441,8 +441,16 @@ impl<T: Send + 'static> Poller<T> {
     /// (the in-memory source hands them back in the report, with everything still queued).
     ///
     /// When it returns, every actor of this poller has been dropped and every arbiter it started
-    /// has stopped and been joined; later submits fail with [`SubmitError::Closed`]. Await it to
-    /// the end: dropping the future half-way leaves the poller half shut.
+    /// has stopped and been joined, unless [`ShutdownReport::unfinished`] names what did not;
+    /// later submits fail with [`SubmitError::Closed`]. Await it to the end: dropping the future
+    /// half-way leaves the poller half shut.
+    ///
+    /// It returns within `grace` + [`SHUTDOWN_SLACK`](crate::SHUTDOWN_SLACK) whatever handlers
+    /// and the source do (a handler blocking its thread, a source call that hangs); a `grace`
+    /// too long to represent (`Duration::MAX`) waits as long as tasks run. Executors that died
+    /// before it ran (their arbiter stopped, for instance with the actix `System`) are listed in
+    /// [`ShutdownReport::executors_lost`]: the tasks they held are handed back, released to a
+    /// durable source, or listed in [`ShutdownReport::lost`].
     ///
     /// # Errors
     ///

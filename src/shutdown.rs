@@ -36,8 +36,11 @@ use crate::stats::Counters;
 use crate::task::{Task, TaskId};
 
 /// How much longer than its `grace` [`Poller::shutdown`](crate::Poller::shutdown) may take at
-/// most: the sum of the bounded waits around the drain (see the [module docs](self)). It
-/// returns sooner unless a handler blocks its thread or a source call hangs.
+/// most: the sum of the bounded waits around the drain (2 s for fetches in flight to land, 1 s
+/// for executors to answer past the deadline, 2 s for the last acks and the source's close, 1 s
+/// for the arbiter threads to exit and the actors to be dropped). It returns sooner unless a
+/// handler blocks its thread or a source call hangs; what did not finish is named in
+/// [`ShutdownReport::unfinished`].
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(6);
 
 /// How long fetches in flight when fetching stops may take to land. Tasks of a fetch that
