@@ -375,7 +375,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             self.flush();
             if let Some(d) = self.draining.take() {
                 self.retired = true;
-                let _ = d.reply.send(d.report);
+                // The shutdown stopped waiting (this executor answered too late: a handler
+                // blocked its thread): its unstarted tasks go back the way a dead executor's do.
+                if let Err(report) = d.reply.send(d.report) {
+                    self.back.send(self.index, report.unstarted, Vec::new(), 0);
+                }
                 ctx.stop();
             }
         }
