@@ -20,13 +20,18 @@
 //! [`CLOSE_WAIT`], the arbiters' threads and the actors' drops [`STOP_ALL_WAIT`]. What did not
 //! finish in time is named in [`ShutdownReport::unfinished`].
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Recipient;
 use actix_rt::Arbiter;
+use futures::future::Either;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
@@ -268,17 +273,21 @@ struct Drained<T> {
 
 /// Asks every executor to drain until `deadline`; sums what they report. Executors report their
 /// last `Done` before replying; one that is gone reported what it held as it died (see the
-/// executor's `Drop`); one that does not answer by `deadline` + [`DRAIN_REPLY_WAIT`] is stuck.
+/// executor's `Drop`); one that does not answer by `deadline` + [`DRAIN_REPLY_WAIT`] (wall
+/// clock: see [`real_sleep`]) is stuck.
 async fn drain<T: Send + 'static>(drains: &[Recipient<Drain<T>>], deadline: Instant) -> Drained<T> {
-    let limit = deadline_after(deadline, DRAIN_REPLY_WAIT);
     let replies: Vec<_> = drains
         .iter()
         .map(|exec| {
             let (reply, rx) = oneshot::channel();
             exec.do_send(Drain { deadline, reply });
-            timeout_at(limit, rx)
+            rx
         })
         .collect();
+    let limit = async {
+        tokio::time::sleep_until(deadline).await;
+        real_sleep(DRAIN_REPLY_WAIT).await;
+    };
     let mut out = Drained {
         finished: 0,
         cancelled: 0,
@@ -286,28 +295,24 @@ async fn drain<T: Send + 'static>(drains: &[Recipient<Drain<T>>], deadline: Inst
         died: Vec::new(),
         stuck: Vec::new(),
     };
-    for (i, reply) in futures::future::join_all(replies)
-        .await
-        .into_iter()
-        .enumerate()
-    {
+    for (i, reply) in settle_by(replies, limit).await.into_iter().enumerate() {
         match reply {
-            Ok(Ok(report)) => {
+            Some(Ok(report)) => {
                 out.finished += report.finished;
                 out.cancelled += report.cancelled;
                 out.unstarted.extend(report.unstarted);
             }
-            Ok(Err(_)) => out.died.push(i),
-            Err(_) => out.stuck.push(i),
+            Some(Err(_)) => out.died.push(i),
+            None => out.stuck.push(i),
         }
     }
     out
 }
 
-/// Stops every arbiter of the plan and waits, at most [`STOP_ALL_WAIT`], until their threads
-/// have exited and every actor has been dropped; notes what did not.
+/// Stops every arbiter of the plan and waits, at most [`STOP_ALL_WAIT`] (wall clock), until
+/// their threads have exited and every actor has been dropped; notes what did not.
 async fn stop_all(plan: ShutdownPlan, unfinished: &mut Vec<Unfinished>) {
-    let limit = Instant::now() + STOP_ALL_WAIT;
+    let limit = real_sleep(STOP_ALL_WAIT).boxed_local().shared();
     // A thread blocked in a handler cannot be joined in time: each join runs on a thread of its
     // own, left to finish on its own if the wait runs out.
     let joins: Vec<_> = plan
@@ -325,22 +330,69 @@ async fn stop_all(plan: ShutdownPlan, unfinished: &mut Vec<Unfinished>) {
             if let Err(error) = joiner {
                 tracing::warn!(%error, "could not start a thread to join an arbiter");
             }
-            timeout_at(limit, rx)
+            rx
         })
         .collect();
-    for (i, joined) in futures::future::join_all(joins)
+    for (i, joined) in settle_by(joins, limit.clone())
         .await
         .into_iter()
         .enumerate()
     {
-        if !matches!(joined, Ok(Ok(()))) {
+        if !matches!(joined, Some(Ok(()))) {
             unfinished.push(Unfinished::Arbiter(i));
         }
     }
-    let gone =
-        futures::future::join_all(plan.actors_gone.into_iter().map(|g| timeout_at(limit, g)));
-    let alive = gone.await.into_iter().filter(|g| g.is_err()).count();
+    let gone = settle_by(plan.actors_gone, limit).await;
+    let alive = gone.iter().filter(|g| g.is_none()).count();
     if alive > 0 {
         unfinished.push(Unfinished::Actors(alive));
+    }
+}
+
+/// Awaits every future of `futs` until `limit` ends; the outputs in order, `None` for those
+/// that had not ended.
+async fn settle_by<F: Future>(
+    futs: Vec<F>,
+    limit: impl Future<Output = ()>,
+) -> Vec<Option<F::Output>> {
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut pending: FuturesUnordered<_> = futs
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| f.map(move |o| (i, o)))
+        .collect();
+    let mut limit = std::pin::pin!(limit);
+    loop {
+        match futures::future::select(pending.next(), limit.as_mut()).await {
+            Either::Left((Some((i, o)), _)) => {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(o);
+                }
+            }
+            Either::Left((None, _)) | Either::Right(_) => return out,
+        }
+    }
+}
+
+/// Sleeps `d` on the wall clock, for waits on other threads (executors on their arbiters,
+/// arbiter threads exiting). Tokio's clock will not do there: a test that pauses it has it jump
+/// ahead whenever this thread idles, which would end such a wait before the other thread could
+/// answer. A timer thread sleeps instead; dropping the future wakes and ends it at once.
+async fn real_sleep(d: Duration) {
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    let (fire, fired) = oneshot::channel::<()>();
+    let timer = std::thread::Builder::new()
+        .name("actix-poller-timer".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(d) {
+                let _ = fire.send(());
+            }
+        });
+    match timer {
+        Ok(_) => {
+            let _cancel_on_drop = cancel;
+            let _ = fired.await;
+        }
+        Err(_) => tokio::time::sleep(d).await,
     }
 }

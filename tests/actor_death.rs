@@ -536,3 +536,44 @@ async fn a_future_that_panics_when_dropped_does_not_kill_its_executor() {
     assert_eq!((s.executors_lost, s.panicked), (0, 1));
     poller.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// A test may pause tokio's clock and still run executors on their own threads: the shutdown's
+/// waits for other threads (drain replies, arbiter joins) run on the wall clock, so they do not
+/// run out the moment the test's thread idles (tokio then jumps its paused clock ahead).
+#[actix_rt::test]
+async fn waits_on_other_threads_survive_a_paused_clock() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .start(|_n: u32, _cx| async {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok::<_, Infallible>(())
+        })
+        .unwrap();
+    let receipts = poller.submit_batch_tracked((0..8).collect()).await.unwrap();
+    // Any tokio timeout here would run out at once (the clock is paused): a wall-clock watchdog
+    // fails the test instead of letting it hang.
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            watched.recv_timeout(Duration::from_secs(120))
+        {
+            eprintln!("shutdown under a paused clock did not return within 120 s");
+            std::process::exit(1);
+        }
+    });
+    let report = poller.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(done);
+    assert!(report.unfinished.is_empty(), "{:?}", report.unfinished);
+    assert!(report.lost.is_empty() && report.executors_lost.is_empty());
+    let back: HashSet<TaskId> = report.handed_back.iter().map(|t| t.id).collect();
+    for r in receipts {
+        let id = r.id();
+        match within(r.outcome()).await {
+            Ok(FinalState::Completed) => {}
+            Err(OutcomeError::ShutDown) => assert!(back.contains(&id), "task {id} vanished"),
+            other => panic!("task {id}: {other:?}"),
+        }
+    }
+}
