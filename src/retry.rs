@@ -160,7 +160,8 @@ impl Backoff {
         let raw = self.initial.as_secs_f64() * self.multiplier.powi(exp);
         let capped = raw.min(self.max.as_secs_f64());
         let factor = 1.0 - self.jitter * fastrand::f64();
-        Duration::from_secs_f64((capped * factor).max(0.0))
+        // A delay too long for a `Duration` (a cap near `Duration::MAX`) is the longest one.
+        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(Duration::MAX)
     }
 }
 

@@ -577,3 +577,27 @@ async fn waits_on_other_threads_survive_a_paused_clock() {
         }
     }
 }
+
+/// A fetch backoff of `Duration::MAX` after a failed fetch is a very long wait, not a panic
+/// that takes the Fetcher (and the in-memory queue) down: the poller still shuts down and
+/// hands every task back.
+#[actix_rt::test]
+async fn a_huge_fetch_backoff_is_a_long_wait() {
+    tokio::time::pause();
+    let (mut source, log) = common::ScriptedSource::new(100);
+    source.fail_first = 1;
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .fetch_backoff(actix_poller::Backoff::new(Duration::MAX, Duration::MAX).with_jitter(0.0))
+        .source(source)
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    poller.submit_batch(vec![1, 2, 3]).await.unwrap();
+    eventually(Duration::from_secs(1), || poller.stats().fetch_errors == 1).await;
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let back: Vec<u32> = report.handed_back.iter().map(|t| t.payload).collect();
+    assert_eq!(back, vec![1, 2, 3]);
+    assert_eq!(log.borrow().fetches.len(), 1, "no fetch during the backoff");
+}
