@@ -103,7 +103,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
             self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
             self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);
-            if d.finished > 0 && self.ahead > 0 {
+            if d.finished > 0 && self.ahead > 0 && !self.dead[i] {
                 let t = self.ahead_target[i];
                 let mut next = (2 * d.finished as usize).max(t - t / 8);
                 // Slots went back while work waited: the queue ran dry before its refill came.

@@ -21,8 +21,14 @@ impl<T: Send + 'static, S: Source<T>> Handler<Orphans<T>> for Fetcher<T, S> {
             }
         }
         // Its books no longer matter: what it held comes back in this message (tasks, unspent
-        // credits) and in its last `Done` (ends, slots).
-        for books in [&mut self.assigned, &mut self.queued, &mut self.covered] {
+        // credits) and in its last `Done` (ends, slots). No room is kept for it either, so the
+        // Fetcher fetches nothing on its behalf.
+        for books in [
+            &mut self.assigned,
+            &mut self.queued,
+            &mut self.covered,
+            &mut self.ahead_target,
+        ] {
             if let Some(n) = books.get_mut(i) {
                 *n = 0;
             }
