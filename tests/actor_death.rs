@@ -601,3 +601,23 @@ async fn a_huge_fetch_backoff_is_a_long_wait() {
     assert_eq!(back, vec![1, 2, 3]);
     assert_eq!(log.borrow().fetches.len(), 1, "no fetch during the backoff");
 }
+
+/// `detach` keeps a poller running after its last handle is dropped: an actor that kept the
+/// Fetcher's address still gets its submits run.
+#[actix_rt::test]
+async fn a_detached_poller_outlives_its_handles() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .start(|_n: u32, _cx| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    let submit = poller.submit_recipient();
+    poller.detach();
+    drop(poller);
+    tokio::task::yield_now().await;
+    let receipt = within(submit.send(Submit::new(7).tracked()))
+        .await
+        .expect("the fetcher still runs")
+        .unwrap();
+    assert_eq!(within(receipt.outcome()).await, Ok(FinalState::Completed));
+}
