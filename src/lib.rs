@@ -120,6 +120,8 @@ pub mod source;
 mod stats;
 pub mod task;
 pub mod topology;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
