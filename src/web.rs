@@ -65,7 +65,7 @@ impl fmt::Display for StoppedBy {
             StoppedBy::Interrupt => "SIGINT",
             StoppedBy::Terminate => "SIGTERM",
             StoppedBy::Quit => "SIGQUIT",
-            StoppedBy::Server => "the server stopped",
+            StoppedBy::Server => "the server itself",
         })
     }
 }
