@@ -281,7 +281,7 @@ impl<T> std::error::Error for ServeError<T> {
 ///         .start(|_n: u32, _cx| async { Ok::<_, std::io::Error>(()) })?;
 ///     let server = HttpServer::new(App::new).workers(1).bind(("127.0.0.1", 0))?;
 ///     let serve = actix_poller::web::serve(server, &poller, Duration::from_secs(5));
-///     let handle = serve.server_handle();
+///     let handle = serve.server_handle().ok_or("nothing bound")?;
 ///     actix_web::rt::spawn(async move { handle.stop(true).await });
 ///     let served = serve.await?;
 ///     assert_eq!(served.stopped_by, StoppedBy::Server);
