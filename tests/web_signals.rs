@@ -83,13 +83,13 @@ fn main() {
 }
 
 fn sigint_drains_the_poller_before_the_system_stops() {
-    let run = run_and_signal("serve", "INT");
+    let run = run_and_signal("serve", "INT", true);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Interrupt");
 }
 
 fn sigterm_drains_the_poller_before_the_system_stops() {
-    let run = run_and_signal("serve", "TERM");
+    let run = run_and_signal("serve", "TERM", true);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Terminate");
 }
@@ -97,7 +97,7 @@ fn sigterm_drains_the_poller_before_the_system_stops() {
 /// SIGQUIT: no grace. The child's poller has retries on, so the in-memory source keeps a copy of
 /// each running task and hands the interrupted ones back too: still every id, exactly once.
 fn sigquit_stops_fast_and_hands_everything_back() {
-    let run = run_and_signal("serve", "QUIT");
+    let run = run_and_signal("serve", "QUIT", false);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Quit");
 }
@@ -110,7 +110,7 @@ fn sigquit_stops_fast_and_hands_everything_back() {
 /// counts what they lose (`ShutdownReport::lost`, issue 12 item 1a); then the child prints
 /// `lost=` and the check becomes `completed + handed back + lost = accepted`.
 fn default_signal_handling_loses_tasks_without_serve() {
-    let run = run_and_signal("default", "INT");
+    let run = run_and_signal("default", "INT", false);
     run.assert_every_accepted_task_completed_or_handed_back();
 }
 
@@ -177,7 +177,11 @@ impl Run {
         let started = self.ids("started");
         let completed = self.ids("completed");
         let handed_back = self.ids("handed_back");
-        assert_eq!(accepted.len() as u64, TASKS, "every post was accepted");
+        assert_eq!(
+            accepted.len(),
+            self.answered_202.len(),
+            "every post was accepted"
+        );
         assert!(accepted.values().all(|&n| n == 1), "an id accepted twice");
         let accepted: BTreeSet<u64> = accepted.into_keys().collect();
         assert_eq!(
@@ -223,9 +227,17 @@ impl Run {
     }
 }
 
+/// The id of the request that is in flight when the signal comes (with `in_flight`).
+const IN_FLIGHT: u64 = 1_000_000;
+
 /// Starts the child in `mode`, posts [`TASKS`] tasks, waits until all are accepted and one
 /// runs, sends `SIG<signal>` and reads the child to its end.
-fn run_and_signal(mode: &str, signal: &str) -> Run {
+///
+/// With `in_flight`, one more request (`POST /slow/IN_FLIGHT`) is in the child's handler when
+/// the signal comes; the handler submits its task only once it has seen the signal too. A
+/// graceful stop must let it finish: its task is accepted (202) and reaches the poller before
+/// the poller shuts down.
+fn run_and_signal(mode: &str, signal: &str, in_flight: bool) -> Run {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let mut child = Command::new(exe)
         .env(CHILD, mode)
@@ -258,6 +270,13 @@ fn run_and_signal(mode: &str, signal: &str) -> Run {
     }
     // Every task accepted (they all were answered), and at least one running: now the signal.
     wait_for(&rx, &mut lines, |l| l.starts_with("started ").then_some(()));
+    let slow = in_flight.then(|| {
+        let addr = addr.clone();
+        let slow = std::thread::spawn(move || post(&addr, &format!("/slow/{IN_FLIGHT}")));
+        let entered = format!("entered {IN_FLIGHT}");
+        wait_for(&rx, &mut lines, |l| (l == entered).then_some(()));
+        slow
+    });
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args([&format!("-{signal}"), &pid])
@@ -283,6 +302,16 @@ fn run_and_signal(mode: &str, signal: &str) -> Run {
         .wait()
         .unwrap_or_else(|e| panic!("wait for the child: {e}"));
     let _ = reader.join();
+    if let Some(slow) = slow {
+        let status = slow
+            .join()
+            .unwrap_or_else(|_| panic!("the in-flight request's client panicked"));
+        assert_eq!(
+            status, 202,
+            "the request in flight at SIG{signal} was answered {status}"
+        );
+        answered_202.insert(IN_FLIGHT);
+    }
     Run {
         answered_202,
         lines,
@@ -368,6 +397,21 @@ mod child {
         }
     }
 
+    /// Stays in flight until the process gets SIGINT or SIGTERM (it listens too, like `serve`),
+    /// then submits: a graceful stop must let it finish and its task reach the poller.
+    async fn post_slow(poller: web::Data<Poller<u64>>, id: web::Path<u64>) -> HttpResponse {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return HttpResponse::InternalServerError().body("cannot listen for signals");
+        };
+        println!("entered {id}");
+        futures::future::select(Box::pin(int.recv()), Box::pin(term.recv())).await;
+        post_task(poller, id).await
+    }
+
     pub(super) fn main(mode: &str) {
         let task_ms = std::env::var("TASK_MS")
             .ok()
@@ -380,6 +424,7 @@ mod child {
                 App::new()
                     .app_data(data.clone())
                     .route("/tasks/{id}", web::post().to(post_task))
+                    .route("/slow/{id}", web::post().to(post_slow))
             })
             .workers(2)
             .bind(("127.0.0.1", 0))
