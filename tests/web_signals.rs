@@ -15,12 +15,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 /// The env var that makes this binary the child; its value is the child's mode.
 const CHILD: &str = "ACTIX_POLLER_WEB_SIGNALS_CHILD";
+/// The env var with the SQLite file the child's poller uses (else: the in-memory source).
+const DB: &str = "ACTIX_POLLER_WEB_SIGNALS_DB";
 /// How many tasks each case posts.
 const TASKS: u64 = 300;
 /// How long one task runs in the child: long enough that some run and most wait when the
@@ -38,7 +41,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [(&str, fn()); 3] = [
+    let cases: Vec<(&str, fn())> = vec![
         (
             "sigint_drains_the_poller_before_the_system_stops",
             sigint_drains_the_poller_before_the_system_stops,
@@ -51,12 +54,24 @@ fn main() {
             "sigquit_stops_fast_and_hands_everything_back",
             sigquit_stops_fast_and_hands_everything_back,
         ),
+        #[cfg(feature = "sqlite")]
+        (
+            "sqlite_sigint_leaves_every_unfinished_task_queued_and_unleased",
+            sqlite::sigint_leaves_every_unfinished_task_queued_and_unleased,
+        ),
     ];
     // Run only on request (`-- --ignored`): see the function.
-    let ignored: [(&str, fn()); 1] = [(
-        "default_signal_handling_loses_tasks_without_serve",
-        default_signal_handling_loses_tasks_without_serve,
-    )];
+    let ignored: Vec<(&str, fn())> = vec![
+        (
+            "default_signal_handling_loses_tasks_without_serve",
+            default_signal_handling_loses_tasks_without_serve,
+        ),
+        #[cfg(feature = "sqlite")]
+        (
+            "sqlite_default_signal_handling_leaves_tasks_leased_without_serve",
+            sqlite::default_signal_handling_leaves_tasks_leased_without_serve,
+        ),
+    ];
     let args: Vec<String> = std::env::args().collect();
     // `cargo test -- --list` and name filters, as a harness would take them.
     if args.iter().any(|a| a == "--list") {
@@ -83,13 +98,13 @@ fn main() {
 }
 
 fn sigint_drains_the_poller_before_the_system_stops() {
-    let run = run_and_signal("serve", "INT", true);
+    let run = run_and_signal("serve", "INT", true, None);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Interrupt");
 }
 
 fn sigterm_drains_the_poller_before_the_system_stops() {
-    let run = run_and_signal("serve", "TERM", true);
+    let run = run_and_signal("serve", "TERM", true, None);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Terminate");
 }
@@ -97,7 +112,7 @@ fn sigterm_drains_the_poller_before_the_system_stops() {
 /// SIGQUIT: no grace. The child's poller has retries on, so the in-memory source keeps a copy of
 /// each running task and hands the interrupted ones back too: still every id, exactly once.
 fn sigquit_stops_fast_and_hands_everything_back() {
-    let run = run_and_signal("serve", "QUIT", false);
+    let run = run_and_signal("serve", "QUIT", false, None);
     run.assert_every_accepted_task_completed_or_handed_back();
     assert_eq!(run.stopped_by(), "Quit");
 }
@@ -110,8 +125,121 @@ fn sigquit_stops_fast_and_hands_everything_back() {
 /// counts what they lose (`ShutdownReport::lost`, issue 12 item 1a); then the child prints
 /// `lost=` and the check becomes `completed + handed back + lost = accepted`.
 fn default_signal_handling_loses_tasks_without_serve() {
-    let run = run_and_signal("default", "INT", false);
+    let run = run_and_signal("default", "INT", false, None);
     run.assert_every_accepted_task_completed_or_handed_back();
+}
+
+/// The durable variant: the same child on the SQLite source.
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use std::path::PathBuf;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+    use super::{run_and_signal, Run};
+
+    /// A fresh database file for one case, removed when dropped.
+    struct TempDb(PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = self.0.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// One row of the task table: (payload id, state, attempt, lease owner).
+    type Row = (i64, String, i64, Option<i64>);
+
+    fn rows(db: &std::path::Path) -> Vec<Row> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime: {e}"));
+        runtime.block_on(async {
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(db))
+                .await
+                .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+            let rows = sqlx::query_as::<_, Row>(
+                "SELECT CAST(payload AS INTEGER), state, attempt, lease_owner \
+                 FROM actix_poller_tasks ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("read the tasks: {e}"));
+            pool.close().await;
+            rows
+        })
+    }
+
+    /// SIGINT with tasks running and queued on the SQLite source: every accepted id is one row,
+    /// either completed (and it ran once) or queued again, unleased, with no attempt counted
+    /// (it never started: the drain let every started task finish). None is left leased.
+    pub(super) fn sigint_leaves_every_unfinished_task_queued_and_unleased() {
+        check("serve", true);
+    }
+
+    /// The control: the same check on the shape without `serve` fails (rows stay leased,
+    /// `running`, until their lease expires). Ignored, like its in-memory twin.
+    pub(super) fn default_signal_handling_leaves_tasks_leased_without_serve() {
+        check("default", false);
+    }
+
+    fn check(mode: &str, in_flight: bool) {
+        let db = TempDb(std::env::temp_dir().join(format!(
+            "actix-poller-web-signals-{}-{mode}.db",
+            std::process::id()
+        )));
+        let run: Run = run_and_signal(mode, "INT", in_flight, Some(&db.0));
+        assert!(
+            run.status.success(),
+            "the child exited with {}; it wrote:\n{}",
+            run.status,
+            run.dump()
+        );
+        let accepted = run.ids("accepted");
+        let completed = run.ids("completed");
+        let started = run.ids("started");
+        assert_eq!(
+            accepted
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            run.answered_202,
+            "the ids answered 202 are the ids the child accepted"
+        );
+        let rows = rows(&db.0);
+        assert_eq!(rows.len(), accepted.len(), "one row per accepted task");
+        let mut left = 0;
+        for (id, state, attempt, lease_owner) in &rows {
+            let id = u64::try_from(*id).unwrap_or_else(|e| panic!("payload {id}: {e}"));
+            assert_eq!(accepted.get(&id), Some(&1), "task {id}: accepted once");
+            let ran = completed.get(&id).copied().unwrap_or(0);
+            match state.as_str() {
+                "completed" => assert_eq!(ran, 1, "task {id}: completed, ran {ran} times"),
+                "queued" => {
+                    left += 1;
+                    assert_eq!(ran, 0, "task {id}: queued, yet it completed");
+                    assert_eq!(
+                        started.get(&id),
+                        None,
+                        "task {id}: started, yet queued again"
+                    );
+                    assert_eq!(*lease_owner, None, "task {id}: still leased");
+                    assert_eq!(*attempt, 0, "task {id}: never started, attempt counted");
+                }
+                other => panic!("task {id}: state {other} after a clean stop"),
+            }
+        }
+        println!(
+            "    {} accepted: {} completed, {left} still queued, none leased",
+            rows.len(),
+            rows.len() - left
+        );
+    }
 }
 
 /// What one child did, as its lines and the test's own HTTP answers tell it.
@@ -237,9 +365,13 @@ const IN_FLIGHT: u64 = 1_000_000;
 /// the signal comes; the handler submits its task only once it has seen the signal too. A
 /// graceful stop must let it finish: its task is accepted (202) and reaches the poller before
 /// the poller shuts down.
-fn run_and_signal(mode: &str, signal: &str, in_flight: bool) -> Run {
+fn run_and_signal(mode: &str, signal: &str, in_flight: bool, db: Option<&Path>) -> Run {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(db) = db {
+        command.env(DB, db);
+    }
+    let mut child = command
         .env(CHILD, mode)
         .env("TASK_MS", TASK_MS.to_string())
         .stdin(Stdio::null())
@@ -370,20 +502,44 @@ mod child {
     use actix_poller::{Poller, RetryPolicy, TaskContext};
     use actix_web::{web, App, HttpResponse, HttpServer};
 
-    /// Retries on: the in-memory source then keeps a copy of each task, so a task interrupted by
-    /// a fast stop is handed back too.
-    fn start_poller(task: Duration) -> Poller<u64> {
-        Poller::<u64>::builder()
-            .workers(8)
-            .executors(2)
-            .retry(RetryPolicy::attempts(3))
-            .start(move |id: u64, _cx: TaskContext| async move {
+    /// The task: says when it starts and when it completes.
+    fn handler(
+        task: Duration,
+    ) -> impl Fn(u64, TaskContext) -> futures::future::BoxFuture<'static, Result<(), std::io::Error>>
+           + Clone
+           + Send
+           + 'static {
+        move |id: u64, _cx: TaskContext| {
+            Box::pin(async move {
                 println!("started {id}");
                 actix_rt::time::sleep(task).await;
                 println!("completed {id}");
-                Ok::<_, std::io::Error>(())
+                Ok(())
             })
-            .unwrap_or_else(|e| panic!("the poller starts: {e}"))
+        }
+    }
+
+    /// Retries on: the in-memory source then keeps a copy of each task, so a task interrupted by
+    /// a fast stop is handed back too. With `WEB_SIGNALS_DB` set, the SQLite source in that file.
+    async fn start_poller(task: Duration) -> Poller<u64> {
+        let builder = Poller::<u64>::builder()
+            .workers(8)
+            .executors(2)
+            .retry(RetryPolicy::attempts(3));
+        match std::env::var_os(super::DB) {
+            None => builder.start(handler(task)),
+            #[cfg(feature = "sqlite")]
+            Some(path) => {
+                use actix_poller::{SqliteConfig, SqliteSource};
+                let source = SqliteSource::<u64>::connect(SqliteConfig::new(path))
+                    .await
+                    .unwrap_or_else(|e| panic!("open the queue: {e}"));
+                builder.source(source).start(handler(task))
+            }
+            #[cfg(not(feature = "sqlite"))]
+            Some(_) => panic!("the sqlite case needs --features sqlite"),
+        }
+        .unwrap_or_else(|e| panic!("the poller starts: {e}"))
     }
 
     async fn post_task(poller: web::Data<Poller<u64>>, id: web::Path<u64>) -> HttpResponse {
@@ -418,7 +574,7 @@ mod child {
             .and_then(|v| v.parse().ok())
             .unwrap_or(40);
         let result = actix_rt::System::new().block_on(async move {
-            let poller = start_poller(Duration::from_millis(task_ms));
+            let poller = start_poller(Duration::from_millis(task_ms)).await;
             let data = web::Data::new(poller.clone());
             let server = HttpServer::new(move || {
                 App::new()
