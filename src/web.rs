@@ -27,6 +27,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::{pin, Pin};
+#[cfg(unix)]
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -483,6 +484,82 @@ impl Signals {
                 // No Ctrl-C to listen for: only the server's handle stops it.
                 Err(_) => future::pending().await,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{App, HttpServer};
+
+    /// A poller holding one task that is not due for an hour: shutdown hands it back.
+    async fn poller_with_a_delayed_task() -> Poller<u32> {
+        let poller = Poller::<u32>::builder()
+            .start(|_n: u32, _cx| async { Ok::<_, io::Error>(()) })
+            .expect("started inside a System");
+        poller
+            .submit_after(7, Duration::from_secs(3600))
+            .await
+            .expect("the queue takes it");
+        poller
+    }
+
+    #[actix_rt::test]
+    async fn stopping_the_server_by_its_handle_drains_the_poller() {
+        let poller = poller_with_a_delayed_task().await;
+        let server = HttpServer::new(App::new)
+            .workers(1)
+            .bind(("127.0.0.1", 0))
+            .expect("bind");
+        let serve = serve(server, &poller, Duration::from_secs(5));
+        let handle = serve.server_handle().expect("bound");
+        actix_rt::spawn(async move { handle.stop(true).await });
+        let served = serve.await.expect("served");
+        assert_eq!(served.stopped_by, StoppedBy::Server);
+        let back: Vec<u32> = served
+            .report
+            .handed_back
+            .iter()
+            .map(|t| t.payload)
+            .collect();
+        assert_eq!(back, vec![7]);
+        assert!(poller.is_closed());
+    }
+
+    #[actix_rt::test]
+    async fn a_server_bound_to_nothing_is_an_error_and_the_poller_is_still_drained() {
+        let poller = poller_with_a_delayed_task().await;
+        let serve = serve(HttpServer::new(App::new), &poller, Duration::from_secs(5));
+        assert!(serve.server_handle().is_none());
+        let error = serve.await.expect_err("nothing is bound");
+        assert!(error.to_string().contains("no bound address"), "{error}");
+        let report = error.into_report().expect("the poller was shut down");
+        assert_eq!(report.handed_back.len(), 1);
+        assert!(poller.is_closed());
+    }
+
+    #[actix_rt::test]
+    async fn a_poller_shut_down_elsewhere_is_a_shutdown_error() {
+        let poller = poller_with_a_delayed_task().await;
+        poller
+            .shutdown(Duration::ZERO)
+            .await
+            .expect("first shutdown");
+        let server = HttpServer::new(App::new)
+            .workers(1)
+            .bind(("127.0.0.1", 0))
+            .expect("bind");
+        let serve = serve(server, &poller, Duration::from_secs(5));
+        let handle = serve.server_handle().expect("bound");
+        actix_rt::spawn(async move { handle.stop(true).await });
+        match serve.await {
+            Err(ServeError::Shutdown {
+                error: ShutdownError::AlreadyShutDown,
+                stopped_by: StoppedBy::Server,
+                server: None,
+            }) => {}
+            other => panic!("expected AlreadyShutDown, got {other:?}"),
         }
     }
 }

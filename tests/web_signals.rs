@@ -33,6 +33,10 @@ const TASK_MS: u64 = 40;
 const HANG: Duration = Duration::from_secs(120);
 
 fn main() {
+    if cfg!(not(unix)) {
+        println!("web_signals: sends Unix signals with `kill`; nothing to run here");
+        return;
+    }
     if let Ok(mode) = std::env::var(CHILD) {
         child::main(&mode);
         return;
@@ -556,15 +560,18 @@ mod child {
     /// Stays in flight until the process gets SIGINT or SIGTERM (it listens too, like `serve`),
     /// then submits: a graceful stop must let it finish and its task reach the poller.
     async fn post_slow(poller: web::Data<Poller<u64>>, id: web::Path<u64>) -> HttpResponse {
-        use actix_rt::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return HttpResponse::InternalServerError().body("cannot listen for signals");
-        };
-        println!("entered {id}");
-        futures::future::select(Box::pin(int.recv()), Box::pin(term.recv())).await;
+        #[cfg(unix)]
+        {
+            use actix_rt::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return HttpResponse::InternalServerError().body("cannot listen for signals");
+            };
+            println!("entered {id}");
+            futures::future::select(Box::pin(int.recv()), Box::pin(term.recv())).await;
+        }
         post_task(poller, id).await
     }
 
