@@ -234,7 +234,7 @@ impl<T> MemorySource<T> {
     }
 
     fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
-        let wants_retry = tasks.iter().any(|t| t.max_attempts > 1);
+        let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
         if tasks.len() > self.capacity.saturating_sub(self.len())
             || (wants_retry && self.clone_payload.is_none())
         {
@@ -252,7 +252,7 @@ impl<T> MemorySource<T> {
             let id = TaskId(self.next_id);
             let task = Task::new(id, t.payload)
                 .with_enqueued_at(now)
-                .with_max_attempts(t.max_attempts)
+                .with_max_attempts(t.max_attempts.unwrap_or(1))
                 .with_priority(t.priority)
                 .with_timeout(t.timeout);
             self.push(Queued::from_task(task), t.run_at);

@@ -166,8 +166,14 @@ impl Default for FetchLimits {
 pub struct NewTask<T> {
     /// The payload.
     pub payload: T,
-    /// How many attempts the task may have in all (1: no retry).
-    pub max_attempts: u32,
+    /// How many attempts the task may have in all (1: no retry); `None`: the source's default.
+    ///
+    /// The poller always sets it (from [`TaskOptions::max_attempts`] or its retry policy, see
+    /// [`PollerBuilder::retry`](crate::PollerBuilder::retry)). A task enqueued without a
+    /// poller ([`NewTask::new`] through a durable source's queue) gets the source's default:
+    /// `DurableConfig::default_attempts` for the durable sources, one attempt for the in-memory
+    /// source.
+    pub max_attempts: Option<u32>,
     /// Higher runs first among due tasks.
     pub priority: i32,
     /// Not to be fetched before this instant.
@@ -177,16 +183,25 @@ pub struct NewTask<T> {
 }
 
 impl<T> NewTask<T> {
-    /// A task with default options and one attempt.
+    /// A task with default options and the source's default attempts (see
+    /// [`max_attempts`](Self::max_attempts)): a durable queue gives it
+    /// `DurableConfig::default_attempts` (5 unless configured), so a task enqueued from another process is retried like one a
+    /// poller submits with retries on.
     pub fn new(payload: T) -> Self {
-        NewTask::with_options(payload, TaskOptions::new(), 1)
+        NewTask {
+            payload,
+            max_attempts: None,
+            priority: 0,
+            run_at: None,
+            timeout: None,
+        }
     }
 
     /// A task with `options`; `default_attempts` applies unless the options override it.
     pub fn with_options(payload: T, options: TaskOptions, default_attempts: u32) -> Self {
         NewTask {
             payload,
-            max_attempts: options.max_attempts.unwrap_or(default_attempts).max(1),
+            max_attempts: Some(options.max_attempts.unwrap_or(default_attempts).max(1)),
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,

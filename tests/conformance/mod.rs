@@ -65,8 +65,10 @@ pub type Row = (String, i64, Option<String>);
 /// The default lease of the suite: long enough never to expire by accident.
 pub const LONG_LEASE: Duration = Duration::from_secs(60);
 
+/// A task as a poller without retries enqueues it: one attempt. (`NewTask::new` leaves the
+/// attempts to the source's default, which differs between sources.)
 fn task(payload: Job) -> NewTask<Job> {
-    NewTask::new(payload)
+    with(payload, TaskOptions::new(), 1)
 }
 
 fn with(payload: Job, options: TaskOptions, attempts: u32) -> NewTask<Job> {

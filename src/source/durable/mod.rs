@@ -31,7 +31,7 @@ mod source;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-pub use config::{DurableConfig, DEFAULT_TABLE};
+pub use config::{DurableConfig, DEFAULT_ATTEMPTS, DEFAULT_TABLE};
 pub use dialect::{Arg, Dialect, List, Names, Store};
 pub use error::DurableError;
 pub use queue::DurableQueue;

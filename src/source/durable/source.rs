@@ -209,7 +209,7 @@ where
         // Listening before the first fetch: no notification after this point is missed.
         let listener = D::listen(&pool, &names, Arc::clone(&signal)).await?;
         let source = DurableSource {
-            queue: DurableQueue::of(pool, sql, &names.table, signal),
+            queue: DurableQueue::of(pool, sql, &names.table, signal, config.default_attempts),
             bookkeeping,
             owner: common::new_owner(),
             lease: config.lease,
@@ -362,7 +362,7 @@ where
                     error,
                 })
             };
-            let rows = match common::new_rows(&tasks) {
+            let rows = match common::new_rows(&tasks, queue.default_attempts) {
                 Ok(rows) => rows,
                 // A payload that does not encode never will: not worth a retry.
                 Err(e) => {
