@@ -92,11 +92,11 @@
 //! store payloads as JSON (`serde`). See `docs/durable.md` for leases, heartbeats and the
 //! "at least once" contract they ask of handlers.
 //!
-//! * `sqlite` — [`SqliteSource`]: embedded and durable on one machine (sqlx's bundled SQLite, no
+//! * `sqlite` — `SqliteSource`: embedded and durable on one machine (sqlx's bundled SQLite, no
 //!   system library, no server). Tasks survive a crash or a restart.
-//! * `postgres` — [`PgSource`]: many processes on many machines share one queue
+//! * `postgres` — `PgSource`: many processes on many machines share one queue
 //!   (`FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` wake-ups, leases taken back when a worker dies),
-//!   and [`PgQueue`] enqueues inside the caller's own transaction.
+//!   and `PgQueue` enqueues inside the caller's own transaction.
 
 #![forbid(unsafe_code)]
 
