@@ -125,8 +125,8 @@ pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, D
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
-    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
-    Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,
+    PurgeDead, Receipt, RerunDead, Submit, SubmitBatch,
 };
 pub use poller::Poller;
 pub use retry::{Backoff, RetryPolicy};
@@ -139,7 +139,7 @@ pub use source::sqlite::{SqliteConfig, SqliteError, SqliteQueue, SqliteSource};
 pub use source::{FetchLimits, Fetched, RetrySupport, Source, WakeOn};
 pub use stats::{ExecutorStats, Stats};
 pub use task::{
-    Abort, Ack, Cancelled, DeadTask, Disposition, FinalState, Outcome, Progress, RetryAfter, Task,
-    TaskContext, TaskId, TaskOptions,
+    Abort, Ack, Cancelled, DeadTask, Disposition, FinalState, Outcome, Progress, QueueCounts,
+    RetryAfter, Task, TaskContext, TaskId, TaskOptions, TaskState, TaskStatus,
 };
 pub use topology::{Edge, Node, NodeCounters, NodeKind, Placement, Stage, Topology};

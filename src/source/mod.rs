@@ -45,7 +45,7 @@ use futures::future::LocalBoxFuture;
 use tokio::time::Instant;
 
 use crate::error::SubmitError;
-use crate::task::{Ack, DeadTask, FinalState, Task, TaskId, TaskOptions};
+use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskOptions, TaskStatus};
 
 /// The answer to one [`Source::fetch`] call.
 #[derive(Debug)]
@@ -374,6 +374,31 @@ pub trait Source<T>: 'static {
     ) -> LocalBoxFuture<'static, Result<FinalStates, Self::Error>> {
         let _ = ids;
         Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+
+    /// Where task `id` is ([`TaskStatus`]), if the source knows it; `Ok(None)` for a task it
+    /// never held or no longer keeps. A durable store answers for any task in its table,
+    /// whichever process enqueued or ran it, also after a restart. Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn status(
+        &mut self,
+        id: TaskId,
+    ) -> LocalBoxFuture<'static, Result<Option<TaskStatus>, Self::Error>> {
+        let _ = id;
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
+    /// How many tasks the source holds in each state ([`QueueCounts`]), if it can count them
+    /// (a durable store in one indexed statement). Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, Self::Error>> {
+        Box::pin(futures::future::ready(Ok(None)))
     }
 
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs
