@@ -9,8 +9,10 @@ use super::{Progress, TaskId};
 /// Waiting tasks are `Queued` (due now), `Scheduled` (not before `run_at`: delayed when
 /// enqueued, snoozed, or given back unstarted) or `Retrying` (not before `run_at`, after a failed
 /// attempt); a task a poller holds is `Running`; the last three are final.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 pub enum TaskState {
     /// Due: waiting for a free worker.
     Queued,
@@ -58,6 +60,7 @@ impl TaskState {
 }
 
 /// What [`Poller::status`](crate::Poller::status) answers about one task.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TaskStatus {
@@ -94,6 +97,7 @@ impl TaskStatus {
 }
 
 /// How many tasks a source holds in each state (see [`Source::counts`](crate::source::Source::counts)).
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueCounts {
