@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// [`GetStats`](crate::messages::GetStats) to the Scheduler. Each counter is exact; a snapshot
 /// is not taken atomically across counters, so two counters may be a few tasks apart while
 /// tasks move.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -85,6 +86,7 @@ pub(crate) struct ExecutorCounters {
 }
 
 /// A snapshot of one executor's counters.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExecutorStats {
