@@ -505,17 +505,22 @@ mod tests {
         poller
     }
 
-    #[actix_rt::test]
-    async fn stopping_the_server_by_its_handle_drains_the_poller() {
-        let poller = poller_with_a_delayed_task().await;
+    /// Serves an empty app for `poller`, stopped through its handle as soon as it runs.
+    async fn serve_until_stopped(poller: &Poller<u32>) -> Result<Served<u32>, ServeError<u32>> {
         let server = HttpServer::new(App::new)
             .workers(1)
             .bind(("127.0.0.1", 0))
             .expect("bind");
-        let serve = serve(server, &poller, Duration::from_secs(5));
+        let serve = serve(server, poller, Duration::from_secs(5));
         let handle = serve.server_handle().expect("bound");
         actix_rt::spawn(async move { handle.stop(true).await });
-        let served = serve.await.expect("served");
+        serve.await
+    }
+
+    #[actix_rt::test]
+    async fn stopping_the_server_by_its_handle_drains_the_poller() {
+        let poller = poller_with_a_delayed_task().await;
+        let served = serve_until_stopped(&poller).await.expect("served");
         assert_eq!(served.stopped_by, StoppedBy::Server);
         let back: Vec<u32> = served
             .report
