@@ -97,11 +97,15 @@
 //! * `postgres` — `PgSource`: many processes on many machines share one queue
 //!   (`FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` wake-ups, leases taken back when a worker dies),
 //!   and `PgQueue` enqueues inside the caller's own transaction.
+//! * `web` — `web::serve`: runs an actix-web `HttpServer` and, on SIGINT or SIGTERM, stops it,
+//!   drains the poller and only then returns, so the `System` stops after the poller has
+//!   handed back what it holds. Without it, actix-web's default signal handling stops the
+//!   `System` under the poller's executors ~300 ms after the server (see the module docs).
 
 #![forbid(unsafe_code)]
 
-/// The README's example, compiled and run as a doc test so it stays true.
-#[cfg(doctest)]
+/// The README's example, compiled as a doc test so it stays true (it uses `web::serve`).
+#[cfg(all(doctest, feature = "web"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
@@ -120,6 +124,8 @@ pub mod source;
 mod stats;
 pub mod task;
 pub mod topology;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
