@@ -16,6 +16,7 @@ pub(crate) const MAX_LOST_IDS: usize = 100_000;
 /// [`GetStats`](crate::messages::GetStats) to the Scheduler. Each counter is exact; a snapshot
 /// is not taken atomically across counters, so two counters may be a few tasks apart while
 /// tasks move.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -106,6 +107,7 @@ pub(crate) struct ExecutorCounters {
 }
 
 /// A snapshot of one executor's counters.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExecutorStats {
