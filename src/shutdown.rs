@@ -312,7 +312,7 @@ async fn drain<T: Send + 'static>(drains: &[Recipient<Drain<T>>], deadline: Inst
 /// Stops every arbiter of the plan and waits, at most [`STOP_ALL_WAIT`] (wall clock), until
 /// their threads have exited and every actor has been dropped; notes what did not.
 async fn stop_all(plan: ShutdownPlan, unfinished: &mut Vec<Unfinished>) {
-    let limit = real_sleep(STOP_ALL_WAIT).boxed_local().shared();
+    let limit = real_sleep(STOP_ALL_WAIT).boxed().shared();
     // A thread blocked in a handler cannot be joined in time: each join runs on a thread of its
     // own, left to finish on its own if the wait runs out.
     let joins: Vec<_> = plan

@@ -43,9 +43,13 @@ async fn huge_durations_mean_no_limit() {
     assert_eq!(within(a.outcome()).await, Ok(FinalState::Completed));
     assert_eq!(within(b.outcome()).await, Ok(FinalState::Completed));
     assert_eq!(poller.stats().executors_lost, 0);
-    let report = within(poller.shutdown(Duration::MAX)).await.unwrap();
+    let shutdown = poller.shutdown(Duration::MAX);
+    assert_send(&shutdown); // `web::serve` and apps spawn it on any runtime
+    let report = within(shutdown).await.unwrap();
     assert!(report.unfinished.is_empty() && report.lost.is_empty());
 }
+
+fn assert_send<F: Send>(_: &F) {}
 
 thread_local! {
     /// Set on an executor's thread; dropped (counted) when that thread exits.
