@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actix_poller::{FinalState, Poller, ShutdownError, SubmitError};
+use actix_poller::{FinalState, Poller, PollerBuilder, ShutdownError, SubmitError};
 use common::{eventually, gate, within, DropProbe, ScriptedSource};
 
 /// Held by each test for its whole run: arbiter threads are counted process-wide.
@@ -26,18 +26,9 @@ async fn after_shutdown() {
     for on_current in [false, true] {
         let handler_states = Arc::new(AtomicUsize::new(0));
         let source_drops = Arc::new(AtomicUsize::new(0));
-        let (mut source, _log) = ScriptedSource::new(100);
-        source._drop = Some(DropProbe(source_drops.clone()));
         let threads_before = arbiter_threads();
         let states = handler_states.clone();
-        let mut builder = Poller::<u32>::builder()
-            .workers(4)
-            .executors(2)
-            .source(source);
-        if on_current {
-            builder = builder.on_current_arbiter();
-        }
-        let poller = builder
+        let poller = probed_builder(on_current, &source_drops)
             .start_with(move |_executor| {
                 // Per-executor state, dropped with its executor.
                 let state = std::rc::Rc::new(DropProbe(states.clone()));
@@ -113,19 +104,10 @@ async fn after_the_last_handle_drops() {
         let handler_states = Arc::new(AtomicUsize::new(0));
         let task_futures = Arc::new(AtomicUsize::new(0));
         let source_drops = Arc::new(AtomicUsize::new(0));
-        let (mut source, _log) = ScriptedSource::new(100);
-        source._drop = Some(DropProbe(source_drops.clone()));
         let threads_before = arbiter_threads();
         let (gate, _never_opened) = gate();
         let (states, futures) = (handler_states.clone(), task_futures.clone());
-        let mut builder = Poller::<u32>::builder()
-            .workers(4)
-            .executors(2)
-            .source(source);
-        if on_current {
-            builder = builder.on_current_arbiter();
-        }
-        let poller = builder
+        let poller = probed_builder(on_current, &source_drops)
             .start_with(move |_executor| {
                 let state = std::rc::Rc::new(DropProbe(states.clone()));
                 let (gate, futures) = (gate.clone(), futures.clone());
@@ -161,6 +143,25 @@ async fn after_the_last_handle_drops() {
                 && arbiter_threads() == threads_before
         })
         .await;
+    }
+}
+
+/// Four workers on two executors (on their own arbiters unless `on_current`), over a source
+/// that counts its drop in `source_drops`.
+fn probed_builder(
+    on_current: bool,
+    source_drops: &Arc<AtomicUsize>,
+) -> PollerBuilder<u32, ScriptedSource<u32>> {
+    let (mut source, _log) = ScriptedSource::new(100);
+    source._drop = Some(DropProbe(source_drops.clone()));
+    let builder = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .source(source);
+    if on_current {
+        builder.on_current_arbiter()
+    } else {
+        builder
     }
 }
 
