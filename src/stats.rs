@@ -48,6 +48,11 @@ pub struct Stats {
     pub ack_errors: u64,
     /// Heartbeats (lease extensions) that failed.
     pub heartbeat_errors: u64,
+    /// Submits refused (queue full, shut down, …) whose sender did not wait for the answer
+    /// (`do_send`, `try_send`, or a request dropped before its answer came): their tasks are
+    /// lost, each logged at error level. Send with `send` (or use the handle) to get a refused
+    /// task back.
+    pub dropped_submits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
     pub(crate) heartbeat_errors: AtomicU64,
+    pub(crate) dropped_submits: AtomicU64,
     /// Per executor: tasks dispatched to it (written by the Fetcher) and attempts it finished
     /// (written by the Scheduler). Running on executor `i` = started − finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
@@ -168,6 +174,7 @@ impl Counters {
             fetch_errors: self.fetch_errors.load(Relaxed),
             ack_errors: self.ack_errors.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+            dropped_submits: self.dropped_submits.load(Relaxed),
         }
     }
 }

@@ -97,7 +97,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
-        self.credits += msg.credits;
+        self.credits = self.credits.saturating_add(msg.credits);
         let work_waits = !self.buffer.is_empty() || self.source.queued().map_or(true, |q| q > 0);
         for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);

@@ -185,15 +185,19 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.dispatch();
         while self.waiting.is_none() && self.backing_off.is_none() {
-            let room: usize = self
+            let room = self
                 .queued
                 .iter()
                 .zip(&self.covered)
                 .zip(&self.ahead_target)
                 .map(|((q, c), t)| t.saturating_sub(q.saturating_sub(*c)))
-                .sum();
-            let want = (self.credits + self.prefetch + room)
-                .saturating_sub(self.buffer.len() + self.requested);
+                .fold(0usize, usize::saturating_add);
+            // Saturating: `workers(usize::MAX)` or `prefetch(usize::MAX)` mean "unbounded".
+            let want = self
+                .credits
+                .saturating_add(self.prefetch)
+                .saturating_add(room)
+                .saturating_sub(self.buffer.len().saturating_add(self.requested));
             if want == 0 || self.in_flight >= self.limits.max_in_flight {
                 break;
             }

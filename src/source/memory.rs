@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
+use crate::retry::deadline_after;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
 
 /// The default capacity of [`MemorySource::default`].
@@ -288,7 +289,7 @@ impl<T> MemorySource<T> {
                     let next = ack.attempt + 1;
                     self.push(
                         Queued::from_task(task.with_attempt(next)),
-                        Some(Instant::now() + after),
+                        Some(deadline_after(Instant::now(), after)),
                     );
                 }
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
@@ -302,7 +303,7 @@ impl<T> MemorySource<T> {
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),
-                    Some(Instant::now() + after),
+                    Some(deadline_after(Instant::now(), after)),
                 ),
                 None => self.bury(
                     ack.id,

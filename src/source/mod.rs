@@ -97,9 +97,10 @@ impl WakeOn {
         }
     }
 
-    /// Also wake after `delay`.
+    /// Also wake after `delay` (a delay too long for the clock, e.g. `Duration::MAX`, means
+    /// "far future").
     pub fn after(delay: std::time::Duration) -> Self {
-        WakeOn::at(Instant::now() + delay)
+        WakeOn::at(crate::retry::deadline_after(Instant::now(), delay))
     }
 
     /// Also wake when `signal` completes (e.g. a database notification). Create the future

@@ -1,0 +1,198 @@
+//! The edges of the Fetcher, the Scheduler and the submit path (issue 12): extreme values,
+//! sources that answer one task per call, messages sent without waiting for the answer, bounded
+//! maps, and the figures in `Stats`. Virtual time where time matters; no sleeps-and-hope.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_poller::{
+    FinalState, Poller, RetryAfter, RetryPolicy, Submit, SubmitError, TaskContext, TaskOptions,
+};
+use common::within;
+
+// ---- 12.8: no user value panics an actor --------------------------------------------------
+
+/// `RetryAfter(Duration::MAX)` snoozes the task to the far future; the Fetcher survives (it used
+/// to panic on `Instant + Duration::MAX` and take the in-memory queue with it): later tasks run,
+/// and shutdown hands the snoozed task back.
+#[actix_rt::test]
+async fn retry_after_duration_max_snoozes_to_far_future() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .retry(RetryPolicy::attempts(3))
+        .start(|n: u32, _cx: TaskContext| async move {
+            if n == 0 {
+                Err(RetryAfter(Duration::MAX))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    poller.submit(0).await.unwrap();
+    let later = poller.submit_tracked(1).await.unwrap();
+    assert_eq!(within(later.outcome()).await, Ok(FinalState::Completed));
+    // Still alive after the snooze's ack was recorded.
+    let again = poller.submit_tracked(2).await.unwrap();
+    assert_eq!(within(again.outcome()).await, Ok(FinalState::Completed));
+    assert_eq!(poller.stats().snoozed, 1);
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let back: Vec<u32> = report.handed_back.into_iter().map(|t| t.payload).collect();
+    assert_eq!(back, vec![0]);
+}
+
+/// A retry policy whose backoff is `Duration::MAX`: the retry waits in the far future.
+#[actix_rt::test]
+async fn retry_backoff_of_duration_max_waits_in_far_future() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .retry(RetryPolicy::attempts(3).fixed(Duration::MAX))
+        .start(|n: u32, _cx: TaskContext| async move {
+            if n == 0 {
+                Err("fails")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    poller.submit(0).await.unwrap();
+    let later = poller.submit_tracked(1).await.unwrap();
+    assert_eq!(within(later.outcome()).await, Ok(FinalState::Completed));
+    let again = poller.submit_tracked(2).await.unwrap();
+    assert_eq!(within(again.outcome()).await, Ok(FinalState::Completed));
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let back: Vec<(u32, u32)> = report
+        .handed_back
+        .into_iter()
+        .map(|t| (t.payload, t.attempt))
+        .collect();
+    assert_eq!(back, vec![(0, 2)]);
+}
+
+/// `TaskOptions::delay(Duration::MAX)` is "far future", not a panic in the caller.
+#[actix_rt::test]
+async fn delay_of_duration_max_is_far_future() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    let options = TaskOptions::new().delay(Duration::MAX);
+    poller
+        .submit_with(Submit::new(0).options(options))
+        .await
+        .unwrap();
+    poller.submit_after(1, Duration::MAX).await.unwrap();
+    let now = poller.submit_tracked(2).await.unwrap();
+    assert_eq!(within(now.outcome()).await, Ok(FinalState::Completed));
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(report.handed_back.len(), 2);
+}
+
+/// `workers(usize::MAX)` and `prefetch(usize::MAX)` mean "unbounded", not an overflow.
+#[actix_rt::test]
+async fn unbounded_workers_and_prefetch_do_not_overflow() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let poller = Poller::<u32>::builder()
+        .workers(usize::MAX)
+        .prefetch(usize::MAX)
+        .executors(2)
+        .start(move |_n: u32, _cx: TaskContext| {
+            r.fetch_add(1, SeqCst);
+            async { Ok::<_, Infallible>(()) }
+        })
+        .unwrap();
+    let receipts = poller
+        .submit_batch_tracked((0..100).collect())
+        .await
+        .unwrap();
+    for r in receipts {
+        assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    assert_eq!(ran.load(SeqCst), 100);
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+}
+
+/// Refused submits hand the task back (no `expect` on the path): after shutdown, `Closed(task)`.
+#[actix_rt::test]
+async fn submit_after_shutdown_hands_the_task_back() {
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        poller.submit(7).await,
+        Err(SubmitError::Closed(7))
+    ));
+    // Straight to the (stopped) Fetcher, past the handle's fast path.
+    let recipient = poller.submit_recipient();
+    let err = recipient.send(Submit::new(8)).await;
+    assert!(err.is_err(), "the Fetcher is gone");
+}
+
+// ---- 12.13: a refused submit is never lost silently ----------------------------------------
+
+/// A full queue answers `send` with the task in `SubmitError::Full`; a `do_send` cannot receive
+/// that answer, so the refusal is counted (and logged) rather than silent.
+#[actix_rt::test]
+async fn refused_do_send_is_counted_and_send_hands_back() {
+    let (gate, opener) = common::gate();
+    let poller = Poller::<u32>::builder()
+        .workers(1)
+        .on_current_arbiter()
+        .capacity(1)
+        .dispatch_ahead(0)
+        .start(move |_n: u32, _cx: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    let first = poller.submit_tracked(0).await.unwrap();
+    while poller.stats().busy == 0 {
+        tokio::task::yield_now().await;
+    }
+    poller.submit(1).await.unwrap(); // fills the queue
+    let recipient = poller.submit_recipient();
+    recipient.do_send(Submit::new(2));
+    // Mailbox order: once this answer is in, the `do_send` before it was handled.
+    let refused = recipient.send(Submit::new(3)).await.unwrap();
+    assert!(matches!(refused, Err(SubmitError::Full(3))));
+    assert_eq!(poller.stats().dropped_submits, 1);
+    let batch = poller.submit_batch_recipient();
+    batch.do_send(actix_poller::SubmitBatch::new(vec![4, 5]));
+    let refused = batch
+        .send(actix_poller::SubmitBatch::new(vec![6]))
+        .await
+        .unwrap();
+    assert!(matches!(refused, Err(SubmitError::Full(v)) if v == vec![6]));
+    assert_eq!(poller.stats().dropped_submits, 2);
+    opener.open();
+    assert_eq!(within(first.outcome()).await, Ok(FinalState::Completed));
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+}
