@@ -196,3 +196,62 @@ async fn refused_do_send_is_counted_and_send_hands_back() {
         .await
         .unwrap();
 }
+
+// ---- 12.14: a one-task-per-call source with the default limits does not stall -------------
+
+/// Hands out one task per call, as a remote task service does, with `FetchLimits::default()`,
+/// answering each with `Fetched::new` (the natural way to write it). A short answer used to
+/// mean "empty": the Fetcher slept after the first task and the rest never ran.
+struct OnePerCall(actix_poller::MemorySource<u32>);
+
+impl actix_poller::Source<u32> for OnePerCall {
+    type Error = Infallible;
+
+    fn fetch(
+        &mut self,
+        _max: usize,
+    ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
+    {
+        let fetched = self.0.fetch(1);
+        Box::pin(async move {
+            let fetched = fetched.await?;
+            let actix_poller::Fetched { tasks, wake_on, .. } = fetched;
+            Ok(actix_poller::Fetched::new(tasks, wake_on))
+        })
+    }
+
+    fn ack(
+        &mut self,
+        acks: Vec<actix_poller::Ack>,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
+        self.0.ack(acks)
+    }
+
+    fn enqueue(
+        &mut self,
+        tasks: Vec<actix_poller::source::NewTask<u32>>,
+    ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
+        self.0.enqueue(tasks)
+    }
+}
+
+#[actix_rt::test]
+async fn one_task_per_call_source_with_default_limits_does_not_stall() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .source(OnePerCall(actix_poller::MemorySource::default()))
+        .workers(4)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    let receipts = poller
+        .submit_batch_tracked((0..50).collect())
+        .await
+        .unwrap();
+    for r in receipts {
+        assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+}

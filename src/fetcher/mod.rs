@@ -7,7 +7,7 @@
 //! * `buffer`: tasks fetched and not yet dispatched. It holds at most `credits + prefetch` tasks
 //!   (counting fetches in flight), so the Fetcher never asks the source for more than it may run
 //!   soon; with `prefetch = 0` it never fetches more than the free slots.
-//! * `waiting`: set when a fetch came back short. No fetch starts until a wake-up (a submit, a
+//! * `waiting`: set when a fetch came back drained (empty, or [`Fetched::drained`]). No fetch starts until a wake-up (a submit, a
 //!   [`Notify`], or the source's [`WakeOn`](crate::source::WakeOn) time or signal) clears it.
 //! * `epoch`: bumped by every wake-up. A fetch that comes back short after the epoch moved is not
 //!   trusted to mean "empty": the Fetcher asks again, so a submit that raced a fetch is never lost.
@@ -243,12 +243,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         match res {
             Ok(fetched) => {
                 self.fetch_failures = 0;
-                let got = fetched.tasks.len();
+                let drained = fetched.is_drained();
                 self.buffer.extend(fetched.tasks);
                 self.counters.set_queued(self.source.queued());
-                // Short, and nothing woke us while the fetch was in flight: the source is
-                // drained for now. Otherwise the loop in `pump` asks again.
-                if got < n && epoch == self.epoch && self.phase == Phase::Running {
+                // The source said it is drained, and nothing woke us while the fetch was in
+                // flight: wait. Otherwise the loop in `pump` asks again (a short answer alone
+                // never means "empty": a one-task-per-call source would stall).
+                if drained && epoch == self.epoch && self.phase == Phase::Running {
                     self.wait_on(fetched.wake_on, ctx);
                 }
             }

@@ -347,7 +347,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             Some(d) => WakeOn::at(d.due),
             None => WakeOn::submit(),
         };
-        Box::pin(ready(Ok(Fetched::new(tasks, wake_on))))
+        // Fewer than asked for: the due queues are empty.
+        let fetched = if tasks.len() < max {
+            Fetched::drained(tasks, wake_on)
+        } else {
+            Fetched::new(tasks, wake_on)
+        };
+        Box::pin(ready(Ok(fetched)))
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {

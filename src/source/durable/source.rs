@@ -304,7 +304,7 @@ where
                     Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
                 at = at.min(crate::retry::deadline_after(Instant::now(), wait));
             }
-            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+            Ok(Fetched::drained(tasks, WakeOn::at(at).or_signal(signal)))
         }
         .boxed_local()
     }
@@ -346,10 +346,7 @@ where
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: self.batch,
-            max_in_flight: 1,
-        }
+        FetchLimits::default().max_batch(self.batch)
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
