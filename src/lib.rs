@@ -129,6 +129,7 @@ pub use messages::{
     Submit, SubmitBatch,
 };
 pub use poller::Poller;
+pub use fetcher::TRACKING_LIMIT;
 pub use retry::{Backoff, RetryPolicy};
 pub use shutdown::ShutdownReport;
 pub use source::memory::MemorySource;

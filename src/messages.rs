@@ -146,7 +146,7 @@ impl<T: 'static> Message for SubmitBatch<T> {
 #[derive(Debug)]
 pub struct Receipt {
     id: TaskId,
-    outcome: Option<oneshot::Receiver<FinalState>>,
+    outcome: Option<oneshot::Receiver<Result<FinalState, OutcomeError>>>,
     progress: Option<tokio::sync::watch::Receiver<Progress>>,
 }
 
@@ -161,7 +161,7 @@ impl Receipt {
 
     pub(crate) fn tracked(
         id: TaskId,
-        outcome: oneshot::Receiver<FinalState>,
+        outcome: oneshot::Receiver<Result<FinalState, OutcomeError>>,
         progress: tokio::sync::watch::Receiver<Progress>,
     ) -> Self {
         Receipt {
@@ -199,11 +199,13 @@ impl Receipt {
     /// # Errors
     ///
     /// [`OutcomeError::NotTracked`] if the task was submitted without tracking;
-    /// [`OutcomeError::ShutDown`] if the poller shut down first (the task was handed back).
+    /// [`OutcomeError::ShutDown`] if the poller shut down first (the task was handed back);
+    /// [`OutcomeError::TrackingExpired`] if, in a store shared by several pollers, its final
+    /// state was not learned within [`TRACKING_LIMIT`](crate::TRACKING_LIMIT).
     pub async fn outcome(self) -> Result<FinalState, OutcomeError> {
         match self.outcome {
             None => Err(OutcomeError::NotTracked),
-            Some(rx) => rx.await.map_err(|_| OutcomeError::ShutDown),
+            Some(rx) => rx.await.map_err(|_| OutcomeError::ShutDown)?,
         }
     }
 }

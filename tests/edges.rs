@@ -255,3 +255,66 @@ async fn one_task_per_call_source_with_default_limits_does_not_stall() {
         .await
         .unwrap();
 }
+
+// ---- 12.9: a receipt resolves when another process ran the task ----------------------------
+
+#[cfg(feature = "sqlite")]
+mod shared_sqlite {
+    use super::*;
+    use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+
+    fn config(path: &std::path::Path) -> SqliteConfig {
+        SqliteConfig::new(path).poll_interval(Duration::from_millis(50))
+    }
+
+    /// Two pollers on one SQLite file. A task submitted (tracked) through poller A, which has no
+    /// free slot, is run by poller B: A never sees its ack, yet A's receipt resolves, from the
+    /// store (`Source::final_states`).
+    #[actix_rt::test]
+    async fn receipt_resolves_when_another_poller_ran_the_task() {
+        let path = std::env::temp_dir().join(format!("ap-edges-{:x}.db", fastrand::u64(..)));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let (gate, opener) = common::gate();
+        let a_source = SqliteSource::<u32>::connect(config(&path)).await.unwrap();
+        let s = started.clone();
+        let a = Poller::builder()
+            .source(a_source)
+            .workers(1)
+            .dispatch_ahead(0)
+            .on_current_arbiter()
+            .start(move |n: u32, _cx: TaskContext| {
+                let (s, gate) = (s.clone(), gate.clone());
+                async move {
+                    if n == 0 {
+                        s.notify_one();
+                        gate.wait().await;
+                    }
+                    Ok::<_, Infallible>(())
+                }
+            })
+            .unwrap();
+        let blocker = a.submit_tracked(0).await.unwrap();
+        within(started.notified()).await;
+        // A's only slot is taken: it fetches nothing more from here on.
+        let b_source = SqliteSource::<u32>::connect(config(&path)).await.unwrap();
+        let ran_on_b = Arc::new(AtomicUsize::new(0));
+        let r = ran_on_b.clone();
+        let b = Poller::builder()
+            .source(b_source)
+            .workers(2)
+            .on_current_arbiter()
+            .start(move |_n: u32, _cx: TaskContext| {
+                r.fetch_add(1, SeqCst);
+                async { Ok::<_, Infallible>(()) }
+            })
+            .unwrap();
+        let receipt = a.submit_tracked(1).await.unwrap();
+        assert_eq!(within(receipt.outcome()).await, Ok(FinalState::Completed));
+        assert_eq!(ran_on_b.load(SeqCst), 1, "B ran it");
+        opener.open();
+        assert_eq!(within(blocker.outcome()).await, Ok(FinalState::Completed));
+        within(b.shutdown(Duration::from_secs(1))).await.unwrap();
+        within(a.shutdown(Duration::from_secs(1))).await.unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+}

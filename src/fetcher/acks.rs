@@ -1,21 +1,14 @@
 //! Acks: one ack call to the source at a time, what arrives meanwhile batched into the next;
 //! a failed batch retried after a backoff, ahead of newer acks; trackers resolved once the
-//! source holds a final state; heartbeats that keep leases alive.
+//! source holds a final state (`trackers.rs`); heartbeats that keep leases alive.
 
 use actix::prelude::*;
 use futures::FutureExt;
-use tokio::sync::{oneshot, watch};
 
 use super::Fetcher;
 use crate::source::Source;
 use crate::stats::Counters;
-use crate::task::{Ack, Disposition, FinalState, Progress, TaskId};
-
-/// A submitter waiting for a task's final state, and the channel its progress goes to.
-pub(super) struct Tracker {
-    pub(super) done: oneshot::Sender<FinalState>,
-    pub(super) progress: watch::Sender<Progress>,
-}
+use crate::task::{Ack, Disposition, FinalState};
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
@@ -71,7 +64,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         match res {
             Ok(()) => {
                 self.ack_failures = 0;
-                if !self.trackers.is_empty() || self.pending_enqueues > 0 {
+                if !self.trackers.is_empty() || self.early.wanted() {
                     for ack in &acks {
                         if let Some(state) = FinalState::from_ack(ack) {
                             self.resolve(ack.id, state);
@@ -126,15 +119,6 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         if self.acks_in_flight == 0 && !self.pending_acks.is_empty() {
             let next = std::mem::take(&mut self.pending_acks);
             self.send_acks(next, ctx);
-        }
-    }
-
-    /// Tells a tracked task's submitter its final state.
-    pub(super) fn resolve(&mut self, id: TaskId, state: FinalState) {
-        if let Some(t) = self.trackers.remove(&id) {
-            let _ = t.done.send(state);
-        } else if self.pending_enqueues > 0 {
-            self.early.push((id, state));
         }
     }
 

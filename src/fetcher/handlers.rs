@@ -20,8 +20,6 @@ use crate::source::{EnqueueResult, NewTask, Source};
 use crate::stats::Counters;
 use crate::task::{Ack, DeadTask, Disposition, FinalState, Progress, Task, TaskId, TaskOptions};
 
-use super::acks::Tracker;
-
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.
     fn enqueued(
@@ -40,14 +38,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 }
                 let (done, rx) = oneshot::channel();
                 let (progress, progress_rx) = watch::channel(Progress::default());
-                match self.early.iter().position(|(e, _)| *e == id) {
-                    Some(pos) => {
-                        let _ = done.send(self.early.swap_remove(pos).1);
-                    }
-                    None => {
-                        self.trackers.insert(id, Tracker { done, progress });
-                    }
-                }
+                self.track(id, done, progress);
                 Receipt::tracked(id, rx, progress_rx)
             })
             .collect();
@@ -77,11 +68,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return Answer::Now(self.enqueued(res, track, ctx));
         }
         self.pending_enqueues += 1;
+        // A tracked task may finish before this reply is handled: keep what finishes meanwhile.
+        let seq = track.then(|| self.early.begin());
         Answer::Later(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             act.pending_enqueues -= 1;
             let out = act.enqueued(res, track, ctx);
-            if act.pending_enqueues == 0 {
-                act.early.clear();
+            if let Some(seq) = seq {
+                act.early.end(seq);
             }
             act.notify_idle();
             out

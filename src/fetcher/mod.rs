@@ -24,6 +24,7 @@
 mod acks;
 mod dispatch;
 mod handlers;
+mod trackers;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -40,9 +41,10 @@ use crate::retry::Backoff;
 use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
 use crate::stats::Counters;
-use crate::task::{Ack, FinalState, Task, TaskId};
+use crate::task::{Ack, Task, TaskId};
 
-use acks::Tracker;
+pub use trackers::TRACKING_LIMIT;
+use trackers::{Early, Resolver, Tracker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -83,10 +85,13 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     phase: Phase,
     stop_reply: Option<oneshot::Sender<Vec<Task<T>>>>,
     trackers: HashMap<TaskId, Tracker>,
-    /// Enqueues in flight (async sources) and the final states seen meanwhile, so a task that
-    /// finishes before its enqueue's reply is handled still reaches its tracker.
+    /// Enqueues in flight (async sources).
     pending_enqueues: usize,
-    early: Vec<(TaskId, FinalState)>,
+    /// Final states seen while tracked enqueues were in flight, so a task that finishes before
+    /// its enqueue's reply is handled still reaches its tracker (bounded: see `trackers.rs`).
+    early: Early,
+    /// Resolves trackers from a store shared with other pollers, and expires them.
+    resolver: Resolver,
     acks_in_flight: usize,
     /// Acks that arrived while an ack call was in flight (or waiting to be retried); sent
     /// together when it lands.
@@ -138,6 +143,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         guard: DropGuard,
     ) -> Self {
         let limits = source.limits();
+        let resolve_every = source.final_states_interval();
         counters.set_queued(source.queued());
         Fetcher {
             limits,
@@ -165,7 +171,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             stop_reply: None,
             trackers: HashMap::new(),
             pending_enqueues: 0,
-            early: Vec::new(),
+            early: Early::default(),
+            resolver: Resolver::new(resolve_every),
             acks_in_flight: 0,
             pending_acks: Vec::new(),
             ack_failures: 0,
@@ -325,6 +332,7 @@ impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
         if let Some(every) = self.source.heartbeat_interval() {
             ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
         }
+        self.start_resolving(ctx);
     }
 }
 

@@ -438,6 +438,16 @@ pub trait Source<T>: 'static {
         Box::pin(futures::future::ready(Ok(Vec::new())))
     }
 
+    /// How often the Fetcher asks [`final_states`](Source::final_states) about tracked tasks
+    /// (`None`, the default: never). A store shared by several pollers returns its poll
+    /// interval, so a receipt resolves even when another process ran its task; each call asks
+    /// about a bounded batch of ids, round robin, and a tracker older than
+    /// [`TRACKING_LIMIT`](crate::TRACKING_LIMIT) then resolves with
+    /// [`OutcomeError::TrackingExpired`](crate::OutcomeError::TrackingExpired).
+    fn final_states_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs
     /// (`None`, the default: never). A durable source that leases tasks returns a fraction of
     /// its lease time.

@@ -475,6 +475,11 @@ where
         .boxed_local()
     }
 
+    fn final_states_interval(&self) -> Option<Duration> {
+        // Tasks in the table may be run by any poller sharing it.
+        Some(self.poll_interval)
+    }
+
     fn heartbeat_interval(&self) -> Option<Duration> {
         Some(self.lease / 3)
     }
