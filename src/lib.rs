@@ -123,13 +123,13 @@ pub mod topology;
 
 pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
+pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
     Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
     Submit, SubmitBatch,
 };
 pub use poller::Poller;
-pub use fetcher::TRACKING_LIMIT;
 pub use retry::{Backoff, RetryPolicy};
 pub use shutdown::ShutdownReport;
 pub use source::memory::MemorySource;

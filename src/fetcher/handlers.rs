@@ -250,6 +250,10 @@ impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> 
                 // Trackers of tasks that never finished learn it now (OutcomeError::ShutDown).
                 act.trackers.clear();
                 act.counters.set_queued(act.source.queued());
+                // Every unstarted task went back to the source (or the report): none is held.
+                act.counters
+                    .buffered
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 ctx.stop();
                 res.map_err(SourceError::new)
             }),

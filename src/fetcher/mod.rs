@@ -226,14 +226,20 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             self.dispatch();
         }
-        let ahead: usize = self
+        self.mirror_buffered();
+    }
+
+    /// Mirrors `Stats::buffered`: the buffer, plus tasks queued ahead at executors that no
+    /// credit covers yet.
+    pub(super) fn mirror_buffered(&self) {
+        let ahead = self
             .queued
             .iter()
             .zip(&self.covered)
             .map(|(q, c)| q.saturating_sub(*c))
-            .sum();
+            .fold(0usize, usize::saturating_add);
         self.counters.buffered.store(
-            (self.buffer.len() + ahead) as u64,
+            self.buffer.len().saturating_add(ahead) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
     }

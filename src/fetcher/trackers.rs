@@ -186,7 +186,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             if now.saturating_duration_since(t.since) >= TRACKING_LIMIT {
                 if let Some(t) = self.trackers.remove(&id) {
                     tracing::warn!(task = %id, limit = ?TRACKING_LIMIT, "tracking expired");
-                    let _ = t.done.send(Err(OutcomeError::TrackingExpired(TRACKING_LIMIT)));
+                    let _ = t
+                        .done
+                        .send(Err(OutcomeError::TrackingExpired(TRACKING_LIMIT)));
                 }
                 continue;
             }
