@@ -401,3 +401,45 @@ async fn buffered_is_zero_after_shutdown_with_tasks_held() {
     let s = poller.stats();
     assert_eq!((s.busy, s.buffered), (0, 0));
 }
+
+// ---- 12.16: a blocked executor does not collect the work others could run -------------------
+
+/// One handler blocks its executor's thread (a blocking call in async code). Once that
+/// executor has been quiet past the stall window, everything submitted runs on the other
+/// executor; the blocked one is sent nothing more (it used to get tasks queued ahead, which
+/// waited for the blocked thread while the other executor idled). Real threads, so no paused
+/// clock: the only wait is for the stall window to pass, a precondition, not a timing assert.
+#[actix_rt::test]
+async fn a_blocked_executor_is_sent_nothing_more() {
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let poller = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .start(move |n: u32, _cx: TaskContext| {
+            if n == 0 {
+                s.notify_one();
+                // Blocks this executor's thread until the test releases it.
+                let _ = blocked.lock().map(|rx| rx.recv());
+            }
+            async { Ok::<_, Infallible>(()) }
+        })
+        .unwrap();
+    let stuck = poller.submit_tracked(0).await.unwrap();
+    within(started.notified()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the stall window (100 ms)
+    let receipts = poller
+        .submit_batch_tracked((1..=200).collect())
+        .await
+        .unwrap();
+    for r in receipts {
+        assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    let _ = release.send(());
+    assert_eq!(within(stuck.outcome()).await, Ok(FinalState::Completed));
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+}

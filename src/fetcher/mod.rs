@@ -72,6 +72,9 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// round trip to the Fetcher and back with a margin), halving at most per report, at least 1.
     ahead: usize,
     ahead_target: Vec<usize>,
+    /// When each executor last reported (or, idle, was last given a task): one that holds
+    /// tasks and stays quiet for `dispatch::STALL_AFTER` is stalled.
+    last_heard: Vec<tokio::time::Instant>,
     credits: usize,
     buffer: VecDeque<Task<T>>,
     /// Tasks asked for by the fetches in flight.
@@ -153,6 +156,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             covered: vec![0; executors.len()],
             ahead: config.ahead,
             ahead_target: vec![config.ahead.min(1); executors.len()],
+            last_heard: vec![tokio::time::Instant::now(); executors.len()],
             executors,
             cancel_running,
             default_attempts: config.default_attempts,
