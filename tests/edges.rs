@@ -443,3 +443,40 @@ async fn a_blocked_executor_is_sent_nothing_more() {
         .await
         .unwrap();
 }
+
+// ---- 12.10: every buffer has a bound --------------------------------------------------------
+
+/// A source that refuses every ack: the Fetcher stops fetching once 10,000 acks wait to be
+/// recorded, rather than run the whole queue into a backlog that grows without bound.
+#[actix_rt::test]
+async fn refused_acks_stop_fetching_at_the_backlog_bound() {
+    tokio::time::pause();
+    let (mut source, _log) = common::ScriptedSource::<u32>::new(100_000);
+    source.preload((0..20_000).collect());
+    source.fail_acks = usize::MAX;
+    let poller = Poller::<u32>::builder()
+        .source(source)
+        .workers(8)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    within(async {
+        while poller.stats().completed < 10_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // An hour of failed ack retries later (virtual time), nothing more was fetched.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let s = poller.stats();
+    assert!(
+        s.started < 10_000 + 200,
+        "started {} with 10,000 acks unrecorded",
+        s.started
+    );
+    assert!(s.ack_errors > 0);
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(report.handed_back.len() as u64 + s.started, 20_000);
+}

@@ -10,6 +10,12 @@ use crate::source::Source;
 use crate::stats::Counters;
 use crate::task::{Ack, Disposition, FinalState};
 
+/// The most acks the source has not recorded yet (in flight, waiting, or failed and waiting for
+/// their retry) before the Fetcher stops fetching: while a store refuses acks, new work would
+/// only add to a backlog that lives in memory (and, for a durable source, to work that runs
+/// again when leases expire). Fetching resumes once the backlog is below it.
+pub(crate) const MAX_UNRECORDED_ACKS: usize = 10_000;
+
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
         if !self.source.can_requeue() {
@@ -27,6 +33,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 }
             }
         }
+        self.unrecorded = self.unrecorded.saturating_add(acks.len());
         if self.acks_in_flight > 0 {
             // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
             // store sees few large batches instead of a call per `Ready`.
@@ -64,6 +71,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         match res {
             Ok(()) => {
                 self.ack_failures = 0;
+                let held_back = self.unrecorded >= MAX_UNRECORDED_ACKS;
+                self.unrecorded = self.unrecorded.saturating_sub(acks.len());
+                if held_back && self.unrecorded < MAX_UNRECORDED_ACKS {
+                    // Fetching stopped for the backlog: it may go on.
+                    self.pump(ctx);
+                }
                 if !self.trackers.is_empty() || self.early.wanted() {
                     for ack in &acks {
                         if let Some(state) = FinalState::from_ack(ack) {
@@ -81,6 +94,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             Err(error) => {
                 Counters::add(&self.counters.ack_errors, 1);
                 if self.closing {
+                    self.unrecorded = self.unrecorded.saturating_sub(acks.len());
                     tracing::error!(
                         %error,
                         acks = acks.len(),

@@ -99,6 +99,9 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// Acks that arrived while an ack call was in flight (or waiting to be retried); sent
     /// together when it lands.
     pending_acks: Vec<Ack>,
+    /// Acks given to `record_acks` that the source has not recorded yet; at
+    /// `acks::MAX_UNRECORDED_ACKS` no fetch starts.
+    unrecorded: usize,
     /// Failed ack calls in a row; a failed batch is retried after a backoff, ahead of newer acks.
     ack_failures: u32,
     /// The timer of a failed batch's retry; it counts as an ack in flight.
@@ -179,6 +182,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             resolver: Resolver::new(resolve_every),
             acks_in_flight: 0,
             pending_acks: Vec::new(),
+            unrecorded: 0,
             ack_failures: 0,
             ack_retry: None,
             closing: false,
@@ -209,7 +213,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 .saturating_add(self.prefetch)
                 .saturating_add(room)
                 .saturating_sub(self.buffer.len().saturating_add(self.requested));
-            if want == 0 || self.in_flight >= self.limits.max_in_flight {
+            if want == 0
+                || self.in_flight >= self.limits.max_in_flight
+                || self.unrecorded >= acks::MAX_UNRECORDED_ACKS
+            {
                 break;
             }
             let n = want.min(self.limits.max_batch);
