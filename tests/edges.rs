@@ -10,25 +10,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_poller::{
-    FinalState, Poller, RetryAfter, RetryPolicy, Submit, SubmitError, TaskContext, TaskOptions,
+    BoxError, FinalState, Poller, RetryAfter, RetryPolicy, Submit, SubmitError, TaskContext,
+    TaskOptions,
 };
 use common::within;
 
 // ---- 12.8: no user value panics an actor --------------------------------------------------
 
-/// `RetryAfter(Duration::MAX)` snoozes the task to the far future; the Fetcher survives (it used
-/// to panic on `Instant + Duration::MAX` and take the in-memory queue with it): later tasks run,
-/// and shutdown hands the snoozed task back.
-#[actix_rt::test]
-async fn retry_after_duration_max_snoozes_to_far_future() {
+/// Task 0 fails with `error` (under `policy`), tasks 1 and 2 complete: the Fetcher must survive
+/// task 0's ack. Returns what shutdown handed back, as (payload, attempt).
+async fn fail_task_zero_with(policy: RetryPolicy, error: fn() -> BoxError) -> Vec<(u32, u32)> {
     tokio::time::pause();
     let poller = Poller::<u32>::builder()
         .workers(1)
         .on_current_arbiter()
-        .retry(RetryPolicy::attempts(3))
-        .start(|n: u32, _cx: TaskContext| async move {
+        .retry(policy)
+        .start(move |n: u32, _cx: TaskContext| async move {
             if n == 0 {
-                Err(RetryAfter(Duration::MAX))
+                Err(error())
             } else {
                 Ok(())
             }
@@ -37,46 +36,39 @@ async fn retry_after_duration_max_snoozes_to_far_future() {
     poller.submit(0).await.unwrap();
     let later = poller.submit_tracked(1).await.unwrap();
     assert_eq!(within(later.outcome()).await, Ok(FinalState::Completed));
-    // Still alive after the snooze's ack was recorded.
-    let again = poller.submit_tracked(2).await.unwrap();
-    assert_eq!(within(again.outcome()).await, Ok(FinalState::Completed));
-    assert_eq!(poller.stats().snoozed, 1);
-    let report = within(poller.shutdown(Duration::from_secs(1)))
-        .await
-        .unwrap();
-    let back: Vec<u32> = report.handed_back.into_iter().map(|t| t.payload).collect();
-    assert_eq!(back, vec![0]);
-}
-
-/// A retry policy whose backoff is `Duration::MAX`: the retry waits in the far future.
-#[actix_rt::test]
-async fn retry_backoff_of_duration_max_waits_in_far_future() {
-    tokio::time::pause();
-    let poller = Poller::<u32>::builder()
-        .workers(1)
-        .on_current_arbiter()
-        .retry(RetryPolicy::attempts(3).fixed(Duration::MAX))
-        .start(|n: u32, _cx: TaskContext| async move {
-            if n == 0 {
-                Err("fails")
-            } else {
-                Ok(())
-            }
-        })
-        .unwrap();
-    poller.submit(0).await.unwrap();
-    let later = poller.submit_tracked(1).await.unwrap();
-    assert_eq!(within(later.outcome()).await, Ok(FinalState::Completed));
+    // Still alive after task 0's ack was recorded.
     let again = poller.submit_tracked(2).await.unwrap();
     assert_eq!(within(again.outcome()).await, Ok(FinalState::Completed));
     let report = within(poller.shutdown(Duration::from_secs(1)))
         .await
         .unwrap();
-    let back: Vec<(u32, u32)> = report
+    report
         .handed_back
         .into_iter()
         .map(|t| (t.payload, t.attempt))
-        .collect();
+        .collect()
+}
+
+/// `RetryAfter(Duration::MAX)` snoozes the task to the far future; the Fetcher survives (it used
+/// to panic on `Instant + Duration::MAX` and take the in-memory queue with it): later tasks run,
+/// and shutdown hands the snoozed task back, its attempt not counted.
+#[actix_rt::test]
+async fn retry_after_duration_max_snoozes_to_far_future() {
+    let back = fail_task_zero_with(RetryPolicy::attempts(3), || {
+        RetryAfter(Duration::MAX).into()
+    })
+    .await;
+    assert_eq!(back, vec![(0, 1)]);
+}
+
+/// A retry policy whose backoff is `Duration::MAX` (the Scheduler used to panic computing it):
+/// the retry waits in the far future.
+#[actix_rt::test]
+async fn retry_backoff_of_duration_max_waits_in_far_future() {
+    let back = fail_task_zero_with(RetryPolicy::attempts(3).fixed(Duration::MAX), || {
+        "fails".into()
+    })
+    .await;
     assert_eq!(back, vec![(0, 2)]);
 }
 
