@@ -472,3 +472,67 @@ async fn refused_acks_stop_fetching_at_the_backlog_bound() {
         .unwrap();
     assert_eq!(report.handed_back.len() as u64 + s.started, 20_000);
 }
+
+/// A store "shared with other pollers" that never learns a final state: a tracked receipt there
+/// resolves with `TrackingExpired` after `TRACKING_LIMIT`, so the tracker map cannot grow
+/// without bound (it used to wait forever).
+struct SharedButSilent(actix_poller::MemorySource<u32>);
+
+impl actix_poller::Source<u32> for SharedButSilent {
+    type Error = Infallible;
+
+    fn fetch(
+        &mut self,
+        max: usize,
+    ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
+    {
+        self.0.fetch(max)
+    }
+
+    fn ack(
+        &mut self,
+        acks: Vec<actix_poller::Ack>,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
+        self.0.ack(acks)
+    }
+
+    fn enqueue(
+        &mut self,
+        tasks: Vec<actix_poller::source::NewTask<u32>>,
+    ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
+        self.0.enqueue(tasks)
+    }
+
+    fn final_states_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(60))
+    }
+}
+
+#[actix_rt::test]
+async fn tracking_expires_in_a_shared_store_that_never_answers() {
+    tokio::time::pause();
+    let poller = Poller::<u32>::builder()
+        .source(SharedButSilent(actix_poller::MemorySource::default()))
+        .workers(1)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+        .unwrap();
+    // Due in two days: not run, not final, within the tracking limit of one day.
+    let options = TaskOptions::new().delay(Duration::from_secs(2 * 24 * 3600));
+    let receipt = poller
+        .submit_with(Submit::new(0).options(options).tracked())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let outcome = common::within_for(Duration::from_secs(3 * 24 * 3600), receipt.outcome()).await;
+    assert_eq!(
+        outcome,
+        Err(actix_poller::OutcomeError::TrackingExpired(
+            actix_poller::TRACKING_LIMIT
+        ))
+    );
+    assert!(started.elapsed() >= actix_poller::TRACKING_LIMIT);
+    within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+}
