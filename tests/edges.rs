@@ -313,16 +313,14 @@ mod shared_sqlite {
 
 // ---- 12.3: the figures in Stats mean what their docs say ------------------------------------
 
-/// Under load, with slots changing hands inside executors (dispatch ahead) on two threads,
-/// `busy` never reads above `workers` at any observation; after shutdown, `buffered` is 0.
-/// It used to count a start as soon as an executor flushed it and the end that freed its slot
-/// only once the Scheduler handled the report (reads of 25 with `workers(16)`).
-#[actix_rt::test]
-async fn busy_never_exceeds_workers_and_buffered_is_zero_after_shutdown() {
-    const WORKERS: usize = 3;
+/// Runs `n` short tasks on `workers` slots over `executors` threads, sampling `Stats` and
+/// `executor_stats` between every step of the submitting task: `busy` must never read above
+/// `workers`; after shutdown, `busy` and `buffered` are 0.
+async fn busy_stays_within(workers: usize, executors: usize, ahead: usize, n: u32) {
     let poller = Poller::<u32>::builder()
-        .workers(WORKERS)
-        .executors(2)
+        .workers(workers)
+        .executors(executors)
+        .dispatch_ahead(ahead)
         .prefetch(8)
         .start(|n: u32, _cx: TaskContext| async move {
             for _ in 0..(n % 3) {
@@ -331,41 +329,58 @@ async fn busy_never_exceeds_workers_and_buffered_is_zero_after_shutdown() {
             Ok::<_, Infallible>(())
         })
         .unwrap();
-    let total = 3_000u32;
-    let mut observations = 0u64;
-    let mut max_busy = 0;
-    for chunk in 0..30 {
-        poller
-            .submit_batch((chunk * 100..(chunk + 1) * 100).collect())
-            .await
-            .unwrap();
+    let limit = workers as u64;
+    let check = |poller: &Poller<u32>| {
+        let s = poller.stats();
+        assert!(s.busy <= limit, "busy {} > {limit}", s.busy);
+        for e in poller.executor_stats() {
+            assert!(e.busy <= limit, "executor busy {} > {limit}", e.busy);
+        }
+        s
+    };
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        poller.submit_batch(chunk.to_vec()).await.unwrap();
         for _ in 0..50 {
-            let s = poller.stats();
-            max_busy = max_busy.max(s.busy);
-            assert!(s.busy <= WORKERS as u64, "busy {} > {WORKERS}", s.busy);
-            for e in poller.executor_stats() {
-                assert!(e.busy <= WORKERS as u64, "executor busy {}", e.busy);
-            }
-            observations += 1;
+            check(&poller);
             tokio::task::yield_now().await;
         }
     }
-    loop {
-        let s = poller.stats();
-        assert!(s.busy <= WORKERS as u64, "busy {} > {WORKERS}", s.busy);
-        observations += 1;
-        if s.completed == u64::from(total) {
-            break;
+    within(async {
+        while check(&poller).completed < u64::from(n) {
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    }
-    assert!(observations > 0 && max_busy <= WORKERS as u64);
+    })
+    .await;
     let report = within(poller.shutdown(Duration::from_secs(1)))
         .await
         .unwrap();
     assert!(report.handed_back.is_empty());
     let s = poller.stats();
     assert_eq!((s.busy, s.buffered), (0, 0));
+}
+
+/// Under load, with slots changing hands inside executors (dispatch ahead) on two threads,
+/// `busy` never reads above `workers` at any observation; after shutdown, `buffered` is 0.
+/// It used to count a start as soon as an executor flushed it and the end that freed its slot
+/// only once the Scheduler handled the report (reads of 25 with `workers(16)`; 5 with 3 here).
+#[actix_rt::test]
+async fn busy_never_exceeds_workers_and_buffered_is_zero_after_shutdown() {
+    busy_stays_within(3, 2, actix_poller::DEFAULT_DISPATCH_AHEAD, 3_000).await;
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// The same at every observation, whatever the workers, executors and queue depths.
+    #[test]
+    fn busy_never_exceeds_workers_under_any_shape(
+        workers in 1usize..8,
+        executors in 1usize..4,
+        ahead in 0usize..6,
+        n in 100u32..1_500,
+    ) {
+        actix_rt::System::new().block_on(busy_stays_within(workers, executors, ahead, n));
+    }
 }
 
 /// `buffered` is 0 after a shutdown that handed unstarted tasks back.
