@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use crate::error::{OutcomeError, SourceError, SubmitError};
 use crate::protocol::Returnable;
 use crate::stats::Stats;
-use crate::task::{DeadTask, FinalState, Progress, TaskId, TaskOptions};
+use crate::task::{DeadTask, FinalState, Progress, QueueCounts, TaskId, TaskOptions, TaskStatus};
 
 /// Anyone → Fetcher: something new may be in the source; fetch again if there are credits.
 ///
@@ -257,6 +257,21 @@ pub struct PurgeDead {
     /// The dead tasks to forget, or `None` for all.
     pub ids: Option<Vec<TaskId>>,
 }
+
+/// Anyone → Fetcher: where a task is ([`TaskStatus`]), or `None` if the source does not know
+/// it (see [`Poller::status`](crate::Poller::status)).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Option<TaskStatus>, SourceError>")]
+pub struct GetStatus {
+    /// The task.
+    pub id: TaskId,
+}
+
+/// Anyone → Fetcher: how many tasks the source holds in each state, or `None` if it cannot
+/// count them (see [`Poller::counts`](crate::Poller::counts)).
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<Option<QueueCounts>, SourceError>")]
+pub struct GetCounts;
 
 /// Anyone → Fetcher: the last progress reported by a tracked task that has not finished.
 #[derive(Debug, Clone, Copy, Message)]

@@ -12,6 +12,7 @@ use std::sync::atomic::{
 /// [`GetStats`](crate::messages::GetStats) to the Scheduler. Each counter is exact; a snapshot
 /// is not taken atomically across counters, so two counters may be a few tasks apart while
 /// tasks move.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -100,6 +101,7 @@ pub(crate) struct ExecutorCounters {
 }
 
 /// A snapshot of one executor's counters.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExecutorStats {

@@ -12,13 +12,16 @@ use tokio::sync::{oneshot, watch};
 use super::{Fetcher, Phase};
 use crate::error::{SourceError, SubmitError};
 use crate::messages::{
-    Cancel, CancelOutcome, GetProgress, ListDead, PurgeDead, Receipt, RerunDead, Submit,
-    SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStatus, ListDead, PurgeDead, Receipt,
+    RerunDead, Submit, SubmitBatch,
 };
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
 use crate::source::{EnqueueResult, NewTask, Source};
 use crate::stats::Counters;
-use crate::task::{Ack, DeadTask, Disposition, FinalState, Progress, Task, TaskId, TaskOptions};
+use crate::task::{
+    Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
+    TaskState, TaskStatus,
+};
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.
@@ -351,6 +354,37 @@ impl<T: Send + 'static, S: Source<T>> Handler<PurgeDead> for Fetcher<T, S> {
 
     fn handle(&mut self, msg: PurgeDead, _ctx: &mut Self::Context) -> Self::Result {
         let fut = self.source.purge_dead(msg.ids);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetStatus> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Option<TaskStatus>, SourceError>>;
+
+    /// The source's answer, with the progress of a tracked task this poller runs.
+    fn handle(&mut self, msg: GetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.status(msg.id);
+        Box::pin(source_op(self, fut).map(move |res, act, _| {
+            res.map(|status| {
+                status.map(|mut status| {
+                    if matches!(status.state, TaskState::Running { .. }) {
+                        status.progress = act
+                            .trackers
+                            .get(&msg.id)
+                            .map(|t| t.progress.borrow().clone());
+                    }
+                    status
+                })
+            })
+        }))
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetCounts> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Option<QueueCounts>, SourceError>>;
+
+    fn handle(&mut self, _msg: GetCounts, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.counts();
         source_op(self, fut)
     }
 }

@@ -48,7 +48,7 @@ use futures::future::LocalBoxFuture;
 use tokio::time::Instant;
 
 use crate::error::SubmitError;
-use crate::task::{Ack, DeadTask, FinalState, Task, TaskId, TaskOptions};
+use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskOptions, TaskStatus};
 
 /// The answer to one [`Source::fetch`] call.
 ///
@@ -239,8 +239,14 @@ impl Default for FetchLimits {
 pub struct NewTask<T> {
     /// The payload.
     pub payload: T,
-    /// How many attempts the task may have in all (1: no retry).
-    pub max_attempts: u32,
+    /// How many attempts the task may have in all (1: no retry); `None`: the source's default.
+    ///
+    /// The poller always sets it (from [`TaskOptions::max_attempts`] or its retry policy, see
+    /// [`PollerBuilder::retry`](crate::PollerBuilder::retry)). A task enqueued without a
+    /// poller ([`NewTask::new`] through a durable source's queue) gets the source's default:
+    /// `DurableConfig::default_attempts` for the durable sources, one attempt for the in-memory
+    /// source.
+    pub max_attempts: Option<u32>,
     /// Higher runs first among due tasks.
     pub priority: i32,
     /// Not to be fetched before this instant.
@@ -250,16 +256,25 @@ pub struct NewTask<T> {
 }
 
 impl<T> NewTask<T> {
-    /// A task with default options and one attempt.
+    /// A task with default options and the source's default attempts (see
+    /// [`max_attempts`](Self::max_attempts)): a durable queue gives it
+    /// `DurableConfig::default_attempts` (5 unless configured), so a task enqueued from another process is retried like one a
+    /// poller submits with retries on.
     pub fn new(payload: T) -> Self {
-        NewTask::with_options(payload, TaskOptions::new(), 1)
+        NewTask {
+            payload,
+            max_attempts: None,
+            priority: 0,
+            run_at: None,
+            timeout: None,
+        }
     }
 
     /// A task with `options`; `default_attempts` applies unless the options override it.
     pub fn with_options(payload: T, options: TaskOptions, default_attempts: u32) -> Self {
         NewTask {
             payload,
-            max_attempts: options.max_attempts.unwrap_or(default_attempts).max(1),
+            max_attempts: Some(options.max_attempts.unwrap_or(default_attempts).max(1)),
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,
@@ -446,6 +461,31 @@ pub trait Source<T>: 'static {
     /// [`OutcomeError::TrackingExpired`](crate::OutcomeError::TrackingExpired).
     fn final_states_interval(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Where task `id` is ([`TaskStatus`]), if the source knows it; `Ok(None)` for a task it
+    /// never held or no longer keeps. A durable store answers for any task in its table,
+    /// whichever process enqueued or ran it, also after a restart. Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn status(
+        &mut self,
+        id: TaskId,
+    ) -> LocalBoxFuture<'static, Result<Option<TaskStatus>, Self::Error>> {
+        let _ = id;
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
+    /// How many tasks the source holds in each state ([`QueueCounts`]), if it can count them
+    /// (a durable store in one indexed statement). Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, Self::Error>> {
+        Box::pin(futures::future::ready(Ok(None)))
     }
 
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs
