@@ -191,23 +191,32 @@ async fn refused_do_send_is_counted_and_send_hands_back() {
 
 // ---- 12.14: a one-task-per-call source with the default limits does not stall -------------
 
-/// Hands out one task per call, as a remote task service does, with `FetchLimits::default()`,
-/// answering each with `Fetched::new` (the natural way to write it). A short answer used to
-/// mean "empty": the Fetcher slept after the first task and the rest never ran.
-struct OnePerCall(actix_poller::MemorySource<u32>);
+/// The memory source, changed as a test needs: `one_per_call` hands out one task per call, as
+/// a remote task service does, with `FetchLimits::default()`, answering each with
+/// `Fetched::new` (the natural way to write it; a short answer used to mean "empty": the
+/// Fetcher slept after the first task and the rest never ran). `shared` says the store is
+/// shared with other pollers (`final_states_interval`), though it never learns a final state.
+#[derive(Default)]
+struct Wrapped {
+    inner: actix_poller::MemorySource<u32>,
+    one_per_call: bool,
+    shared: bool,
+}
 
-impl actix_poller::Source<u32> for OnePerCall {
+impl actix_poller::Source<u32> for Wrapped {
     type Error = Infallible;
 
     fn fetch(
         &mut self,
-        _max: usize,
+        max: usize,
     ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
     {
-        let fetched = self.0.fetch(1);
+        if !self.one_per_call {
+            return self.inner.fetch(max);
+        }
+        let fetched = self.inner.fetch(1);
         Box::pin(async move {
-            let fetched = fetched.await?;
-            let actix_poller::Fetched { tasks, wake_on, .. } = fetched;
+            let actix_poller::Fetched { tasks, wake_on, .. } = fetched.await?;
             Ok(actix_poller::Fetched::new(tasks, wake_on))
         })
     }
@@ -216,14 +225,18 @@ impl actix_poller::Source<u32> for OnePerCall {
         &mut self,
         acks: Vec<actix_poller::Ack>,
     ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
-        self.0.ack(acks)
+        self.inner.ack(acks)
     }
 
     fn enqueue(
         &mut self,
         tasks: Vec<actix_poller::source::NewTask<u32>>,
     ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
-        self.0.enqueue(tasks)
+        self.inner.enqueue(tasks)
+    }
+
+    fn final_states_interval(&self) -> Option<Duration> {
+        self.shared.then_some(Duration::from_secs(60))
     }
 }
 
@@ -231,7 +244,10 @@ impl actix_poller::Source<u32> for OnePerCall {
 async fn one_task_per_call_source_with_default_limits_does_not_stall() {
     tokio::time::pause();
     let poller = Poller::<u32>::builder()
-        .source(OnePerCall(actix_poller::MemorySource::default()))
+        .source(Wrapped {
+            one_per_call: true,
+            ..Wrapped::default()
+        })
         .workers(4)
         .on_current_arbiter()
         .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
@@ -491,43 +507,14 @@ async fn refused_acks_stop_fetching_at_the_backlog_bound() {
 /// A store "shared with other pollers" that never learns a final state: a tracked receipt there
 /// resolves with `TrackingExpired` after `TRACKING_LIMIT`, so the tracker map cannot grow
 /// without bound (it used to wait forever).
-struct SharedButSilent(actix_poller::MemorySource<u32>);
-
-impl actix_poller::Source<u32> for SharedButSilent {
-    type Error = Infallible;
-
-    fn fetch(
-        &mut self,
-        max: usize,
-    ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
-    {
-        self.0.fetch(max)
-    }
-
-    fn ack(
-        &mut self,
-        acks: Vec<actix_poller::Ack>,
-    ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
-        self.0.ack(acks)
-    }
-
-    fn enqueue(
-        &mut self,
-        tasks: Vec<actix_poller::source::NewTask<u32>>,
-    ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
-        self.0.enqueue(tasks)
-    }
-
-    fn final_states_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(60))
-    }
-}
-
 #[actix_rt::test]
 async fn tracking_expires_in_a_shared_store_that_never_answers() {
     tokio::time::pause();
     let poller = Poller::<u32>::builder()
-        .source(SharedButSilent(actix_poller::MemorySource::default()))
+        .source(Wrapped {
+            shared: true,
+            ..Wrapped::default()
+        })
         .workers(1)
         .on_current_arbiter()
         .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
