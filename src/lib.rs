@@ -129,6 +129,7 @@ pub mod web;
 
 pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
+pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
     Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,

@@ -371,18 +371,13 @@ impl<T: Send + 'static> Poller<T> {
 
     async fn send_submit(&self, mut msg: Submit<T>) -> Result<Receipt, SubmitError<T>> {
         if self.handle().closed.load(Ordering::Acquire) {
-            return Err(SubmitError::Closed(msg.tasks.take().remove(0)));
+            return Err(SubmitError::Closed(msg.task.take()));
         }
-        let back = msg.tasks.return_on_drop();
+        let back = msg.task.return_on_drop();
         match self.handle().submit.send(msg).await {
             Ok(result) => result,
             // The Fetcher is gone and the message was dropped undelivered: the task comes back.
-            Err(_) => Err(SubmitError::Closed(
-                back.await
-                    .ok()
-                    .and_then(|mut v| v.pop())
-                    .expect(UNDELIVERED),
-            )),
+            Err(_) => Err(SubmitError::Closed(back.await.expect(UNDELIVERED))),
         }
     }
 
@@ -543,5 +538,11 @@ impl<T: Send + 'static> Drop for Handle<T> {
     }
 }
 
-/// An undelivered message always carries its tasks back (see `Returnable`).
-const UNDELIVERED: &str = "an undelivered submit hands its tasks back";
+/// An undelivered message always carries its tasks back (see `Returnable`). The Fetcher takes a
+/// submit's tasks only in its handler, which always answers: at once, or (an asynchronous
+/// enqueue) when the enqueue lands, and it stops only once no enqueue is in flight
+/// (`CloseSource`). So the tasks are missing here only if the Fetcher's thread died inside an
+/// enqueue in flight (its `System` torn down), when neither the tasks nor their fate can be
+/// known.
+const UNDELIVERED: &str = "the poller's thread died while the source stored this submit; \
+                           whether it was stored is unknown";

@@ -387,10 +387,7 @@ impl Source<u32> for Hanging {
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: 1,
-            max_in_flight: 1,
-        }
+        FetchLimits::default().max_batch(1).max_in_flight(1)
     }
 
     fn close(

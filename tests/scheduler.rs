@@ -484,10 +484,9 @@ async fn concurrent_failed_fetches_are_one_backoff_round() {
     source.preload((0..4).collect());
     source.fail_first = 4;
     source.fetch_delay = Some(Duration::from_millis(1));
-    source.limits = actix_poller::FetchLimits {
-        max_batch: 1,
-        max_in_flight: 4,
-    };
+    source.limits = actix_poller::FetchLimits::default()
+        .max_batch(1)
+        .max_in_flight(4);
     let backoff =
         Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).with_jitter(0.0);
     let t0 = tokio::time::Instant::now();

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
+use crate::retry::deadline_after;
 use crate::task::{Ack, DeadTask, Disposition, QueueCounts, Task, TaskId, TaskState, TaskStatus};
 
 mod history;
@@ -318,7 +319,7 @@ impl<T> MemorySource<T> {
                     let next = ack.attempt + 1;
                     self.push(
                         Queued::from_task(task.with_attempt(next)),
-                        Some(Instant::now() + after),
+                        Some(deadline_after(Instant::now(), after)),
                     );
                 }
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
@@ -332,7 +333,7 @@ impl<T> MemorySource<T> {
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),
-                    Some(Instant::now() + after),
+                    Some(deadline_after(Instant::now(), after)),
                 ),
                 None => self.bury(
                     ack.id,
@@ -421,7 +422,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             Some(d) => WakeOn::at(d.due),
             None => WakeOn::submit(),
         };
-        Box::pin(ready(Ok(Fetched::new(tasks, wake_on))))
+        // Fewer than asked for: the due queues are empty.
+        let fetched = if tasks.len() < max {
+            Fetched::drained(tasks, wake_on)
+        } else {
+            Fetched::new(tasks, wake_on)
+        };
+        Box::pin(ready(Ok(fetched)))
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {

@@ -267,7 +267,7 @@ where
         async move {
             let mut conn = pool.acquire().await?;
             let args = vec![
-                Arg::Int(max as i64),
+                Arg::Int(max.min(i64::MAX as usize) as i64),
                 Arg::Int(owner),
                 Arg::Int(lease_us),
                 Arg::Now,
@@ -297,14 +297,14 @@ where
                     tracing::debug!(error = %e, "next due time unknown; polling");
                     None
                 });
-            let mut at = Instant::now() + poll;
+            let mut at = crate::retry::deadline_after(Instant::now(), poll);
             if let Some(wait_us) = next {
                 // A due row another poller is leasing right now: look again shortly.
                 let wait =
                     Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
-                at = at.min(Instant::now() + wait);
+                at = at.min(crate::retry::deadline_after(Instant::now(), wait));
             }
-            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+            Ok(Fetched::drained(tasks, WakeOn::at(at).or_signal(signal)))
         }
         .boxed_local()
     }
@@ -346,10 +346,7 @@ where
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: self.batch,
-            max_in_flight: 1,
-        }
+        FetchLimits::default().max_batch(self.batch)
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
@@ -511,6 +508,11 @@ where
             Ok(purged as usize)
         }
         .boxed_local()
+    }
+
+    fn final_states_interval(&self) -> Option<Duration> {
+        // Tasks in the table may be run by any poller sharing it.
+        Some(self.poll_interval)
     }
 
     fn heartbeat_interval(&self) -> Option<Duration> {
