@@ -2,6 +2,7 @@
 //! actors (Scheduler, Fetcher, executors) behind the handle it returns.
 
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,11 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, System};
 
 use crate::error::StartError;
-use crate::executor::Executor;
+use crate::executor::{panic_message, Executor};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
 use crate::poller::{Handle, Poller};
+use crate::protocol::ReturnPath;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownPlan;
@@ -210,6 +212,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// The default per-attempt timeout (default: none). At the deadline the task's future is
     /// dropped, its slot freed, and the attempt recorded as timed out (a failure, retried if
     /// attempts remain). A task may override it with [`TaskOptions::timeout`](crate::TaskOptions::timeout).
+    /// Any duration is accepted: one too long to reach (`Duration::MAX`) means no timeout.
     ///
     /// # Examples
     ///
@@ -302,9 +305,12 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// that executor's own thread: per-executor state (a connection, a client, a cache) lives
     /// in the handler, without a lock, and need not be `Send`.
     ///
+    /// `start_with` returns once every handler is built (it waits for the executors' threads).
+    ///
     /// # Errors
     ///
-    /// As [`start`](Self::start).
+    /// As [`start`](Self::start), and [`StartError::FactoryPanicked`] when `factory` panics for
+    /// an executor: then nothing is left running.
     ///
     /// # Examples
     ///
@@ -348,7 +354,16 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             current_arbiter: self.current_arbiter,
             timeout: self.timeout,
         };
-        let executor_addrs = spawn_executors(shape, factory, &scheduler, &counters, &mut plan);
+        let returns = Arc::new(ReturnPath {
+            fetcher: fetcher.clone().recipient(),
+            counters: Arc::clone(&counters),
+        });
+        let links = ExecutorLinks {
+            scheduler: &scheduler,
+            counters: &counters,
+            returns: &returns,
+        };
+        let executor_addrs = spawn_executors(shape, factory, links, &mut plan)?;
 
         let fetcher_guard = plan.guard();
         let scheduler_guard = plan.guard();
@@ -372,6 +387,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             config,
             Arc::clone(&counters),
             fetcher_guard,
+            returns,
         ));
         scheduler_ctx.run(Scheduler::new(
             self.workers,
@@ -435,37 +451,111 @@ struct ExecutorShape {
     timeout: Option<Duration>,
 }
 
+/// What every executor is wired to.
+struct ExecutorLinks<'a, T: Send + 'static> {
+    scheduler: &'a Addr<Scheduler>,
+    counters: &'a Arc<Counters>,
+    returns: &'a Arc<ReturnPath<T>>,
+}
+
+/// Builds one handler, a panic becoming a [`StartError`].
+fn build_handler<H>(factory: &dyn Fn(usize) -> H, executor: usize) -> Result<H, StartError> {
+    catch_unwind(AssertUnwindSafe(|| factory(executor))).map_err(|panic| {
+        StartError::FactoryPanicked {
+            executor,
+            message: panic_message(panic.as_ref()),
+        }
+    })
+}
+
 /// Starts the executors, each with its handler built by `factory` on its own thread (on the
-/// current arbiter, or on a new arbiter each, which `plan` keeps for shutdown).
+/// current arbiter, or on a new arbiter each, which `plan` keeps for shutdown). Returns once
+/// every handler is built; if `factory` panics for one, stops what was started and joins its
+/// threads, and returns the error.
 fn spawn_executors<T, H, F>(
     shape: ExecutorShape,
     factory: F,
-    scheduler: &Addr<Scheduler>,
-    counters: &Arc<Counters>,
+    links: ExecutorLinks<'_, T>,
     plan: &mut ShutdownPlan,
-) -> Vec<Addr<Executor<T, H>>>
+) -> Result<Vec<Addr<Executor<T, H>>>, StartError>
 where
     T: Send + 'static,
     H: TaskHandler<T>,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let factory = Arc::new(factory);
     let timeout = shape.timeout;
-    (0..shape.count)
-        .map(|index| {
-            let done = scheduler.clone().recipient();
-            let guard = plan.guard();
-            let factory = Arc::clone(&factory);
-            let c = Arc::clone(counters);
-            if shape.current_arbiter {
-                return Executor::new(index, factory(index), timeout, done, c, guard).start();
-            }
-            let arbiter = Arbiter::new();
-            let addr = Executor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
-                Executor::new(index, factory(index), timeout, done, c, guard)
+    let new_executor = |index, handler, guard| {
+        Executor::new(
+            index,
+            handler,
+            timeout,
+            links.scheduler.clone().recipient(),
+            Arc::clone(links.counters),
+            Arc::clone(links.returns),
+            guard,
+        )
+    };
+    if shape.current_arbiter {
+        // Every handler first: if one cannot be built, no executor was started.
+        let handlers = (0..shape.count)
+            .map(|index| build_handler(&factory, index))
+            .collect::<Result<Vec<H>, StartError>>()?;
+        return Ok(handlers
+            .into_iter()
+            .enumerate()
+            .map(|(index, handler)| new_executor(index, handler, plan.guard()).start())
+            .collect());
+    }
+    let factory = Arc::new(factory);
+    let mut addrs = Vec::with_capacity(shape.count);
+    let mut built = Vec::with_capacity(shape.count);
+    for index in 0..shape.count {
+        let arbiter = Arbiter::new();
+        let factory = Arc::clone(&factory);
+        let (done, counters, returns) = (
+            links.scheduler.clone().recipient(),
+            Arc::clone(links.counters),
+            Arc::clone(links.returns),
+        );
+        let guard = plan.guard();
+        let (tx, rx) = actix::dev::channel::channel(16);
+        let (built_tx, built_rx) = std::sync::mpsc::channel();
+        // As `Actor::start_in_arbiter`, with the factory's panic caught and reported.
+        arbiter.spawn_fn(move || {
+            let built = build_handler(&*factory, index).map(|handler| {
+                let ctx = Context::with_receiver(rx);
+                let executor =
+                    Executor::new(index, handler, timeout, done, counters, returns, guard);
+                actix_rt::spawn(ctx.into_future(executor));
             });
-            plan.arbiters.push(arbiter);
-            addr
-        })
-        .collect()
+            let _ = built_tx.send(built);
+        });
+        addrs.push(Addr::new(tx));
+        plan.arbiters.push(arbiter);
+        built.push(built_rx);
+    }
+    let mut failed = None;
+    for (executor, rx) in built.into_iter().enumerate() {
+        let result = rx.recv().unwrap_or_else(|_| {
+            Err(StartError::FactoryPanicked {
+                executor,
+                message: "its arbiter thread stopped before the handler was built".into(),
+            })
+        });
+        if let Err(e) = result {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        None => Ok(addrs),
+        Some(error) => {
+            // Nothing may outlive a failed start: every arbiter stopped (dropping its
+            // executor), every thread joined.
+            for arbiter in plan.arbiters.drain(..) {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+            Err(error)
+        }
+    }
 }

@@ -29,6 +29,17 @@ pub enum StartError {
          `actix_rt::System::new().block_on(..)`, not under a plain `#[tokio::main]`"
     )]
     NoSystem,
+    /// The handler factory given to
+    /// [`start_with`](crate::PollerBuilder::start_with) panicked for this executor (or its
+    /// arbiter thread stopped before the factory ran). Nothing was left running: the executors
+    /// already built were stopped and their arbiter threads joined.
+    #[error("the handler factory failed for executor {executor}: {message}")]
+    FactoryPanicked {
+        /// The executor whose handler could not be built.
+        executor: usize,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// Why a task could not be submitted. The task (or the batch) is handed back in every case.

@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
-use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute};
+use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
 use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
@@ -57,8 +57,10 @@ pin_project_lite::pin_project! {
         ended: Option<Finished>,
         #[pin]
         deadline: Option<Sleep>,
+        // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
+        // `catch_unwind` too, so a panicking destructor cannot take the executor down.
         #[pin]
-        fut: CatchUnwind<AssertUnwindSafe<F>>,
+        fut: Option<CatchUnwind<AssertUnwindSafe<F>>>,
     }
 }
 
@@ -74,11 +76,12 @@ where
         if let Some(ended) = this.ended.take() {
             return Poll::Ready(ended);
         }
+        let mut fut = this.fut;
         let outcome = if *this.killed {
             Outcome::Cancelled
-        } else {
+        } else if let Some(running) = fut.as_mut().as_pin_mut() {
             let _entered = this.span.enter();
-            match this.fut.poll(cx) {
+            match running.poll(cx) {
                 Poll::Ready(Ok(Ok(()))) => Outcome::Completed,
                 Poll::Ready(Ok(Err(e))) => classify(e.into()),
                 Poll::Ready(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
@@ -86,18 +89,25 @@ where
                     if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         *this.waker = Some(cx.waker().clone());
                     }
-                    if let Some(deadline) = this.deadline.as_pin_mut() {
-                        ready!(deadline.poll(cx));
-                        return Poll::Ready(Finished {
-                            id: *this.id,
-                            attempt: *this.attempt,
-                            max_attempts: *this.max_attempts,
-                            outcome: Outcome::TimedOut(*this.timeout),
-                        });
-                    }
-                    return Poll::Pending;
+                    let Some(deadline) = this.deadline.as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(deadline.poll(cx));
+                    Outcome::TimedOut(*this.timeout)
                 }
             }
+        } else {
+            // Already dropped (a panicking destructor was reported): never polled again.
+            return Poll::Pending;
+        };
+        // Ended: drop the handler's future here, where a panic in its destructor is caught.
+        let dropped = catch_unwind(AssertUnwindSafe(|| fut.set(None)));
+        let outcome = match dropped {
+            Ok(()) => outcome,
+            Err(panic) => Outcome::Panicked(format!(
+                "panicked while dropped: {}",
+                panic_message(panic.as_ref())
+            )),
         };
         Poll::Ready(Finished {
             id: *this.id,
@@ -137,7 +147,7 @@ fn classify(error: BoxError) -> Outcome {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -152,7 +162,7 @@ struct Draining<T> {
     report: DrainReport<T>,
 }
 
-pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
+pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     index: usize,
     handler: H,
     /// Per-attempt timeout for tasks that set none.
@@ -176,20 +186,23 @@ pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
     dequeued: u32,
     credits_used: u32,
     started: u64,
-    // Its counters are mirrored by the Scheduler from each `Done` (see `Done::started`); kept
-    // for counters an executor may have to mirror itself.
-    #[allow(dead_code)]
+    // Its flow is mirrored by the Scheduler from each `Done` (see `Done::started`); the
+    // executor counts only its own loss (`Stats::executors_lost`, in `Drop`).
     counters: Arc<Counters>,
     draining: Option<Draining<T>>,
+    /// Drained and replied: this executor stopped because a shutdown asked it to.
+    retired: bool,
+    /// Where what this executor holds goes if it dies (see the `Drop` impl).
+    back: Arc<ReturnPath<T>>,
     _guard: DropGuard,
     _payload: std::marker::PhantomData<fn(T)>,
 }
 
 // The handler is never pinned in place and the task futures live in `FuturesUnordered`, which
 // pins each one on the heap, so the executor may move freely; actix requires actors to be `Unpin`.
-impl<T, H: TaskHandler<T>> Unpin for Executor<T, H> {}
+impl<T: Send, H: TaskHandler<T>> Unpin for Executor<T, H> {}
 
-impl<T, H: TaskHandler<T>> fmt::Debug for Executor<T, H> {
+impl<T: Send, H: TaskHandler<T>> fmt::Debug for Executor<T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Executor")
             .field("index", &self.index)
@@ -207,6 +220,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         default_timeout: Option<Duration>,
         scheduler: Recipient<Done>,
         counters: Arc<Counters>,
+        back: Arc<ReturnPath<T>>,
         guard: DropGuard,
     ) -> Self {
         Executor {
@@ -226,6 +240,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             started: 0,
             counters,
             draining: None,
+            retired: false,
+            back,
             _guard: guard,
             _payload: std::marker::PhantomData,
         }
@@ -261,7 +277,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         self.started += 1;
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
         let timeout = task.timeout.or(self.default_timeout);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent as an instant (`Duration::MAX`) is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let cx = TaskContext::new(&task, self.index, deadline, Rc::clone(&self.cancels));
         let (id, attempt, max_attempts) = (task.id, task.attempt, task.max_attempts);
         let called = {
@@ -280,7 +297,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     waker: None,
                     ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
-                    fut: AssertUnwindSafe(fut).catch_unwind(),
+                    fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.
                 if let Some(r) = Pin::new(&mut self.running).iter_pin_mut().next() {
@@ -354,7 +371,12 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         if self.running.is_empty() {
             self.flush();
             if let Some(d) = self.draining.take() {
-                let _ = d.reply.send(d.report);
+                self.retired = true;
+                // The shutdown stopped waiting (this executor answered too late: a handler
+                // blocked its thread): its unstarted tasks go back the way a dead executor's do.
+                if let Err(report) = d.reply.send(d.report) {
+                    self.back.send(self.index, report.unstarted, Vec::new(), 0);
+                }
                 ctx.stop();
             }
         }
@@ -365,25 +387,14 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// go back to their source (`Outcome::Interrupted`).
     fn cancel_all(&mut self, ctx: &mut Context<Self>) {
         self.flush();
-        let cancels = &self.cancels;
-        let cancelled: Vec<Finished> = Pin::new(&self.running)
-            .iter_pin_ref()
-            .map(|r| r.get_ref())
-            .map(|r| Finished {
-                id: r.id,
-                attempt: r.attempt,
-                max_attempts: r.max_attempts,
-                outcome: if cancels.is_cancelled(r.id) {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Interrupted
-                },
-            })
-            .collect();
-        for fin in &cancelled {
-            self.cancels.forget(fin.id);
+        let cancelled = self.ends_of_running();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.running.clear())) {
+            tracing::error!(
+                executor = self.index,
+                panic = panic_message(panic.as_ref()),
+                "a task future panicked while dropped at the drain deadline"
+            );
         }
-        self.running.clear();
         let dropped = cancelled.len() as u32;
         if let Some(d) = &mut self.draining {
             d.report.cancelled += cancelled.len();
@@ -402,6 +413,76 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             });
         }
         self.finish_drain_if_idle(ctx);
+    }
+}
+
+/// An executor dropped while it holds tasks died under the poller: its arbiter stopped (the
+/// actix `System` stopping does that), or its actor panicked outside a task. Nothing it held
+/// vanishes: the attempts that ended are reported, the running ones end `Interrupted` (their
+/// futures are dropped; the source takes them back where it keeps a copy) and their slots go
+/// back to the Scheduler, and the tasks it never started go back to the Fetcher, which stops
+/// sending it work. An executor that a shutdown drained holds nothing and is not counted lost.
+impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
+    fn drop(&mut self) {
+        if !self.retired {
+            Counters::add(&self.counters.executors_lost, 1);
+        }
+        // A drain's reply channel closes only at the end, after the last `Done` and the tasks
+        // went out: the shutdown, seeing it closed, then finds them where they went.
+        let (reply, mut unstarted) = match self.draining.take() {
+            Some(d) => (Some(d.reply), d.report.unstarted),
+            None => (None, Vec::new()),
+        };
+        self.dequeued += self.queue.len() as u32;
+        unstarted.extend(self.queue.drain(..));
+        let ended = self.ends_of_running();
+        let interrupted: Vec<TaskId> = ended
+            .iter()
+            .filter(|f| f.outcome == Outcome::Interrupted)
+            .map(|f| f.id)
+            .collect();
+        if self.retired && unstarted.is_empty() && ended.is_empty() {
+            self.flush();
+            drop(reply);
+            return;
+        }
+        tracing::error!(
+            executor = self.index,
+            running = ended.len(),
+            queued = unstarted.len(),
+            "executor stopped without a shutdown; taking its tasks back"
+        );
+        self.freed += ended.len() as u32;
+        self.finished.extend(ended);
+        self.flush();
+        self.back.send(self.index, unstarted, interrupted, 0);
+        drop(reply);
+    }
+}
+
+impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
+    /// The ends of the tasks still running, about to be dropped: `Cancelled` if their
+    /// cancellation was requested, else `Interrupted` (they go back to their source).
+    fn ends_of_running(&self) -> Vec<Finished> {
+        let cancels = &self.cancels;
+        let ends: Vec<Finished> = Pin::new(&self.running)
+            .iter_pin_ref()
+            .map(|r| r.get_ref())
+            .map(|r| Finished {
+                id: r.id,
+                attempt: r.attempt,
+                max_attempts: r.max_attempts,
+                outcome: if cancels.is_cancelled(r.id) {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Interrupted
+                },
+            })
+            .collect();
+        for fin in &ends {
+            cancels.forget(fin.id);
+        }
+        ends
     }
 }
 
@@ -445,22 +526,31 @@ impl<T: Send + 'static, H: TaskHandler<T>> Actor for Executor<T, H> {
 impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H> {
     type Result = ();
 
-    fn handle(&mut self, msg: Execute<T>, _ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Execute<T>, ctx: &mut Self::Context) {
+        let (tasks, credits) = msg.take();
+        if ctx.state() != ActorState::Running {
+            // Handled while the actor is being torn down (its arbiter stopped): start nothing.
+            // The tasks are held, and `Drop` sends them back; the credits go back unused.
+            self.queue.extend(tasks);
+            self.credits_used += credits;
+            self.freed += credits;
+            return;
+        }
         match &mut self.draining {
             // Dispatched before the drain began (the Fetcher stops first, so this should not
             // happen): never started, so handed back.
-            Some(d) => d.report.unstarted.extend(msg.tasks),
-            None => self.queue.extend(msg.tasks),
+            Some(d) => d.report.unstarted.extend(tasks),
+            None => self.queue.extend(tasks),
         }
         if !self.queue.is_empty() {
             self.low_water = self.queue.len() / 2;
             self.asked = false;
         }
-        self.credits_used += msg.credits;
+        self.credits_used += credits;
         // No task context in a handler: the first poll registers a no-op waker, and the
         // set's own poll (the driver runs right after this handler) registers the real one.
         let mut cx = TaskCx::from_waker(futures::task::noop_waker_ref());
-        for _ in 0..msg.credits {
+        for _ in 0..credits {
             self.fill_slot(&mut cx);
         }
         // The driver runs after this handler (actix polls items after the mailbox) and flushes.

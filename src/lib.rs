@@ -137,7 +137,7 @@ pub use messages::{
 };
 pub use poller::Poller;
 pub use retry::{Backoff, RetryPolicy};
-pub use shutdown::ShutdownReport;
+pub use shutdown::{ShutdownReport, Unfinished, SHUTDOWN_SLACK};
 pub use source::memory::MemorySource;
 #[cfg(feature = "postgres")]
 pub use source::postgres::{PgConfig, PgError, PgQueue, PgSource};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle};
 
 use crate::builder::PollerBuilder;
 use crate::error::{RequestError, ShutdownError, SubmitError};
@@ -42,6 +43,11 @@ pub(crate) struct Handle<T: Send + 'static> {
     counters: Arc<Counters>,
     /// Mirrors "shutdown began" so submits fail fast; the Fetcher's phase is what decides.
     closed: AtomicBool,
+    /// [`Poller::detach`] was called: dropping the last handle leaves the poller running.
+    detached: AtomicBool,
+    /// The arbiter that started the poller, where its Scheduler and Fetcher live: a shutdown
+    /// started by dropping the last handle runs there.
+    arbiter: ArbiterHandle,
     workers: usize,
     executors: usize,
     current_arbiter: bool,
@@ -77,9 +83,13 @@ impl<T: Send + 'static> Handle<T> {
                 drains: executors.iter().map(|a| a.clone().recipient()).collect(),
                 flush: scheduler.clone().recipient(),
                 close: fetcher.clone().recipient(),
+                abandon: fetcher.clone().recipient(),
+                counters: Arc::clone(&counters),
             },
             counters,
             closed: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            arbiter: Arbiter::current(),
             workers,
             executors: executors.len(),
             current_arbiter,
@@ -90,6 +100,14 @@ impl<T: Send + 'static> Handle<T> {
 
 /// The handle to a running poller: cheap to clone, `Send + Sync`, usable from any thread (put it
 /// in actix-web's `web::Data`).
+///
+/// **Dropping the last handle shuts the poller down**, like dropping a tokio runtime: unless
+/// [`shutdown`](Self::shutdown) ran (or [`detach`](Self::detach) was called), the last handle's
+/// drop starts a shutdown with zero grace in the background, on the arbiter that started the
+/// poller. Running tasks are interrupted, the executors' arbiter threads stop, every actor is
+/// dropped, and a durable source releases its leases (if the actix `System` still runs). The
+/// in-memory source's tasks, which a shutdown would hand back, are dropped with it (their
+/// number is logged). Call `shutdown` to drain and to get them back.
 ///
 /// # Examples
 ///
@@ -449,6 +467,14 @@ impl<T: Send + 'static> Poller<T> {
         self.handle().source_name
     }
 
+    /// Keeps the poller running when every handle has been dropped without
+    /// [`shutdown`](Self::shutdown): its actors and arbiter threads then live until the actix
+    /// `System` stops. By default the last handle's drop shuts the poller down (see
+    /// [`Poller`]). Applies to every clone of this handle.
+    pub fn detach(&self) {
+        self.handle().detached.store(true, Ordering::Release);
+    }
+
     /// `true` once shutdown has begun.
     pub fn is_closed(&self) -> bool {
         self.handle().closed.load(Ordering::Acquire)
@@ -459,8 +485,16 @@ impl<T: Send + 'static> Poller<T> {
     /// (the in-memory source hands them back in the report, with everything still queued).
     ///
     /// When it returns, every actor of this poller has been dropped and every arbiter it started
-    /// has stopped and been joined; later submits fail with [`SubmitError::Closed`]. Await it to
-    /// the end: dropping the future half-way leaves the poller half shut.
+    /// has stopped and been joined, unless [`ShutdownReport::unfinished`] names what did not;
+    /// later submits fail with [`SubmitError::Closed`]. Await it to the end: dropping the future
+    /// half-way leaves the poller half shut.
+    ///
+    /// It returns within `grace` + [`SHUTDOWN_SLACK`](crate::SHUTDOWN_SLACK) whatever handlers
+    /// and the source do (a handler blocking its thread, a source call that hangs); a `grace`
+    /// too long to represent (`Duration::MAX`) waits as long as tasks run. Executors that died
+    /// before it ran (their arbiter stopped, for instance with the actix `System`) are listed in
+    /// [`ShutdownReport::executors_lost`]: the tasks they held are handed back, released to a
+    /// durable source, or listed in [`ShutdownReport::lost`].
     ///
     /// # Errors
     ///
@@ -468,6 +502,39 @@ impl<T: Send + 'static> Poller<T> {
     /// failed to release its unstarted tasks (the actors are still stopped).
     pub async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport<T>, ShutdownError> {
         crate::shutdown::run(&self.handle().shutdown, &self.handle().closed, grace).await
+    }
+}
+
+impl<T: Send + 'static> Drop for Handle<T> {
+    /// The last handle is gone: shut the poller down in the background (see [`Poller`]).
+    fn drop(&mut self) {
+        if self.detached.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let links = self.shutdown.clone();
+        let spawned = self.arbiter.spawn_fn(move || {
+            actix_rt::spawn(async move {
+                let closed = AtomicBool::new(false);
+                match crate::shutdown::run(&links, &closed, Duration::ZERO).await {
+                    Ok(report) => tracing::warn!(
+                        interrupted = report.cancelled,
+                        dropped = report.handed_back.len(),
+                        lost = report.lost.len(),
+                        unfinished = ?report.unfinished,
+                        "every Poller handle was dropped without shutdown: shut down with zero \
+                         grace; the tasks it would have handed back are dropped"
+                    ),
+                    Err(ShutdownError::AlreadyShutDown) => {}
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "every Poller handle was dropped without shutdown; shutting down failed"
+                    ),
+                }
+            });
+        });
+        if !spawned {
+            tracing::debug!("the last Poller handle dropped after its arbiter stopped");
+        }
     }
 }
 

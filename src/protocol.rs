@@ -8,14 +8,16 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use actix::Message;
+use actix::{Message, Recipient};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::SourceError;
 use crate::messages::CancelOutcome;
 use crate::shutdown::ShutdownPlan;
+use crate::stats::Counters;
 use crate::task::{Ack, Finished, Task, TaskId};
 
 /// Scheduler → Fetcher: `credits` more tasks may start, and these acks must reach the source.
@@ -56,16 +58,54 @@ pub(crate) struct ExecutorDelta {
 /// with a credit from an `Execute`, or in the slot a task of the same executor just left: so no
 /// more than the credits granted ever run. Credits it cannot spend (its queue emptied meanwhile)
 /// go back in the next [`Done`].
+///
+/// An `Execute` dropped undelivered (its executor is gone) sends its tasks and credits back to
+/// the Fetcher ([`ReturnPath`]): none vanishes with a dead executor's mailbox.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Execute<T> {
+pub(crate) struct Execute<T: Send + 'static> {
     /// Tasks to append to the executor's queue, oldest first.
     pub(crate) tasks: Vec<Task<T>>,
     /// How many queued tasks may start now, each holding one credit until its `Done`.
     pub(crate) credits: u32,
+    /// The executor it is for, and the way back if it never gets there.
+    executor: usize,
+    back: Arc<ReturnPath<T>>,
 }
 
-impl<T> fmt::Debug for Execute<T> {
+impl<T: Send + 'static> Execute<T> {
+    /// An `Execute` for executor `executor`.
+    pub(crate) fn new(
+        executor: usize,
+        tasks: Vec<Task<T>>,
+        credits: u32,
+        back: &Arc<ReturnPath<T>>,
+    ) -> Self {
+        Execute {
+            tasks,
+            credits,
+            executor,
+            back: Arc::clone(back),
+        }
+    }
+
+    /// Takes the tasks and the credits: the executor received them.
+    pub(crate) fn take(&mut self) -> (Vec<Task<T>>, u32) {
+        (
+            std::mem::take(&mut self.tasks),
+            std::mem::take(&mut self.credits),
+        )
+    }
+}
+
+impl<T: Send + 'static> Drop for Execute<T> {
+    fn drop(&mut self) {
+        let (tasks, credits) = self.take();
+        self.back.send(self.executor, tasks, Vec::new(), credits);
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Execute<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Execute")
             .field("tasks", &self.tasks.len())
@@ -194,6 +234,11 @@ impl<T> Default for DrainReport<T> {
 #[rtype(result = "()")]
 pub(crate) struct Flush;
 
+/// Handle → Fetcher: the source did not close within the shutdown's slack; stop now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Abandon;
+
 /// Handle → Fetcher: wait for acks in flight, close the source with `unstarted`, resolve the
 /// remaining trackers as shut down, and stop. Replies with the tasks handed back.
 pub(crate) struct CloseSource<T> {
@@ -202,4 +247,91 @@ pub(crate) struct CloseSource<T> {
 
 impl<T: 'static> Message for CloseSource<T> {
     type Result = Result<Vec<Task<T>>, SourceError>;
+}
+
+// ---- Actors that die (crate-internal) --------------------------------------------------------
+
+/// How tasks an executor can no longer run find their way back to the Fetcher. Shared (one
+/// `Arc`) by the executors and every [`Execute`]: an `Execute` dropped undelivered (its executor
+/// is gone) sends its tasks and credits back on it, and so does an executor dropped while it
+/// held tasks (its arbiter stopped, its actor panicked). If the Fetcher is gone too, what could
+/// not come back is counted lost ([`Orphans`]'s `Drop`), never dropped silently.
+pub(crate) struct ReturnPath<T: Send + 'static> {
+    pub(crate) fetcher: Recipient<Orphans<T>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl<T: Send + 'static> ReturnPath<T> {
+    /// Sends `unstarted` tasks, `interrupted` running ones and unused `credits` of executor
+    /// `executor` back to the Fetcher; if it is gone, the tasks are counted lost.
+    pub(crate) fn send(
+        &self,
+        executor: usize,
+        unstarted: Vec<Task<T>>,
+        interrupted: Vec<TaskId>,
+        credits: u32,
+    ) {
+        if unstarted.is_empty() && interrupted.is_empty() && credits == 0 {
+            return;
+        }
+        // An undelivered message is dropped, and its `Drop` counts what it carried as lost.
+        self.fetcher.do_send(Orphans {
+            executor,
+            unstarted,
+            interrupted,
+            credits,
+            counters: Arc::clone(&self.counters),
+        });
+    }
+}
+
+/// Executor (or an undelivered [`Execute`]) → Fetcher: executor `executor` is gone; these tasks
+/// never started there (the Fetcher takes them back), these were running when it died (their
+/// futures are dropped: a source with a copy gets them back through their `Interrupted`
+/// outcome, otherwise they are lost), and these credits were never spent (the Fetcher spends
+/// them elsewhere).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Orphans<T: Send + 'static> {
+    pub(crate) executor: usize,
+    pub(crate) unstarted: Vec<Task<T>>,
+    pub(crate) interrupted: Vec<TaskId>,
+    pub(crate) credits: u32,
+    counters: Arc<Counters>,
+}
+
+impl<T: Send + 'static> Orphans<T> {
+    /// Records the interrupted tasks as lost (the source keeps no copy of them).
+    pub(crate) fn interrupted_are_lost(&mut self) {
+        let ids = std::mem::take(&mut self.interrupted);
+        self.counters.record_lost(&ids);
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Orphans<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Orphans")
+            .field("executor", &self.executor)
+            .field("unstarted", &self.unstarted.len())
+            .field("interrupted", &self.interrupted.len())
+            .field("credits", &self.credits)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Drop for Orphans<T> {
+    /// Whatever no handler took is lost: never silently.
+    fn drop(&mut self) {
+        if self.unstarted.is_empty() && self.interrupted.is_empty() {
+            return;
+        }
+        let mut ids: Vec<TaskId> = self.unstarted.iter().map(|t| t.id).collect();
+        ids.append(&mut self.interrupted);
+        tracing::error!(
+            executor = self.executor,
+            lost = ids.len(),
+            "an executor died and the fetcher is gone: its tasks are lost"
+        );
+        self.counters.record_lost(&ids);
+    }
 }

@@ -5,6 +5,13 @@ use std::sync::atomic::{
     AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
+use std::sync::{Mutex, PoisonError};
+
+use crate::task::TaskId;
+
+/// At most this many lost task ids are kept for the shutdown report; beyond it only
+/// [`Stats::lost`] counts.
+pub(crate) const MAX_LOST_IDS: usize = 100_000;
 
 /// A snapshot of a poller's counters.
 ///
@@ -62,6 +69,16 @@ pub struct Stats {
     /// lost, each logged at error level. Send with `send` (or use the handle) to get a refused
     /// task back.
     pub dropped_submits: u64,
+    /// Executors that stopped without being drained by a shutdown: their arbiter was stopped
+    /// (for instance the actix `System` stopped under the poller) or their actor panicked
+    /// outside a task. The Fetcher stops sending to them and takes back the tasks they had not
+    /// started; what they were running is interrupted (see [`lost`](Self::lost)).
+    pub executors_lost: u64,
+    /// Tasks lost with an actor that died: running on a dead executor when the source keeps no
+    /// copy to run again (the in-memory source without retries), or held when no actor was
+    /// left to take them back. Zero means nothing was lost. Their ids are listed in
+    /// [`ShutdownReport::lost`](crate::ShutdownReport::lost).
+    pub lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +103,10 @@ pub(crate) struct Counters {
     pub(crate) ack_errors: AtomicU64,
     pub(crate) heartbeat_errors: AtomicU64,
     pub(crate) dropped_submits: AtomicU64,
+    pub(crate) executors_lost: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    /// The ids of lost tasks not yet reported by a shutdown (at most [`MAX_LOST_IDS`]).
+    pub(crate) lost_ids: Mutex<Vec<TaskId>>,
     /// Per executor: attempts it started and finished, both written by the Scheduler from the
     /// executor's reports (see [`Counters::record_flow`]). Running on executor `i` = started −
     /// finished.
@@ -166,6 +187,22 @@ impl Counters {
         }
     }
 
+    /// Records tasks lost with an actor that died.
+    pub(crate) fn record_lost(&self, ids: &[TaskId]) {
+        if ids.is_empty() {
+            return;
+        }
+        Counters::add(&self.lost, ids.len() as u64);
+        let mut kept = self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = MAX_LOST_IDS.saturating_sub(kept.len());
+        kept.extend(ids.iter().take(room).copied());
+    }
+
+    /// The lost ids recorded so far, taken.
+    pub(crate) fn take_lost(&self) -> Vec<TaskId> {
+        std::mem::take(&mut *self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     pub(crate) fn set_queued(&self, queued: Option<u64>) {
         match queued {
             Some(q) => {
@@ -201,6 +238,8 @@ impl Counters {
             ack_errors: self.ack_errors.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
             dropped_submits: self.dropped_submits.load(Relaxed),
+            executors_lost: self.executors_lost.load(Relaxed),
+            lost: self.lost.load(Relaxed),
         }
     }
 }

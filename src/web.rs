@@ -14,8 +14,9 @@
 //! ```
 //!
 //! reaches `shutdown` too late on Ctrl-C: the `System` is stopping or stopped, the arbiters the
-//! poller's executors run on are gone, and the tasks they held (running, or queued at an
-//! executor) never finish and never come back. [`serve`] turns the server's own signal handling
+//! poller's executors run on are gone, and the tasks they were running never finish: they come
+//! back interrupted (handed back, released to a durable source, or listed in
+//! [`ShutdownReport::lost`](crate::ShutdownReport::lost)), without their grace. [`serve`] turns the server's own signal handling
 //! off ([`HttpServer::disable_signals`]), listens for the signals itself, and stops things in
 //! order: first the server (no new request; requests in flight finish, so every task they submit
 //! is in the poller), then the poller ([`Poller::shutdown`]), then it returns.

@@ -1,35 +1,34 @@
-//! No actor, arbiter or task future outlives `shutdown`. One test in this binary, so the thread
-//! count it reads belongs to it alone.
+//! No actor, arbiter or task future outlives `shutdown`, or the last handle. The tests of this
+//! binary run one at a time (`SERIAL`), so the thread count each reads belongs to it alone.
 
 mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actix_poller::{FinalState, Poller, ShutdownError, SubmitError};
-use common::{within, DropProbe, ScriptedSource};
+use actix_poller::{FinalState, Poller, PollerBuilder, ShutdownError, SubmitError};
+use common::{eventually, gate, within, DropProbe, ScriptedSource};
+
+/// Held by each test for its whole run: arbiter threads are counted process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// After shutdown every actor is gone (its state dropped), every arbiter joined, and the handle
 /// refuses work with `Closed`, handing the task back. A second shutdown is an error.
-#[actix_rt::test]
-async fn nothing_is_left_alive_after_shutdown() {
+#[test]
+fn nothing_is_left_alive_after_shutdown() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    actix_rt::System::new().block_on(after_shutdown());
+}
+
+async fn after_shutdown() {
     for on_current in [false, true] {
         let handler_states = Arc::new(AtomicUsize::new(0));
         let source_drops = Arc::new(AtomicUsize::new(0));
-        let (mut source, _log) = ScriptedSource::new(100);
-        source._drop = Some(DropProbe(source_drops.clone()));
         let threads_before = arbiter_threads();
         let states = handler_states.clone();
-        let mut builder = Poller::<u32>::builder()
-            .workers(4)
-            .executors(2)
-            .source(source);
-        if on_current {
-            builder = builder.on_current_arbiter();
-        }
-        let poller = builder
+        let poller = probed_builder(on_current, &source_drops)
             .start_with(move |_executor| {
                 // Per-executor state, dropped with its executor.
                 let state = std::rc::Rc::new(DropProbe(states.clone()));
@@ -87,6 +86,82 @@ async fn nothing_is_left_alive_after_shutdown() {
             Err(ShutdownError::AlreadyShutDown)
         ));
         assert!(poller.is_closed());
+    }
+}
+
+/// Dropping every handle without `shutdown` shuts the poller down (like dropping a runtime):
+/// running tasks are interrupted (their futures dropped), every executor and the source are
+/// dropped, and the arbiter threads exit. Before this, the actors held each other's addresses
+/// and lived, with their threads, until the System stopped.
+#[test]
+fn nothing_is_left_alive_after_the_last_handle_drops() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    actix_rt::System::new().block_on(after_the_last_handle_drops());
+}
+
+async fn after_the_last_handle_drops() {
+    for on_current in [false, true] {
+        let handler_states = Arc::new(AtomicUsize::new(0));
+        let task_futures = Arc::new(AtomicUsize::new(0));
+        let source_drops = Arc::new(AtomicUsize::new(0));
+        let threads_before = arbiter_threads();
+        let (gate, _never_opened) = gate();
+        let (states, futures) = (handler_states.clone(), task_futures.clone());
+        let poller = probed_builder(on_current, &source_drops)
+            .start_with(move |_executor| {
+                let state = std::rc::Rc::new(DropProbe(states.clone()));
+                let (gate, futures) = (gate.clone(), futures.clone());
+                move |n: u32, _cx| {
+                    let _state = state.clone();
+                    let (gate, probe) = (gate.clone(), DropProbe(futures.clone()));
+                    async move {
+                        let _probe = probe;
+                        if n >= 5 {
+                            gate.wait().await; // never opened: still running at the drop
+                        }
+                        Ok::<_, Infallible>(())
+                    }
+                }
+            })
+            .unwrap();
+        let receipts = poller
+            .submit_batch_tracked((0..20).collect())
+            .await
+            .unwrap();
+        for r in receipts.into_iter().take(5) {
+            assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+        }
+        eventually(Duration::from_secs(10), || poller.stats().busy == 4).await;
+        let other = poller.clone();
+        drop(poller);
+        assert!(!other.is_closed(), "a handle is left: the poller runs");
+        drop(other);
+        eventually(Duration::from_secs(10), || {
+            handler_states.load(SeqCst) == 2
+                && source_drops.load(SeqCst) == 1
+                && task_futures.load(SeqCst) == 5 + 4
+                && arbiter_threads() == threads_before
+        })
+        .await;
+    }
+}
+
+/// Four workers on two executors (on their own arbiters unless `on_current`), over a source
+/// that counts its drop in `source_drops`.
+fn probed_builder(
+    on_current: bool,
+    source_drops: &Arc<AtomicUsize>,
+) -> PollerBuilder<u32, ScriptedSource<u32>> {
+    let (mut source, _log) = ScriptedSource::new(100);
+    source._drop = Some(DropProbe(source_drops.clone()));
+    let builder = Poller::<u32>::builder()
+        .workers(4)
+        .executors(2)
+        .source(source);
+    if on_current {
+        builder.on_current_arbiter()
+    } else {
+        builder
     }
 }
 

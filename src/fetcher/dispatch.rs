@@ -34,7 +34,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// those `eligible` says.
     pub(super) fn least_running(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         (0..self.executors.len())
-            .filter(|&i| eligible(i))
+            .filter(|&i| !self.dead[i] && eligible(i))
             .min_by_key(|&i| self.assigned[i] - self.uncovered(i).min(self.assigned[i]))
     }
 
@@ -89,7 +89,11 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         while self.ahead > 0 && !self.buffer.is_empty() {
             let Some(i) = (0..e)
-                .filter(|&i| self.uncovered(i) < self.ahead_target[i] && !self.stalled(i, now))
+                .filter(|&i| {
+                    !self.dead[i]
+                        && self.uncovered(i) < self.ahead_target[i]
+                        && !self.stalled(i, now)
+                })
                 .min_by_key(|&i| self.uncovered(i))
             else {
                 break;
@@ -98,9 +102,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 self.push_task(&mut batches, i, task, now);
             }
         }
-        for (exec, (tasks, credits)) in self.executors.iter().zip(batches) {
+        for (i, (exec, (tasks, credits))) in self.executors.iter().zip(batches).enumerate() {
             if !tasks.is_empty() || credits > 0 {
-                exec.do_send(Execute { tasks, credits });
+                exec.do_send(Execute::new(i, tasks, credits, &self.returns));
             }
         }
     }
@@ -144,7 +148,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
             self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
             self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);
-            if d.finished > 0 && self.ahead > 0 {
+            if d.finished > 0 && self.ahead > 0 && !self.dead[i] {
                 let t = self.ahead_target[i];
                 let mut next = (2 * d.finished as usize).max(t - t / 8);
                 // Slots went back while work waited: the queue ran dry before its refill came.

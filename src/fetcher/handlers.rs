@@ -214,9 +214,19 @@ impl<T: Send + 'static, S: Source<T>> Handler<StopFetching<T>> for Fetcher<T, S>
         if self.in_flight == 0 {
             return ActorResponse::reply(self.buffer.drain(..).collect());
         }
-        // Fetches in flight land in the buffer; the last one to land replies.
+        // Fetches in flight land in the buffer; the last one to land replies, or the timer
+        // below if they take too long (what they bring later goes back at close).
         let (tx, rx) = oneshot::channel();
         self.stop_reply = Some(tx);
+        ctx.run_later(crate::shutdown::STOP_FETCHING_WAIT, |act, _ctx| {
+            if act.stop_reply.is_some() {
+                tracing::warn!(
+                    fetches = act.in_flight,
+                    "fetches still in flight when fetching stopped; their tasks go back at close"
+                );
+            }
+            act.reply_stopped();
+        });
         ActorResponse::r#async(
             actix::fut::wrap_future::<_, Self>(rx).map(|r, _, _| r.unwrap_or_default()),
         )
@@ -241,7 +251,9 @@ impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> 
             self.ack_idle.push(tx);
             rx
         });
-        let unstarted = msg.unstarted;
+        // Tasks that came back from a lost executor after fetching stopped go back too.
+        let mut unstarted = msg.unstarted;
+        unstarted.extend(self.buffer.drain(..));
         Box::pin(
             actix::fut::wrap_future::<_, Self>(async move {
                 if let Some(rx) = acks_idle {

@@ -24,6 +24,7 @@
 mod acks;
 mod dispatch;
 mod handlers;
+mod lost;
 mod trackers;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,7 +37,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::messages::Notify;
-use crate::protocol::{CancelRunning, Execute};
+use crate::protocol::{CancelRunning, Execute, ReturnPath};
 use crate::retry::Backoff;
 use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
@@ -112,6 +113,10 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// `CloseSource` waiting for acks and enqueues in flight to land.
     ack_idle: Vec<oneshot::Sender<()>>,
     counters: Arc<Counters>,
+    /// Executors that died (see `lost.rs`): nothing is dispatched to them.
+    dead: Vec<bool>,
+    /// Where an `Execute` that never reaches its executor sends its tasks back.
+    returns: Arc<ReturnPath<T>>,
     _guard: DropGuard,
 }
 
@@ -147,6 +152,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         config: FetcherConfig,
         counters: Arc<Counters>,
         guard: DropGuard,
+        returns: Arc<ReturnPath<T>>,
     ) -> Self {
         let limits = source.limits();
         let resolve_every = source.final_states_interval();
@@ -159,6 +165,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             covered: vec![0; executors.len()],
             ahead: config.ahead,
             ahead_target: vec![config.ahead.min(1); executors.len()],
+            dead: vec![false; executors.len()],
+            returns,
             last_heard: vec![tokio::time::Instant::now(); executors.len()],
             executors,
             cancel_running,
@@ -337,7 +345,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
 
     pub(super) fn reply_stopped(&mut self) {
         if let Some(reply) = self.stop_reply.take() {
-            let _ = reply.send(self.buffer.drain(..).collect());
+            // Nobody waits any more: they stay, and go back to the source at close.
+            if let Err(tasks) = reply.send(self.buffer.drain(..).collect()) {
+                self.buffer.extend(tasks);
+            }
         }
     }
 }
