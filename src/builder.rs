@@ -54,6 +54,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     timeout: Option<Duration>,
     cancel_grace: Duration,
     capacity: Option<usize>,
+    name: String,
     source: S,
     _payload: std::marker::PhantomData<fn(T)>,
 }
@@ -68,6 +69,7 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("dispatch_ahead", &self.dispatch_ahead)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +80,9 @@ pub const DEFAULT_WORKERS: usize = 16;
 /// The most tasks an executor holds queued beyond its credits unless
 /// [`PollerBuilder::dispatch_ahead`] says otherwise.
 pub const DEFAULT_DISPATCH_AHEAD: usize = 64;
+
+/// The poller's name unless [`PollerBuilder::name`] says otherwise.
+pub const DEFAULT_NAME: &str = "actix_poller";
 
 /// The default time a cancelled running task has to wind down before its future is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -95,6 +100,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             timeout: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
+            name: DEFAULT_NAME.to_owned(),
             source: MemorySource::default(),
             _payload: std::marker::PhantomData,
         }
@@ -111,6 +117,23 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
 }
 
 impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
+    /// The poller's name (default [`DEFAULT_NAME`]): the `poller` label of every metric the
+    /// `metrics` feature records, so that several pollers in one process are told apart
+    /// (docs/observability.md lists the metrics).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::Poller;
+    ///
+    /// let builder = Poller::<u64>::builder().name("thumbnails").workers(4);
+    /// # drop(builder);
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The most tasks that may run at once (default [`DEFAULT_WORKERS`]).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
@@ -266,6 +289,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             timeout: self.timeout,
             cancel_grace: self.cancel_grace,
             capacity: None,
+            name: self.name,
             source,
             _payload: std::marker::PhantomData,
         }
@@ -340,7 +364,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let executors = self.validate()?;
-        let counters = Arc::new(Counters::new(self.workers, executors));
+        let counters = Arc::new(Counters::new(self.workers, executors, &self.name));
         let mut plan = ShutdownPlan::default();
 
         // Addresses first, actors after: the three know each other.

@@ -34,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
+use crate::metrics::{Count, RunTime, Stopwatch};
 use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
@@ -55,6 +56,8 @@ pin_project_lite::pin_project! {
         waker: Option<Waker>,
         // The end, when the first poll (at start, before the set's own) already reached it.
         ended: Option<Finished>,
+        // When it started (for the run-time histogram; nothing without the `metrics` feature).
+        clock: Stopwatch,
         #[pin]
         deadline: Option<Sleep>,
         // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
@@ -114,6 +117,7 @@ where
             attempt: *this.attempt,
             max_attempts: *this.max_attempts,
             outcome,
+            ran: this.clock.stop(),
         })
     }
 }
@@ -275,6 +279,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// handler panicked when called (the attempt ended without a future).
     fn start(&mut self, task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
+        self.counters.metrics.started(&task);
+        let clock = Stopwatch::start();
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
         let timeout = task.timeout.or(self.default_timeout);
         // A timeout too long to represent as an instant (`Duration::MAX`) is no timeout.
@@ -296,6 +302,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     killed: false,
                     waker: None,
                     ended: None,
+                    clock,
                     deadline: deadline.map(tokio::time::sleep_until),
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
@@ -313,6 +320,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     attempt,
                     max_attempts,
                     outcome: Outcome::Panicked(panic_message(panic.as_ref())),
+                    ran: clock.stop(),
                 });
                 false
             }
@@ -426,6 +434,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
     fn drop(&mut self) {
         if !self.retired {
             Counters::add(&self.counters.executors_lost, 1);
+            self.counters.metrics.count(Count::ExecutorsLost, 1);
         }
         // A drain's reply channel closes only at the end, after the last `Done` and the tasks
         // went out: the shutdown, seeing it closed, then finds them where they went.
@@ -477,6 +486,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 } else {
                     Outcome::Interrupted
                 },
+                ran: r.clock.stop(),
             })
             .collect();
         for fin in &ends {
@@ -572,6 +582,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
                     attempt: task.attempt,
                     max_attempts: task.max_attempts,
                     outcome: Outcome::Cancelled,
+                    ran: RunTime::default(),
                 });
                 self.flush();
                 return MessageResult(CancelOutcome::Dequeued);

@@ -115,6 +115,7 @@ mod executor;
 mod fetcher;
 mod handler;
 pub mod messages;
+mod metrics;
 mod poller;
 mod protocol;
 mod retry;
@@ -127,7 +128,9 @@ pub mod topology;
 #[cfg(feature = "web")]
 pub mod web;
 
-pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
+pub use builder::{
+    PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_NAME, DEFAULT_WORKERS,
+};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};

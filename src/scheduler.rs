@@ -141,6 +141,7 @@ impl Handler<Done> for Scheduler {
                 Outcome::Snoozed(_) => snoozed += 1,
             }
             let disposition = settle(&fin, &self.retry_backoff);
+            c.metrics.settled(&fin, &disposition);
             match disposition {
                 Disposition::Dead { .. } => dead += 1,
                 Disposition::Retry { .. } => retried += 1,
@@ -166,6 +167,9 @@ impl Handler<Done> for Scheduler {
         }
         // Ends before starts: a reader never sees a start without the end that freed its slot.
         c.record_flow(msg.executor, msg.started as u64, n as u64);
+        if c.metrics.enabled() {
+            c.metrics.busy(c.snapshot().busy);
+        }
         if let Some(d) = self.deltas.get_mut(msg.executor) {
             d.finished += n as u32;
             d.dequeued += msg.dequeued;

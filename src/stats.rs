@@ -7,6 +7,7 @@ use std::sync::atomic::{
 };
 use std::sync::{Mutex, PoisonError};
 
+use crate::metrics::{Count, Metrics};
 use crate::task::TaskId;
 
 /// At most this many lost task ids are kept for the shutdown report; beyond it only
@@ -111,6 +112,9 @@ pub(crate) struct Counters {
     /// executor's reports (see [`Counters::record_flow`]). Running on executor `i` = started −
     /// finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
+    /// The `metrics` feature's handles (nothing without it): the actors record there where
+    /// they update these counters.
+    pub(crate) metrics: Metrics,
 }
 
 #[derive(Debug, Default)]
@@ -139,11 +143,13 @@ pub struct ExecutorStats {
 }
 
 impl Counters {
-    pub(crate) fn new(limit: usize, executors: usize) -> Self {
+    /// The counters of the poller called `name` (the `metrics` feature's label).
+    pub(crate) fn new(limit: usize, executors: usize, name: &str) -> Self {
         let c = Counters {
             per_executor: (0..executors)
                 .map(|_| ExecutorCounters::default())
                 .collect(),
+            metrics: Metrics::new(name, limit),
             ..Counters::default()
         };
         c.limit.store(limit as u64, Relaxed);
@@ -193,6 +199,7 @@ impl Counters {
             return;
         }
         Counters::add(&self.lost, ids.len() as u64);
+        self.metrics.count(Count::Lost, ids.len() as u64);
         let mut kept = self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner);
         let room = MAX_LOST_IDS.saturating_sub(kept.len());
         kept.extend(ids.iter().take(room).copied());

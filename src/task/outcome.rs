@@ -79,6 +79,8 @@ pub(crate) struct Finished {
     pub(crate) max_attempts: u32,
     /// How it ended.
     pub(crate) outcome: Outcome,
+    /// How long it ran (for the `metrics` feature's run-time histogram).
+    pub(crate) ran: crate::metrics::RunTime,
 }
 
 /// What the source must record for one attempt: the state machine's decision.
@@ -227,6 +229,7 @@ mod tests {
             attempt,
             max_attempts: max,
             outcome,
+            ran: Default::default(),
         }
     }
 
