@@ -35,7 +35,10 @@ pub struct Stats {
     /// `dispatch_ahead` per executor). 0 once the poller has shut down (they were handed back
     /// or released).
     pub buffered: u64,
-    /// Tasks waiting in the source, if the source knows (the in-memory one does).
+    /// Tasks waiting in the source (queued, scheduled and retrying). The in-memory source
+    /// knows at once; a durable source is counted by the Fetcher when it starts and every
+    /// few seconds (its whole table, every process's tasks), so it may trail by that much.
+    /// `None` until a first count, or for a custom source that cannot count.
     pub queued: Option<u64>,
     /// Tasks accepted by [`Submit`](crate::Submit) / [`Poller::submit`](crate::Poller::submit).
     pub submitted: u64,
@@ -210,13 +213,12 @@ impl Counters {
         std::mem::take(&mut *self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Mirrors `Stats::queued`. `None` (a source that cannot say without asking its store)
+    /// keeps the last count the Fetcher's periodic sample got from `Source::counts`.
     pub(crate) fn set_queued(&self, queued: Option<u64>) {
-        match queued {
-            Some(q) => {
-                self.queued.store(q, Relaxed);
-                self.queued_known.store(1, Relaxed);
-            }
-            None => self.queued_known.store(0, Relaxed),
+        if let Some(q) = queued {
+            self.queued.store(q, Relaxed);
+            self.queued_known.store(1, Relaxed);
         }
     }
 
