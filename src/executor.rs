@@ -279,8 +279,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// handler panicked when called (the attempt ended without a future).
     fn start(&mut self, task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
-        self.counters.metrics.started(&task);
-        let clock = Stopwatch::start();
+        let clock = self.counters.metrics.started(&task);
         let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
         let timeout = task.timeout.or(self.default_timeout);
         // A timeout too long to represent as an instant (`Duration::MAX`) is no timeout.

@@ -203,20 +203,24 @@ impl Metrics {
 
     /// An executor starts an attempt: counts it, and records how long a first attempt waited
     /// since it was submitted (later attempts waited out a backoff, which says nothing about
-    /// the queue).
+    /// the queue). The one clock read is also the attempt's start, for its run time.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn started<T>(&self, task: &Task<T>) {
+    pub(crate) fn started<T>(&self, task: &Task<T>) -> Stopwatch {
+        let clock = Stopwatch::start();
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
             h.started.increment(1);
             if task.attempt == 1 {
-                let waited = SystemTime::now()
+                // A clock stepped back since the submit reads as no wait.
+                let waited = clock
+                    .at
                     .duration_since(task.enqueued_at)
                     .unwrap_or(Duration::ZERO);
                 h.queue_wait.record(waited.as_secs_f64());
             }
         }
+        clock
     }
 
     /// The Scheduler settled one attempt: its outcome, run time, and what happens next.
@@ -342,12 +346,13 @@ pub(crate) struct Sample {
     pub(crate) held: u64,
 }
 
-/// A start time for a duration histogram: an [`Instant`](std::time::Instant) with the feature,
-/// nothing (and no clock read) without.
+/// A start time for a duration histogram: the wall clock with the feature (one read serves an
+/// attempt's queue wait, measured from its `enqueued_at`, and its run time), nothing (and no
+/// clock read) without. A clock stepped back in between reads as no duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stopwatch {
     #[cfg(feature = "metrics")]
-    at: std::time::Instant,
+    at: SystemTime,
 }
 
 impl Stopwatch {
@@ -356,7 +361,7 @@ impl Stopwatch {
     pub(crate) fn start() -> Stopwatch {
         Stopwatch {
             #[cfg(feature = "metrics")]
-            at: std::time::Instant::now(),
+            at: SystemTime::now(),
         }
     }
 
@@ -365,13 +370,13 @@ impl Stopwatch {
     pub(crate) fn stop(&self) -> RunTime {
         RunTime {
             #[cfg(feature = "metrics")]
-            took: Some(self.at.elapsed()),
+            took: self.at.elapsed().ok(),
         }
     }
 
     #[cfg(feature = "metrics")]
     fn duration(&self) -> Option<Duration> {
-        Some(self.at.elapsed())
+        self.at.elapsed().ok()
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use actix_poller::{FinalState, Poller, TaskContext};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::MetricKind;
 
 /// Bounds every wait, so a broken promise fails the test instead of hanging it.
 async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
@@ -17,8 +16,11 @@ async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what}: no answer within 30 s"))
 }
 
-/// Every metric of one snapshot: (kind, name, labels sorted) → value.
-struct Metrics(Vec<(MetricKind, String, Vec<(String, String)>, DebugValue)>);
+/// One series of a snapshot: its name, its labels (sorted) and its value.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
+/// Every series of one snapshot.
+struct Metrics(Vec<Series>);
 
 impl Metrics {
     fn take(snapshotter: &Snapshotter) -> Metrics {
@@ -28,13 +30,13 @@ impl Metrics {
                 .into_vec()
                 .into_iter()
                 .map(|(key, _unit, _desc, value)| {
-                    let (kind, key) = key.into_parts();
+                    let (_kind, key) = key.into_parts();
                     let mut labels: Vec<(String, String)> = key
                         .labels()
                         .map(|l| (l.key().to_owned(), l.value().to_owned()))
                         .collect();
                     labels.sort();
-                    (kind, key.name().to_owned(), labels, value)
+                    (key.name().to_owned(), labels, value)
                 })
                 .collect(),
         )
@@ -45,13 +47,13 @@ impl Metrics {
         let found: Vec<&DebugValue> = self
             .0
             .iter()
-            .filter(|(_, n, ls, _)| {
+            .filter(|(n, ls, _)| {
                 n == name
                     && labels
                         .iter()
                         .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map(|(_, _, _, v)| v)
+            .map(|(_, _, v)| v)
             .collect();
         match found.as_slice() {
             [one] => one,
@@ -84,10 +86,8 @@ impl Metrics {
     fn samples_all(&self, name: &str, poller: &str) -> usize {
         self.0
             .iter()
-            .filter(|(_, n, ls, _)| {
-                n == name && ls.iter().any(|(k, v)| k == "poller" && v == poller)
-            })
-            .map(|(_, _, _, v)| match v {
+            .filter(|(n, ls, _)| n == name && ls.iter().any(|(k, v)| k == "poller" && v == poller))
+            .map(|(_, _, v)| match v {
                 DebugValue::Histogram(h) => h.len(),
                 other => panic!("{name}: not a histogram: {other:?}"),
             })
