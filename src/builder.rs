@@ -576,8 +576,9 @@ where
         arbiter.spawn_fn(move || {
             let built = build_handler(&*factory, index).map(|handler| {
                 let ctx = Context::with_receiver(rx);
-                let executor =
-                    Executor::new(index, handler, timeout, trace, done, counters, returns, guard);
+                let executor = Executor::new(
+                    index, handler, timeout, trace, done, counters, returns, guard,
+                );
                 actix_rt::spawn(ctx.into_future(executor));
             });
             let _ = built_tx.send(built);

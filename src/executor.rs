@@ -37,8 +37,8 @@ use crate::messages::CancelOutcome;
 use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
-use crate::trace::{self, TraceConfig};
 use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
+use crate::trace::{self, TraceConfig};
 
 pin_project_lite::pin_project! {
     /// One attempt in flight; resolves to its [`Finished`] report and its span (in which the

@@ -29,6 +29,8 @@ use crate::task::{Finished, Outcome, TaskId};
 pub(crate) struct TraceConfig {
     /// The poller's name (`PollerBuilder::name`).
     pub(crate) poller: Arc<str>,
+    /// `process <poller>`: the attempt span's OpenTelemetry name, made once.
+    otel_name: Arc<str>,
     /// The level of "attempt failed, will retry" events (`PollerBuilder::retry_log_level`).
     pub(crate) retry_level: Level,
 }
@@ -37,6 +39,7 @@ impl TraceConfig {
     pub(crate) fn new(poller: &Cow<'static, str>, retry_level: Level) -> Self {
         TraceConfig {
             poller: Arc::from(poller.as_ref()),
+            otel_name: Arc::from(format!("process {poller}")),
             retry_level,
         }
     }
@@ -169,7 +172,7 @@ pub(crate) fn attempt_span(
             tracing::info_span!(
                 $($parent)*
                 "actix_poller.attempt",
-                otel.name = format!("process {}", config.poller).as_str(),
+                otel.name = &*config.otel_name,
                 otel.kind = "consumer",
                 poller = &*config.poller,
                 task.id = id.0,
@@ -181,7 +184,14 @@ pub(crate) fn attempt_span(
         };
     }
     let span = match parent {
-        Some(Parent::Span(p)) => attempt_span!(parent: p,),
+        // Made by the parent's own subscriber: a span id means nothing to another one (a
+        // registry panics on a parent it does not know), and the executor's thread may have
+        // another default than the submitter's.
+        Some(Parent::Span(p)) => p
+            .with_subscriber(|(_, dispatch)| {
+                tracing::dispatcher::with_default(dispatch, || attempt_span!(parent: p,))
+            })
+            .unwrap_or_else(|| attempt_span!()),
         _ => attempt_span!(),
     };
     #[cfg(feature = "opentelemetry")]

@@ -258,7 +258,10 @@ async fn fetch_and_ack_spans_record_their_batch_sizes() {
         .on_current_arbiter()
         .start(|_n: u32, _cx| async { Ok::<(), String>(()) })
         .unwrap();
-    let receipts = poller.submit_batch_tracked(vec![1, 2, 3, 4, 5]).await.unwrap();
+    let receipts = poller
+        .submit_batch_tracked(vec![1, 2, 3, 4, 5])
+        .await
+        .unwrap();
     for r in receipts {
         within(r.outcome()).await.unwrap();
     }

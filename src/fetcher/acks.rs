@@ -49,7 +49,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         // The copy is what a failed call retries, and what tells trackers their final state
         // once the source has recorded it.
         let span = trace::ack_span(acks.len());
-        let mut fut = span.in_scope(|| self.source.ack(acks.clone())).instrument(span);
+        let mut fut = span
+            .in_scope(|| self.source.ack(acks.clone()))
+            .instrument(span);
         match (&mut fut).now_or_never() {
             Some(res) => self.acked(acks, res, ctx),
             None => {

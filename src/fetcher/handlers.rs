@@ -18,11 +18,11 @@ use crate::messages::{
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
 use crate::source::{EnqueueResult, NewTask, Source};
 use crate::stats::Counters;
-use crate::trace::Parent;
 use crate::task::{
     Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
     TaskState, TaskStatus,
 };
+use crate::trace::Parent;
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.

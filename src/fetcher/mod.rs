@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures::FutureExt;
-use tracing::Instrument;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::messages::Notify;
 use crate::protocol::{CancelRunning, Execute, ReturnPath};

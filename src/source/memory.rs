@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
 use crate::retry::deadline_after;
-use crate::trace::Parent;
 use crate::task::{Ack, DeadTask, Disposition, QueueCounts, Task, TaskId, TaskState, TaskStatus};
+use crate::trace::Parent;
 
 mod history;
 

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::dialect::FetchedRow;
 use crate::source::NewTask;
-use crate::trace::{Parent, TraceParent};
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
+use crate::trace::{Parent, TraceParent};
 
 /// A migration: version, description, SQL.
 /// A migration's SQL; its first line is `-- migration: <what it does>`, and its version is its
