@@ -86,6 +86,8 @@ pub struct SourceLog {
     /// Ack calls that failed (their acks are not recorded).
     pub failed_acks: usize,
     pub acks: Vec<Ack>,
+    /// Ids of the acks whose call has landed (returned `Ok`), in order: what a source holds.
+    pub acks_landed: Vec<actix_poller::TaskId>,
     pub closed_with: Option<usize>,
     pub heartbeats: usize,
     /// When each fetch call was made.
@@ -106,6 +108,8 @@ pub struct ScriptedSource<T> {
     pub ack_delay: Option<std::time::Duration>,
     /// The first `fail_acks` ack calls fail (`usize::MAX`: always).
     pub fail_acks: usize,
+    /// The first `fail_enqueues` enqueue calls fail with `SubmitError::Source`.
+    pub fail_enqueues: usize,
     pub _drop: Option<DropProbe>,
 }
 
@@ -122,6 +126,7 @@ impl<T> ScriptedSource<T> {
                 fetch_delay: None,
                 ack_delay: None,
                 fail_acks: 0,
+                fail_enqueues: 0,
                 _drop: None,
             },
             log,
@@ -194,6 +199,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
         let mut log = self.log.borrow_mut();
         let fail = log.failed_acks < self.fail_acks;
+        let ids: Vec<actix_poller::TaskId> = acks.iter().map(|a| a.id).collect();
         if fail {
             log.failed_acks += 1;
         } else {
@@ -201,6 +207,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
             log.acks.extend(acks);
         }
         let delay = self.ack_delay;
+        let landed = self.log.clone();
         async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -208,6 +215,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
             if fail {
                 Err(Unavailable)
             } else {
+                landed.borrow_mut().acks_landed.extend(ids);
                 Ok(())
             }
         }
@@ -228,6 +236,16 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        if self.fail_enqueues > 0 {
+            self.fail_enqueues -= 1;
+            let payloads = tasks.into_iter().map(|t| t.payload).collect();
+            return Box::pin(futures::future::ready(Err(
+                actix_poller::SubmitError::Source {
+                    task: payloads,
+                    error: actix_poller::SourceError::new(Unavailable),
+                },
+            )));
+        }
         self.inner.enqueue(tasks)
     }
 
