@@ -447,8 +447,8 @@ async fn a_receipt_resolves_only_after_its_ack_lands() {
 }
 
 /// "The SQL sources order by earlier due time, then insertion order" (SQLite; the same SQL
-/// shape serves PostgreSQL): of two tasks of one priority that are both due, the one due
-/// earlier comes first even when inserted later.
+/// shape serves PostgreSQL): of tasks of one priority that are all due, the one due earlier
+/// comes first even when inserted later.
 #[cfg(feature = "sqlite")]
 #[actix_rt::test]
 async fn sqlite_orders_by_earlier_due_time() {
@@ -462,25 +462,28 @@ async fn sqlite_orders_by_earlier_due_time() {
     let mut source = SqliteSource::<String>::connect(SqliteConfig::new(&path))
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    let now = Instant::now();
-    let ago = |s: u64| {
-        now.checked_sub(Duration::from_secs(s))
-            .expect("the clock runs long enough")
+    // A `run_at` in the past counts as "now" (durable sources store a delay from now), so the
+    // due times differ in the future: inserted b (due in 600 ms), a (300 ms), c (900 ms), then
+    // d (due at once).
+    let start = Instant::now();
+    let task = |name: &str, ms: u64| {
+        let mut t = NewTask::new(name.to_owned());
+        t.run_at = Some(start + Duration::from_millis(ms));
+        t
     };
-    let task = |name: &str, due| NewTask {
-        run_at: Some(due),
-        ..NewTask::new(name.to_owned())
-    };
-    // Inserted in this order; due 10 s ago, 30 s ago, 20 s ago, and one with no due time (now).
-    let tasks = vec![task("b", ago(10)), task("a", ago(30)), task("c", ago(5))];
-    source.enqueue(tasks).await.unwrap();
+    source
+        .enqueue(vec![task("b", 600), task("a", 300), task("c", 900)])
+        .await
+        .unwrap();
     source
         .enqueue(vec![NewTask::new("d".to_owned())])
         .await
         .unwrap();
+    // Once all are due (however late this runs), one fetch sees them in due-time order.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let fetched = source.fetch(10).await.unwrap();
     let order: Vec<&str> = fetched.tasks.iter().map(|t| t.payload.as_str()).collect();
-    assert_eq!(order, vec!["a", "b", "c", "d"]);
+    assert_eq!(order, vec!["d", "a", "b", "c"]);
     drop(source);
     let _ = std::fs::remove_file(&path);
 }
