@@ -344,7 +344,7 @@ fn schedule(seed: u64, extreme: bool) -> Schedule {
 }
 
 /// What the handlers saw, per task index.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Seen {
     calls: HashMap<u32, usize>,
     oks: HashMap<u32, usize>,
@@ -592,7 +592,7 @@ fn run(seed: u64, extreme: bool) -> Result<Tally, String> {
                 _ => return Err(format!("handed back task {} was never accepted", t.payload)),
             }
         }
-        let seen = seen.lock().map_err(|e| e.to_string())?;
+        let seen = seen.lock().map_err(|e| e.to_string())?.clone();
         if !seen.overlaps.is_empty() {
             return Err(format!("tasks ran twice at once: {:?}", seen.overlaps));
         }
