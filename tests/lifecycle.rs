@@ -782,7 +782,7 @@ fn scripts(extreme: bool) -> impl proptest::strategy::Strategy<Value = Vec<Scrip
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(160), ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(1_024), ..Default::default() })]
 
     /// Over random mixes of ok / error / panic / timeout / snooze / abort / cancel: every task
     /// reaches exactly one final state (the model's, or for a cancelled task the one its

@@ -203,7 +203,7 @@ fn cases(ci: u32) -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(1_024), ..ProptestConfig::default() })]
 
     /// At no instant do more than `workers` tasks run, whatever the worker count (1..=300), the
     /// executors, the tasks dispatched ahead (the default included) or prefetched, task durations
