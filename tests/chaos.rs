@@ -11,7 +11,9 @@
 //! - nothing is left alive: the source and every executor's state are dropped.
 //!
 //! Virtual time (`tokio::time::pause`), executors on the current arbiter, so a schedule is
-//! reproducible from its seed: `CHAOS_SEED=<seed> cargo test --test chaos -- --nocapture`.
+//! reproducible from its seed: `CHAOS_SEED=<seed> cargo test --test chaos
+//! chaos_schedules_keep_every_promise -- --nocapture`. A smaller sweep runs the executors on
+//! their own arbiter threads in real time (`chaos_schedules_across_arbiter_threads`).
 //! `CHAOS_SCHEDULES=10000 cargo test --release --test chaos -- --ignored` runs the long sweep.
 //! `extreme_durations_survive_chaos` (ignored: they panic today) adds `Duration::MAX` snoozes,
 //! timeouts and shutdown grace.
@@ -399,12 +401,43 @@ impl std::ops::AddAssign for Tally {
     }
 }
 
+/// Where a schedule runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Executors on the current arbiter, virtual time: reproducible from the seed.
+    Virtual,
+    /// Executors on their own arbiter threads, real time (delays shortened four-fold): the
+    /// bound and the per-id ends across threads. Not exactly reproducible.
+    Threads,
+}
+
+/// The schedule of `seed` as `mode` runs it.
+fn schedule_for(seed: u64, extreme: bool, mode: Mode) -> Schedule {
+    let mut s = schedule(seed, extreme);
+    if mode == Mode::Threads {
+        let quarter = |ms: &mut u64| *ms /= 4;
+        for (gap, _) in &mut s.bursts {
+            quarter(gap);
+        }
+        for plan in &mut s.plans {
+            quarter(&mut plan.delay_ms);
+        }
+        quarter(&mut s.shutdown_after_ms);
+        quarter(&mut s.faults.fetch_late_ms);
+        quarter(&mut s.faults.stall_ms);
+        quarter(&mut s.faults.ack_late_ms);
+    }
+    s
+}
+
 /// Runs one schedule and checks every invariant; `Err` says which broke.
-fn run(seed: u64, extreme: bool) -> Result<Tally, String> {
-    let s = schedule(seed, extreme);
+fn run(seed: u64, extreme: bool, mode: Mode) -> Result<Tally, String> {
+    let s = schedule_for(seed, extreme, mode);
     let sched = s.clone();
     actix_rt::System::new().block_on(async move {
-        tokio::time::pause();
+        if mode == Mode::Virtual {
+            tokio::time::pause();
+        }
         let s = sched;
         let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(seed ^ 0x9e37_79b9)));
         let source_drops = Arc::new(AtomicUsize::new(0));
@@ -427,16 +460,19 @@ fn run(seed: u64, extreme: bool) -> Result<Tally, String> {
             .workers(s.workers)
             .executors(s.executors)
             .prefetch(s.prefetch)
-            .on_current_arbiter()
             .timeout(s.timeout)
             .cancel_grace(s.cancel_grace)
-            .fetch_backoff(actix_poller::Backoff::new(
-                Duration::from_millis(5),
-                Duration::from_millis(200),
-            ))
+            // No jitter: a schedule replays from its seed.
+            .fetch_backoff(
+                actix_poller::Backoff::new(Duration::from_millis(5), Duration::from_millis(200))
+                    .with_jitter(0.0),
+            )
             .source(source);
         if let Some(ahead) = s.dispatch_ahead {
             builder = builder.dispatch_ahead(ahead);
+        }
+        if mode == Mode::Virtual {
+            builder = builder.on_current_arbiter();
         }
         if let Some(attempts) = s.retry {
             builder =
@@ -494,6 +530,7 @@ fn run(seed: u64, extreme: bool) -> Result<Tally, String> {
                             }
                             Step::Cooperative(ms) => {
                                 tokio::select! {
+                                    biased;
                                     () = cx.cancelled() => Err("stopped on request".into()),
                                     () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
                                 }
@@ -560,10 +597,15 @@ fn run(seed: u64, extreme: bool) -> Result<Tally, String> {
             Err(_) => return Err(format!("shutdown took longer than {limit:?}")),
         };
         let took = started.elapsed();
+        // Real time on a shared machine gets more room; virtual time is exact.
+        let room = match mode {
+            Mode::Virtual => Duration::from_secs(1),
+            Mode::Threads => Duration::from_secs(4),
+        };
         let bound = s
             .grace
             .checked_add(s.faults.slack())
-            .and_then(|d| d.checked_add(Duration::from_secs(1)))
+            .and_then(|d| d.checked_add(room))
             .unwrap_or(Duration::MAX);
         if took > bound {
             return Err(format!("shutdown took {took:?} > grace + slack {bound:?}"));
@@ -721,10 +763,10 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Runs `count` schedules from seed `first`, stopping at the first failure (with its seed).
-fn sweep(first: u64, count: u64, extreme: bool) {
+fn sweep(first: u64, count: u64, extreme: bool, mode: Mode) {
     if let Some(seed) = env_u64("CHAOS_SEED") {
-        eprintln!("schedule {seed}: {:#?}", schedule(seed, extreme));
-        match run(seed, extreme) {
+        eprintln!("schedule {seed}: {:#?}", schedule_for(seed, extreme, mode));
+        match run(seed, extreme, mode) {
             Ok(t) => eprintln!("seed {seed}: {t:?}"),
             Err(e) => panic!("seed {seed}: {e}"),
         }
@@ -734,7 +776,7 @@ fn sweep(first: u64, count: u64, extreme: bool) {
     let mut total = Tally::default();
     for seed in first..first.saturating_add(count) {
         // A panic inside the System (an actor) is a failure of that seed, not of the sweep.
-        let result = std::panic::catch_unwind(|| run(seed, extreme))
+        let result = std::panic::catch_unwind(|| run(seed, extreme, mode))
             .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
         match result {
             Ok(t) => total += t,
@@ -746,7 +788,7 @@ fn sweep(first: u64, count: u64, extreme: bool) {
             }
         }
     }
-    eprintln!("{count} schedules from seed {first}: {total:?}");
+    eprintln!("{count} schedules ({mode:?}) from seed {first}: {total:?}");
     assert!(
         failures.is_empty(),
         "{} failing schedules (rerun one with CHAOS_SEED=<seed>):\n{}",
@@ -769,7 +811,12 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 /// 1,000 schedules in CI (`CHAOS_SCHEDULES` changes the count).
 #[test]
 fn chaos_schedules_keep_every_promise() {
-    sweep(0, env_u64("CHAOS_SCHEDULES").unwrap_or(1_000), false);
+    sweep(
+        0,
+        env_u64("CHAOS_SCHEDULES").unwrap_or(1_000),
+        false,
+        Mode::Virtual,
+    );
 }
 
 /// The long sweep: `CHAOS_SCHEDULES=10000 cargo test --release --test chaos -- --ignored`.
@@ -780,6 +827,19 @@ fn chaos_long_sweep() {
         1_000_000,
         env_u64("CHAOS_SCHEDULES").unwrap_or(10_000),
         false,
+        Mode::Virtual,
+    );
+}
+
+/// Executors on their own arbiter threads, in real time: 40 schedules in CI
+/// (`CHAOS_THREAD_SCHEDULES` changes the count).
+#[test]
+fn chaos_schedules_across_arbiter_threads() {
+    sweep(
+        2_000_000,
+        env_u64("CHAOS_THREAD_SCHEDULES").unwrap_or(40),
+        false,
+        Mode::Threads,
     );
 }
 
@@ -787,5 +847,10 @@ fn chaos_long_sweep() {
 #[test]
 #[ignore = "bug: Duration::MAX as RetryAfter, timeout or shutdown grace overflows `Instant + Duration` and panics; see report"]
 fn extreme_durations_survive_chaos() {
-    sweep(0, env_u64("CHAOS_SCHEDULES").unwrap_or(200), true);
+    sweep(
+        0,
+        env_u64("CHAOS_SCHEDULES").unwrap_or(200),
+        true,
+        Mode::Virtual,
+    );
 }
