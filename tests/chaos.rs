@@ -22,7 +22,6 @@ mod common;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -34,7 +33,7 @@ use actix_poller::{
     RetryAfter, RetryPolicy, RetrySupport, Submit, SubmitError, Task, TaskContext, TaskId,
     TaskOptions,
 };
-use common::{DropProbe, Probe, Unavailable};
+use common::{DropProbe, Probe};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use tokio::time::Instant;
@@ -68,11 +67,13 @@ impl Faults {
     }
 }
 
-/// The in-memory source behind faults: fetches that fail, answer late or stall, ack calls that
-/// fail before recording or land late. A failed call changes nothing in the store.
-struct FaultSource<T> {
-    inner: MemorySource<T>,
+/// A source behind faults: fetches that fail, answer late or stall, ack calls that fail before
+/// reaching the store or land late. A failed call changes nothing in the store.
+struct FaultSource<S> {
+    inner: S,
     faults: Faults,
+    /// Fetch limits to use instead of the inner source's.
+    limits: Option<FetchLimits>,
     rng: Rc<RefCell<fastrand::Rng>>,
     fetch_errors: Rc<RefCell<usize>>,
     acks: Rc<RefCell<AckLog>>,
@@ -94,22 +95,56 @@ impl AckLog {
     }
 }
 
-impl<T> FaultSource<T> {
+/// An injected fault, or the inner source's error.
+#[derive(Debug)]
+enum Fault {
+    Injected,
+    Inner(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Injected => f.write_str("injected fault"),
+            Fault::Inner(e) => write!(f, "inner source: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Fault {}
+
+fn inner<E: std::fmt::Display>(e: E) -> Fault {
+    Fault::Inner(e.to_string())
+}
+
+impl<S> FaultSource<S> {
+    fn new(inner: S, faults: Faults, seed: u64) -> Self {
+        FaultSource {
+            inner,
+            faults,
+            limits: None,
+            rng: Rc::new(RefCell::new(fastrand::Rng::with_seed(seed ^ 0x9e37_79b9))),
+            fetch_errors: Rc::default(),
+            acks: Rc::default(),
+            _drop: DropProbe(Arc::default()),
+        }
+    }
+
     fn chance(&self, percent: u32) -> bool {
         percent > 0 && self.rng.borrow_mut().u32(0..100) < percent
     }
 }
 
-impl<T: Clone + 'static> RetrySupport<T> for FaultSource<T> {
+impl<T, S: RetrySupport<T>> RetrySupport<T> for FaultSource<S> {
     fn enable_retries(&mut self) {
         self.inner.enable_retries();
     }
 }
 
-impl<T: 'static> Source<T> for FaultSource<T> {
-    type Error = Unavailable;
+impl<T: 'static, S: Source<T>> Source<T> for FaultSource<S> {
+    type Error = Fault;
 
-    fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Unavailable>> {
+    fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Fault>> {
         let fail = self.chance(self.faults.fetch_fail);
         let delay = if self.chance(self.faults.fetch_stall) {
             Duration::from_millis(self.faults.stall_ms)
@@ -118,17 +153,17 @@ impl<T: 'static> Source<T> for FaultSource<T> {
         } else {
             Duration::ZERO
         };
-        let result = if fail {
+        let fetch = if fail {
             *self.fetch_errors.borrow_mut() += 1;
-            Err(Unavailable)
+            None
         } else {
-            match self.inner.fetch(max).now_or_never() {
-                Some(Ok(f)) => Ok(f),
-                Some(Err(e)) => match e {},
-                None => Err(Unavailable),
-            }
+            Some(self.inner.fetch(max))
         };
         async move {
+            let result = match fetch {
+                Some(f) => f.await.map_err(inner),
+                None => Err(Fault::Injected),
+            };
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -137,25 +172,34 @@ impl<T: 'static> Source<T> for FaultSource<T> {
         .boxed_local()
     }
 
-    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
+    fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Fault>> {
         let fail = self.chance(self.faults.ack_fail);
         let delay = Duration::from_millis(self.rng.borrow_mut().u64(0..=self.faults.ack_late_ms));
+        let ids: Vec<TaskId> = acks.iter().map(|a| a.id).collect();
         {
             let mut log = self.acks.borrow_mut();
-            for a in &acks {
-                log.last.insert(a.id, !fail);
+            for id in &ids {
+                log.last.insert(*id, !fail);
             }
         }
-        let result = if fail {
-            Err(Unavailable)
+        let call = if fail {
+            None
         } else {
-            match self.inner.ack(acks).now_or_never() {
-                Some(Ok(())) => Ok(()),
-                Some(Err(e)) => match e {},
-                None => Err(Unavailable),
-            }
+            Some(self.inner.ack(acks))
         };
+        let log = self.acks.clone();
         async move {
+            let result = match call {
+                Some(f) => f.await.map_err(inner),
+                None => Err(Fault::Injected),
+            };
+            if let Err(Fault::Inner(_)) = &result {
+                // The store refused the call: not landed either.
+                let mut log = log.borrow_mut();
+                for id in ids {
+                    log.last.insert(id, false);
+                }
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -165,14 +209,33 @@ impl<T: 'static> Source<T> for FaultSource<T> {
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: self.faults.max_batch,
-            max_in_flight: self.faults.max_in_flight,
-        }
+        self.limits.unwrap_or_else(|| self.inner.limits())
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
         self.inner.enqueue(tasks)
+    }
+
+    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, Fault>> {
+        let r = self.inner.cancel(id);
+        async move { r.await.map_err(inner) }.boxed_local()
+    }
+
+    fn final_states(
+        &mut self,
+        ids: Vec<TaskId>,
+    ) -> LocalBoxFuture<'static, Result<actix_poller::source::FinalStates, Fault>> {
+        let r = self.inner.final_states(ids);
+        async move { r.await.map_err(inner) }.boxed_local()
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        self.inner.heartbeat_interval()
+    }
+
+    fn heartbeat(&mut self) -> LocalBoxFuture<'static, Result<(), Fault>> {
+        let r = self.inner.heartbeat();
+        async move { r.await.map_err(inner) }.boxed_local()
     }
 
     fn can_requeue(&self) -> bool {
@@ -183,17 +246,12 @@ impl<T: 'static> Source<T> for FaultSource<T> {
         self.inner.queued()
     }
 
-    fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, Unavailable>> {
-        let r = self.inner.cancel(id);
-        async move { r.await.map_err(|e: Infallible| match e {}) }.boxed_local()
-    }
-
     fn close(
         &mut self,
         unstarted: Vec<Task<T>>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, Unavailable>> {
+    ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, Fault>> {
         let back = self.inner.close(unstarted);
-        async move { back.await.map_err(|e: Infallible| match e {}) }.boxed_local()
+        async move { back.await.map_err(inner) }.boxed_local()
     }
 }
 
@@ -371,6 +429,203 @@ impl Drop for Leave {
     }
 }
 
+/// The schedule's handler: plays each task's steps, recording calls, `Ok` returns and overlaps.
+struct ChaosHandler {
+    probe: Arc<Probe>,
+    seen: Shared,
+    plans: Arc<Vec<Plan>>,
+    _state: Rc<DropProbe>,
+}
+
+impl actix_poller::TaskHandler<u32> for ChaosHandler {
+    type Error = BoxError;
+    type Future = LocalBoxFuture<'static, Result<(), BoxError>>;
+
+    fn call(&self, n: u32, cx: TaskContext) -> Self::Future {
+        let call = {
+            let mut seen = self.seen.lock().expect("seen lock");
+            let k = seen.calls.entry(n).or_default();
+            *k += 1;
+            *k - 1
+        };
+        let step = self
+            .plans
+            .get(n as usize)
+            .and_then(|plan| plan.steps.get(call).copied())
+            .unwrap_or(Step::Ok);
+        let (p, sn) = (self.probe.clone(), self.seen.clone());
+        async move {
+            {
+                let mut seen = sn.lock().expect("seen lock");
+                let k = seen.running.entry(n).or_default();
+                *k += 1;
+                if *k > 1 {
+                    seen.overlaps.push(n);
+                }
+            }
+            p.enter();
+            let _leave = Leave(sn.clone(), n, p);
+            tokio::time::sleep(Duration::from_millis(u64::from(n % 5))).await;
+            let r: Result<(), BoxError> = match step {
+                Step::Ok => Ok(()),
+                Step::Fail => Err("failed".into()),
+                Step::Panic => panic!("chaos panic"),
+                Step::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                }
+                Step::Snooze(u64::MAX) => Err(RetryAfter(Duration::MAX).into()),
+                Step::Snooze(ms) => Err(RetryAfter(Duration::from_millis(ms)).into()),
+                Step::Abort => Err(Abort::new("chaos abort").into()),
+                Step::Block => {
+                    std::thread::sleep(Duration::from_micros(200));
+                    Ok(())
+                }
+                Step::Cooperative(ms) => {
+                    tokio::select! {
+                        biased;
+                        () = cx.cancelled() => Err("stopped on request".into()),
+                        () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+                    }
+                }
+            };
+            if r.is_ok() {
+                *sn.lock().expect("seen lock").oks.entry(n).or_default() += 1;
+            }
+            r
+        }
+        .boxed_local()
+    }
+}
+
+/// What the probes of one run hold.
+#[derive(Clone)]
+struct Probes {
+    probe: Arc<Probe>,
+    seen: Shared,
+    state_drops: Arc<AtomicUsize>,
+}
+
+/// Configures `builder` as the schedule says and starts it with the chaos handler.
+fn start<S: Source<u32> + RetrySupport<u32>>(
+    s: &Schedule,
+    builder: actix_poller::PollerBuilder<u32, S>,
+    on_current: bool,
+) -> Result<(Poller<u32>, Probes), String> {
+    let probes = Probes {
+        probe: Arc::default(),
+        seen: Arc::default(),
+        state_drops: Arc::default(),
+    };
+    let mut builder = builder
+        .workers(s.workers)
+        .executors(s.executors)
+        .prefetch(s.prefetch)
+        .timeout(s.timeout)
+        .cancel_grace(s.cancel_grace)
+        // No jitter: a schedule replays from its seed.
+        .fetch_backoff(
+            actix_poller::Backoff::new(Duration::from_millis(5), Duration::from_millis(200))
+                .with_jitter(0.0),
+        );
+    if let Some(ahead) = s.dispatch_ahead {
+        builder = builder.dispatch_ahead(ahead);
+    }
+    if on_current {
+        builder = builder.on_current_arbiter();
+    }
+    if let Some(attempts) = s.retry {
+        builder = builder.retry(RetryPolicy::attempts(attempts).fixed(Duration::from_millis(7)));
+    }
+    let plans: Arc<Vec<Plan>> = Arc::new(s.plans.clone());
+    let p = probes.clone();
+    let poller = builder
+        .start_with(move |_executor| ChaosHandler {
+            probe: p.probe.clone(),
+            seen: p.seen.clone(),
+            plans: plans.clone(),
+            _state: Rc::new(DropProbe(p.state_drops.clone())),
+        })
+        .map_err(|e| format!("start: {e}"))?;
+    Ok((poller, probes))
+}
+
+/// What submitting, cancelling and shutting down produced.
+struct Driven {
+    receipts: HashMap<u32, actix_poller::Receipt>,
+    refused: Vec<u32>,
+    cancelled: HashMap<u32, CancelOutcome>,
+    report: actix_poller::ShutdownReport<u32>,
+}
+
+/// Submits the bursts, cancels the planned tasks after their burst, and shuts down mid-run,
+/// checking that shutdown returns within grace + the source's slack + `room`.
+async fn drive(poller: &Poller<u32>, s: &Schedule, room: Duration) -> Result<Driven, String> {
+    let mut receipts: HashMap<u32, actix_poller::Receipt> = HashMap::new();
+    let mut refused: Vec<u32> = Vec::new();
+    let mut cancelled: HashMap<u32, CancelOutcome> = HashMap::new();
+    for (b, (gap, burst)) in s.bursts.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(*gap)).await;
+        for &i in burst {
+            let plan = &s.plans[i];
+            let mut opts = TaskOptions::new()
+                .priority(plan.priority)
+                .delay(Duration::from_millis(plan.delay_ms));
+            if s.retry.is_some() {
+                opts = opts.max_attempts(plan.max_attempts);
+            }
+            match poller
+                .submit_with(Submit::new(i as u32).options(opts).tracked())
+                .await
+            {
+                Ok(r) => {
+                    receipts.insert(i as u32, r);
+                }
+                Err(SubmitError::Full(n)) if n == i as u32 => refused.push(n),
+                Err(e) => return Err(format!("submit {i}: unexpected {e:?}")),
+            }
+        }
+        for (i, plan) in s.plans.iter().enumerate() {
+            if plan.cancel_after_burst == Some(b) {
+                if let Some(r) = receipts.get(&(i as u32)) {
+                    let outcome = poller
+                        .cancel(r.id())
+                        .await
+                        .map_err(|e| format!("cancel {i}: {e}"))?;
+                    cancelled.insert(i as u32, outcome);
+                }
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(s.shutdown_after_ms)).await;
+
+    // Shut down mid-run, bounded by grace + slack.
+    let started = Instant::now();
+    let bound = s
+        .grace
+        .checked_add(s.faults.slack())
+        .and_then(|d| d.checked_add(room))
+        .unwrap_or(Duration::MAX);
+    let limit = bound
+        .checked_add(Duration::from_secs(5))
+        .unwrap_or(Duration::MAX);
+    let report = match tokio::time::timeout(limit, poller.shutdown(s.grace)).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return Err(format!("shutdown: {e}")),
+        Err(_) => return Err(format!("shutdown took longer than {limit:?}")),
+    };
+    let took = started.elapsed();
+    if took > bound {
+        return Err(format!("shutdown took {took:?} > grace + slack {bound:?}"));
+    }
+    Ok(Driven {
+        receipts,
+        refused,
+        cancelled,
+        report,
+    })
+}
+
 // ---- One schedule -----------------------------------------------------------------------------
 
 /// How the tasks of the schedules ended, to show the sweep exercised every path.
@@ -439,177 +694,38 @@ fn run(seed: u64, extreme: bool, mode: Mode) -> Result<Tally, String> {
             tokio::time::pause();
         }
         let s = sched;
-        let rng = Rc::new(RefCell::new(fastrand::Rng::with_seed(seed ^ 0x9e37_79b9)));
-        let source_drops = Arc::new(AtomicUsize::new(0));
-        let state_drops = Arc::new(AtomicUsize::new(0));
-        let fetch_errors = Rc::new(RefCell::new(0));
-        let acks: Rc<RefCell<AckLog>> = Rc::default();
         let inner = MemorySource::bounded(s.capacity).map_err(|e| e.to_string())?;
-        let source = FaultSource {
-            inner,
-            faults: s.faults,
-            rng: rng.clone(),
-            fetch_errors: fetch_errors.clone(),
-            acks: acks.clone(),
-            _drop: DropProbe(source_drops.clone()),
-        };
-        let probe = Arc::new(Probe::default());
-        let seen: Shared = Arc::default();
-        let plans: Arc<Vec<Plan>> = Arc::new(s.plans.clone());
-        let mut builder = Poller::<u32>::builder()
-            .workers(s.workers)
-            .executors(s.executors)
-            .prefetch(s.prefetch)
-            .timeout(s.timeout)
-            .cancel_grace(s.cancel_grace)
-            // No jitter: a schedule replays from its seed.
-            .fetch_backoff(
-                actix_poller::Backoff::new(Duration::from_millis(5), Duration::from_millis(200))
-                    .with_jitter(0.0),
-            )
-            .source(source);
-        if let Some(ahead) = s.dispatch_ahead {
-            builder = builder.dispatch_ahead(ahead);
-        }
-        if mode == Mode::Virtual {
-            builder = builder.on_current_arbiter();
-        }
-        if let Some(attempts) = s.retry {
-            builder =
-                builder.retry(RetryPolicy::attempts(attempts).fixed(Duration::from_millis(7)));
-        }
-        let (p, sn, pl, sd) = (
-            probe.clone(),
-            seen.clone(),
-            plans.clone(),
-            state_drops.clone(),
+        let mut source = FaultSource::new(inner, s.faults, seed);
+        source.limits = Some(FetchLimits {
+            max_batch: s.faults.max_batch,
+            max_in_flight: s.faults.max_in_flight,
+        });
+        let (source_drops, fetch_errors, acks) = (
+            source._drop.0.clone(),
+            source.fetch_errors.clone(),
+            source.acks.clone(),
         );
-        let poller = builder
-            .start_with(move |_executor| {
-                let state = Rc::new(DropProbe(sd.clone()));
-                let (p, sn, pl) = (p.clone(), sn.clone(), pl.clone());
-                move |n: u32, cx: TaskContext| {
-                    let _state = state.clone();
-                    let call = {
-                        let mut seen = sn.lock().expect("seen lock");
-                        let k = seen.calls.entry(n).or_default();
-                        *k += 1;
-                        *k - 1
-                    };
-                    let step = pl
-                        .get(n as usize)
-                        .and_then(|plan| plan.steps.get(call).copied())
-                        .unwrap_or(Step::Ok);
-                    let (p, sn) = (p.clone(), sn.clone());
-                    async move {
-                        {
-                            let mut seen = sn.lock().expect("seen lock");
-                            let k = seen.running.entry(n).or_default();
-                            *k += 1;
-                            if *k > 1 {
-                                seen.overlaps.push(n);
-                            }
-                        }
-                        p.enter();
-                        let _leave = Leave(sn.clone(), n, p);
-                        tokio::time::sleep(Duration::from_millis(u64::from(n % 5))).await;
-                        let r: Result<(), BoxError> = match step {
-                            Step::Ok => Ok(()),
-                            Step::Fail => Err("failed".into()),
-                            Step::Panic => panic!("chaos panic"),
-                            Step::Hang => {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                                Ok(())
-                            }
-                            Step::Snooze(u64::MAX) => Err(RetryAfter(Duration::MAX).into()),
-                            Step::Snooze(ms) => Err(RetryAfter(Duration::from_millis(ms)).into()),
-                            Step::Abort => Err(Abort::new("chaos abort").into()),
-                            Step::Block => {
-                                std::thread::sleep(Duration::from_micros(200));
-                                Ok(())
-                            }
-                            Step::Cooperative(ms) => {
-                                tokio::select! {
-                                    biased;
-                                    () = cx.cancelled() => Err("stopped on request".into()),
-                                    () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
-                                }
-                            }
-                        };
-                        if r.is_ok() {
-                            *sn.lock().expect("seen lock").oks.entry(n).or_default() += 1;
-                        }
-                        r
-                    }
-                }
-            })
-            .map_err(|e| format!("start: {e}"))?;
-
-        // Submit the bursts; cancel the planned tasks after their burst.
-        let mut receipts: HashMap<u32, actix_poller::Receipt> = HashMap::new();
-        let mut refused: Vec<u32> = Vec::new();
-        let mut cancelled: HashMap<u32, CancelOutcome> = HashMap::new();
-        for (b, (gap, burst)) in s.bursts.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(*gap)).await;
-            for &i in burst {
-                let plan = &s.plans[i];
-                let mut opts = TaskOptions::new()
-                    .priority(plan.priority)
-                    .delay(Duration::from_millis(plan.delay_ms));
-                if s.retry.is_some() {
-                    opts = opts.max_attempts(plan.max_attempts);
-                }
-                match poller
-                    .submit_with(Submit::new(i as u32).options(opts).tracked())
-                    .await
-                {
-                    Ok(r) => {
-                        receipts.insert(i as u32, r);
-                    }
-                    Err(SubmitError::Full(n)) if n == i as u32 => refused.push(n),
-                    Err(e) => return Err(format!("submit {i}: unexpected {e:?}")),
-                }
-            }
-            for (i, plan) in s.plans.iter().enumerate() {
-                if plan.cancel_after_burst == Some(b) {
-                    if let Some(r) = receipts.get(&(i as u32)) {
-                        let outcome = poller
-                            .cancel(r.id())
-                            .await
-                            .map_err(|e| format!("cancel {i}: {e}"))?;
-                        cancelled.insert(i as u32, outcome);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(s.shutdown_after_ms)).await;
-
-        // Shut down mid-run, bounded by grace + slack.
-        let started = Instant::now();
-        let limit = s
-            .grace
-            .checked_add(s.faults.slack())
-            .and_then(|d| d.checked_add(Duration::from_secs(5)))
-            .unwrap_or(Duration::MAX);
-        let report = match tokio::time::timeout(limit, poller.shutdown(s.grace)).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => return Err(format!("shutdown: {e}")),
-            Err(_) => return Err(format!("shutdown took longer than {limit:?}")),
-        };
-        let took = started.elapsed();
+        let (poller, probes) = start(
+            &s,
+            Poller::<u32>::builder().source(source),
+            mode == Mode::Virtual,
+        )?;
         // Real time on a shared machine gets more room; virtual time is exact.
         let room = match mode {
             Mode::Virtual => Duration::from_secs(1),
             Mode::Threads => Duration::from_secs(4),
         };
-        let bound = s
-            .grace
-            .checked_add(s.faults.slack())
-            .and_then(|d| d.checked_add(room))
-            .unwrap_or(Duration::MAX);
-        if took > bound {
-            return Err(format!("shutdown took {took:?} > grace + slack {bound:?}"));
-        }
+        let Driven {
+            mut receipts,
+            refused,
+            cancelled,
+            report,
+        } = drive(&poller, &s, room).await?;
+        let Probes {
+            probe,
+            seen,
+            state_drops,
+        } = probes;
 
         // Nothing left alive.
         if source_drops.load(SeqCst) != 1 {
