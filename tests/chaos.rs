@@ -970,3 +970,180 @@ fn extreme_durations_survive_chaos() {
         Mode::Virtual,
     );
 }
+
+// ---- SQLite: at least once, nothing lost --------------------------------------------------------
+
+/// The same schedules against SQLite behind the fault wrapper, in real time (delays shortened
+/// four-fold). Durable promises, checked per task against the rows: a tracked final state is the
+/// row's; a task told `ShutDown` is still in the store, queued for the next poller (or leased,
+/// only when its last ack was given up); no task runs twice at once or returns `Ok` twice in one
+/// run; nothing is handed back; the bound holds; shutdown is bounded; nothing is left alive.
+#[cfg(feature = "sqlite")]
+fn run_sqlite(seed: u64) -> Result<Tally, String> {
+    use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+    let s = schedule_for(seed, false, Mode::Threads);
+    let path = std::env::temp_dir().join(format!(
+        "actix-poller-chaos-{}-{seed}-{}.db",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let result = actix_rt::System::new().block_on(async {
+        let config = SqliteConfig::new(&path).poll_interval(Duration::from_millis(20));
+        let inner = SqliteSource::<u32>::connect(config)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let pool = inner.pool().clone();
+        let source = FaultSource::new(inner, s.faults, seed);
+        let (source_drops, fetch_errors, acks) = (
+            source._drop.0.clone(),
+            source.fetch_errors.clone(),
+            source.acks.clone(),
+        );
+        let (poller, probes) = start(&s, Poller::<u32>::builder().source(source), false)?;
+        let Driven {
+            receipts,
+            refused,
+            cancelled,
+            report,
+        } = drive(&poller, &s, Duration::from_secs(4)).await?;
+        if !refused.is_empty() {
+            return Err(format!("SQLite refused {refused:?}"));
+        }
+        if !report.handed_back.is_empty() {
+            return Err("a durable source hands nothing back".into());
+        }
+        if source_drops.load(SeqCst) != 1 {
+            return Err("the source outlived shutdown".into());
+        }
+        if probes.state_drops.load(SeqCst) != s.executors {
+            return Err("an executor's state outlived shutdown".into());
+        }
+        let rows: Vec<(i64, String, i64)> =
+            sqlx::query_as("SELECT id, state, attempt FROM actix_poller_tasks")
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| format!("read rows: {e}"))?;
+        let rows: HashMap<u64, (String, i64)> = rows
+            .into_iter()
+            .map(|(id, state, attempt)| (id as u64, (state, attempt)))
+            .collect();
+        let seen = probes.seen.lock().map_err(|e| e.to_string())?.clone();
+        if !seen.overlaps.is_empty() {
+            return Err(format!("tasks ran twice at once: {:?}", seen.overlaps));
+        }
+        let mut tally = Tally {
+            accepted: receipts.len(),
+            fetch_errors: *fetch_errors.borrow(),
+            ..Tally::default()
+        };
+        let mut ids: Vec<u32> = receipts.keys().copied().collect();
+        ids.sort_unstable();
+        let mut receipts = receipts;
+        for n in ids {
+            let Some(r) = receipts.remove(&n) else {
+                continue;
+            };
+            let id = r.id();
+            let given_up = acks.borrow().given_up(id);
+            let oks = seen.oks.get(&n).copied().unwrap_or(0);
+            let outcome = match tokio::time::timeout(Duration::from_secs(5), r.outcome()).await {
+                Ok(o) => o,
+                Err(_) => return Err(format!("task {n}: its receipt never resolved")),
+            };
+            let (state, attempt) = rows
+                .get(&id.0)
+                .cloned()
+                .ok_or_else(|| format!("task {n} ({id}): no row"))?;
+            let ctx = || {
+                format!(
+                    "task {n} {:?}, row ({state}, {attempt}), oks {oks}, given up {given_up}, \
+                     cancel {:?}: {outcome:?}",
+                    s.plans[n as usize],
+                    cancelled.get(&n)
+                )
+            };
+            if oks > 1 {
+                return Err(format!("{}: returned Ok twice in one run", ctx()));
+            }
+            let fine = match &outcome {
+                Ok(FinalState::Completed) => {
+                    tally.completed += 1;
+                    state == "completed" && oks == 1
+                }
+                Ok(FinalState::Dead { attempts, .. }) => {
+                    tally.dead += 1;
+                    state == "dead" && oks == 0 && i64::from(*attempts) == attempt
+                }
+                Ok(FinalState::Cancelled) => {
+                    tally.cancelled += 1;
+                    state == "cancelled" && oks == 0 && cancelled.contains_key(&n)
+                }
+                Err(OutcomeError::ShutDown) if given_up => {
+                    tally.acks_given_up += 1;
+                    state == "running" || state == "queued"
+                }
+                Err(OutcomeError::ShutDown) => {
+                    tally.handed_back += 1;
+                    state == "queued" && oks == 0
+                }
+                _ => false,
+            };
+            if !fine {
+                return Err(ctx());
+            }
+        }
+        if probes.probe.max() > s.workers {
+            return Err(format!(
+                "{} ran at once, workers = {}",
+                probes.probe.max(),
+                s.workers
+            ));
+        }
+        Ok(tally)
+    });
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+/// 20 SQLite schedules in CI (`CHAOS_SQLITE_SCHEDULES` changes the count; `CHAOS_SEED` runs
+/// one).
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_chaos_schedules_lose_nothing() {
+    if let Some(seed) = env_u64("CHAOS_SEED") {
+        match run_sqlite(seed) {
+            Ok(t) => eprintln!("seed {seed}: {t:?}"),
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+        return;
+    }
+    let count = env_u64("CHAOS_SQLITE_SCHEDULES").unwrap_or(20);
+    let mut failures = Vec::new();
+    let mut total = Tally::default();
+    for seed in 3_000_000..3_000_000 + count {
+        let result = std::panic::catch_unwind(|| run_sqlite(seed))
+            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
+        match result {
+            Ok(t) => total += t,
+            Err(e) => failures.push((seed, e)),
+        }
+        if failures.len() >= 5 {
+            break;
+        }
+    }
+    eprintln!("{count} SQLite schedules: {total:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failing SQLite schedules:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|(s, e)| format!("seed {s}: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
