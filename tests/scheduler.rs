@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_poller::{Backoff, FinalState, Poller, StartError, SubmitError, TaskId};
+use actix_poller::{Backoff, FinalState, Poller, StartError, SubmitError, TaskId, DEFAULT_WORKERS};
 use common::{gate, Probe, ScriptedSource};
 use proptest::prelude::*;
 
@@ -46,8 +46,10 @@ type Calls = Arc<Mutex<HashMap<TaskId, usize>>>;
 /// One generated bound scenario.
 #[derive(Debug, Clone)]
 struct BoundCase {
-    workers: usize,
-    executors: usize,
+    /// `None`: the builder's default (`DEFAULT_WORKERS`).
+    workers: Option<usize>,
+    /// `None`: the builder's default.
+    executors: Option<usize>,
     /// `None`: the builder's default (adaptive, capped at `DEFAULT_DISPATCH_AHEAD`).
     ahead: Option<usize>,
     prefetch: usize,
@@ -79,15 +81,15 @@ fn bound_case_strategy(
     timeouts: BoxedStrategy<Option<Duration>>,
 ) -> impl Strategy<Value = BoundCase> {
     (
-        workers_strategy(),
-        1usize..5,
+        prop_oneof![1 => Just(None), 12 => workers_strategy().prop_map(Some)],
+        prop_oneof![1 => Just(None), 4 => (1usize..5).prop_map(Some)],
         ahead_strategy(),
         prop_oneof![3 => Just(0usize), 1 => 1usize..8],
         timeouts,
     )
         .prop_flat_map(|(workers, executors, ahead, prefetch, timeout)| {
             // Bursts large enough to fill every slot several times over, whatever `workers`.
-            let max_burst = (workers * 4).max(40);
+            let max_burst = (workers.unwrap_or(DEFAULT_WORKERS) * 4).max(40);
             prop::collection::vec(
                 (0u64..30, prop::collection::vec(0u64..20, 0..max_burst)),
                 1..6,
@@ -130,10 +132,14 @@ fn bound_case(case: BoundCase, grace: Duration) -> (usize, HashMap<TaskId, usize
         let probe = Arc::new(Probe::default());
         let calls: Calls = Arc::default();
         let mut builder = Poller::<u64>::builder()
-            .workers(case.workers)
-            .executors(case.executors)
             .prefetch(case.prefetch)
             .on_current_arbiter();
+        if let Some(workers) = case.workers {
+            builder = builder.workers(workers);
+        }
+        if let Some(executors) = case.executors {
+            builder = builder.executors(executors);
+        }
         if let Some(ahead) = case.ahead {
             builder = builder.dispatch_ahead(ahead);
         }
@@ -172,7 +178,7 @@ fn bound_case(case: BoundCase, grace: Duration) -> (usize, HashMap<TaskId, usize
 /// The checks of one bound scenario: the bound, exactly one handler call per accepted task (by
 /// id: a duplicate and a loss cannot cancel out), and the bound reached when there is work.
 fn check_bound_case(case: BoundCase, grace: Duration) -> Result<(), TestCaseError> {
-    let workers = case.workers;
+    let workers = case.workers.unwrap_or(DEFAULT_WORKERS);
     let fills = case
         .bursts
         .iter()
@@ -205,8 +211,9 @@ fn cases(ci: u32) -> u32 {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(1_024), ..ProptestConfig::default() })]
 
-    /// At no instant do more than `workers` tasks run, whatever the worker count (1..=300), the
-    /// executors, the tasks dispatched ahead (the default included) or prefetched, task durations
+    /// At no instant do more than `workers` tasks run, whatever the worker count (1..=300 or the
+    /// default), the executors (or the default), the tasks dispatched ahead (the default
+    /// included) or prefetched, task durations
     /// and submission timing; and every task runs exactly once.
     #[test]
     fn never_more_than_workers_run(case in bound_case_strategy(ordinary_timeouts())) {
@@ -244,8 +251,8 @@ proptest! {
 fn regression_one_worker_two_instant_tasks() {
     for ahead in [None, Some(0), Some(1), Some(5)] {
         let case = BoundCase {
-            workers: 1,
-            executors: 1,
+            workers: Some(1),
+            executors: Some(1),
             ahead,
             prefetch: 0,
             timeout: None,
