@@ -213,8 +213,8 @@ proptest! {
 
     /// At no instant do more than `workers` tasks run, whatever the worker count (1..=300 or the
     /// default), the executors (or the default), the tasks dispatched ahead (the default
-    /// included) or prefetched, task durations
-    /// and submission timing; and every task runs exactly once.
+    /// included) or prefetched, task durations and submission timing; and every task runs
+    /// exactly once.
     #[test]
     fn never_more_than_workers_run(case in bound_case_strategy(ordinary_timeouts())) {
         check_bound_case(case, Duration::from_secs(1))?;
