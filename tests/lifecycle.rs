@@ -13,7 +13,7 @@ use actix_poller::{
     Abort, BoxError, CancelOutcome, FinalState, Poller, Progress, RetryAfter, RetryPolicy, Submit,
     SubmitError, TaskContext, TaskOptions,
 };
-use common::{gate, within};
+use common::{cases, gate, within};
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -755,14 +755,6 @@ fn scopeguard(p: Arc<common::Probe>) -> impl Drop {
         }
     }
     Exit(p)
-}
-
-/// CI runs this many cases unless `PROPTEST_CASES` says otherwise.
-fn cases(ci: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(ci)
 }
 
 fn workers() -> impl proptest::strategy::Strategy<Value = usize> {

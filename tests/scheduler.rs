@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_poller::{Backoff, FinalState, Poller, StartError, SubmitError, TaskId, DEFAULT_WORKERS};
-use common::{gate, Probe, ScriptedSource};
+use common::{cases, gate, Probe, ScriptedSource};
 use proptest::prelude::*;
 
 /// A handler that records concurrency in `probe`, counts its calls per task id in `calls` and
@@ -200,14 +200,6 @@ fn check_bound_case(case: BoundCase, grace: Duration) -> Result<(), TestCaseErro
     Ok(())
 }
 
-/// CI runs this many cases unless `PROPTEST_CASES` says otherwise.
-fn cases(ci: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(ci)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(1_024), ..ProptestConfig::default() })]
 
@@ -339,18 +331,7 @@ async fn no_lost_wakeup_one_worker_ten_thousand_tasks() {
     })
     .await;
     poller.shutdown(Duration::from_secs(1)).await.unwrap();
-    let runs = runs.lock().unwrap();
-    let wrong: Vec<(usize, u32)> = runs
-        .iter()
-        .enumerate()
-        .filter(|(_, &k)| k != 1)
-        .map(|(n, &k)| (n, k))
-        .take(10)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "(task, runs) not run exactly once: {wrong:?}"
-    );
+    common::assert_each_once(&runs.lock().unwrap(), "runs");
 }
 
 /// With n free slots the source sees one fetch for n, not n fetches of one.

@@ -186,17 +186,7 @@ async fn submits_racing_shutdown_lose_nothing() {
     for i in 0..2_000usize {
         seen[i] += runs[i];
     }
-    let wrong: Vec<(usize, u32)> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, &k)| k != 1)
-        .map(|(i, &k)| (i, k))
-        .take(10)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "(task, times ran + handed back + refused) not exactly once: {wrong:?}"
-    );
+    common::assert_each_once(&seen, "times ran + handed back + refused");
     assert!(
         refused.iter().all(|t| !accepted.contains(t)),
         "a refused task was also accepted"

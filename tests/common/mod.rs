@@ -263,6 +263,32 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     }
 }
 
+/// Asserts every count is exactly 1 (a task per index): names the first ten that are not,
+/// with their counts, so a duplicate and a loss cannot cancel out as they would in a total.
+#[track_caller]
+pub fn assert_each_once(counts: &[u32], what: &str) {
+    let wrong: Vec<(usize, u32)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &k)| k != 1)
+        .map(|(i, &k)| (i, k))
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "(task, {what}) not exactly once: {wrong:?}"
+    );
+}
+
+/// Proptest cases: `ci` unless the `PROPTEST_CASES` environment variable says otherwise (the
+/// long sweeps: `PROPTEST_CASES=5000 cargo test --release --test scheduler -- --ignored`).
+pub fn cases(ci: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ci)
+}
+
 /// Waits (in virtual or real time) until `cond` holds, polling every millisecond; panics after
 /// `limit` so a lost wake-up fails the test instead of hanging it.
 pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
