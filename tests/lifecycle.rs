@@ -578,7 +578,7 @@ type Script = (Vec<Step>, u32, bool);
 /// Runs the scripts and checks, from outside the handler, every task's end against the model:
 /// its final state (or, for a cancelled task, the state its `CancelOutcome` implies), its handler
 /// calls (a duplicate run fails), attempts, the bound and the slots.
-fn run_scripts(workers: usize, tasks: Vec<Script>, grace: Duration) {
+fn run_scripts(workers: usize, tasks: Vec<Script>, grace: Duration, cancel_grace: Duration) {
     actix_rt::System::new().block_on(async move {
         tokio::time::pause();
         let probe = Arc::new(common::Probe::default());
@@ -598,7 +598,7 @@ fn run_scripts(workers: usize, tasks: Vec<Script>, grace: Duration) {
             .workers(workers)
             .on_current_arbiter()
             .timeout(Duration::from_secs(10))
-            .cancel_grace(Duration::from_secs(1))
+            .cancel_grace(cancel_grace)
             .retry(RetryPolicy::attempts(3).fixed(Duration::from_secs(5)))
             .start_with(move |_| {
                 let (p, s, c, a) = (p.clone(), s.clone(), c.clone(), a.clone());
@@ -762,6 +762,13 @@ fn workers() -> impl proptest::strategy::Strategy<Value = usize> {
     prop_oneof![8 => 1usize..4, 2 => 4usize..16, 1 => 16usize..=300]
 }
 
+/// The cancel grace: a second, or "never force" (`Duration::MAX`: a task that ignores the
+/// signal then runs until its timeout).
+fn cancel_graces() -> impl proptest::strategy::Strategy<Value = Duration> {
+    use proptest::prelude::*;
+    prop_oneof![3 => Just(Duration::from_secs(1)), 1 => Just(Duration::MAX)]
+}
+
 fn scripts(extreme: bool) -> impl proptest::strategy::Strategy<Value = Vec<Script>> {
     proptest::collection::vec(
         (
@@ -782,8 +789,12 @@ proptest::proptest! {
     /// the maximum, the bound holds, and no slot leaks (tasks waiting for a retry or a due time
     /// hold none: otherwise the run would stall and time out).
     #[test]
-    fn every_task_reaches_exactly_one_final_state(workers in workers(), tasks in scripts(false)) {
-        run_scripts(workers, tasks, Duration::from_secs(1));
+    fn every_task_reaches_exactly_one_final_state(
+        workers in workers(),
+        tasks in scripts(false),
+        cancel_grace in cancel_graces(),
+    ) {
+        run_scripts(workers, tasks, Duration::from_secs(1), cancel_grace);
     }
 }
 
@@ -793,8 +804,12 @@ proptest::proptest! {
     /// The long sweep: `PROPTEST_CASES=2000 cargo test --release --test lifecycle -- --ignored`.
     #[test]
     #[ignore = "long sweep: run with --ignored (PROPTEST_CASES sets the cases)"]
-    fn every_task_reaches_exactly_one_final_state_long_sweep(workers in workers(), tasks in scripts(false)) {
-        run_scripts(workers, tasks, Duration::from_secs(1));
+    fn every_task_reaches_exactly_one_final_state_long_sweep(
+        workers in workers(),
+        tasks in scripts(false),
+        cancel_grace in cancel_graces(),
+    ) {
+        run_scripts(workers, tasks, Duration::from_secs(1), cancel_grace);
     }
 }
 
@@ -806,7 +821,7 @@ proptest::proptest! {
     #[test]
     #[ignore = "bug: shutdown(Duration::MAX) and RetryAfter(Duration::MAX) overflow `Instant + Duration` and panic; see report"]
     fn extreme_snoozes_and_grace_are_accepted(workers in workers(), tasks in scripts(true)) {
-        run_scripts(workers, tasks, Duration::MAX);
+        run_scripts(workers, tasks, Duration::MAX, Duration::MAX);
     }
 }
 
@@ -817,6 +832,7 @@ fn regression_one_worker_hangs_twice() {
     run_scripts(
         1,
         vec![(vec![Step::Hang, Step::Hang], 3, false)],
+        Duration::from_secs(1),
         Duration::from_secs(1),
     );
 }
