@@ -2,8 +2,8 @@
 //! batch in the background, at most four items at a time.
 //!
 //! ```text
-//! cargo run --example bulk_upload               # serves on 127.0.0.1:8080 until Ctrl-C
-//! cargo run --example bulk_upload -- --smoke    # posts a batch to itself, waits, exits
+//! cargo run --features web --example bulk_upload             # serves on 127.0.0.1:8080 until Ctrl-C
+//! cargo run --features web --example bulk_upload -- --smoke  # posts a batch to itself, waits, exits
 //! curl -i -H 'content-type: application/json' -d '[{"sku":"A-1","quantity":3}]' \
 //!     127.0.0.1:8080/batches
 //! curl 127.0.0.1:8080/batches/1
@@ -15,9 +15,15 @@
 //! * `GET /batches/{id}` reports `total`, `done`, `failed` and `pending`.
 //!
 //! Progress is kept by a `BatchBook` actor: one future per batch awaits the tasks' receipts and
-//! sends each outcome to it as a message. No lock decides anything. The queue is in memory: at
-//! Ctrl-C, items not yet started are handed back by `shutdown` (the example counts them; a real
-//! service would store them, or use a durable source).
+//! sends each outcome to it as a message. No lock decides anything.
+//!
+//! The server and the poller run under [`actix_poller::web::serve`]: on Ctrl-C (SIGINT) or
+//! SIGTERM the server stops taking requests, the poller drains (running items finish, for up to
+//! 5 s), and only then does `main` return and the `System` stop. With actix-web's default signal
+//! handling instead, the `System` would stop ~300 ms after the server, under the poller's
+//! executors, and the items they held would be lost. The queue is in memory: items not yet
+//! started come back in the shutdown report (the example counts them; a real service would store
+//! them, or use a durable source).
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -254,23 +260,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
         move || app(state.clone())
     })
     .workers(1)
-    .disable_signals()
     .bind(bind)
     .map_err(|e| format!("cannot bind {bind}: {e}"))?;
     let addr = *server.addrs().first().ok_or("bound to no address")?;
-    let server = server.run();
-    let handle = server.handle();
-    let running = actix_rt::spawn(server);
 
-    let summary = if smoke {
-        smoke_run(&format!("http://{addr}")).await?
+    // Serves until SIGINT or SIGTERM (or, in smoke mode, until the smoke run stops the server
+    // through its handle); then the poller drains for up to 5 s before `serve` returns.
+    let serve = actix_poller::web::serve(server, &poller, Duration::from_secs(5));
+    let smoke_run = if smoke {
+        let handle = serve.server_handle().ok_or("bound to no address")?;
+        Some(actix_rt::spawn(async move {
+            let summary = smoke_run(&format!("http://{addr}"))
+                .await
+                .map_err(|e| e.to_string());
+            handle.stop(true).await;
+            summary
+        }))
     } else {
         println!("serving on http://{addr}; POST /batches, GET /batches/{{id}}; Ctrl-C stops");
-        actix_rt::signal::ctrl_c().await?;
-        String::from("bulk_upload: stopped by Ctrl-C.")
+        None
     };
-    handle.stop(true).await;
-    running.await??;
+    let served = serve.await?;
 
     println!(
         "{}",
@@ -279,12 +289,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .with_client("POST /batches", "SubmitBatch")
             .to_mermaid()
     );
-    println!("{summary}");
-    let report = poller.shutdown(Duration::from_secs(5)).await?;
-    if !report.handed_back.is_empty() {
+    match smoke_run {
+        Some(summary) => println!("{}", summary.await??),
+        None => println!("bulk_upload: stopped by {}.", served.stopped_by),
+    }
+    if !served.report.handed_back.is_empty() {
         println!(
             "{} items never started and were handed back.",
-            report.handed_back.len()
+            served.report.handed_back.len()
         );
     }
     Ok(())

@@ -136,10 +136,9 @@ impl Source<u32> for HttpSource {
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: 1,
-            max_in_flight: self.in_flight,
-        }
+        FetchLimits::default()
+            .max_batch(1)
+            .max_in_flight(self.in_flight)
     }
 }
 

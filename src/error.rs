@@ -139,6 +139,11 @@ pub enum OutcomeError {
     /// back in the [`ShutdownReport`](crate::ShutdownReport); a durable task stays in its source.
     #[error("the poller shut down before the task reached a final state")]
     ShutDown,
+    /// The task's final state was not learned within this long of its submit (see
+    /// [`TRACKING_LIMIT`](crate::TRACKING_LIMIT)), so the poller stopped tracking it. Only for a
+    /// source shared by several pollers: the task may still run, and the store keeps its fate.
+    #[error("the task's final state was not learned within {0:?}; it is no longer tracked")]
+    TrackingExpired(std::time::Duration),
 }
 
 /// Why [`Poller::shutdown`](crate::Poller::shutdown) could not run.

@@ -176,6 +176,9 @@ pub(crate) struct Executor<T: 'static, H: TaskHandler<T>> {
     dequeued: u32,
     credits_used: u32,
     started: u64,
+    // Its counters are mirrored by the Scheduler from each `Done` (see `Done::started`); kept
+    // for counters an executor may have to mirror itself.
+    #[allow(dead_code)]
     counters: Arc<Counters>,
     draining: Option<Draining<T>>,
     _guard: DropGuard,
@@ -331,13 +334,6 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         {
             return;
         }
-        if self.started > 0 {
-            let started = std::mem::take(&mut self.started);
-            Counters::add(&self.counters.started, started);
-            if let Some(c) = self.counters.per_executor.get(self.index) {
-                Counters::add(&c.started, started);
-            }
-        }
         let finished = std::mem::take(&mut self.finished);
         if let Some(d) = &mut self.draining {
             d.report.finished += finished.len();
@@ -348,6 +344,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             freed: std::mem::take(&mut self.freed),
             dequeued: std::mem::take(&mut self.dequeued),
             credits_used: std::mem::take(&mut self.credits_used),
+            // Counted by the Scheduler with the ends, so `Stats::busy` never reads past the limit.
+            started: u32::try_from(std::mem::take(&mut self.started)).unwrap_or(u32::MAX),
         });
     }
 

@@ -92,16 +92,20 @@
 //! store payloads as JSON (`serde`). See `docs/durable.md` for leases, heartbeats and the
 //! "at least once" contract they ask of handlers.
 //!
-//! * `sqlite` — [`SqliteSource`]: embedded and durable on one machine (sqlx's bundled SQLite, no
+//! * `sqlite` — `SqliteSource`: embedded and durable on one machine (sqlx's bundled SQLite, no
 //!   system library, no server). Tasks survive a crash or a restart.
-//! * `postgres` — [`PgSource`]: many processes on many machines share one queue
+//! * `postgres` — `PgSource`: many processes on many machines share one queue
 //!   (`FOR UPDATE SKIP LOCKED`, `LISTEN/NOTIFY` wake-ups, leases taken back when a worker dies),
-//!   and [`PgQueue`] enqueues inside the caller's own transaction.
+//!   and `PgQueue` enqueues inside the caller's own transaction.
+//! * `web` — `web::serve`: runs an actix-web `HttpServer` and, on SIGINT or SIGTERM, stops it,
+//!   drains the poller and only then returns, so the `System` stops after the poller has
+//!   handed back what it holds. Without it, actix-web's default signal handling stops the
+//!   `System` under the poller's executors ~300 ms after the server (see the module docs).
 
 #![forbid(unsafe_code)]
 
-/// The README's example, compiled and run as a doc test so it stays true.
-#[cfg(doctest)]
+/// The README's example, compiled as a doc test so it stays true (it uses `web::serve`).
+#[cfg(all(doctest, feature = "web"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
@@ -120,13 +124,16 @@ pub mod source;
 mod stats;
 pub mod task;
 pub mod topology;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
+pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
-    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
-    Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,
+    PurgeDead, Receipt, RerunDead, Submit, SubmitBatch,
 };
 pub use poller::Poller;
 pub use retry::{Backoff, RetryPolicy};
@@ -139,7 +146,7 @@ pub use source::sqlite::{SqliteConfig, SqliteError, SqliteQueue, SqliteSource};
 pub use source::{FetchLimits, Fetched, RetrySupport, Source, WakeOn};
 pub use stats::{ExecutorStats, Stats};
 pub use task::{
-    Abort, Ack, Cancelled, DeadTask, Disposition, FinalState, Outcome, Progress, RetryAfter, Task,
-    TaskContext, TaskId, TaskOptions,
+    Abort, Ack, Cancelled, DeadTask, Disposition, FinalState, Outcome, Progress, QueueCounts,
+    RetryAfter, Task, TaskContext, TaskId, TaskOptions, TaskState, TaskStatus,
 };
 pub use topology::{Edge, Node, NodeCounters, NodeKind, Placement, Stage, Topology};

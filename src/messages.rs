@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use crate::error::{OutcomeError, SourceError, SubmitError};
 use crate::protocol::Returnable;
 use crate::stats::Stats;
-use crate::task::{DeadTask, FinalState, Progress, TaskId, TaskOptions};
+use crate::task::{DeadTask, FinalState, Progress, QueueCounts, TaskId, TaskOptions, TaskStatus};
 
 /// Anyone → Fetcher: something new may be in the source; fetch again if there are credits.
 ///
@@ -39,9 +39,14 @@ pub struct GetStats;
 /// let tracked = Submit::new("resize dog.png").tracked();
 /// # let _ = (plain, tracked);
 /// ```
+///
+/// Send it with `send` (or [`Poller::submit_with`](crate::Poller::submit_with)) to learn the
+/// answer: a refused task ([`SubmitError::Full`], [`SubmitError::Closed`], …) comes back only
+/// in that answer. `do_send` and `try_send` drop the answer: a task refused then is lost, logged
+/// at error level and counted in [`Stats::dropped_submits`](crate::Stats::dropped_submits).
 #[must_use = "a submit does nothing until sent"]
 pub struct Submit<T> {
-    pub(crate) tasks: Returnable<Vec<T>>,
+    pub(crate) task: Returnable<T>,
     pub(crate) track: bool,
     pub(crate) options: TaskOptions,
 }
@@ -50,7 +55,7 @@ impl<T> Submit<T> {
     /// Submit `task`; its outcome is not tracked.
     pub fn new(task: T) -> Self {
         Submit {
-            tasks: Returnable::new(vec![task]),
+            task: Returnable::new(task),
             track: false,
             options: TaskOptions::default(),
         }
@@ -70,8 +75,7 @@ impl<T> Submit<T> {
 
     /// The task, e.g. from a message that `Recipient::try_send` handed back.
     pub fn into_task(mut self) -> T {
-        // Invariant: a `Submit` holds exactly one task until its handler takes it.
-        self.tasks.take().pop().expect("a Submit holds one task")
+        self.task.take()
     }
 }
 
@@ -88,6 +92,9 @@ impl<T: 'static> Message for Submit<T> {
 }
 
 /// Anyone → Fetcher: submit many tasks in one message, all or none.
+///
+/// As with [`Submit`], only `send` receives a refused batch back; `do_send` loses it (logged,
+/// counted in [`Stats::dropped_submits`](crate::Stats::dropped_submits)).
 #[must_use = "a submit does nothing until sent"]
 pub struct SubmitBatch<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
@@ -139,7 +146,7 @@ impl<T: 'static> Message for SubmitBatch<T> {
 #[derive(Debug)]
 pub struct Receipt {
     id: TaskId,
-    outcome: Option<oneshot::Receiver<FinalState>>,
+    outcome: Option<oneshot::Receiver<Result<FinalState, OutcomeError>>>,
     progress: Option<tokio::sync::watch::Receiver<Progress>>,
 }
 
@@ -154,7 +161,7 @@ impl Receipt {
 
     pub(crate) fn tracked(
         id: TaskId,
-        outcome: oneshot::Receiver<FinalState>,
+        outcome: oneshot::Receiver<Result<FinalState, OutcomeError>>,
         progress: tokio::sync::watch::Receiver<Progress>,
     ) -> Self {
         Receipt {
@@ -192,11 +199,13 @@ impl Receipt {
     /// # Errors
     ///
     /// [`OutcomeError::NotTracked`] if the task was submitted without tracking;
-    /// [`OutcomeError::ShutDown`] if the poller shut down first (the task was handed back).
+    /// [`OutcomeError::ShutDown`] if the poller shut down first (the task was handed back);
+    /// [`OutcomeError::TrackingExpired`] if, in a store shared by several pollers, its final
+    /// state was not learned within [`TRACKING_LIMIT`](crate::TRACKING_LIMIT).
     pub async fn outcome(self) -> Result<FinalState, OutcomeError> {
         match self.outcome {
             None => Err(OutcomeError::NotTracked),
-            Some(rx) => rx.await.map_err(|_| OutcomeError::ShutDown),
+            Some(rx) => rx.await.map_err(|_| OutcomeError::ShutDown)?,
         }
     }
 }
@@ -248,6 +257,21 @@ pub struct PurgeDead {
     /// The dead tasks to forget, or `None` for all.
     pub ids: Option<Vec<TaskId>>,
 }
+
+/// Anyone → Fetcher: where a task is ([`TaskStatus`]), or `None` if the source does not know
+/// it (see [`Poller::status`](crate::Poller::status)).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Option<TaskStatus>, SourceError>")]
+pub struct GetStatus {
+    /// The task.
+    pub id: TaskId,
+}
+
+/// Anyone → Fetcher: how many tasks the source holds in each state, or `None` if it cannot
+/// count them (see [`Poller::counts`](crate::Poller::counts)).
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<Option<QueueCounts>, SourceError>")]
+pub struct GetCounts;
 
 /// Anyone → Fetcher: the last progress reported by a tracked task that has not finished.
 #[derive(Debug, Clone, Copy, Message)]

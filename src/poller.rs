@@ -15,15 +15,15 @@ use crate::executor::Executor;
 use crate::fetcher::Fetcher;
 use crate::handler::TaskHandler;
 use crate::messages::{
-    Cancel, CancelOutcome, GetProgress, GetStats, ListDead, Notify, PurgeDead, Receipt, RerunDead,
-    Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,
+    PurgeDead, Receipt, RerunDead, Submit, SubmitBatch,
 };
 use crate::scheduler::Scheduler;
 use crate::shutdown::{ShutdownLinks, ShutdownReport};
 use crate::source::memory::MemorySource;
 use crate::source::Source;
 use crate::stats::{Counters, ExecutorStats, Stats};
-use crate::task::{DeadTask, Progress, TaskId, TaskOptions};
+use crate::task::{DeadTask, Progress, QueueCounts, TaskId, TaskOptions, TaskStatus};
 
 /// What the handle holds: the actors' addresses, the shared counters, and a few facts.
 pub(crate) struct Handle<T: Send + 'static> {
@@ -35,6 +35,8 @@ pub(crate) struct Handle<T: Send + 'static> {
     rerun_dead: Recipient<RerunDead>,
     purge_dead: Recipient<PurgeDead>,
     progress: Recipient<GetProgress>,
+    status: Recipient<GetStatus>,
+    counts: Recipient<GetCounts>,
     stats: Recipient<GetStats>,
     shutdown: ShutdownLinks<T>,
     counters: Arc<Counters>,
@@ -66,6 +68,8 @@ impl<T: Send + 'static> Handle<T> {
             rerun_dead: fetcher.clone().recipient(),
             purge_dead: fetcher.clone().recipient(),
             progress: fetcher.clone().recipient(),
+            status: fetcher.clone().recipient(),
+            counts: fetcher.clone().recipient(),
             stats: scheduler.clone().recipient(),
             shutdown: ShutdownLinks {
                 begin: scheduler.clone().recipient(),
@@ -278,6 +282,51 @@ impl<T: Send + 'static> Poller<T> {
         Ok(answer.map_err(|_| RequestError::Closed)??)
     }
 
+    /// Where task `id` is: queued, scheduled, retrying (with the last error), running (since
+    /// when, with its progress if tracked), or how it ended and when. `None` when the source
+    /// does not know it: the in-memory source forgets a final state after
+    /// [`MemorySource::history`](crate::MemorySource::history) (10,000 tasks or an hour by
+    /// default); a durable source answers from its table for any task it keeps, whichever
+    /// process ran it (see its retention), also after a restart.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Poller, TaskContext, TaskState};
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let poller = Poller::<u32>::builder()
+    ///     .start(|_n: u32, _cx: TaskContext| async { Ok::<_, std::io::Error>(()) })?;
+    /// let receipt = poller.submit_tracked(7).await?;
+    /// let id = receipt.id();
+    /// receipt.outcome().await?;
+    /// let status = poller.status(id).await?.expect("kept in the history");
+    /// assert!(matches!(status.state, TaskState::Completed { .. }));
+    /// # poller.shutdown(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn status(&self, id: TaskId) -> Result<Option<TaskStatus>, RequestError> {
+        let answer = self.handle().status.send(GetStatus { id }).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
+    /// How many tasks the source holds in each state (queued, scheduled, retrying, running,
+    /// dead); `None` when the source cannot count them. A durable source counts its whole
+    /// table (every process's tasks) in one statement.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Closed`] after shutdown; [`RequestError::Source`] if the source failed.
+    pub async fn counts(&self) -> Result<Option<QueueCounts>, RequestError> {
+        let answer = self.handle().counts.send(GetCounts).await;
+        Ok(answer.map_err(|_| RequestError::Closed)??)
+    }
+
     /// Forgets dead tasks (`None`: all); returns how many.
     ///
     /// # Errors
@@ -304,18 +353,13 @@ impl<T: Send + 'static> Poller<T> {
 
     async fn send_submit(&self, mut msg: Submit<T>) -> Result<Receipt, SubmitError<T>> {
         if self.handle().closed.load(Ordering::Acquire) {
-            return Err(SubmitError::Closed(msg.tasks.take().remove(0)));
+            return Err(SubmitError::Closed(msg.task.take()));
         }
-        let back = msg.tasks.return_on_drop();
+        let back = msg.task.return_on_drop();
         match self.handle().submit.send(msg).await {
             Ok(result) => result,
             // The Fetcher is gone and the message was dropped undelivered: the task comes back.
-            Err(_) => Err(SubmitError::Closed(
-                back.await
-                    .ok()
-                    .and_then(|mut v| v.pop())
-                    .expect(UNDELIVERED),
-            )),
+            Err(_) => Err(SubmitError::Closed(back.await.expect(UNDELIVERED))),
         }
     }
 
@@ -427,5 +471,11 @@ impl<T: Send + 'static> Poller<T> {
     }
 }
 
-/// An undelivered message always carries its tasks back (see `Returnable`).
-const UNDELIVERED: &str = "an undelivered submit hands its tasks back";
+/// An undelivered message always carries its tasks back (see `Returnable`). The Fetcher takes a
+/// submit's tasks only in its handler, which always answers: at once, or (an asynchronous
+/// enqueue) when the enqueue lands, and it stops only once no enqueue is in flight
+/// (`CloseSource`). So the tasks are missing here only if the Fetcher's thread died inside an
+/// enqueue in flight (its `System` torn down), when neither the tasks nor their fate can be
+/// known.
+const UNDELIVERED: &str = "the poller's thread died while the source stored this submit; \
+                           whether it was stored is unknown";

@@ -90,6 +90,10 @@ pub(crate) struct Done {
     pub(crate) dequeued: u32,
     /// Credits from `Execute` messages spent or given back since its last `Done`.
     pub(crate) credits_used: u32,
+    /// Attempts started since its last `Done` (a task cancelled in the queue counts as started
+    /// and finished). The Scheduler mirrors them into `Stats::started` after the ends, so
+    /// `Stats::busy` (started − finished) never reads above the limit.
+    pub(crate) started: u32,
 }
 
 /// A value inside a message that must not vanish if the message is never handled: if the message

@@ -3,6 +3,24 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+/// How far "far future" is: a deadline a user's duration would put past what an `Instant` can
+/// hold (`Duration::MAX`, a huge backoff) is clamped to this far from now. About 30 years, as
+/// tokio's own "never" is: further than any process lives, near enough for every timer.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+/// `now + d`, never panicking: a duration past [`FAR_FUTURE`] (e.g. `Duration::MAX`) means "far
+/// future". Every deadline built from a duration a user or a store can influence goes through
+/// here (delays, snoozes, retries, wake-ups, fetch and ack backoffs).
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+    let d = d.min(FAR_FUTURE);
+    // `now` near the end of what an `Instant` holds: the latest instant we can still name.
+    now.checked_add(d)
+        .or_else(|| now.checked_add(d / 2))
+        .unwrap_or(now)
+}
+
 /// How a task type retries: how many attempts in all, and the delay before each retry.
 ///
 /// Retries are opt-in: the default is one attempt. A task waiting for its retry is back in its
@@ -160,7 +178,8 @@ impl Backoff {
         let raw = self.initial.as_secs_f64() * self.multiplier.powi(exp);
         let capped = raw.min(self.max.as_secs_f64());
         let factor = 1.0 - self.jitter * fastrand::f64();
-        Duration::from_secs_f64((capped * factor).max(0.0))
+        // `max` may be `Duration::MAX`, whose seconds round up past it as an `f64`.
+        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(self.max)
     }
 }
 
@@ -180,5 +199,25 @@ mod tests {
         }
         assert_eq!(b.with_jitter(7.0).jitter(), 1.0);
         assert_eq!(b.with_jitter(f64::NAN).jitter(), 0.0);
+    }
+
+    #[test]
+    fn huge_backoffs_do_not_panic() {
+        let b = Backoff::new(Duration::MAX, Duration::MAX).with_multiplier(1e300);
+        for n in [0, 1, 2, 64, u32::MAX] {
+            assert!(b.delay(n) <= Duration::MAX);
+        }
+        let b = Backoff::new(Duration::ZERO, Duration::MAX).with_multiplier(1e300);
+        assert!(b.delay(u32::MAX) <= Duration::MAX);
+    }
+
+    #[test]
+    fn deadline_after_clamps_to_far_future() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::MAX), now + FAR_FUTURE);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
     }
 }

@@ -160,12 +160,12 @@ impl Handler<Done> for Scheduler {
         Counters::add(&c.timed_out, timed_out);
         Counters::add(&c.snoozed, snoozed);
         Counters::add(&c.retried, retried);
-        Counters::add(&c.finished, n as u64);
         if let Some(e) = c.per_executor.get(msg.executor) {
-            Counters::add(&e.finished, n as u64);
             Counters::add(&e.completed, completed);
             Counters::add(&e.failed, failed);
         }
+        // Ends before starts: a reader never sees a start without the end that freed its slot.
+        c.record_flow(msg.executor, msg.started as u64, n as u64);
         if let Some(d) = self.deltas.get_mut(msg.executor) {
             d.finished += n as u32;
             d.dequeued += msg.dequeued;

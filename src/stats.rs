@@ -1,7 +1,10 @@
 //! Counters. The actors own the state; these atomics only *mirror* it for cheap reads, and no
 //! decision is ever taken on them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// A snapshot of a poller's counters.
 ///
@@ -9,14 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// [`GetStats`](crate::messages::GetStats) to the Scheduler. Each counter is exact; a snapshot
 /// is not taken atomically across counters, so two counters may be a few tasks apart while
 /// tasks move.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// The concurrency limit (`workers`).
     pub limit: u64,
-    /// Tasks running now (started, not yet reported done).
+    /// Tasks running, as the executors last reported (started − finished): never above
+    /// `limit`; it may trail the truth by the reports in flight (a task counts once its
+    /// executor's report reached the Scheduler).
     pub busy: u64,
-    /// Tasks the Fetcher holds, fetched but not started (at most the prefetch plus the credits).
+    /// Tasks fetched and not started: in the Fetcher's buffer (at most the credits plus the
+    /// prefetch) or queued ahead at an executor with no credit yet (at most
+    /// `dispatch_ahead` per executor). 0 once the poller has shut down (they were handed back
+    /// or released).
     pub buffered: u64,
     /// Tasks waiting in the source, if the source knows (the in-memory one does).
     pub queued: Option<u64>,
@@ -48,6 +57,11 @@ pub struct Stats {
     pub ack_errors: u64,
     /// Heartbeats (lease extensions) that failed.
     pub heartbeat_errors: u64,
+    /// Submits refused (queue full, shut down, …) whose sender did not wait for the answer
+    /// (`do_send`, `try_send`, or a request dropped before its answer came): their tasks are
+    /// lost, each logged at error level. Send with `send` (or use the handle) to get a refused
+    /// task back.
+    pub dropped_submits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,8 +85,10 @@ pub(crate) struct Counters {
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
     pub(crate) heartbeat_errors: AtomicU64,
-    /// Per executor: tasks dispatched to it (written by the Fetcher) and attempts it finished
-    /// (written by the Scheduler). Running on executor `i` = started − finished.
+    pub(crate) dropped_submits: AtomicU64,
+    /// Per executor: attempts it started and finished, both written by the Scheduler from the
+    /// executor's reports (see [`Counters::record_flow`]). Running on executor `i` = started −
+    /// finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
 }
 
@@ -85,10 +101,11 @@ pub(crate) struct ExecutorCounters {
 }
 
 /// A snapshot of one executor's counters.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExecutorStats {
-    /// Tasks dispatched to this executor.
+    /// Attempts started on this executor (as it last reported).
     pub started: u64,
     /// Attempts this executor finished (in any outcome).
     pub finished: u64,
@@ -116,8 +133,8 @@ impl Counters {
         self.per_executor
             .iter()
             .map(|e| {
+                let started = e.started.load(Acquire);
                 let finished = e.finished.load(Relaxed);
-                let started = e.started.load(Relaxed);
                 ExecutorStats {
                     started,
                     finished,
@@ -127,6 +144,20 @@ impl Counters {
                 }
             })
             .collect()
+    }
+
+    /// Mirrors one executor report: `finished` ends, then `started` starts. Only the Scheduler
+    /// writes these, ends first and starts with `Release`, and a snapshot reads starts first
+    /// (`Acquire`), then ends: so it sees at least the ends written before the starts it sees,
+    /// and `busy` = started − finished never exceeds what the Scheduler's view allows (at most
+    /// the limit, by credit conservation).
+    pub(crate) fn record_flow(&self, executor: usize, started: u64, finished: u64) {
+        if let Some(e) = self.per_executor.get(executor) {
+            e.finished.fetch_add(finished, Relaxed);
+            e.started.fetch_add(started, Release);
+        }
+        self.finished.fetch_add(finished, Relaxed);
+        self.started.fetch_add(started, Release);
     }
 
     pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -146,9 +177,10 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
-        // Read `finished` before `started` so `busy` never goes negative.
+        // Starts first (see `record_flow`): `busy` may then read low while a report lands,
+        // never above the limit.
+        let started = self.started.load(Acquire);
         let finished = self.finished.load(Relaxed);
-        let started = self.started.load(Relaxed);
         Stats {
             limit: self.limit.load(Relaxed),
             busy: started.saturating_sub(finished),
@@ -168,6 +200,7 @@ impl Counters {
             fetch_errors: self.fetch_errors.load(Relaxed),
             ack_errors: self.ack_errors.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+            dropped_submits: self.dropped_submits.load(Relaxed),
         }
     }
 }

@@ -132,7 +132,7 @@ async fn migrations_apply_once() {
         .fetch_all(b.pool())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     drop((a, b));
     let other = temp_db();
     let err = SqliteSource::<Job>::connect(SqliteConfig::new(&other).migrate(false))
@@ -254,4 +254,34 @@ async fn an_ack_given_up_at_shutdown_runs_the_task_again() {
     );
     drop(b);
     Sqlite.cleanup(&path).await;
+}
+
+/// A task enqueued through the queue without attempts gets the source's default (above one, so
+/// a transient failure does not make it dead), configurable; explicit attempts win (issue 12.2).
+#[actix_rt::test]
+async fn tasks_enqueued_without_attempts_get_the_source_default() {
+    use actix_poller::source::durable::DEFAULT_ATTEMPTS;
+    use actix_poller::source::{NewTask, Source};
+    use actix_poller::TaskOptions;
+    const { assert!(DEFAULT_ATTEMPTS > 1) };
+    for (configured, want) in [(None, DEFAULT_ATTEMPTS), (Some(2), 2)] {
+        let path = temp_db();
+        let mut config = SqliteConfig::new(&path);
+        if let Some(n) = configured {
+            config = config.default_attempts(n);
+        }
+        let mut s = SqliteSource::<Job>::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let explicit = NewTask::with_options(2, TaskOptions::new().max_attempts(7), 1);
+        s.queue()
+            .enqueue(vec![NewTask::new(1), explicit])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = s.fetch(2).await.unwrap_or_else(|e| panic!("{e}")).tasks;
+        let attempts: Vec<_> = got.iter().map(|t| (t.payload, t.max_attempts)).collect();
+        assert_eq!(attempts, vec![(1, want), (2, 7)]);
+        drop(s);
+        Sqlite.cleanup(&path).await;
+    }
 }

@@ -1,21 +1,20 @@
 //! Acks: one ack call to the source at a time, what arrives meanwhile batched into the next;
 //! a failed batch retried after a backoff, ahead of newer acks; trackers resolved once the
-//! source holds a final state; heartbeats that keep leases alive.
+//! source holds a final state (`trackers.rs`); heartbeats that keep leases alive.
 
 use actix::prelude::*;
 use futures::FutureExt;
-use tokio::sync::{oneshot, watch};
 
 use super::Fetcher;
 use crate::source::Source;
 use crate::stats::Counters;
-use crate::task::{Ack, Disposition, FinalState, Progress, TaskId};
+use crate::task::{Ack, Disposition, FinalState};
 
-/// A submitter waiting for a task's final state, and the channel its progress goes to.
-pub(super) struct Tracker {
-    pub(super) done: oneshot::Sender<FinalState>,
-    pub(super) progress: watch::Sender<Progress>,
-}
+/// The most acks the source has not recorded yet (in flight, waiting, or failed and waiting for
+/// their retry) before the Fetcher stops fetching: while a store refuses acks, new work would
+/// only add to a backlog that lives in memory (and, for a durable source, to work that runs
+/// again when leases expire). Fetching resumes once the backlog is below it.
+pub(crate) const MAX_UNRECORDED_ACKS: usize = 10_000;
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
@@ -34,6 +33,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 }
             }
         }
+        self.unrecorded = self.unrecorded.saturating_add(acks.len());
         if self.acks_in_flight > 0 {
             // One ack call at a time: what arrives meanwhile goes in the next call, so a slow
             // store sees few large batches instead of a call per `Ready`.
@@ -71,7 +71,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         match res {
             Ok(()) => {
                 self.ack_failures = 0;
-                if !self.trackers.is_empty() || self.pending_enqueues > 0 {
+                let held_back = self.unrecorded >= MAX_UNRECORDED_ACKS;
+                self.unrecorded = self.unrecorded.saturating_sub(acks.len());
+                if held_back && self.unrecorded < MAX_UNRECORDED_ACKS {
+                    // Fetching stopped for the backlog: it may go on.
+                    self.pump(ctx);
+                }
+                if !self.trackers.is_empty() || self.early.wanted() {
                     for ack in &acks {
                         if let Some(state) = FinalState::from_ack(ack) {
                             self.resolve(ack.id, state);
@@ -88,6 +94,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             Err(error) => {
                 Counters::add(&self.counters.ack_errors, 1);
                 if self.closing {
+                    self.unrecorded = self.unrecorded.saturating_sub(acks.len());
                     tracing::error!(
                         %error,
                         acks = acks.len(),
@@ -126,15 +133,6 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         if self.acks_in_flight == 0 && !self.pending_acks.is_empty() {
             let next = std::mem::take(&mut self.pending_acks);
             self.send_acks(next, ctx);
-        }
-    }
-
-    /// Tells a tracked task's submitter its final state.
-    pub(super) fn resolve(&mut self, id: TaskId, state: FinalState) {
-        if let Some(t) = self.trackers.remove(&id) {
-            let _ = t.done.send(state);
-        } else if self.pending_enqueues > 0 {
-            self.early.push((id, state));
         }
     }
 

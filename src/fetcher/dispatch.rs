@@ -1,14 +1,30 @@
 //! Dispatch: the Fetcher spends its credits and hands tasks to the executors, and keeps each
 //! executor's dispatch-ahead queue at its adaptive target (from the deltas in `Ready`).
 
+use std::time::Duration;
+
 use actix::prelude::*;
+use tokio::time::Instant;
 
 use super::{Fetcher, Phase};
-use crate::protocol::{Execute, Ready};
+use crate::protocol::{Execute, ExecutorDelta, Ready};
 use crate::source::Source;
 use crate::task::Task;
 
+/// An executor that holds tasks and has not reported for this long is *stalled*: a handler may
+/// block its thread, or it runs only long tasks. It is sent nothing more ahead; a credit goes
+/// to it (with a task, or for its own queue) only when no other executor can take one;
+/// so a blocked thread keeps at most what it held when it went quiet (its running tasks and
+/// its queue, at most `dispatch_ahead`) while the others take the rest. Queued tasks are never
+/// taken back: a blocked executor cannot answer, and no task may run twice.
+pub(crate) const STALL_AFTER: Duration = Duration::from_millis(100);
+
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    /// Whether executor `i` holds tasks and has not reported for [`STALL_AFTER`].
+    pub(super) fn stalled(&self, i: usize, now: Instant) -> bool {
+        self.assigned[i] > 0 && now.saturating_duration_since(self.last_heard[i]) >= STALL_AFTER
+    }
+
     /// Tasks queued at executor `i` that no credit covers yet.
     pub(super) fn uncovered(&self, i: usize) -> usize {
         self.queued[i].saturating_sub(self.covered[i])
@@ -25,7 +41,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Spends credits and hands tasks to the executors, one `Execute` per executor:
     ///
     /// 1. each credit to the executor running the fewest tasks (so CPU-bound work spreads over
-    ///    every thread), with one of the tasks already queued there, else a buffered task; with
+    ///    every thread) among those not [stalled](STALL_AFTER) (any, if all are), with one of
+    ///    the tasks already queued there, else a buffered task; with
     ///    the buffer empty, to an executor that has queued tasks no credit covers (so no task
     ///    waits behind a long one while a slot is free elsewhere);
     /// 2. then, with no credit left, buffered tasks ahead into the executors' queues, up to
@@ -39,15 +56,28 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         let mut batches: Vec<(Vec<Task<T>>, u32)> = Vec::new();
         if self.credits > 0 || (self.ahead > 0 && !self.buffer.is_empty()) {
             batches.resize_with(e, || (Vec::new(), 0));
+        } else {
+            return;
         }
+        let now = Instant::now();
         while self.credits > 0 {
-            let Some(mut i) = self.least_running(|_| true) else {
+            // A stalled executor only if every one is (a slot must not idle for it).
+            let Some(mut i) = self
+                .least_running(|j| !self.stalled(j, now))
+                .or_else(|| self.least_running(|_| true))
+            else {
                 break;
             };
-            if self.uncovered(i) == 0 {
+            if self.uncovered(i) == 0 || self.stalled(i, now) {
                 if let Some(task) = self.buffer.pop_front() {
-                    self.push_task(&mut batches, i, task);
-                } else if let Some(j) = self.least_running(|j| self.uncovered(j) > 0) {
+                    self.push_task(&mut batches, i, task, now);
+                } else if let Some(j) = self
+                    .least_running(|j| self.uncovered(j) > 0 && !self.stalled(j, now))
+                    .or_else(|| self.least_running(|j| self.uncovered(j) > 0))
+                {
+                    // A stalled executor's queue only if no other has one: its queued tasks
+                    // would otherwise wait for a credit that never comes (a long task is
+                    // not a blocked thread; only the executor can tell them apart).
                     i = j;
                 } else {
                     break;
@@ -59,13 +89,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         while self.ahead > 0 && !self.buffer.is_empty() {
             let Some(i) = (0..e)
-                .filter(|&i| self.uncovered(i) < self.ahead_target[i])
+                .filter(|&i| self.uncovered(i) < self.ahead_target[i] && !self.stalled(i, now))
                 .min_by_key(|&i| self.uncovered(i))
             else {
                 break;
             };
             if let Some(task) = self.buffer.pop_front() {
-                self.push_task(&mut batches, i, task);
+                self.push_task(&mut batches, i, task, now);
             }
         }
         for (exec, (tasks, credits)) in self.executors.iter().zip(batches) {
@@ -81,6 +111,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         batches: &mut [(Vec<Task<T>>, u32)],
         i: usize,
         mut task: Task<T>,
+        now: Instant,
     ) {
         if !self.trackers.is_empty() {
             if let Some(t) = self.trackers.get(&task.id) {
@@ -88,6 +119,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
         }
         batches[i].0.push(task);
+        if self.assigned[i] == 0 {
+            // Idle until now: its silence so far says nothing.
+            self.last_heard[i] = now;
+        }
         self.assigned[i] += 1;
         self.queued[i] += 1;
     }
@@ -97,9 +132,15 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
-        self.credits += msg.credits;
+        self.credits = self.credits.saturating_add(msg.credits);
         let work_waits = !self.buffer.is_empty() || self.source.queued().map_or(true, |q| q > 0);
+        let now = (!msg.executors.is_empty()).then(Instant::now);
         for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
+            if let Some(now) = now {
+                if *d != ExecutorDelta::default() {
+                    self.last_heard[i] = now;
+                }
+            }
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
             self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
             self.covered[i] = self.covered[i].saturating_sub(d.credits_used as usize);

@@ -1,6 +1,9 @@
 //! The messages the Fetcher answers besides `Ready` and `Notify`: submits (and the enqueue
 //! they run), cancel, dead tasks, progress, and the shutdown's `StopFetching` / `CloseSource`.
 
+use std::sync::Arc;
+
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -9,15 +12,16 @@ use tokio::sync::{oneshot, watch};
 use super::{Fetcher, Phase};
 use crate::error::{SourceError, SubmitError};
 use crate::messages::{
-    Cancel, CancelOutcome, GetProgress, ListDead, PurgeDead, Receipt, RerunDead, Submit,
-    SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStatus, ListDead, PurgeDead, Receipt,
+    RerunDead, Submit, SubmitBatch,
 };
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
 use crate::source::{EnqueueResult, NewTask, Source};
 use crate::stats::Counters;
-use crate::task::{Ack, DeadTask, Disposition, FinalState, Progress, Task, TaskId, TaskOptions};
-
-use super::acks::Tracker;
+use crate::task::{
+    Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
+    TaskState, TaskStatus,
+};
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.
@@ -37,14 +41,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 }
                 let (done, rx) = oneshot::channel();
                 let (progress, progress_rx) = watch::channel(Progress::default());
-                match self.early.iter().position(|(e, _)| *e == id) {
-                    Some(pos) => {
-                        let _ = done.send(self.early.swap_remove(pos).1);
-                    }
-                    None => {
-                        self.trackers.insert(id, Tracker { done, progress });
-                    }
-                }
+                self.track(id, done, progress);
                 Receipt::tracked(id, rx, progress_rx)
             })
             .collect();
@@ -74,11 +71,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return Answer::Now(self.enqueued(res, track, ctx));
         }
         self.pending_enqueues += 1;
+        // A tracked task may finish before this reply is handled: keep what finishes meanwhile.
+        let seq = track.then(|| self.early.begin());
         Answer::Later(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             act.pending_enqueues -= 1;
             let out = act.enqueued(res, track, ctx);
-            if act.pending_enqueues == 0 {
-                act.early.clear();
+            if let Some(seq) = seq {
+                act.early.end(seq);
             }
             act.notify_idle();
             out
@@ -86,44 +85,120 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 }
 
-/// The [`Source::enqueue`] contract, checked where a batch of one becomes one.
-const ONE_PER_TASK: &str =
-    "Source::enqueue broke its contract: it must answer one id per task, or hand every task back";
-
-/// A reply now (no allocation) or later.
+/// A submit's answer: now (no allocation) or when an asynchronous enqueue lands.
 enum Answer<A: Actor, R> {
     Now(R),
     Later(ResponseActFuture<A, R>),
 }
 
 impl<A: Actor<Context = Context<A>>, R: 'static> Answer<A, R> {
-    fn map<U: 'static>(self, f: impl FnOnce(R) -> U + 'static) -> ActorResponse<A, U> {
+    fn map<U: 'static>(self, f: impl FnOnce(R) -> U + 'static) -> Answer<A, U> {
         match self {
-            Answer::Now(r) => ActorResponse::reply(f(r)),
-            Answer::Later(fut) => ActorResponse::r#async(fut.map(move |r, _, _| f(r))),
+            Answer::Now(r) => Answer::Now(f(r)),
+            Answer::Later(fut) => Answer::Later(Box::pin(fut.map(move |r, _, _| f(r)))),
         }
     }
 }
 
+/// The reply to a submit message. Unlike actix's own responses it notices an answer no one
+/// hears (the message came by `do_send` or `try_send`, or the sender stopped waiting): a
+/// refused task would vanish silently there, so it is logged and counted
+/// (`Stats::dropped_submits`) instead. `None` is a source that broke the `enqueue` contract:
+/// no answer can be built, the sender sees the message as undelivered.
+pub(crate) struct SubmitReply<A: Actor, R> {
+    answer: Answer<A, Option<R>>,
+    counters: Arc<Counters>,
+}
+
+impl<T: Send + 'static, S: Source<T>, X: 'static, Y: 'static, M> MessageResponse<Fetcher<T, S>, M>
+    for SubmitReply<Fetcher<T, S>, Result<X, SubmitError<Y>>>
+where
+    M: Message<Result = Result<X, SubmitError<Y>>>,
+{
+    fn handle(self, ctx: &mut Context<Fetcher<T, S>>, tx: Option<OneshotSender<M::Result>>) {
+        let counters = self.counters;
+        match self.answer {
+            Answer::Now(r) => deliver(r, tx, &counters),
+            Answer::Later(fut) => {
+                ctx.spawn(fut.map(move |r, _, _| deliver(r, tx, &counters)));
+            }
+        }
+    }
+}
+
+/// Hands a submit's answer to its sender; a refusal no one hears is logged and counted.
+fn deliver<X, Y>(
+    answer: Option<Result<X, SubmitError<Y>>>,
+    tx: Option<OneshotSender<Result<X, SubmitError<Y>>>>,
+    counters: &Counters,
+) {
+    let Some(answer) = answer else {
+        return;
+    };
+    let unheard = match tx {
+        Some(tx) => tx.send(answer).err(),
+        None => Some(answer),
+    };
+    if let Some(Err(refused)) = unheard {
+        Counters::add(&counters.dropped_submits, 1);
+        tracing::error!(
+            error = %refused,
+            "a submit was refused but its sender did not wait for the answer (do_send, \
+             try_send, or a dropped request): the task is lost; use `send` to get it back"
+        );
+    }
+}
+
+/// The [`Source::enqueue`] contract (one id per task, or every task back), checked where a batch
+/// of one becomes one. A source that breaks it gets no answer built (and an error logged).
+fn one<V>(mut batch: Vec<V>) -> Option<V> {
+    if batch.len() != 1 {
+        tracing::error!(
+            got = batch.len(),
+            "Source::enqueue broke its contract: it must answer one id per task, or hand every \
+             task back"
+        );
+    }
+    batch.pop()
+}
+
 impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
-    type Result = ActorResponse<Self, Result<Receipt, SubmitError<T>>>;
+    type Result = SubmitReply<Self, Result<Receipt, SubmitError<T>>>;
 
     fn handle(&mut self, mut msg: Submit<T>, ctx: &mut Self::Context) -> Self::Result {
-        let tasks = msg.tasks.take();
+        let task = msg.task.take();
         // A batch of one in, a batch of one out.
-        self.submit(tasks, msg.track, msg.options, ctx).map(|r| {
-            r.map(|mut receipts| receipts.pop().expect(ONE_PER_TASK))
-                .map_err(|e| e.map(|mut tasks| tasks.pop().expect(ONE_PER_TASK)))
-        })
+        let answer = self
+            .submit(vec![task], msg.track, msg.options, ctx)
+            .map(|r| match r {
+                Ok(receipts) => one(receipts).map(Ok),
+                Err(e) => match e {
+                    SubmitError::Full(t) => one(t).map(SubmitError::Full),
+                    SubmitError::Closed(t) => one(t).map(SubmitError::Closed),
+                    SubmitError::Unsupported(t) => one(t).map(SubmitError::Unsupported),
+                    SubmitError::Source { task, error } => {
+                        one(task).map(|task| SubmitError::Source { task, error })
+                    }
+                }
+                .map(Err),
+            });
+        SubmitReply {
+            answer,
+            counters: Arc::clone(&self.counters),
+        }
     }
 }
 
 impl<T: Send + 'static, S: Source<T>> Handler<SubmitBatch<T>> for Fetcher<T, S> {
-    type Result = ActorResponse<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>>;
+    type Result = SubmitReply<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>>;
 
     fn handle(&mut self, mut msg: SubmitBatch<T>, ctx: &mut Self::Context) -> Self::Result {
         let tasks = msg.tasks.take();
-        self.submit(tasks, msg.track, msg.options, ctx).map(|r| r)
+        let answer = self.submit(tasks, msg.track, msg.options, ctx).map(Some);
+        SubmitReply {
+            answer,
+            counters: Arc::clone(&self.counters),
+        }
     }
 }
 
@@ -178,6 +253,10 @@ impl<T: Send + 'static, S: Source<T>> Handler<CloseSource<T>> for Fetcher<T, S> 
                 // Trackers of tasks that never finished learn it now (OutcomeError::ShutDown).
                 act.trackers.clear();
                 act.counters.set_queued(act.source.queued());
+                // Every unstarted task went back to the source (or the report): none is held.
+                act.counters
+                    .buffered
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 ctx.stop();
                 res.map_err(SourceError::new)
             }),
@@ -275,6 +354,37 @@ impl<T: Send + 'static, S: Source<T>> Handler<PurgeDead> for Fetcher<T, S> {
 
     fn handle(&mut self, msg: PurgeDead, _ctx: &mut Self::Context) -> Self::Result {
         let fut = self.source.purge_dead(msg.ids);
+        source_op(self, fut)
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetStatus> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Option<TaskStatus>, SourceError>>;
+
+    /// The source's answer, with the progress of a tracked task this poller runs.
+    fn handle(&mut self, msg: GetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.status(msg.id);
+        Box::pin(source_op(self, fut).map(move |res, act, _| {
+            res.map(|status| {
+                status.map(|mut status| {
+                    if matches!(status.state, TaskState::Running { .. }) {
+                        status.progress = act
+                            .trackers
+                            .get(&msg.id)
+                            .map(|t| t.progress.borrow().clone());
+                    }
+                    status
+                })
+            })
+        }))
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Handler<GetCounts> for Fetcher<T, S> {
+    type Result = ResponseActFuture<Self, Result<Option<QueueCounts>, SourceError>>;
+
+    fn handle(&mut self, _msg: GetCounts, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = self.source.counts();
         source_op(self, fut)
     }
 }

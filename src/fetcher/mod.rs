@@ -7,7 +7,7 @@
 //! * `buffer`: tasks fetched and not yet dispatched. It holds at most `credits + prefetch` tasks
 //!   (counting fetches in flight), so the Fetcher never asks the source for more than it may run
 //!   soon; with `prefetch = 0` it never fetches more than the free slots.
-//! * `waiting`: set when a fetch came back short. No fetch starts until a wake-up (a submit, a
+//! * `waiting`: set when a fetch came back drained (empty, or [`Fetched::drained`]). No fetch starts until a wake-up (a submit, a
 //!   [`Notify`], or the source's [`WakeOn`](crate::source::WakeOn) time or signal) clears it.
 //! * `epoch`: bumped by every wake-up. A fetch that comes back short after the epoch moved is not
 //!   trusted to mean "empty": the Fetcher asks again, so a submit that raced a fetch is never lost.
@@ -24,6 +24,7 @@
 mod acks;
 mod dispatch;
 mod handlers;
+mod trackers;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -40,9 +41,10 @@ use crate::retry::Backoff;
 use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
 use crate::stats::Counters;
-use crate::task::{Ack, FinalState, Task, TaskId};
+use crate::task::{Ack, Task, TaskId};
 
-use acks::Tracker;
+pub use trackers::TRACKING_LIMIT;
+use trackers::{Early, Resolver, Tracker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -70,6 +72,9 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// round trip to the Fetcher and back with a margin), halving at most per report, at least 1.
     ahead: usize,
     ahead_target: Vec<usize>,
+    /// When each executor last reported (or, idle, was last given a task): one that holds
+    /// tasks and stays quiet for `dispatch::STALL_AFTER` is stalled.
+    last_heard: Vec<tokio::time::Instant>,
     credits: usize,
     buffer: VecDeque<Task<T>>,
     /// Tasks asked for by the fetches in flight.
@@ -83,14 +88,20 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     phase: Phase,
     stop_reply: Option<oneshot::Sender<Vec<Task<T>>>>,
     trackers: HashMap<TaskId, Tracker>,
-    /// Enqueues in flight (async sources) and the final states seen meanwhile, so a task that
-    /// finishes before its enqueue's reply is handled still reaches its tracker.
+    /// Enqueues in flight (async sources).
     pending_enqueues: usize,
-    early: Vec<(TaskId, FinalState)>,
+    /// Final states seen while tracked enqueues were in flight, so a task that finishes before
+    /// its enqueue's reply is handled still reaches its tracker (bounded: see `trackers.rs`).
+    early: Early,
+    /// Resolves trackers from a store shared with other pollers, and expires them.
+    resolver: Resolver,
     acks_in_flight: usize,
     /// Acks that arrived while an ack call was in flight (or waiting to be retried); sent
     /// together when it lands.
     pending_acks: Vec<Ack>,
+    /// Acks given to `record_acks` that the source has not recorded yet; at
+    /// `acks::MAX_UNRECORDED_ACKS` no fetch starts.
+    unrecorded: usize,
     /// Failed ack calls in a row; a failed batch is retried after a backoff, ahead of newer acks.
     ack_failures: u32,
     /// The timer of a failed batch's retry; it counts as an ack in flight.
@@ -138,6 +149,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         guard: DropGuard,
     ) -> Self {
         let limits = source.limits();
+        let resolve_every = source.final_states_interval();
         counters.set_queued(source.queued());
         Fetcher {
             limits,
@@ -147,6 +159,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             covered: vec![0; executors.len()],
             ahead: config.ahead,
             ahead_target: vec![config.ahead.min(1); executors.len()],
+            last_heard: vec![tokio::time::Instant::now(); executors.len()],
             executors,
             cancel_running,
             default_attempts: config.default_attempts,
@@ -165,9 +178,11 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             stop_reply: None,
             trackers: HashMap::new(),
             pending_enqueues: 0,
-            early: Vec::new(),
+            early: Early::default(),
+            resolver: Resolver::new(resolve_every),
             acks_in_flight: 0,
             pending_acks: Vec::new(),
+            unrecorded: 0,
             ack_failures: 0,
             ack_retry: None,
             closing: false,
@@ -185,16 +200,23 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.dispatch();
         while self.waiting.is_none() && self.backing_off.is_none() {
-            let room: usize = self
+            let room = self
                 .queued
                 .iter()
                 .zip(&self.covered)
                 .zip(&self.ahead_target)
                 .map(|((q, c), t)| t.saturating_sub(q.saturating_sub(*c)))
-                .sum();
-            let want = (self.credits + self.prefetch + room)
-                .saturating_sub(self.buffer.len() + self.requested);
-            if want == 0 || self.in_flight >= self.limits.max_in_flight {
+                .fold(0usize, usize::saturating_add);
+            // Saturating: `workers(usize::MAX)` or `prefetch(usize::MAX)` mean "unbounded".
+            let want = self
+                .credits
+                .saturating_add(self.prefetch)
+                .saturating_add(room)
+                .saturating_sub(self.buffer.len().saturating_add(self.requested));
+            if want == 0
+                || self.in_flight >= self.limits.max_in_flight
+                || self.unrecorded >= acks::MAX_UNRECORDED_ACKS
+            {
                 break;
             }
             let n = want.min(self.limits.max_batch);
@@ -215,14 +237,20 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             self.dispatch();
         }
-        let ahead: usize = self
+        self.mirror_buffered();
+    }
+
+    /// Mirrors `Stats::buffered`: the buffer, plus tasks queued ahead at executors that no
+    /// credit covers yet.
+    pub(super) fn mirror_buffered(&self) {
+        let ahead = self
             .queued
             .iter()
             .zip(&self.covered)
             .map(|(q, c)| q.saturating_sub(*c))
-            .sum();
+            .fold(0usize, usize::saturating_add);
         self.counters.buffered.store(
-            (self.buffer.len() + ahead) as u64,
+            self.buffer.len().saturating_add(ahead) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -239,12 +267,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         match res {
             Ok(fetched) => {
                 self.fetch_failures = 0;
-                let got = fetched.tasks.len();
+                let drained = fetched.is_drained();
                 self.buffer.extend(fetched.tasks);
                 self.counters.set_queued(self.source.queued());
-                // Short, and nothing woke us while the fetch was in flight: the source is
-                // drained for now. Otherwise the loop in `pump` asks again.
-                if got < n && epoch == self.epoch && self.phase == Phase::Running {
+                // The source said it is drained, and nothing woke us while the fetch was in
+                // flight: wait. Otherwise the loop in `pump` asks again (a short answer alone
+                // never means "empty": a one-task-per-call source would stall).
+                if drained && epoch == self.epoch && self.phase == Phase::Running {
                     self.wait_on(fetched.wake_on, ctx);
                 }
             }
@@ -320,6 +349,7 @@ impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
         if let Some(every) = self.source.heartbeat_interval() {
             ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
         }
+        self.start_resolving(ctx);
     }
 }
 

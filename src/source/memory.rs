@@ -28,7 +28,13 @@ use tokio::time::Instant;
 
 use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
-use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
+use crate::retry::deadline_after;
+use crate::task::{Ack, DeadTask, Disposition, QueueCounts, Task, TaskId, TaskState, TaskStatus};
+
+mod history;
+
+use history::{End, History};
+pub use history::{DEFAULT_HISTORY, DEFAULT_HISTORY_AGE};
 
 /// The default capacity of [`MemorySource::default`].
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -130,6 +136,8 @@ pub struct MemorySource<T> {
     clone_payload: Option<fn(&T) -> T>,
     pub(crate) capacity: usize,
     next_id: u64,
+    /// Tasks handed out, and the last final states, for [`Source::status`].
+    history: History,
 }
 
 impl<T> Default for MemorySource<T> {
@@ -145,6 +153,7 @@ impl<T> Default for MemorySource<T> {
             clone_payload: None,
             capacity: DEFAULT_CAPACITY,
             next_id: 0,
+            history: History::default(),
         }
     }
 }
@@ -168,6 +177,15 @@ impl<T> MemorySource<T> {
     /// Keeps at most `n` dead tasks (the oldest are dropped first).
     pub fn dead_retention(mut self, n: usize) -> Self {
         self.dead_retention = n;
+        self
+    }
+
+    /// Remembers the final states of at most `n` tasks, none older than `max_age` (default
+    /// [`DEFAULT_HISTORY`], [`DEFAULT_HISTORY_AGE`]), for
+    /// [`Poller::status`](crate::Poller::status); 0 remembers none (a finished task's status
+    /// is then unknown). Running and waiting tasks are always known.
+    pub fn history(mut self, n: usize, max_age: Duration) -> Self {
+        self.history.bound(n, max_age);
         self
     }
 
@@ -234,7 +252,7 @@ impl<T> MemorySource<T> {
     }
 
     fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
-        let wants_retry = tasks.iter().any(|t| t.max_attempts > 1);
+        let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
         if tasks.len() > self.capacity.saturating_sub(self.len())
             || (wants_retry && self.clone_payload.is_none())
         {
@@ -252,7 +270,7 @@ impl<T> MemorySource<T> {
             let id = TaskId(self.next_id);
             let task = Task::new(id, t.payload)
                 .with_enqueued_at(now)
-                .with_max_attempts(t.max_attempts)
+                .with_max_attempts(t.max_attempts.unwrap_or(1))
                 .with_priority(t.priority)
                 .with_timeout(t.timeout);
             self.push(Queued::from_task(task), t.run_at);
@@ -262,6 +280,7 @@ impl<T> MemorySource<T> {
     }
 
     fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>) {
+        self.history.ended(id, End::Dead, attempts, None);
         if self.dead_retention == 0 {
             return;
         }
@@ -280,15 +299,27 @@ impl<T> MemorySource<T> {
 
     fn record(&mut self, ack: Ack) {
         let copy = self.leased.remove(&ack.id);
+        let end = match &ack.disposition {
+            Disposition::Completed => Some(End::Completed),
+            Disposition::Cancelled => Some(End::Cancelled),
+            _ => None,
+        };
+        match end {
+            Some(end) => self.history.ended(ack.id, end, ack.attempt, None),
+            // Dead ones are recorded by `bury`; the rest come back to the queue (or are buried).
+            None if matches!(ack.disposition, Disposition::Dead { .. }) => {}
+            None => self.history.back(ack.id),
+        }
         match ack.disposition {
             Disposition::Completed | Disposition::Cancelled => {}
             Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy),
             Disposition::Retry { after, error } => match copy {
                 Some(task) => {
+                    self.history.failed(ack.id, &error);
                     let next = ack.attempt + 1;
                     self.push(
                         Queued::from_task(task.with_attempt(next)),
-                        Some(Instant::now() + after),
+                        Some(deadline_after(Instant::now(), after)),
                     );
                 }
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
@@ -302,7 +333,7 @@ impl<T> MemorySource<T> {
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),
-                    Some(Instant::now() + after),
+                    Some(deadline_after(Instant::now(), after)),
                 ),
                 None => self.bury(
                     ack.id,
@@ -322,7 +353,48 @@ impl<T> MemorySource<T> {
         self.ready.retain(|_, q| !q.is_empty());
         self.ready_len = self.ready.values().map(VecDeque::len).sum();
         self.delayed.retain(|d| d.task.id != id.0);
-        self.len() < before
+        let cancelled = self.len() < before;
+        if cancelled {
+            self.history.ended(id, End::Cancelled, 0, None);
+        }
+        cancelled
+    }
+
+    /// The status of a waiting task (scanning the queues), or of one handed out or ended.
+    fn status_of(&self, id: TaskId) -> Option<TaskStatus> {
+        let waiting = |q: &Queued<T>, state| {
+            let mut status = TaskStatus::new(id, state);
+            status.attempt = q.attempt.saturating_sub(1);
+            status.max_attempts = q.max_attempts;
+            status.enqueued_at = Some(UNIX_EPOCH + Duration::from_micros(q.enqueued_at_us));
+            status
+        };
+        if let Some(q) = self.ready.values().flatten().find(|q| q.id == id.0) {
+            return Some(waiting(q, TaskState::Queued));
+        }
+        if let Some(d) = self.delayed.iter().find(|d| d.task.id == id.0) {
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let run_at = wall
+                .checked_add(d.due.saturating_duration_since(now))
+                .unwrap_or(wall);
+            let state = if d.task.attempt > 1 {
+                TaskState::Retrying { run_at }
+            } else {
+                TaskState::Scheduled { run_at }
+            };
+            let mut status = waiting(&d.task, state);
+            if d.task.attempt > 1 {
+                status.last_error = self.history.last_error(id);
+            }
+            return Some(status);
+        }
+        self.history.status(id, || {
+            self.dead
+                .iter()
+                .rev()
+                .find(|(d, _)| d.id == id)
+                .map(|(d, _)| d.error.clone())
+        })
     }
 }
 
@@ -332,8 +404,12 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Infallible>> {
         self.promote_due();
         let mut tasks = Vec::with_capacity(max.min(self.ready_len));
+        let now_us = history::micros_since_epoch(SystemTime::now());
         while tasks.len() < max {
             let Some(q) = self.pop_ready() else { break };
+            let (attempt, max_attempts, enqueued) = (q.attempt, q.max_attempts, q.enqueued_at_us);
+            self.history
+                .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
             let task = q.into_task();
             if let Some(clone) = self.clone_payload {
                 self.leased
@@ -346,7 +422,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             Some(d) => WakeOn::at(d.due),
             None => WakeOn::submit(),
         };
-        Box::pin(ready(Ok(Fetched::new(tasks, wake_on))))
+        // Fewer than asked for: the due queues are empty.
+        let fetched = if tasks.len() < max {
+            Fetched::drained(tasks, wake_on)
+        } else {
+            Fetched::new(tasks, wake_on)
+        };
+        Box::pin(ready(Ok(fetched)))
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {
@@ -366,6 +448,25 @@ impl<T: 'static> Source<T> for MemorySource<T> {
 
     fn queued(&self) -> Option<u64> {
         Some(self.len() as u64)
+    }
+
+    fn status(
+        &mut self,
+        id: TaskId,
+    ) -> LocalBoxFuture<'static, Result<Option<TaskStatus>, Infallible>> {
+        Box::pin(ready(Ok(self.status_of(id))))
+    }
+
+    fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, Infallible>> {
+        let retrying = self.delayed.iter().filter(|d| d.task.attempt > 1).count();
+        let counts = QueueCounts {
+            queued: self.ready_len as u64,
+            scheduled: (self.delayed.len() - retrying) as u64,
+            retrying: retrying as u64,
+            running: self.history.running() as u64,
+            dead: self.dead.len() as u64,
+        };
+        Box::pin(ready(Ok(Some(counts))))
     }
 
     fn cancel(&mut self, id: TaskId) -> LocalBoxFuture<'static, Result<bool, Infallible>> {
@@ -424,6 +525,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         // Unstarted tasks were fetched first, so they come first; then due, then delayed.
         for t in &unstarted {
             self.leased.remove(&t.id);
+            self.history.back(t.id);
         }
         while let Some(q) = self.pop_ready() {
             unstarted.push(q.into_task());

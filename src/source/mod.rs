@@ -8,8 +8,11 @@
 //!
 //! # The contract
 //!
-//! * [`fetch`](Source::fetch)`(max)` returns at most `max` tasks. Fewer than `max` means "that is
-//!   all for now"; the [`WakeOn`] in the answer tells the Fetcher when to ask again. The Fetcher
+//! * [`fetch`](Source::fetch)`(max)` returns at most `max` tasks. "Nothing more for now" is said
+//!   explicitly, never inferred from a short answer: an empty answer ([`Fetched::empty`]) or one
+//!   marked [`drained`](Fetched::drained) makes the Fetcher wait for what its [`WakeOn`] says;
+//!   any other answer, however short ([`Fetched::new`]: a source that hands out one task per
+//!   call), is followed by another fetch while there is room for more. The Fetcher
 //!   asks again at once if a local submit or [`Notify`](crate::messages::Notify) arrived while the
 //!   fetch was in flight, so a wake-up that races an empty fetch is never lost. A signal future
 //!   in [`WakeOn`] must be created *before* the read it guards (listen, then query).
@@ -45,30 +48,74 @@ use futures::future::LocalBoxFuture;
 use tokio::time::Instant;
 
 use crate::error::SubmitError;
-use crate::task::{Ack, DeadTask, FinalState, Task, TaskId, TaskOptions};
+use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskOptions, TaskStatus};
 
 /// The answer to one [`Source::fetch`] call.
+///
+/// Whether the source has more is said, not guessed from the answer's length: a source that
+/// hands out one task per call answers [`Fetched::new`] and is asked again; a store that
+/// answered every row it had answers [`Fetched::drained`], and the Fetcher waits for
+/// [`wake_on`](Fetched::wake_on). An empty answer always means "nothing for now".
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::source::{Fetched, WakeOn};
+/// use actix_poller::{Task, TaskId};
+///
+/// // One task per call: there may be more, ask again.
+/// let one = Fetched::new(vec![Task::new(TaskId(1), "a")], WakeOn::submit());
+/// assert!(!one.drained);
+/// // All there is (fewer than asked for): wait for a submit, a notify or `wake_on`.
+/// let all = Fetched::drained(vec![Task::new(TaskId(2), "b")], WakeOn::submit());
+/// assert!(all.drained);
+/// assert!(Fetched::<&str>::empty(WakeOn::submit()).drained);
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Fetched<T> {
     /// The tasks, at most as many as were asked for.
     pub tasks: Vec<Task<T>>,
-    /// When to ask again if fewer tasks than asked for came back.
+    /// `true`: the source has nothing more for now (after these tasks), so the Fetcher waits
+    /// for [`wake_on`](Fetched::wake_on) (or a submit, or a notify) before asking again.
+    /// `false`: there may be more; the Fetcher asks again while it has room. An empty answer
+    /// is drained whatever this says.
+    pub drained: bool,
+    /// When to ask again once the source is drained.
     pub wake_on: WakeOn,
 }
 
 impl<T> Fetched<T> {
-    /// `tasks`, and wake on `wake_on` if that was not all that was asked for.
+    /// `tasks`, and there may be more: the Fetcher asks again while it has room, however few
+    /// came back (`wake_on` applies only if these are none).
     pub fn new(tasks: Vec<Task<T>>, wake_on: WakeOn) -> Self {
-        Fetched { tasks, wake_on }
+        let drained = tasks.is_empty();
+        Fetched {
+            tasks,
+            drained,
+            wake_on,
+        }
+    }
+
+    /// `tasks` are all the source has for now (e.g. fewer rows than asked for): the Fetcher
+    /// asks again on `wake_on`, a submit or a notify.
+    pub fn drained(tasks: Vec<Task<T>>, wake_on: WakeOn) -> Self {
+        Fetched {
+            tasks,
+            drained: true,
+            wake_on,
+        }
     }
 
     /// No tasks now; ask again on `wake_on`.
     pub fn empty(wake_on: WakeOn) -> Self {
-        Fetched {
-            tasks: Vec::new(),
-            wake_on,
-        }
+        Fetched::drained(Vec::new(), wake_on)
+    }
+
+    /// Whether the Fetcher should wait before asking again: the source said it is drained, or
+    /// answered nothing.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.drained || self.tasks.is_empty()
     }
 }
 
@@ -97,9 +144,10 @@ impl WakeOn {
         }
     }
 
-    /// Also wake after `delay`.
+    /// Also wake after `delay` (a delay too long for the clock, e.g. `Duration::MAX`, means
+    /// "far future").
     pub fn after(delay: std::time::Duration) -> Self {
-        WakeOn::at(Instant::now() + delay)
+        WakeOn::at(crate::retry::deadline_after(Instant::now(), delay))
     }
 
     /// Also wake when `signal` completes (e.g. a database notification). Create the future
@@ -143,12 +191,37 @@ impl fmt::Debug for WakeOn {
 /// task per call needs many calls in flight to keep every worker busy (`max_batch = 1`,
 /// `max_in_flight = workers`). The Fetcher never asks for more, in all fetches in flight, than
 /// its free credits plus the configured prefetch.
+///
+/// Built from [`FetchLimits::default`] and its setters (more knobs may come, e.g. for
+/// self-tuning prefetch):
+///
+/// ```
+/// use actix_poller::source::FetchLimits;
+///
+/// let remote = FetchLimits::default().max_batch(1).max_in_flight(16);
+/// assert_eq!((remote.max_batch, remote.max_in_flight), (1, 16));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FetchLimits {
     /// The most tasks to ask for in one call (at least 1).
     pub max_batch: usize,
     /// The most calls in flight at once (at least 1).
     pub max_in_flight: usize,
+}
+
+impl FetchLimits {
+    /// At most `n` tasks per call (at least 1; 0 is refused at start).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// At most `n` calls in flight at once (at least 1; 0 is refused at start).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
 }
 
 impl Default for FetchLimits {
@@ -166,8 +239,14 @@ impl Default for FetchLimits {
 pub struct NewTask<T> {
     /// The payload.
     pub payload: T,
-    /// How many attempts the task may have in all (1: no retry).
-    pub max_attempts: u32,
+    /// How many attempts the task may have in all (1: no retry); `None`: the source's default.
+    ///
+    /// The poller always sets it (from [`TaskOptions::max_attempts`] or its retry policy, see
+    /// [`PollerBuilder::retry`](crate::PollerBuilder::retry)). A task enqueued without a
+    /// poller ([`NewTask::new`] through a durable source's queue) gets the source's default:
+    /// `DurableConfig::default_attempts` for the durable sources, one attempt for the in-memory
+    /// source.
+    pub max_attempts: Option<u32>,
     /// Higher runs first among due tasks.
     pub priority: i32,
     /// Not to be fetched before this instant.
@@ -177,16 +256,25 @@ pub struct NewTask<T> {
 }
 
 impl<T> NewTask<T> {
-    /// A task with default options and one attempt.
+    /// A task with default options and the source's default attempts (see
+    /// [`max_attempts`](Self::max_attempts)): a durable queue gives it
+    /// `DurableConfig::default_attempts` (5 unless configured), so a task enqueued from another process is retried like one a
+    /// poller submits with retries on.
     pub fn new(payload: T) -> Self {
-        NewTask::with_options(payload, TaskOptions::new(), 1)
+        NewTask {
+            payload,
+            max_attempts: None,
+            priority: 0,
+            run_at: None,
+            timeout: None,
+        }
     }
 
     /// A task with `options`; `default_attempts` applies unless the options override it.
     pub fn with_options(payload: T, options: TaskOptions, default_attempts: u32) -> Self {
         NewTask {
             payload,
-            max_attempts: options.max_attempts.unwrap_or(default_attempts).max(1),
+            max_attempts: Some(options.max_attempts.unwrap_or(default_attempts).max(1)),
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,
@@ -214,7 +302,9 @@ pub type EnqueueResult<T> = Result<Vec<TaskId>, SubmitError<Vec<T>>>;
 ///
 /// # Examples
 ///
-/// A source that polls a remote service one task at a time (the original Go design's `fetch`):
+/// A source that polls a remote service one task at a time (the original Go design's `fetch`).
+/// Each answer of one task is [`Fetched::new`] ("there may be more"), so the Fetcher keeps
+/// asking; only an empty answer makes it wait:
 ///
 /// ```
 /// use actix_poller::source::{FetchLimits, Fetched, Source, WakeOn};
@@ -246,7 +336,7 @@ pub type EnqueueResult<T> = Result<Vec<TaskId>, SubmitError<Vec<T>>>;
 ///     }
 ///
 ///     fn limits(&self) -> FetchLimits {
-///         FetchLimits { max_batch: 1, max_in_flight: 16 }
+///         FetchLimits::default().max_batch(1).max_in_flight(16)
 ///     }
 /// }
 /// ```
@@ -257,7 +347,9 @@ pub trait Source<T>: 'static {
     /// error as its [`source`](std::error::Error::source), hence the bounds.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Fetch up to `max` tasks (`max ≥ 1`). Fewer than `max` means "that is all for now".
+    /// Fetch up to `max` tasks (`max ≥ 1`). Say "that is all for now" with an empty answer or
+    /// [`Fetched::drained`]; any other answer is followed by another fetch while the Fetcher
+    /// has room (see [`Fetched`]).
     ///
     /// # Errors
     ///
@@ -359,6 +451,41 @@ pub trait Source<T>: 'static {
     ) -> LocalBoxFuture<'static, Result<FinalStates, Self::Error>> {
         let _ = ids;
         Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+
+    /// How often the Fetcher asks [`final_states`](Source::final_states) about tracked tasks
+    /// (`None`, the default: never). A store shared by several pollers returns its poll
+    /// interval, so a receipt resolves even when another process ran its task; each call asks
+    /// about a bounded batch of ids, round robin, and a tracker older than
+    /// [`TRACKING_LIMIT`](crate::TRACKING_LIMIT) then resolves with
+    /// [`OutcomeError::TrackingExpired`](crate::OutcomeError::TrackingExpired).
+    fn final_states_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Where task `id` is ([`TaskStatus`]), if the source knows it; `Ok(None)` for a task it
+    /// never held or no longer keeps. A durable store answers for any task in its table,
+    /// whichever process enqueued or ran it, also after a restart. Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn status(
+        &mut self,
+        id: TaskId,
+    ) -> LocalBoxFuture<'static, Result<Option<TaskStatus>, Self::Error>> {
+        let _ = id;
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
+    /// How many tasks the source holds in each state ([`QueueCounts`]), if it can count them
+    /// (a durable store in one indexed statement). Default: `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the underlying store.
+    fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, Self::Error>> {
+        Box::pin(futures::future::ready(Ok(None)))
     }
 
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs

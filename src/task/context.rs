@@ -147,6 +147,7 @@ impl TaskContext {
 }
 
 /// A task's progress, as its handler last reported it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use super::TaskId;
 
 /// A task that ran out of attempts (or was aborted), as a source keeps it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadTask {

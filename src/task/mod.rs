@@ -8,6 +8,7 @@
 //! | `outcome.rs` | [`Outcome`], [`Disposition`], [`Ack`], [`FinalState`], [`RetryAfter`], [`Abort`], and the state machine |
 //! | `options.rs` | [`TaskOptions`] |
 //! | `dead.rs` | [`DeadTask`] |
+//! | `status.rs` | [`TaskStatus`], [`TaskState`], [`QueueCounts`] |
 //!
 //! Retry policies and backoff live in their own module (re-exported here and at the crate root: [`RetryPolicy`], [`Backoff`]).
 //!
@@ -20,6 +21,7 @@ mod envelope;
 mod id;
 mod options;
 mod outcome;
+mod status;
 
 pub(crate) use context::CancelBoard;
 pub use context::{Cancelled, Progress, TaskContext};
@@ -29,5 +31,6 @@ pub use id::TaskId;
 pub use options::TaskOptions;
 pub(crate) use outcome::{settle, Finished};
 pub use outcome::{Abort, Ack, Disposition, FinalState, Outcome, RetryAfter};
+pub use status::{QueueCounts, TaskState, TaskStatus};
 
 pub use crate::retry::{Backoff, RetryPolicy};

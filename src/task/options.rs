@@ -37,9 +37,10 @@ impl TaskOptions {
         self
     }
 
-    /// Not fetched before `delay` has passed.
+    /// Not fetched before `delay` has passed. A delay too long for the clock (e.g.
+    /// `Duration::MAX`) means "far future" (about 30 years).
     pub fn delay(self, delay: Duration) -> Self {
-        self.run_at(Instant::now() + delay)
+        self.run_at(crate::retry::deadline_after(Instant::now(), delay))
     }
 
     /// Not fetched before `at`.

@@ -139,8 +139,10 @@ pub struct Ack {
 }
 
 /// The final state of a task, as a submitter that tracks it observes it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
 pub enum FinalState {
     /// The task succeeded.
     Completed,

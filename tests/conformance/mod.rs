@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use actix_poller::source::{NewTask, RetrySupport, Source};
 use actix_poller::{
-    Ack, Disposition, FinalState, Poller, RetryPolicy, SubmitBatch, Task, TaskContext, TaskId,
-    TaskOptions,
+    Ack, Disposition, FinalState, Poller, QueueCounts, RetryPolicy, SubmitBatch, Task, TaskContext,
+    TaskId, TaskOptions, TaskState, TaskStatus,
 };
 use futures::future::LocalBoxFuture;
 
@@ -70,8 +70,10 @@ pub const LONG_LEASE: Duration = Duration::from_secs(60);
 /// while a source whose heartbeat did not extend leases fails after the first lease.
 pub const BEAT_LEASE: Duration = Duration::from_secs(1);
 
+/// A task as a poller without retries enqueues it: one attempt. (`NewTask::new` leaves the
+/// attempts to the source's default, which differs between sources.)
 fn task(payload: Job) -> NewTask<Job> {
-    NewTask::new(payload)
+    with(payload, TaskOptions::new(), 1)
 }
 
 fn with(payload: Job, options: TaskOptions, attempts: u32) -> NewTask<Job> {
@@ -995,6 +997,139 @@ pub async fn final_states_are_read_from_the_store<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// The status of one task, which the source must know.
+async fn status_of<S: Source<Job>>(s: &mut S, id: TaskId) -> TaskStatus {
+    bounded("status", s.status(id))
+        .await
+        .unwrap_or_else(|e| panic!("status: {e}"))
+        .unwrap_or_else(|| panic!("the source knows task {id:?}"))
+}
+
+/// Whether `t` is within a minute of `now + after` (the store's clock may be another machine's).
+fn about(t: std::time::SystemTime, after: Duration) -> bool {
+    let want = std::time::SystemTime::now() + after;
+    let gap = match t.duration_since(want) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    gap < Duration::from_secs(60)
+}
+
+/// Every task's status follows it through the states (queued, scheduled, running, retrying
+/// with its error, completed, dead, cancelled), and the counts by state agree (issue 13).
+pub async fn status_and_counts_follow_each_task<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let hour = Duration::from_secs(3600);
+    let ids = enqueue(
+        &mut s,
+        (1..=4).map(|n| with(n, TaskOptions::new(), 3)).collect(),
+    )
+    .await;
+    let later = enqueue(&mut s, vec![with(9, TaskOptions::new().delay(hour), 3)]).await[0];
+    for &id in &ids {
+        let st = status_of(&mut s, id).await;
+        assert_eq!(
+            (st.id, &st.state, st.attempt, st.max_attempts),
+            (id, &TaskState::Queued, 0, 3)
+        );
+        assert!(
+            st.enqueued_at.is_some_and(|t| about(t, Duration::ZERO)),
+            "{st:?}"
+        );
+    }
+    match status_of(&mut s, later).await.state {
+        TaskState::Scheduled { run_at } => assert!(about(run_at, hour), "{run_at:?}"),
+        other => panic!("a delayed task is scheduled, not {other:?}"),
+    }
+    let got = fetch(&mut s, 3).await;
+    assert_eq!(
+        got.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
+    let st = status_of(&mut s, ids[0]).await;
+    assert_eq!(st.attempt, 1);
+    match st.state {
+        TaskState::Running { since } => {
+            assert!(since.is_some_and(|t| about(t, Duration::ZERO)), "{since:?}")
+        }
+        other => panic!("a fetched task is running, not {other:?}"),
+    }
+    let counts = bounded("counts", s.counts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut want = QueueCounts::default();
+    (want.queued, want.scheduled, want.running) = (1, 1, 3);
+    assert_eq!(counts, Some(want));
+
+    let retry = Disposition::Retry {
+        after: hour,
+        error: "flaky".into(),
+    };
+    let dead = Disposition::Dead {
+        error: "broken".into(),
+    };
+    ack(
+        &mut s,
+        vec![
+            ack_of(&got[0], retry),
+            ack_of(&got[1], Disposition::Completed),
+            ack_of(&got[2], dead),
+        ],
+    )
+    .await;
+    assert!(bounded("cancel", s.cancel(ids[3]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}")));
+    let st = status_of(&mut s, ids[0]).await;
+    assert_eq!((st.attempt, st.last_error.as_deref()), (1, Some("flaky")));
+    match st.state {
+        TaskState::Retrying { run_at } => assert!(about(run_at, hour), "{run_at:?}"),
+        other => panic!("a failed task waiting for its retry is retrying, not {other:?}"),
+    }
+    let st = status_of(&mut s, ids[1]).await;
+    assert!(matches!(st.state, TaskState::Completed { .. }), "{st:?}");
+    assert!(st.state.is_final());
+    let st = status_of(&mut s, ids[2]).await;
+    assert!(matches!(st.state, TaskState::Dead { .. }), "{st:?}");
+    assert_eq!(st.last_error.as_deref(), Some("broken"));
+    let st = status_of(&mut s, ids[3]).await;
+    assert!(matches!(st.state, TaskState::Cancelled { .. }), "{st:?}");
+    let counts = bounded("counts", s.counts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut want = QueueCounts::default();
+    (want.scheduled, want.retrying, want.dead) = (1, 1, 1);
+    assert_eq!(counts, Some(want));
+    let unknown = TaskId(u64::from(u32::MAX) * 1000);
+    let none = bounded("status", s.status(unknown))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(none, None, "a task the source never held is unknown");
+    h.cleanup(&store).await;
+}
+
+/// A durable store answers the status of a task another poller ran, from its table (issue 13).
+pub async fn status_is_read_from_the_store<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    let mut b = h.source(&store, LONG_LEASE).await;
+    let id = enqueue(&mut a, vec![task(1)]).await[0];
+    let got = fetch(&mut a, 1).await;
+    assert!(matches!(
+        status_of(&mut b, id).await.state,
+        TaskState::Running { .. }
+    ));
+    ack(&mut a, vec![ack_of(&got[0], Disposition::Completed)]).await;
+    let st = status_of(&mut b, id).await;
+    assert!(
+        matches!(st.state, TaskState::Completed { at: Some(_) }),
+        "{st:?}"
+    );
+    assert_eq!(st.attempt, 1);
+    h.cleanup(&store).await;
+}
+
 /// Generates one `#[actix_rt::test]` per property every source has.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1013,6 +1148,7 @@ macro_rules! conformance_tests {
             shutdown_releases_unstarted_tasks,
             release_keeps_the_attempt,
             shutdown_deadline_gives_running_tasks_back,
+            status_and_counts_follow_each_task,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1040,6 +1176,7 @@ macro_rules! durable_conformance_tests {
             undecodable_payloads_go_dead,
             tasks_outlive_their_poller,
             bad_acks_are_stored_bounded,
+            status_is_read_from_the_store,
         );
     };
 }

@@ -77,7 +77,11 @@ impl Source<()> for SlowSource {
                 .ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             // Fewer than asked for only once the source ran dry: then wait for a notify.
-            Ok(Fetched::new(tasks, WakeOn::submit()))
+            Ok(if n < max {
+                Fetched::drained(tasks, WakeOn::submit())
+            } else {
+                Fetched::new(tasks, WakeOn::submit())
+            })
         })
     }
 
@@ -93,10 +97,7 @@ impl Source<()> for SlowSource {
 /// The fetch limits of a slowfetch variant with `workers` slots.
 fn slow_limits(single: bool, workers: usize) -> FetchLimits {
     if single {
-        FetchLimits {
-            max_batch: 1,
-            max_in_flight: workers,
-        }
+        FetchLimits::default().max_batch(1).max_in_flight(workers)
     } else {
         FetchLimits::default()
     }

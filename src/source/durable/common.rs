@@ -339,8 +339,10 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
 pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>);
 
 /// Encodes a batch for the `enqueue` statement.
+/// The rows of `tasks`; a task without attempts gets `default_attempts`.
 pub(crate) fn new_rows<T: serde::Serialize>(
     tasks: &[NewTask<T>],
+    default_attempts: u32,
 ) -> Result<Vec<NewRow>, serde_json::Error> {
     tasks
         .iter()
@@ -349,7 +351,9 @@ pub(crate) fn new_rows<T: serde::Serialize>(
                 serde_json::to_string(&t.payload)?,
                 t.priority,
                 delay_us(t.run_at),
-                t.max_attempts.clamp(1, i32::MAX as u32) as i32,
+                t.max_attempts
+                    .unwrap_or(default_attempts)
+                    .clamp(1, i32::MAX as u32) as i32,
                 timeout_ms(t.timeout),
             ))
         })

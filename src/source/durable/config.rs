@@ -8,6 +8,9 @@ use super::dialect::Dialect;
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "actix_poller_tasks";
 
+/// The attempts a task enqueued without them gets ([`DurableConfig::default_attempts`]).
+pub const DEFAULT_ATTEMPTS: u32 = 5;
+
 /// How to open a durable source: the table, leases, polling, retention, and the store's own
 /// settings (see [`SqliteConfig`](crate::source::sqlite::SqliteConfig) and
 /// [`PgConfig`](crate::source::postgres::PgConfig), whose `new` starts one).
@@ -22,6 +25,7 @@ pub struct DurableConfig<D: Dialect> {
     pub(crate) batch: usize,
     pub(crate) max_connections: u32,
     pub(crate) expiries: u32,
+    pub(crate) default_attempts: u32,
     /// The store's own settings.
     pub(crate) store: D::Options,
 }
@@ -39,6 +43,7 @@ impl<D: Dialect> Clone for DurableConfig<D> {
             batch: self.batch,
             max_connections: self.max_connections,
             expiries: self.expiries,
+            default_attempts: self.default_attempts,
             store: self.store.clone(),
         }
     }
@@ -58,6 +63,7 @@ impl<D: Dialect> fmt::Debug for DurableConfig<D> {
             .field("batch", &self.batch)
             .field("max_connections", &self.max_connections)
             .field("lease_expiries", &self.expiries)
+            .field("default_attempts", &self.default_attempts)
             .finish()
     }
 }
@@ -76,6 +82,7 @@ impl<D: Dialect> DurableConfig<D> {
             batch: 1_000,
             max_connections: D::POOL_SIZE,
             expiries: 5,
+            default_attempts: DEFAULT_ATTEMPTS,
             store,
         }
     }
@@ -141,6 +148,22 @@ impl<D: Dialect> DurableConfig<D> {
     /// only if its poller died that many times while holding it.
     pub fn lease_expiries(mut self, n: u32) -> Self {
         self.expiries = n.max(1);
+        self
+    }
+
+    /// The attempts of a task enqueued without them (default [`DEFAULT_ATTEMPTS`], at least 1):
+    /// [`NewTask::new`](crate::source::NewTask::new) through [`queue()`](super::DurableSource::queue)
+    /// or [`DurableQueue::new`](super::DurableQueue::new), typically from another process or a
+    /// transaction. Tasks a poller submits get its retry policy instead
+    /// ([`PollerBuilder::retry`](crate::PollerBuilder::retry)), or their own
+    /// [`TaskOptions::max_attempts`](crate::TaskOptions::max_attempts).
+    ///
+    /// Why above one: a durable queue's tasks outlive the process that enqueued them, and a
+    /// transient failure (the downstream restarting) should not make them dead; the delay
+    /// between attempts is the running poller's backoff. Set it to the poller's attempts to
+    /// make both paths alike.
+    pub fn default_attempts(mut self, attempts: u32) -> Self {
+        self.default_attempts = attempts.max(1);
         self
     }
 

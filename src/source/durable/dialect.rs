@@ -156,6 +156,24 @@ pub(crate) type DeadRow = (i64, i64, String, i64);
 /// A finished row: id, state, attempt, last error.
 pub(crate) type FinalRow = (i64, String, i64, Option<String>);
 
+/// A task's status row: id, state, attempt, max attempts, last error, then (µs since the epoch)
+/// due at, enqueued at, finished at, leased at, and the store's now.
+pub(crate) type StatusRow = (
+    i64,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+
+/// Counts by state: queued (due), scheduled, retrying, running, dead.
+pub(crate) type CountsRow = (i64, i64, i64, i64, i64);
+
 /// The statement runners, written once for every dialect whose `sqlx` driver can run them
 /// (implemented for every such [`Dialect`]; not to be implemented by hand).
 pub trait Store: Dialect {
@@ -215,6 +233,20 @@ pub trait Store: Dialect {
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<FinalRow>, sqlx::Error>>;
 
+    /// Runs the status lookup.
+    fn statuses<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<StatusRow>, sqlx::Error>>;
+
+    /// Runs the counts by state.
+    fn counts<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<CountsRow>, sqlx::Error>>;
+
     /// Runs SQL without arguments (several statements may be given).
     fn raw<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
@@ -229,6 +261,24 @@ fn unbound<'a, R: Send + 'a>(e: BoxDynError) -> BoxFuture<'a, Result<R, sqlx::Er
 
 type Row<D> = <<D as Dialect>::Db as Database>::Row;
 
+/// Runs a statement returning rows of `R`: the one body of every typed row runner below.
+fn rows<'a, D, R>(
+    conn: &'a mut <D::Db as Database>::Connection,
+    sql: &'a str,
+    args: Vec<Arg>,
+) -> BoxFuture<'a, Result<Vec<R>, sqlx::Error>>
+where
+    D: Store,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    for<'r> R: FromRow<'r, Row<D>> + Send + Unpin + 'a,
+{
+    match D::bind(args) {
+        Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
+        Err(e) => unbound(e),
+    }
+}
+
 impl<D> Store for D
 where
     D: Dialect,
@@ -240,6 +290,8 @@ where
     for<'r> FetchedRow: FromRow<'r, Row<D>>,
     for<'r> DeadRow: FromRow<'r, Row<D>>,
     for<'r> FinalRow: FromRow<'r, Row<D>>,
+    for<'r> StatusRow: FromRow<'r, Row<D>>,
+    for<'r> CountsRow: FromRow<'r, Row<D>>,
     for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
     for<'q> String: Encode<'q, D::Db> + Type<D::Db>,
 {
@@ -308,10 +360,7 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<FetchedRow>, sqlx::Error>> {
-        match D::bind(args) {
-            Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
-            Err(e) => unbound(e),
-        }
+        rows::<D, _>(conn, sql, args)
     }
 
     fn dead<'a>(
@@ -319,10 +368,7 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
-        match D::bind(args) {
-            Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
-            Err(e) => unbound(e),
-        }
+        rows::<D, _>(conn, sql, args)
     }
 
     fn finals<'a>(
@@ -330,10 +376,23 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<FinalRow>, sqlx::Error>> {
-        match D::bind(args) {
-            Ok(args) => sqlx::query_as_with(sql, args).fetch_all(conn).boxed(),
-            Err(e) => unbound(e),
-        }
+        rows::<D, _>(conn, sql, args)
+    }
+
+    fn statuses<'a>(
+        conn: &'a mut <D::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<StatusRow>, sqlx::Error>> {
+        rows::<D, _>(conn, sql, args)
+    }
+
+    fn counts<'a>(
+        conn: &'a mut <D::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<CountsRow>, sqlx::Error>> {
+        rows::<D, _>(conn, sql, args)
     }
 
     fn raw<'a>(

@@ -31,7 +31,7 @@ mod source;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-pub use config::{DurableConfig, DEFAULT_TABLE};
+pub use config::{DurableConfig, DEFAULT_ATTEMPTS, DEFAULT_TABLE};
 pub use dialect::{Arg, Dialect, List, Names, Store};
 pub use error::DurableError;
 pub use queue::DurableQueue;
@@ -55,6 +55,8 @@ pub(crate) struct Sql {
     cancel: String,
     dead_list: String,
     final_states: String,
+    status: String,
+    counts: String,
     dead_rerun: String,
     dead_purge: String,
     dead_purge_all: String,
@@ -85,6 +87,8 @@ impl Sql {
             cancel: section("cancel"),
             dead_list: section("dead_list"),
             final_states: section("final_states"),
+            status: section("status"),
+            counts: section("counts"),
             dead_rerun: section("dead_rerun"),
             dead_purge: section("dead_purge"),
             dead_purge_all: section("dead_purge_all"),

@@ -151,6 +151,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0002_lease_index.sql"),
         include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
         include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
+        include_str!("../../../migrations/postgres/0005_leased_at.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -27,6 +27,8 @@ pub struct DurableQueue<T, D: Dialect> {
     pub(crate) sql: Arc<Sql>,
     pub(crate) table: Arc<str>,
     pub(crate) signal: Arc<Signal>,
+    /// The attempts of a task enqueued without them.
+    pub(crate) default_attempts: u32,
     _payload: PhantomData<fn(T)>,
 }
 
@@ -37,6 +39,7 @@ impl<T, D: Dialect> Clone for DurableQueue<T, D> {
             sql: Arc::clone(&self.sql),
             table: Arc::clone(&self.table),
             signal: Arc::clone(&self.signal),
+            default_attempts: self.default_attempts,
             _payload: PhantomData,
         }
     }
@@ -51,13 +54,20 @@ impl<T, D: Dialect> fmt::Debug for DurableQueue<T, D> {
 }
 
 impl<T, D: Store> DurableQueue<T, D> {
-    /// The queue of a source: its statements and wake-up signal.
-    pub(crate) fn of(pool: Pool<D::Db>, sql: Arc<Sql>, table: &str, signal: Arc<Signal>) -> Self {
+    /// The queue of a source: its statements, wake-up signal and default attempts.
+    pub(crate) fn of(
+        pool: Pool<D::Db>,
+        sql: Arc<Sql>,
+        table: &str,
+        signal: Arc<Signal>,
+        default_attempts: u32,
+    ) -> Self {
         DurableQueue {
             pool,
             sql,
             table: table.into(),
             signal,
+            default_attempts,
             _payload: PhantomData,
         }
     }
@@ -72,7 +82,14 @@ impl<T, D: Store> DurableQueue<T, D> {
         let names = D::names(config)?;
         let sql = Arc::new(Sql::new::<D>(&names));
         let (signal, _) = watch::channel(0u64);
-        Ok(Self::of(pool, sql, &names.table, Arc::new(signal)))
+        let signal = Arc::new(signal);
+        Ok(Self::of(
+            pool,
+            sql,
+            &names.table,
+            signal,
+            config.default_attempts,
+        ))
     }
 
     /// The connection pool (for the caller's own transactions).
@@ -112,7 +129,7 @@ impl<T: Serialize, D: Store> DurableQueue<T, D> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = common::new_rows(&tasks)?;
+        let rows = common::new_rows(&tasks, self.default_attempts)?;
         let mut conn = self.pool.acquire().await?;
         let ids = self.insert(&mut conn, rows).await?;
         if !D::NOTIFIES {
@@ -154,7 +171,7 @@ impl<T: Serialize, D: Store> DurableQueue<T, D> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = common::new_rows(&tasks)?;
+        let rows = common::new_rows(&tasks, self.default_attempts)?;
         Ok(self.insert(conn, rows).await?)
     }
 

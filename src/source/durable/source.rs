@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::common::{self, Leased, Signal};
 use super::config::DurableConfig;
-use super::dialect::{Arg, List, Store};
+use super::dialect::{Arg, List, StatusRow, Store};
 use super::error::DurableError;
 use super::migrate;
 use super::queue::DurableQueue;
@@ -24,7 +24,7 @@ use crate::error::{SourceError, SubmitError};
 use crate::source::{
     EnqueueResult, FetchLimits, Fetched, FinalStates, NewTask, RetrySupport, Source, WakeOn,
 };
-use crate::task::{Ack, DeadTask, FinalState, Task, TaskId};
+use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskState, TaskStatus};
 
 /// How many prune statements one heartbeat runs at most (each deletes at most the dialect's
 /// `PRUNE_BATCH` rows), so one heartbeat stays short.
@@ -209,7 +209,7 @@ where
         // Listening before the first fetch: no notification after this point is missed.
         let listener = D::listen(&pool, &names, Arc::clone(&signal)).await?;
         let source = DurableSource {
-            queue: DurableQueue::of(pool, sql, &names.table, signal),
+            queue: DurableQueue::of(pool, sql, &names.table, signal, config.default_attempts),
             bookkeeping,
             owner: common::new_owner(),
             lease: config.lease,
@@ -267,7 +267,7 @@ where
         async move {
             let mut conn = pool.acquire().await?;
             let args = vec![
-                Arg::Int(max as i64),
+                Arg::Int(max.min(i64::MAX as usize) as i64),
                 Arg::Int(owner),
                 Arg::Int(lease_us),
                 Arg::Now,
@@ -297,14 +297,14 @@ where
                     tracing::debug!(error = %e, "next due time unknown; polling");
                     None
                 });
-            let mut at = Instant::now() + poll;
+            let mut at = crate::retry::deadline_after(Instant::now(), poll);
             if let Some(wait_us) = next {
                 // A due row another poller is leasing right now: look again shortly.
                 let wait =
                     Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
-                at = at.min(Instant::now() + wait);
+                at = at.min(crate::retry::deadline_after(Instant::now(), wait));
             }
-            Ok(Fetched::new(tasks, WakeOn::at(at).or_signal(signal)))
+            Ok(Fetched::drained(tasks, WakeOn::at(at).or_signal(signal)))
         }
         .boxed_local()
     }
@@ -346,10 +346,7 @@ where
     }
 
     fn limits(&self) -> FetchLimits {
-        FetchLimits {
-            max_batch: self.batch,
-            max_in_flight: 1,
-        }
+        FetchLimits::default().max_batch(self.batch)
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
@@ -362,7 +359,7 @@ where
                     error,
                 })
             };
-            let rows = match common::new_rows(&tasks) {
+            let rows = match common::new_rows(&tasks, queue.default_attempts) {
                 Ok(rows) => rows,
                 // A payload that does not encode never will: not worth a retry.
                 Err(e) => {
@@ -441,6 +438,41 @@ where
         .boxed_local()
     }
 
+    fn status(
+        &mut self,
+        id: TaskId,
+    ) -> LocalBoxFuture<'static, Result<Option<TaskStatus>, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let raw = i64::try_from(id.0).unwrap_or(i64::MAX);
+            let mut conn = pool.acquire().await?;
+            let rows = D::statuses(&mut *conn, &sql.status, vec![Arg::Int(raw), Arg::Now]).await?;
+            Ok(rows.into_iter().next().and_then(status_of))
+        }
+        .boxed_local()
+    }
+
+    fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, DurableError<D>>> {
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        async move {
+            let mut conn = pool.acquire().await?;
+            let rows = D::counts(&mut *conn, &sql.counts, vec![Arg::Now]).await?;
+            Ok(rows.into_iter().next().map(|(q, s, r, run, dead)| {
+                let n = |c: i64| c.max(0) as u64;
+                QueueCounts {
+                    queued: n(q),
+                    scheduled: n(s),
+                    retrying: n(r),
+                    running: n(run),
+                    dead: n(dead),
+                }
+            }))
+        }
+        .boxed_local()
+    }
+
     fn rerun_dead(
         &mut self,
         ids: Vec<TaskId>,
@@ -476,6 +508,11 @@ where
             Ok(purged as usize)
         }
         .boxed_local()
+    }
+
+    fn final_states_interval(&self) -> Option<Duration> {
+        // Tasks in the table may be run by any poller sharing it.
+        Some(self.poll_interval)
     }
 
     fn heartbeat_interval(&self) -> Option<Duration> {
@@ -556,4 +593,34 @@ where
 impl<T, D: Store> RetrySupport<T> for DurableSource<T, D> {
     /// Nothing to do: the table keeps every payload.
     fn enable_retries(&mut self) {}
+}
+
+/// A status row as a [`TaskStatus`]; `None` for a state the crate does not know (a row written
+/// by a newer version).
+fn status_of(row: StatusRow) -> Option<TaskStatus> {
+    let (id, state, attempt, max, error, run_at, enqueued, finished, leased, now) = row;
+    let at = finished.map(common::system_time);
+    let attempt = attempt.clamp(0, u32::MAX.into()) as u32;
+    let state = match state.as_str() {
+        "queued" if run_at <= now => TaskState::Queued,
+        "queued" if attempt == 0 => TaskState::Scheduled {
+            run_at: common::system_time(run_at),
+        },
+        "queued" => TaskState::Retrying {
+            run_at: common::system_time(run_at),
+        },
+        "running" => TaskState::Running {
+            since: leased.map(common::system_time),
+        },
+        "completed" => TaskState::Completed { at },
+        "dead" => TaskState::Dead { at },
+        "cancelled" => TaskState::Cancelled { at },
+        _ => return None,
+    };
+    let mut status = TaskStatus::new(TaskId(id.max(0) as u64), state);
+    status.attempt = attempt;
+    status.max_attempts = max.clamp(1, u32::MAX.into()) as u32;
+    status.enqueued_at = Some(common::system_time(enqueued));
+    status.last_error = error;
+    Some(status)
 }

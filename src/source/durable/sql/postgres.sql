@@ -31,7 +31,7 @@ WITH picked AS (
 )
 UPDATE {table} AS t
 SET state = 'running', attempt = t.attempt + 1, lease_owner = $2, lease_seq = t.lease_seq + 1,
-    lease_until = now() + $3 * interval '1 microsecond'
+    lease_until = now() + $3 * interval '1 microsecond', leased_at = now()
 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
@@ -143,6 +143,24 @@ LIMIT $1;
 -- $1: ids.
 SELECT id, state, attempt::bigint, last_error FROM {table}
 WHERE id = ANY($1) AND state IN ('completed', 'dead', 'cancelled');
+
+-- name: status
+-- One task, any state; times in µs since the Unix epoch, with the server's now. $1: id.
+SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
+       (extract(epoch FROM run_at) * 1000000)::bigint,
+       (extract(epoch FROM enqueued_at) * 1000000)::bigint,
+       (extract(epoch FROM finished_at) * 1000000)::bigint,
+       (extract(epoch FROM leased_at) * 1000000)::bigint,
+       (extract(epoch FROM now()) * 1000000)::bigint
+FROM {table} WHERE id = $1;
+
+-- name: counts
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead).
+SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= now()),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt = 0),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt > 0),
+       (SELECT count(*) FROM {table} WHERE state = 'running'),
+       (SELECT count(*) FROM {table} WHERE state = 'dead');
 
 -- name: dead_rerun
 UPDATE {table}

@@ -17,7 +17,7 @@ RETURNING id;
 -- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now.
 UPDATE {table}
 SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
-    lease_seq = lease_seq + 1
+    lease_seq = lease_seq + 1, leased_at = ?4
 WHERE id IN (
     SELECT id FROM {table}
     WHERE state = 'queued' AND run_at <= ?4
@@ -126,6 +126,21 @@ LIMIT ?1;
 -- ?1: a JSON array of ids.
 SELECT id, state, attempt, last_error FROM {table}
 WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('completed', 'dead', 'cancelled');
+
+-- name: status
+-- One task, any state; times in µs since the Unix epoch, with now. ?1: id; ?2: now.
+SELECT id, state, attempt, max_attempts, last_error, run_at, enqueued_at, finished_at, leased_at,
+       ?2
+FROM {table} WHERE id = ?1;
+
+-- name: counts
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead).
+-- ?1: now.
+SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= ?1),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt = 0),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt > 0),
+       (SELECT count(*) FROM {table} WHERE state = 'running'),
+       (SELECT count(*) FROM {table} WHERE state = 'dead');
 
 -- name: dead_rerun
 UPDATE {table}
