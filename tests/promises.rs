@@ -83,20 +83,13 @@ async fn retries_and_snoozes_are_not_refused_by_a_full_queue() {
 async fn released_tasks_are_not_refused_by_a_full_queue() {
     tokio::time::pause();
     let (g, _closed) = gate();
-    let poller = Poller::<u32>::builder()
+    let builder = Poller::<u32>::builder()
         .workers(1)
         .capacity(2)
         .dispatch_ahead(0)
         .on_current_arbiter()
-        .retry(RetryPolicy::attempts(2).fixed(Duration::from_secs(1)))
-        .start(move |_n: u32, _cx: TaskContext| {
-            let g = g.clone();
-            async move {
-                g.wait().await;
-                Ok::<_, Infallible>(())
-            }
-        })
-        .unwrap();
+        .retry(RetryPolicy::attempts(2).fixed(Duration::from_secs(1)));
+    let poller = common::start_gated(builder, g);
     poller.submit(0).await.unwrap();
     common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
     poller.submit_batch(vec![1, 2]).await.unwrap();
@@ -342,18 +335,11 @@ async fn dead_retention_is_a_cap() {
 async fn hand_back_order_is_priority_then_due_time() {
     tokio::time::pause();
     let (g, _closed) = gate();
-    let poller = Poller::<u32>::builder()
+    let builder = Poller::<u32>::builder()
         .workers(1)
         .dispatch_ahead(0)
-        .on_current_arbiter()
-        .start(move |_n: u32, _cx| {
-            let g = g.clone();
-            async move {
-                g.wait().await;
-                Ok::<_, Infallible>(())
-            }
-        })
-        .unwrap();
+        .on_current_arbiter();
+    let poller = common::start_gated(builder, g);
     poller.submit(100).await.unwrap();
     common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
     for (n, prio, delay_s) in [

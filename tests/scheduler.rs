@@ -918,19 +918,12 @@ async fn a_refilled_slot_starts_before_the_rest_of_its_cohort_resumes() {
 async fn queued_at_executors_are_handed_back_in_order() {
     tokio::time::pause();
     let (g, _opener) = gate();
-    let poller = Poller::<u32>::builder()
+    let builder = Poller::<u32>::builder()
         .workers(1)
         .dispatch_ahead(4)
         .prefetch(2)
-        .on_current_arbiter()
-        .start(move |_n: u32, _cx| {
-            let g = g.clone();
-            async move {
-                g.wait().await;
-                Ok::<_, Infallible>(())
-            }
-        })
-        .unwrap();
+        .on_current_arbiter();
+    let poller = common::start_gated(builder, g);
     poller.submit_batch((0..20).collect()).await.unwrap();
     common::eventually(Duration::from_secs(5), || poller.stats().busy == 1).await;
     // One queued at the executor (its starting depth), two prefetched at the Fetcher.

@@ -64,6 +64,23 @@ impl GateOpener {
     }
 }
 
+/// Starts `builder` with a handler that waits on `gate` and succeeds: every task it starts
+/// holds its slot until the gate opens (or the shutdown deadline drops it).
+pub fn start_gated(
+    builder: actix_poller::PollerBuilder<u32>,
+    gate: Gate,
+) -> actix_poller::Poller<u32> {
+    builder
+        .start(move |_n: u32, _cx| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .expect("a valid configuration inside a System")
+}
+
 /// Counts drops: put one in per-executor state or a source to prove it was dropped.
 #[derive(Debug)]
 pub struct DropProbe(pub Arc<AtomicUsize>);
