@@ -191,6 +191,7 @@ fn scaled(secs: f64, factor: f64) -> Option<Duration> {
 /// `d` spread by up to `± jitter × d` (`jitter` in `0.0..=1.0`), at least 1 ms; a duration too
 /// long to spread (past [`FAR_FUTURE`]) is [`FAR_FUTURE`]. For periodic work (polls) that many
 /// processes do at once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn spread(d: Duration, jitter: f64) -> Duration {
     let d = d.min(FAR_FUTURE);
     let factor = 1.0 + jitter.clamp(0.0, 1.0) * (2.0 * fastrand::f64() - 1.0);
