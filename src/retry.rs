@@ -188,8 +188,8 @@ fn scaled(secs: f64, factor: f64) -> Option<Duration> {
     Duration::try_from_secs_f64((secs * factor).max(0.0)).ok()
 }
 
-/// `d` spread by up to `± jitter × d` (`jitter` in `0.0..=1.0`), at least 1 ms; a duration too
-/// long to spread (past [`FAR_FUTURE`]) is [`FAR_FUTURE`]. For periodic work (polls) that many
+/// `d` spread by up to `± jitter × d` (`jitter` in `0.0..=1.0`), at least 1 ms and at most
+/// [`FAR_FUTURE`]. For periodic work (polls) that many
 /// processes do at once.
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn spread(d: Duration, jitter: f64) -> Duration {
@@ -197,7 +197,7 @@ pub(crate) fn spread(d: Duration, jitter: f64) -> Duration {
     let factor = 1.0 + jitter.clamp(0.0, 1.0) * (2.0 * fastrand::f64() - 1.0);
     scaled(d.as_secs_f64(), factor)
         .unwrap_or(FAR_FUTURE)
-        .max(Duration::from_millis(1))
+        .clamp(Duration::from_millis(1), FAR_FUTURE)
 }
 
 #[cfg(test)]
