@@ -121,7 +121,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                     self.pending_acks = retry;
                     self.acks_in_flight += 1;
                     self.ack_retry = Some(ctx.run_later(delay, |act, ctx| {
-                        act.ack_retry = None;
+                        // `CloseSource` may have taken this retry (and counted it out) while the
+                        // timer was already due: actix cancels lazily, so the closure can still
+                        // run. Whoever takes the handle counts the retry out, once.
+                        if act.ack_retry.take().is_none() {
+                            return;
+                        }
                         act.acks_in_flight -= 1;
                         act.send_pending_acks(ctx);
                     }));

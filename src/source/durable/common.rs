@@ -173,12 +173,6 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> Option<i64> {
     timeout.map(|t| t.as_millis().clamp(1, i64::MAX as u128) as i64)
 }
 
-/// `d` spread by up to `± jitter × d`.
-pub(crate) fn jittered(d: Duration, jitter: f64) -> Duration {
-    let factor = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
-    Duration::from_secs_f64((d.as_secs_f64() * factor).max(0.001))
-}
-
 /// A random lease owner: tells this poller's leases from every other's.
 pub(crate) fn new_owner() -> i64 {
     // Never 0, so a row with owner 0 (never leased by anyone) matches no poller.
@@ -414,7 +408,7 @@ where
             Ok(r) => return Ok(r),
             Err(e) if n < tries && !permanent(&e) => {
                 tracing::debug!(error = %e, attempt = n, "database write failed; retrying");
-                tokio::time::sleep(jittered(delay, 0.2)).await;
+                tokio::time::sleep(crate::retry::spread(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
                 n += 1;
             }

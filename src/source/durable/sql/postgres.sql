@@ -179,7 +179,12 @@ BEGIN
 
 -- name: migrate_lock
 -- Pollers starting together apply the migrations once: the first holds this lock until it
--- commits. {create_schema} creates the configured schema, if any.
+-- commits. {create_schema} creates the configured schema, if any. The connections' statement and
+-- lock timeouts (PgConfig::statement_timeout, lock_timeout) are lifted for this transaction
+-- only: a migration may rebuild an index on a big table, and a poller starting beside another
+-- one that migrates waits for it rather than failing.
+SET LOCAL statement_timeout = 0;
+SET LOCAL lock_timeout = 0;
 SELECT pg_advisory_xact_lock(hashtext('actix-poller:{table}'));
 {create_schema}
 
