@@ -12,7 +12,7 @@ use actix_rt::{Arbiter, System};
 use tracing::Level;
 
 use crate::error::StartError;
-use crate::executor::{panic_message, Executor};
+use crate::executor::{panic_message, Executor, Settings};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
 use crate::poller::{Handle, Poller};
@@ -533,13 +533,15 @@ where
     H: TaskHandler<T>,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let timeout = shape.timeout;
+    let settings = || Settings {
+        timeout: shape.timeout,
+        trace: links.trace.clone(),
+    };
     let new_executor = |index, handler, guard| {
         Executor::new(
             index,
             handler,
-            timeout,
-            links.trace.clone(),
+            settings(),
             links.scheduler.clone().recipient(),
             Arc::clone(links.counters),
             Arc::clone(links.returns),
@@ -563,11 +565,11 @@ where
     for index in 0..shape.count {
         let arbiter = Arbiter::new();
         let factory = Arc::clone(&factory);
-        let (done, counters, returns, trace) = (
+        let (done, counters, returns, settings) = (
             links.scheduler.clone().recipient(),
             Arc::clone(links.counters),
             Arc::clone(links.returns),
-            links.trace.clone(),
+            settings(),
         );
         let guard = plan.guard();
         let (tx, rx) = actix::dev::channel::channel(16);
@@ -576,9 +578,8 @@ where
         arbiter.spawn_fn(move || {
             let built = build_handler(&*factory, index).map(|handler| {
                 let ctx = Context::with_receiver(rx);
-                let executor = Executor::new(
-                    index, handler, timeout, trace, done, counters, returns, guard,
-                );
+                let executor =
+                    Executor::new(index, handler, settings, done, counters, returns, guard);
                 actix_rt::spawn(ctx.into_future(executor));
             });
             let _ = built_tx.send(built);

@@ -160,6 +160,14 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What every executor is told at start besides its links: the default per-attempt timeout and
+/// the attempt spans' settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) trace: TraceConfig,
+}
+
 struct Draining<T> {
     reply: oneshot::Sender<DrainReport<T>>,
     report: DrainReport<T>,
@@ -222,13 +230,16 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     pub(crate) fn new(
         index: usize,
         handler: H,
-        default_timeout: Option<Duration>,
-        trace: TraceConfig,
+        settings: Settings,
         scheduler: Recipient<Done>,
         counters: Arc<Counters>,
         back: Arc<ReturnPath<T>>,
         guard: DropGuard,
     ) -> Self {
+        let Settings {
+            timeout: default_timeout,
+            trace,
+        } = settings;
         Executor {
             index,
             handler,

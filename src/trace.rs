@@ -36,9 +36,9 @@ pub(crate) struct TraceConfig {
 }
 
 impl TraceConfig {
-    pub(crate) fn new(poller: &Cow<'static, str>, retry_level: Level) -> Self {
+    pub(crate) fn new(poller: &str, retry_level: Level) -> Self {
         TraceConfig {
-            poller: Arc::from(poller.as_ref()),
+            poller: Arc::from(poller),
             otel_name: Arc::from(format!("process {poller}")),
             retry_level,
         }

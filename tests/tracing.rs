@@ -25,6 +25,7 @@ struct SpanRec {
     name: &'static str,
     parent: Option<usize>,
     fields: HashMap<String, String>,
+    closed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
             name: attrs.metadata().name(),
             parent,
             fields,
+            closed: false,
         });
         let index = c.spans.len() - 1;
         c.live.insert(id.into_u64(), index);
@@ -93,7 +95,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
-        self.0.lock().unwrap().live.remove(&id.into_u64());
+        let mut c = self.0.lock().unwrap();
+        if let Some(i) = c.live.remove(&id.into_u64()) {
+            c.spans[i].closed = true;
+        }
     }
 }
 
@@ -278,4 +283,39 @@ async fn fetch_and_ack_spans_record_their_batch_sizes() {
     // Every task fetched once, every attempt acked once.
     assert_eq!(sum("actix_poller.fetch", "tasks"), 5);
     assert_eq!(sum("actix_poller.ack", "acks"), 5);
+}
+
+#[cfg(feature = "sqlite")]
+#[actix_rt::test]
+async fn durable_sources_heartbeat_inside_a_span() {
+    use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let path = std::env::temp_dir().join(format!(
+        "actix-poller-tracing-{}-{}.db",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    // The heartbeat runs every third of the lease.
+    let config = SqliteConfig::new(&path).lease(Duration::from_millis(30));
+    let source = SqliteSource::<u32>::connect(config).await.unwrap();
+    let poller = Poller::<u32>::builder()
+        .source(source)
+        .on_current_arbiter()
+        .start(|_n: u32, _cx| async { Ok::<(), String>(()) })
+        .unwrap();
+    let beat = || {
+        let (spans, _) = capture.snapshot();
+        spans
+            .iter()
+            .any(|s| s.name == "actix_poller.heartbeat" && s.closed && s.parent.is_none())
+    };
+    common::eventually(Duration::from_secs(10), beat).await;
+    poller.shutdown(Duration::from_secs(5)).await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
 }
