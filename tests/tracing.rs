@@ -319,3 +319,34 @@ async fn durable_sources_heartbeat_inside_a_span() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// A submitter's span from another subscriber than the executor's (a scoped subscriber in a test,
+/// say) stays that subscriber's business: the attempt span is made by the parent's subscriber, as
+/// its child; the executor's own subscriber, which does not know the parent's id (a registry
+/// panics on such a parent), never sees it. The task runs normally.
+#[actix_rt::test]
+async fn a_parent_from_another_subscriber_gets_the_attempt_span_there() {
+    let ours = Capture::default();
+    let _guard = ours.install();
+    let theirs = Capture::default();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(theirs.clone()));
+    let poller = Poller::<u32>::builder()
+        .on_current_arbiter()
+        .start(|_n: u32, _cx| async { Ok::<(), String>(()) })
+        .unwrap();
+    let msg = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info_span!("foreign").in_scope(|| actix_poller::Submit::new(7).tracked())
+    });
+    let receipt = poller.submit_with(msg).await.unwrap();
+    let id = receipt.id().0;
+    assert_eq!(within(receipt.outcome()).await, Ok(FinalState::Completed));
+    poller.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    let (spans, _) = theirs.snapshot();
+    let attempt = attempts(&spans, id);
+    assert_eq!(attempt.len(), 1, "{spans:?}");
+    assert_eq!(attempt[0].1.parent.map(|p| spans[p].name), Some("foreign"));
+    assert_eq!(field(&attempt[0].1.fields, "outcome"), "completed");
+    let (ours, _) = ours.snapshot();
+    assert!(attempts(&ours, id).is_empty());
+}
