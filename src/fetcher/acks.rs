@@ -4,11 +4,13 @@
 
 use actix::prelude::*;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use super::Fetcher;
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::task::{Ack, Disposition, FinalState};
+use crate::trace;
 
 /// The most acks the source has not recorded yet (in flight, waiting, or failed and waiting for
 /// their retry) before the Fetcher stops fetching: while a store refuses acks, new work would
@@ -46,7 +48,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
         // The copy is what a failed call retries, and what tells trackers their final state
         // once the source has recorded it.
-        let mut fut = self.source.ack(acks.clone());
+        let span = trace::ack_span(acks.len());
+        let mut fut = span
+            .in_scope(|| self.source.ack(acks.clone()))
+            .instrument(span);
         match (&mut fut).now_or_never() {
             Some(res) => self.acked(acks, res, ctx),
             None => {
@@ -149,9 +154,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return;
         }
         self.heartbeat_in_flight = true;
+        let span = trace::heartbeat_span();
         ctx.spawn(
-            self.source
-                .heartbeat()
+            span.in_scope(|| self.source.heartbeat())
+                .instrument(span)
                 .into_actor(self)
                 .map(|res, act, _ctx| {
                     act.heartbeat_in_flight = false;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::dialect::FetchedRow;
 use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
+use crate::trace::{Parent, TraceParent};
 
 /// A migration: version, description, SQL.
 /// A migration's SQL; its first line is `-- migration: <what it does>`, and its version is its
@@ -306,11 +307,12 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq) in rows {
+    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace) in rows
+    {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
                 leased.hold(id, seq);
-                let task = Task::new(TaskId(id as u64), payload)
+                let mut task = Task::new(TaskId(id as u64), payload)
                     .with_attempt(attempt.clamp(1, u32::MAX as i64) as u32)
                     .with_max_attempts(max_attempts.clamp(1, u32::MAX as i64) as u32)
                     .with_priority(priority.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
@@ -320,6 +322,11 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                             .filter(|ms| *ms > 0)
                             .map(|ms| Duration::from_millis(ms as u64)),
                     );
+                // A text that is no valid traceparent (written by hand?) only loses the link.
+                task.trace = trace
+                    .as_deref()
+                    .and_then(TraceParent::parse)
+                    .map(|tp| Box::new(Parent::Remote(tp)));
                 tasks.push(task);
             }
             Err(e) => bad.push((id, format!("the payload does not decode: {e}"))),
@@ -329,11 +336,13 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
 }
 
 /// A new task as the `enqueue` statement takes it: payload (JSON), priority, delay (µs), most
-/// attempts, timeout (ms).
-pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>);
+/// attempts, timeout (ms), W3C `traceparent` of the submitter's span.
+pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>, Option<String>);
 
 /// Encodes a batch for the `enqueue` statement.
-/// The rows of `tasks`; a task without attempts gets `default_attempts`.
+/// The rows of `tasks`; a task without attempts gets `default_attempts`. The trace context is
+/// the submitter's (a poller's submit), else the span current here (a direct enqueue); only
+/// the `opentelemetry` feature has one to store.
 pub(crate) fn new_rows<T: serde::Serialize>(
     tasks: &[NewTask<T>],
     default_attempts: u32,
@@ -349,6 +358,10 @@ pub(crate) fn new_rows<T: serde::Serialize>(
                     .unwrap_or(default_attempts)
                     .clamp(1, i32::MAX as u32) as i32,
                 timeout_ms(t.timeout),
+                t.parent
+                    .as_deref()
+                    .map_or_else(TraceParent::current, Parent::traceparent)
+                    .map(|tp| tp.to_string()),
             ))
         })
         .collect()

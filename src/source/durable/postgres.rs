@@ -204,6 +204,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
         include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
         include_str!("../../../migrations/postgres/0005_leased_at.sql"),
+        include_str!("../../../migrations/postgres/0006_traceparent.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -320,12 +321,18 @@ impl Dialect for PgDialect {
                 out.add(seqs)
             }
             List::Tasks(tasks) => {
+                let traces: Vec<Option<String>> = tasks.iter().map(|t| t.5.clone()).collect();
+                let tasks = tasks
+                    .into_iter()
+                    .map(|t| (t.0, t.1, t.2, t.3, t.4))
+                    .collect();
                 let (payloads, priorities, delays, attempts, timeouts) = columns(tasks);
                 out.add(payloads)?;
                 out.add(priorities)?;
                 out.add(delays)?;
                 out.add(attempts)?;
-                out.add(timeouts)
+                out.add(timeouts)?;
+                out.add(traces)
             }
         }
     }

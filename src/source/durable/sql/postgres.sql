@@ -6,11 +6,11 @@
 
 -- name: enqueue
 -- One statement for the whole batch. The insert trigger notifies the listeners on commit.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms)
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent)
 SELECT u.payload::jsonb, u.priority, now() + u.delay_us * interval '1 microsecond',
-       u.max_attempts, u.timeout_ms
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
-     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, ord)
+       u.max_attempts, u.timeout_ms, u.traceparent
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[])
+     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent, ord)
 ORDER BY u.ord
 RETURNING id;
 
@@ -36,7 +36,7 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
