@@ -35,6 +35,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::messages::Notify;
 use crate::metrics::{Sample, Stopwatch};
@@ -44,6 +45,7 @@ use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
 use crate::stats::Counters;
 use crate::task::{Ack, QueueCounts, Task, TaskId};
+use crate::trace;
 
 pub use trackers::TRACKING_LIMIT;
 
@@ -242,15 +244,19 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             Counters::add(&self.counters.fetch_calls, 1);
             let epoch = self.epoch;
             let clock = Stopwatch::start();
-            let mut fut = self.source.fetch(n);
+            let span = trace::fetch_span(n);
+            let mut fut = span.in_scope(|| self.source.fetch(n)).instrument(span);
             match (&mut fut).now_or_never() {
                 // A source that answers at once (the in-memory one) costs no spawn.
                 Some(res) => {
+                    trace::fetch_landed(fut.span(), &res);
                     self.counters.metrics.fetched(&clock, &res);
                     self.fetched(n, epoch, res, ctx);
                 }
                 None => {
+                    let span = fut.span().clone();
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        trace::fetch_landed(&span, &res);
                         act.counters.metrics.fetched(&clock, &res);
                         act.fetched(n, epoch, res, ctx);
                         act.pump(ctx);
