@@ -13,6 +13,7 @@ use crate::error::StartError;
 use crate::executor::{panic_message, Executor};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
+use crate::pace::PaceConfig;
 use crate::poller::{Handle, Poller};
 use crate::protocol::ReturnPath;
 use crate::retry::{Backoff, RetryPolicy};
@@ -54,6 +55,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     timeout: Option<Duration>,
     cancel_grace: Duration,
     capacity: Option<usize>,
+    pace: PaceConfig,
     source: S,
     _payload: std::marker::PhantomData<fn(T)>,
 }
@@ -66,6 +68,7 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("current_arbiter", &self.current_arbiter)
             .field("prefetch", &self.prefetch)
             .field("dispatch_ahead", &self.dispatch_ahead)
+            .field("pace", &self.pace)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
@@ -95,6 +98,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             timeout: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
+            pace: PaceConfig::default(),
             source: MemorySource::default(),
             _payload: std::marker::PhantomData,
         }
@@ -158,6 +162,93 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// ones.
     pub fn dispatch_ahead(mut self, n: usize) -> Self {
         self.dispatch_ahead = Some(n);
+        self
+    }
+
+    /// At most `k` tasks of one [`Key`](crate::Key) run at once (default: no per-key limit),
+    /// under the global [`workers`](Self::workers) bound; [`key_limit_for`](Self::key_limit_for)
+    /// overrides it per key. A task whose key is at its limit waits in the Fetcher while tasks
+    /// of other keys start past it (it holds no worker slot while it waits). Tasks without a
+    /// key are not limited.
+    ///
+    /// Setting any pace limit turns [`dispatch_ahead`](Self::dispatch_ahead) off: every start is
+    /// decided by the Fetcher when a slot is free.
+    ///
+    /// # Errors
+    ///
+    /// `k = 0` makes [`start`](Self::start) fail with [`StartError::ZeroKeyLimit`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Poller, TaskOptions};
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() {
+    /// let poller = Poller::<u32>::builder()
+    ///     .workers(16)
+    ///     .key_limit(2)
+    ///     .key_limit_for("big-customer", 8)
+    ///     .start(|_x: u32, _cx| async { Ok::<(), std::io::Error>(()) })
+    ///     .unwrap();
+    /// poller
+    ///     .submit_with(actix_poller::Submit::new(1).options(TaskOptions::new().key("acme")))
+    ///     .await
+    ///     .unwrap();
+    /// poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// # }
+    /// ```
+    pub fn key_limit(mut self, k: usize) -> Self {
+        self.pace.key_limit = Some(k);
+        self
+    }
+
+    /// At most `k` tasks of `key` run at once, whatever [`key_limit`](Self::key_limit) says.
+    ///
+    /// # Errors
+    ///
+    /// `k = 0` makes [`start`](Self::start) fail with [`StartError::ZeroKeyLimit`] (pause a
+    /// key with [`Poller::pause_key`](crate::Poller::pause_key) instead).
+    pub fn key_limit_for(mut self, key: impl Into<crate::Key>, k: usize) -> Self {
+        self.pace.key_limits.insert(key.into(), k);
+        self
+    }
+
+    /// At most `n` task starts per `per` for the whole poller, in bursts of at most `burst`
+    /// (see [`RateLimit`](crate::RateLimit)). A task that may not start yet waits in the Fetcher,
+    /// holding no worker slot. Turns [`dispatch_ahead`](Self::dispatch_ahead) off.
+    ///
+    /// # Errors
+    ///
+    /// `n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn rate_limit(mut self, n: u32, per: Duration, burst: u32) -> Self {
+        self.pace.rate = Some(crate::RateLimit::new(n, per, burst));
+        self
+    }
+
+    /// At most `n` starts per `per` (bursts of `burst`) for each [`Key`](crate::Key), counted
+    /// per key; [`key_rate_limit_for`](Self::key_rate_limit_for) overrides it per key. A task
+    /// whose key may not start yet does not hold back other keys' tasks.
+    ///
+    /// # Errors
+    ///
+    /// `n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn key_rate_limit(mut self, n: u32, per: Duration, burst: u32) -> Self {
+        self.pace.key_rate = Some(crate::RateLimit::new(n, per, burst));
+        self
+    }
+
+    /// `key`'s own rate limit, whatever [`key_rate_limit`](Self::key_rate_limit) says.
+    ///
+    /// # Errors
+    ///
+    /// `limit.n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn key_rate_limit_for(
+        mut self,
+        key: impl Into<crate::Key>,
+        limit: crate::RateLimit,
+    ) -> Self {
+        self.pace.key_rates.insert(key.into(), limit);
         self
     }
 
@@ -266,6 +357,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             timeout: self.timeout,
             cancel_grace: self.cancel_grace,
             capacity: None,
+            pace: self.pace,
             source,
             _payload: std::marker::PhantomData,
         }
@@ -373,6 +465,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             fetch_backoff: self.fetch_backoff,
             default_attempts: self.retry.max_attempts(),
             cancel_grace: self.cancel_grace,
+            pace: self.pace,
         };
         fetcher_ctx.run(Fetcher::new(
             self.source,
@@ -438,6 +531,12 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         } = self.source.limits();
         if max_batch == 0 || max_in_flight == 0 {
             return Err(StartError::ZeroFetchLimit);
+        }
+        if self.pace.has_zero_rate() {
+            return Err(StartError::ZeroRate);
+        }
+        if self.pace.key_limit == Some(0) || self.pace.key_limits.values().any(|k| *k == 0) {
+            return Err(StartError::ZeroKeyLimit);
         }
         Ok(executors)
     }

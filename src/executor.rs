@@ -136,9 +136,12 @@ where
     }
 }
 
-/// A handler's error: a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
+/// A handler's error: a [`Backpressure`](crate::Backpressure) (or an error wrapping one)
+/// pauses and snoozes, a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
 fn classify(error: BoxError) -> Outcome {
-    if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
+    if let Some(b) = crate::pace::Backpressure::find(error.as_ref()) {
+        Outcome::Backpressured(b)
+    } else if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
         Outcome::Snoozed(*after)
     } else if let Some(Abort(reason)) = error.downcast_ref::<Abort>() {
         Outcome::Aborted(reason.clone())

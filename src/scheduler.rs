@@ -31,6 +31,8 @@ pub(crate) struct Scheduler {
     deltas: Vec<ExecutorDelta>,
     changed: bool,
     acks: Vec<Ack>,
+    /// Backpressure answers not yet sent to the Fetcher.
+    pauses: Vec<(crate::task::TaskId, crate::pace::Backpressure)>,
     retry_backoff: Backoff,
     /// Set by `BeginShutdown`: from then on credits stay here; acks still flow.
     closing: bool,
@@ -64,6 +66,7 @@ impl Scheduler {
             deltas: vec![ExecutorDelta::default(); executors],
             changed: false,
             acks: Vec::new(),
+            pauses: Vec::new(),
             retry_backoff,
             closing: false,
             plan: Some(plan),
@@ -79,7 +82,7 @@ impl Scheduler {
         } else {
             std::mem::take(&mut self.free)
         };
-        if credits == 0 && self.acks.is_empty() && !self.changed {
+        if credits == 0 && self.acks.is_empty() && self.pauses.is_empty() && !self.changed {
             return;
         }
         let executors = if std::mem::take(&mut self.changed) {
@@ -94,6 +97,7 @@ impl Scheduler {
             credits,
             executors,
             acks,
+            pauses: std::mem::take(&mut self.pauses),
         });
     }
 }
@@ -139,6 +143,11 @@ impl Handler<Done> for Scheduler {
                     tracing::warn!(task = %fin.id, attempt = fin.attempt, %reason, "task aborted");
                 }
                 Outcome::Snoozed(_) => snoozed += 1,
+                Outcome::Backpressured(b) => {
+                    snoozed += 1;
+                    tracing::info!(task = %fin.id, attempt = fin.attempt, %b, "downstream backpressure");
+                    self.pauses.push((fin.id, *b));
+                }
             }
             let disposition = settle(&fin, &self.retry_backoff);
             match disposition {

@@ -64,7 +64,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         let mut fut = self.source.enqueue(
             tasks
                 .into_iter()
-                .map(|t| NewTask::with_options(t, options, attempts))
+                .map(|t| NewTask::with_options(t, options.clone(), attempts))
                 .collect(),
         );
         if let Some(res) = (&mut fut).now_or_never() {

@@ -253,6 +253,9 @@ pub struct NewTask<T> {
     pub run_at: Option<Instant>,
     /// Per-attempt timeout override.
     pub timeout: Option<std::time::Duration>,
+    /// The pace key ([`TaskOptions::key`](crate::TaskOptions::key)); a source that can, hands it
+    /// back on [`Task::key`](crate::Task::key).
+    pub key: Option<crate::pace::Key>,
 }
 
 impl<T> NewTask<T> {
@@ -267,6 +270,7 @@ impl<T> NewTask<T> {
             priority: 0,
             run_at: None,
             timeout: None,
+            key: None,
         }
     }
 
@@ -278,6 +282,7 @@ impl<T> NewTask<T> {
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,
+            key: options.key,
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum Outcome {
     TimedOut(Duration),
     /// The handler asked to run again after this delay ([`RetryAfter`]); not a failure.
     Snoozed(Duration),
+    /// The handler answered [`Backpressure`](crate::Backpressure): its key (or the poller)
+    /// pauses, and the task runs again after the pause without counting a failed attempt.
+    Backpressured(crate::pace::Backpressure),
     /// The handler asked never to retry ([`Abort`]); the text is the reason.
     Aborted(String),
 }
@@ -180,6 +183,7 @@ impl FinalState {
 /// | `Interrupted` | – | `Release` (back in the source, same attempt number again) |
 /// | `Aborted` | – | `Dead` (final) |
 /// | `Snoozed(d)` | – | `Snooze { after: d }` (same attempt number again) |
+/// | `Backpressured(b)` | – | `Snooze { after: b.duration() }` (same attempt number again) |
 /// | `Failed`, `Panicked`, `TimedOut` | yes | `Retry { after: backoff.delay(attempt) }` |
 /// | `Failed`, `Panicked`, `TimedOut` | no | `Dead` (final) |
 pub(crate) fn settle(finished: &Finished, retry_backoff: &Backoff) -> Disposition {
@@ -191,6 +195,9 @@ pub(crate) fn settle(finished: &Finished, retry_backoff: &Backoff) -> Dispositio
             error: format!("aborted: {reason}"),
         },
         Outcome::Snoozed(after) => Disposition::Snooze { after: *after },
+        Outcome::Backpressured(b) => Disposition::Snooze {
+            after: b.duration(),
+        },
         Outcome::TimedOut(limit) => retry_or_dead(
             finished,
             &format!("timed out after {limit:?}"),
