@@ -51,7 +51,7 @@ impl Gcra {
 
     /// Whether the state is back to "nothing started" (it may be dropped).
     pub(crate) fn is_idle(&self, now: Instant) -> bool {
-        self.tat.is_none_or(|tat| tat <= now)
+        !self.tat.is_some_and(|tat| tat > now)
     }
 }
 
