@@ -56,6 +56,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     cancel_grace: Duration,
     capacity: Option<usize>,
     pace: PaceConfig,
+    limiter: Option<Box<dyn crate::Limiter>>,
     source: S,
     _payload: std::marker::PhantomData<fn(T)>,
 }
@@ -69,6 +70,7 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("prefetch", &self.prefetch)
             .field("dispatch_ahead", &self.dispatch_ahead)
             .field("pace", &self.pace)
+            .field("limiter", &self.limiter)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
@@ -99,6 +101,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
             pace: PaceConfig::default(),
+            limiter: None,
             source: MemorySource::default(),
             _payload: std::marker::PhantomData,
         }
@@ -252,6 +255,37 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         self
     }
 
+    /// Moves the concurrency limit between the limiter's bounds from what it observes (each
+    /// attempt's latency, and overload: [`Backpressure`](crate::Backpressure) answers and
+    /// timeouts), instead of holding it at `workers`; `workers` stays the ceiling, so set it at
+    /// least to the limiter's `max`. [`Aimd`](crate::Aimd) suits a downstream that says when it
+    /// is overloaded, [`Gradient`](crate::Gradient) one whose latency grows first; see
+    /// docs/pace.md. [`Stats::limit`](crate::Stats::limit) shows the current limit. When the
+    /// limit goes down, running tasks finish; no new one starts until the running ones are
+    /// under it. It turns [`dispatch_ahead`](Self::dispatch_ahead) off (a task queued at an
+    /// executor would take over a slot the limit means to retire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Aimd, Poller};
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() {
+    /// let poller = Poller::<u32>::builder()
+    ///     .workers(256)
+    ///     .adaptive(Aimd::new(4, 256))
+    ///     .start(|_x: u32, _cx| async { Ok::<(), std::io::Error>(()) })
+    ///     .unwrap();
+    /// assert_eq!(poller.stats().limit, 4);
+    /// poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// # }
+    /// ```
+    pub fn adaptive(mut self, limiter: impl crate::Limiter) -> Self {
+        self.limiter = Some(Box::new(limiter));
+        self
+    }
+
     /// The backoff between failed fetches (default: 50 ms doubling to 30 s, 20 % jitter).
     pub fn fetch_backoff(mut self, backoff: Backoff) -> Self {
         self.fetch_backoff = backoff;
@@ -358,6 +392,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             cancel_grace: self.cancel_grace,
             capacity: None,
             pace: self.pace,
+            limiter: self.limiter,
             source,
             _payload: std::marker::PhantomData,
         }
@@ -461,7 +496,13 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         let scheduler_guard = plan.guard();
         let config = FetcherConfig {
             prefetch: self.prefetch,
-            ahead: self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD),
+            // An adaptive limit retires credits as slots come back: a queued task taking over
+            // a slot at its executor would keep it, and the limit could not go down.
+            ahead: if self.limiter.is_some() {
+                0
+            } else {
+                self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD)
+            },
             fetch_backoff: self.fetch_backoff,
             default_attempts: self.retry.max_attempts(),
             cancel_grace: self.cancel_grace,
@@ -484,6 +525,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         ));
         scheduler_ctx.run(Scheduler::new(
             self.workers,
+            self.limiter,
             executors,
             fetcher.clone().recipient(),
             *self.retry.backoff(),

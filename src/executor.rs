@@ -57,6 +57,8 @@ pin_project_lite::pin_project! {
         ended: Option<Finished>,
         #[pin]
         deadline: Option<Sleep>,
+        // When the attempt started (its latency, for an adaptive limit).
+        began: Instant,
         // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
         // `catch_unwind` too, so a panicking destructor cannot take the executor down.
         #[pin]
@@ -114,6 +116,7 @@ where
             attempt: *this.attempt,
             max_attempts: *this.max_attempts,
             outcome,
+            elapsed: this.began.elapsed(),
         })
     }
 }
@@ -300,6 +303,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     waker: None,
                     ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
+                    began: Instant::now(),
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.
@@ -316,6 +320,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     attempt,
                     max_attempts,
                     outcome: Outcome::Panicked(panic_message(panic.as_ref())),
+                    elapsed: Duration::ZERO,
                 });
                 false
             }
@@ -480,6 +485,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 } else {
                     Outcome::Interrupted
                 },
+                elapsed: r.began.elapsed(),
             })
             .collect();
         for fin in &ends {
@@ -575,6 +581,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
                     attempt: task.attempt,
                     max_attempts: task.max_attempts,
                     outcome: Outcome::Cancelled,
+                    elapsed: Duration::ZERO,
                 });
                 self.flush();
                 return MessageResult(CancelOutcome::Dequeued);

@@ -136,7 +136,7 @@ pub use messages::{
     Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify, Pause,
     PauseKey, PurgeDead, Receipt, RerunDead, Resume, ResumeKey, Submit, SubmitBatch,
 };
-pub use pace::{Backpressure, Key, PauseScope, RateLimit};
+pub use pace::{Aimd, Backpressure, Gradient, Key, Limiter, PauseScope, RateLimit, Sample};
 pub use poller::Poller;
 pub use retry::{Backoff, RetryPolicy};
 pub use shutdown::{ShutdownReport, Unfinished, SHUTDOWN_SLACK};

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::messages::GetStats;
+use crate::pace::{Limiter, Sample};
 use crate::protocol::{BeginShutdown, Done, ExecutorDelta, Flush, Ready};
 use crate::retry::Backoff;
 use crate::shutdown::{DropGuard, ShutdownPlan};
@@ -31,6 +32,13 @@ pub(crate) struct Scheduler {
     deltas: Vec<ExecutorDelta>,
     changed: bool,
     acks: Vec<Ack>,
+    /// The concurrency limit now: `workers`, or what the adaptive limiter says (at most
+    /// `workers`).
+    limit: usize,
+    ceiling: usize,
+    /// Credits to retire as slots come back, after the limit went down while they were out.
+    debt: usize,
+    limiter: Option<Box<dyn Limiter>>,
     /// Backpressure answers not yet sent to the Fetcher.
     pauses: Vec<(crate::task::TaskId, crate::pace::Backpressure)>,
     retry_backoff: Backoff,
@@ -52,7 +60,8 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(
-        limit: usize,
+        workers: usize,
+        limiter: Option<Box<dyn Limiter>>,
         executors: usize,
         fetcher: Recipient<Ready>,
         retry_backoff: Backoff,
@@ -60,8 +69,18 @@ impl Scheduler {
         counters: Arc<Counters>,
         guard: DropGuard,
     ) -> Self {
+        let limit = limiter
+            .as_ref()
+            .map_or(workers, |l| l.limit().clamp(1, workers.max(1)));
+        counters
+            .limit
+            .store(limit as u64, std::sync::atomic::Ordering::Relaxed);
         Scheduler {
             free: limit,
+            limit,
+            ceiling: workers.max(1),
+            debt: 0,
+            limiter,
             fetcher,
             deltas: vec![ExecutorDelta::default(); executors],
             changed: false,
@@ -73,6 +92,48 @@ impl Scheduler {
             counters,
             _guard: guard,
         }
+    }
+
+    /// Feeds one attempt's end to the adaptive limiter, if any, and moves the limit.
+    fn observe(&mut self, fin: &crate::task::Finished) {
+        let Some(limiter) = self.limiter.as_mut() else {
+            return;
+        };
+        let overloaded = match &fin.outcome {
+            Outcome::Backpressured(_) | Outcome::TimedOut(_) => true,
+            // Not the downstream's answer: nothing to learn.
+            Outcome::Cancelled | Outcome::Interrupted => return,
+            _ => false,
+        };
+        let in_flight = self.limit.saturating_sub(self.free).max(1);
+        let next = limiter
+            .observe(Sample {
+                latency: fin.elapsed,
+                overloaded,
+                in_flight,
+            })
+            .clamp(1, self.ceiling);
+        self.set_limit(next);
+    }
+
+    /// Moves the limit to `next`: more free credits at once; fewer by retiring free credits,
+    /// then credits as their slots come back (tasks already running finish).
+    fn set_limit(&mut self, next: usize) {
+        if next > self.limit {
+            let up = next - self.limit;
+            let paid = up.min(self.debt);
+            self.debt -= paid;
+            self.free += up - paid;
+        } else {
+            let down = self.limit - next;
+            let taken = down.min(self.free);
+            self.free -= taken;
+            self.debt += down - taken;
+        }
+        self.limit = next;
+        self.counters
+            .limit
+            .store(next as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends what is owed to the Fetcher: free credits (unless closing) and pending acks.
@@ -116,7 +177,8 @@ impl Handler<Done> for Scheduler {
 
     fn handle(&mut self, msg: Done, _ctx: &mut Self::Context) {
         let n = msg.finished.len();
-        let c = &self.counters;
+        let counters = Arc::clone(&self.counters);
+        let c = &counters;
         let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
         let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
         self.acks.reserve(n);
@@ -149,6 +211,7 @@ impl Handler<Done> for Scheduler {
                     self.pauses.push((fin.id, *b));
                 }
             }
+            self.observe(&fin);
             let disposition = settle(&fin, &self.retry_backoff);
             match disposition {
                 Disposition::Dead { .. } => dead += 1,
@@ -182,7 +245,10 @@ impl Handler<Done> for Scheduler {
             d.freed += msg.freed;
             self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0 || msg.freed > 0;
         }
-        self.free += msg.freed as usize;
+        let freed = msg.freed as usize;
+        let retired = freed.min(self.debt);
+        self.debt -= retired;
+        self.free += freed - retired;
         // Grant in the same handler that freed the slots: no lost wake-up.
         self.grant();
     }

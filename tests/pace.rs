@@ -345,3 +345,96 @@ async fn zero_limits_are_refused() {
     );
     assert!(refused(Poller::<Job>::builder().key_rate_limit(1, Duration::MAX, u32::MAX)).is_none());
 }
+
+/// A simulated downstream of capacity `c`: 10 ms per call up to `c` in flight, slower past it,
+/// "overloaded" (backpressure, no pause) past `2c`.
+fn downstream(
+    c: usize,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_seen: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(u32, TaskContext) -> futures::future::BoxFuture<'static, Result<(), BoxError>>
+       + Clone
+       + Send
+       + Sync {
+    use std::sync::atomic::Ordering::SeqCst;
+    move |_x: u32, _cx| {
+        let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+        Box::pin(async move {
+            let n = in_flight.fetch_add(1, SeqCst) + 1;
+            max_seen.fetch_max(n, SeqCst);
+            let us = if n <= c {
+                10_000
+            } else {
+                10_000 * n as u64 / c as u64
+            };
+            tokio::time::sleep(Duration::from_micros(us)).await;
+            in_flight.fetch_sub(1, SeqCst);
+            if n > 2 * c {
+                Err(Backpressure::pause_for(Duration::ZERO).into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// An adaptive limit moves from `min` toward the downstream's capacity, never past `max`, and
+/// what runs never exceeds it; `Stats::limit` shows it.
+#[actix_rt::test]
+async fn adaptive_limit_finds_the_capacity_within_its_bounds() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    tokio::time::pause();
+    for (name, c) in [("gradient", 16usize), ("aimd", 16)] {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_seen = Arc::new(AtomicUsize::new(0));
+        let builder = Poller::<u32>::builder()
+            .workers(64)
+            .on_current_arbiter()
+            .retry(RetryPolicy::attempts(1));
+        let builder = if name == "gradient" {
+            builder.adaptive(actix_poller::Gradient::new(2, 48))
+        } else {
+            // AIMD learns from overload (and a latency threshold) only: without a threshold it
+            // would settle near the overload point, 2c.
+            builder.adaptive(
+                actix_poller::Aimd::new(2, 48).latency_threshold(Duration::from_millis(15)),
+            )
+        };
+        let poller = builder
+            .start(downstream(c, in_flight.clone(), max_seen.clone()))
+            .unwrap();
+        assert_eq!(poller.stats().limit, 2, "{name} starts at min");
+        let receipts = poller
+            .submit_batch_tracked((0..3000).collect())
+            .await
+            .unwrap();
+        // The limit, every 10 ms of virtual time, until every task ended.
+        let mut limits = Vec::new();
+        while poller.stats().completed < 3000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            limits.push(poller.stats().limit as usize);
+        }
+        for r in receipts {
+            assert_eq!(r.outcome().await, Ok(FinalState::Completed));
+        }
+        assert!(
+            limits.iter().all(|l| (2..=48).contains(l)),
+            "{name}: {limits:?}"
+        );
+        assert!(max_seen.load(SeqCst) <= 48, "{name} ran past its max");
+        let tail = &limits[limits.len() / 2..];
+        let mean = tail.iter().sum::<usize>() / tail.len();
+        // Gradient: near where latency reaches 1.1 × the unloaded one; AIMD with a 1.5 ×
+        // threshold: near 1.5 c. Both well under the overload point, 2 c.
+        let (lo, hi) = if name == "gradient" {
+            (c, c * 3 / 2)
+        } else {
+            (c, c * 7 / 4)
+        };
+        assert!(
+            (lo..=hi).contains(&mean),
+            "{name} settled at {mean} for a capacity of {c}"
+        );
+        poller.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+}

@@ -6,6 +6,7 @@
 //! docs/pace.md.
 
 mod gcra;
+mod limiter;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use crate::retry::deadline_after;
 
 pub(crate) use gcra::Gcra;
+pub use limiter::{Aimd, Gradient, Limiter, Sample};
 
 /// A task's pace key: the customer, tenant or API host its work goes to. Tasks with the same key
 /// share that key's concurrency limit, rate limit and pause.

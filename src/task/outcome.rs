@@ -82,6 +82,8 @@ pub(crate) struct Finished {
     pub(crate) max_attempts: u32,
     /// How it ended.
     pub(crate) outcome: Outcome,
+    /// How long it ran (zero when it never ran).
+    pub(crate) elapsed: Duration,
 }
 
 /// What the source must record for one attempt: the state machine's decision.
@@ -234,6 +236,7 @@ mod tests {
             attempt,
             max_attempts: max,
             outcome,
+            elapsed: Duration::ZERO,
         }
     }
 
