@@ -128,7 +128,11 @@ struct TooManyRequests(Backpressure);
 
 impl std::fmt::Display for TooManyRequests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "429 Too Many Requests (retry after {:?})", self.0.duration())
+        write!(
+            f,
+            "429 Too Many Requests (retry after {:?})",
+            self.0.duration()
+        )
     }
 }
 

@@ -49,6 +49,7 @@ use tokio::time::Instant;
 
 use crate::error::SubmitError;
 use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskOptions, TaskStatus};
+use crate::trace::Parent;
 
 /// The answer to one [`Source::fetch`] call.
 ///
@@ -256,6 +257,8 @@ pub struct NewTask<T> {
     /// The pace key ([`TaskOptions::key`](crate::TaskOptions::key)); a source that can, hands it
     /// back on [`Task::key`](crate::Task::key).
     pub key: Option<crate::pace::Key>,
+    /// The submitter's trace context (see docs/observability.md, "Tracing").
+    pub(crate) parent: Option<Box<Parent>>,
 }
 
 impl<T> NewTask<T> {
@@ -271,6 +274,7 @@ impl<T> NewTask<T> {
             run_at: None,
             timeout: None,
             key: None,
+            parent: None,
         }
     }
 
@@ -283,7 +287,13 @@ impl<T> NewTask<T> {
             run_at: options.run_at,
             timeout: options.timeout,
             key: options.key,
+            parent: None,
         }
+    }
+
+    pub(crate) fn with_parent(mut self, parent: Option<Box<Parent>>) -> Self {
+        self.parent = parent;
+        self
     }
 }
 

@@ -64,6 +64,23 @@ impl GateOpener {
     }
 }
 
+/// Starts `builder` with a handler that waits on `gate` and succeeds: every task it starts
+/// holds its slot until the gate opens (or the shutdown deadline drops it).
+pub fn start_gated(
+    builder: actix_poller::PollerBuilder<u32>,
+    gate: Gate,
+) -> actix_poller::Poller<u32> {
+    builder
+        .start(move |_n: u32, _cx| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                Ok::<_, Infallible>(())
+            }
+        })
+        .expect("a valid configuration inside a System")
+}
+
 /// Counts drops: put one in per-executor state or a source to prove it was dropped.
 #[derive(Debug)]
 pub struct DropProbe(pub Arc<AtomicUsize>);
@@ -86,6 +103,8 @@ pub struct SourceLog {
     /// Ack calls that failed (their acks are not recorded).
     pub failed_acks: usize,
     pub acks: Vec<Ack>,
+    /// Ids of the acks whose call has landed (returned `Ok`), in order: what a source holds.
+    pub acks_landed: Vec<actix_poller::TaskId>,
     pub closed_with: Option<usize>,
     pub heartbeats: usize,
     /// When each fetch call was made.
@@ -106,6 +125,8 @@ pub struct ScriptedSource<T> {
     pub ack_delay: Option<std::time::Duration>,
     /// The first `fail_acks` ack calls fail (`usize::MAX`: always).
     pub fail_acks: usize,
+    /// The first `fail_enqueues` enqueue calls fail with `SubmitError::Source`.
+    pub fail_enqueues: usize,
     pub _drop: Option<DropProbe>,
 }
 
@@ -122,6 +143,7 @@ impl<T> ScriptedSource<T> {
                 fetch_delay: None,
                 ack_delay: None,
                 fail_acks: 0,
+                fail_enqueues: 0,
                 _drop: None,
             },
             log,
@@ -194,6 +216,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Unavailable>> {
         let mut log = self.log.borrow_mut();
         let fail = log.failed_acks < self.fail_acks;
+        let ids: Vec<actix_poller::TaskId> = acks.iter().map(|a| a.id).collect();
         if fail {
             log.failed_acks += 1;
         } else {
@@ -201,6 +224,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
             log.acks.extend(acks);
         }
         let delay = self.ack_delay;
+        let landed = self.log.clone();
         async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -208,6 +232,7 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
             if fail {
                 Err(Unavailable)
             } else {
+                landed.borrow_mut().acks_landed.extend(ids);
                 Ok(())
             }
         }
@@ -228,6 +253,16 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        if self.fail_enqueues > 0 {
+            self.fail_enqueues -= 1;
+            let payloads = tasks.into_iter().map(|t| t.payload).collect();
+            return Box::pin(futures::future::ready(Err(
+                actix_poller::SubmitError::Source {
+                    task: payloads,
+                    error: actix_poller::SourceError::new(Unavailable),
+                },
+            )));
+        }
         self.inner.enqueue(tasks)
     }
 
@@ -243,6 +278,32 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
         let back = self.inner.close(unstarted);
         async move { back.await.map_err(|e: Infallible| match e {}) }.boxed_local()
     }
+}
+
+/// Asserts every count is exactly 1 (a task per index): names the first ten that are not,
+/// with their counts, so a duplicate and a loss cannot cancel out as they would in a total.
+#[track_caller]
+pub fn assert_each_once(counts: &[u32], what: &str) {
+    let wrong: Vec<(usize, u32)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &k)| k != 1)
+        .map(|(i, &k)| (i, k))
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "(task, {what}) not exactly once: {wrong:?}"
+    );
+}
+
+/// Proptest cases: `ci` unless the `PROPTEST_CASES` environment variable says otherwise (the
+/// long sweeps: `PROPTEST_CASES=5000 cargo test --release --test scheduler -- --ignored`).
+pub fn cases(ci: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ci)
 }
 
 /// Waits (in virtual or real time) until `cond` holds, polling every millisecond; panics after

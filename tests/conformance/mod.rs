@@ -65,6 +65,11 @@ pub type Row = (String, i64, Option<String>);
 /// The default lease of the suite: long enough never to expire by accident.
 pub const LONG_LEASE: Duration = Duration::from_secs(60);
 
+/// The lease of the heartbeat tests: long beside their 120 ms heartbeat cadence (more than 8
+/// beats per lease), so a loaded machine that delays a beat by most of a lease still passes,
+/// while a source whose heartbeat did not extend leases fails after the first lease.
+pub const BEAT_LEASE: Duration = Duration::from_secs(1);
+
 /// A task as a poller without retries enqueues it: one attempt. (`NewTask::new` leaves the
 /// attempts to the source's default, which differs between sources.)
 fn task(payload: Job) -> NewTask<Job> {
@@ -248,18 +253,19 @@ pub async fn retries_wait_and_count_attempts<H: Harness>(h: &H) {
     let got = fetch(&mut s, 1).await;
     assert_eq!((got[0].attempt, got[0].max_attempts), (1, 3));
     let sent = tokio::time::Instant::now();
+    let delay = Duration::from_millis(300);
     ack(
         &mut s,
         vec![ack_of(
             &got[0],
             Disposition::Retry {
-                after: Duration::from_millis(300),
+                after: delay,
                 error: "flaky".into(),
             },
         )],
     )
     .await;
-    assert!(fetch(&mut s, 1).await.is_empty(), "not before its delay");
+    not_before(fetch(&mut s, 1).await, sent, delay, "a retry");
     let again = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
     assert!(sent.elapsed() >= Duration::from_millis(250), "waited");
     assert_eq!(again[0].id, got[0].id);
@@ -274,17 +280,14 @@ pub async fn snooze_keeps_the_attempt<H: Harness>(h: &H) {
     let mut s = h.source(&store, LONG_LEASE).await;
     enqueue(&mut s, vec![with(7, TaskOptions::new(), 2)]).await;
     let got = fetch(&mut s, 1).await;
+    let sent = tokio::time::Instant::now();
+    let delay = Duration::from_millis(200);
     ack(
         &mut s,
-        vec![ack_of(
-            &got[0],
-            Disposition::Snooze {
-                after: Duration::from_millis(200),
-            },
-        )],
+        vec![ack_of(&got[0], Disposition::Snooze { after: delay })],
     )
     .await;
-    assert!(fetch(&mut s, 1).await.is_empty());
+    not_before(fetch(&mut s, 1).await, sent, delay, "a snooze");
     let again = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
     assert_eq!((again[0].id, again[0].attempt), (got[0].id, 1));
     h.cleanup(&store).await;
@@ -294,20 +297,40 @@ pub async fn snooze_keeps_the_attempt<H: Harness>(h: &H) {
 pub async fn delayed_tasks_wait<H: Harness>(h: &H) {
     let store = h.store().await;
     let mut s = h.source(&store, LONG_LEASE).await;
-    let later = TaskOptions::new()
-        .delay(Duration::from_millis(400))
-        .priority(9);
-    enqueue(&mut s, vec![with(1, later, 1), task(2)]).await;
+    let delay = Duration::from_millis(400);
+    let later = TaskOptions::new().delay(delay).priority(9);
     let start = tokio::time::Instant::now();
-    assert_eq!(payloads(&fetch(&mut s, 10).await), vec![2]);
-    let delayed = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
-    assert_eq!(delayed[0].payload, 1);
+    enqueue(&mut s, vec![with(1, later, 1), task(2)]).await;
+    let first = fetch(&mut s, 10).await;
+    // On a machine slow enough that 400 ms passed, the delayed task (priority 9) is due and
+    // comes first; before that it must not come at all.
+    let (delayed, due): (Vec<_>, Vec<_>) = first.into_iter().partition(|t| t.payload == 1);
+    assert_eq!(payloads(&due), vec![2]);
+    let came_early = !delayed.is_empty();
+    not_before(delayed, start, delay, "a delayed task");
+    if !came_early {
+        let delayed = fetch_until(&mut s, 1, Duration::from_secs(5)).await;
+        assert_eq!(delayed[0].payload, 1);
+    }
     assert!(
         start.elapsed() >= Duration::from_millis(300),
         "not before it was due ({:?})",
         start.elapsed()
     );
     h.cleanup(&store).await;
+}
+
+/// Tasks fetched at `since + delay` or later may be there; before it, none may. One-sided, so a
+/// loaded machine that is late cannot fail it, while a source that hands a task out early does
+/// (`since` is taken before the call that set the delay, so it is never later than its clock).
+#[track_caller]
+fn not_before(fetched: Vec<Task<Job>>, since: tokio::time::Instant, delay: Duration, what: &str) {
+    let elapsed = since.elapsed();
+    assert!(
+        fetched.is_empty() || elapsed >= delay,
+        "{what} was fetched {elapsed:?} after it was set, before its {delay:?}: {:?}",
+        payloads(&fetched)
+    );
 }
 
 /// A waiting task (due or delayed) can be cancelled; a fetched one or an unknown id cannot.
@@ -465,7 +488,9 @@ pub async fn poller_honours_priority_and_delay<H: Harness>(h: &H) {
         .workers(1)
         .on_current_arbiter()
         .start(move |n: Job, _cx| {
-            o.lock().map(|mut v| v.push(n)).ok();
+            o.lock()
+                .map(|mut v| v.push((n, tokio::time::Instant::now())))
+                .ok();
             async { Ok::<_, std::convert::Infallible>(()) }
         })
         .expect("starts");
@@ -490,12 +515,21 @@ pub async fn poller_honours_priority_and_delay<H: Harness>(h: &H) {
             Ok(FinalState::Completed)
         );
     }
-    assert!(
-        start.elapsed() >= Duration::from_millis(250),
-        "ran when due"
-    );
     let order = order.lock().map(|v| v.clone()).unwrap_or_default();
-    assert_eq!(order, vec![3, 2, 4, 1, 5]);
+    // The due tasks by priority; the delayed one (priority 100) not before it is due — after
+    // them on a quick machine, anywhere once due on a slow one (no race with its delay).
+    let due: Vec<Job> = order.iter().map(|(n, _)| *n).filter(|&n| n != 5).collect();
+    assert_eq!(due, vec![3, 2, 4, 1]);
+    let ran = order
+        .iter()
+        .find(|(n, _)| *n == 5)
+        .map(|(_, at)| *at)
+        .expect("the delayed task ran");
+    assert!(
+        ran - start >= Duration::from_millis(250),
+        "ran when due, not before ({:?})",
+        ran - start
+    );
     bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
         .await
         .unwrap_or_else(|e| panic!("shutdown: {e}"));
@@ -536,7 +570,13 @@ pub async fn shutdown_releases_unstarted_tasks<H: Harness>(h: &H) {
         }
     })
     .await;
-    sleep_ms(100).await; // let the prefetch land
+    // The prefetch has landed once the Fetcher holds its three (a state, not a guess of time).
+    bounded("the prefetch lands", async {
+        while poller.stats().buffered < 3 {
+            sleep_ms(5).await;
+        }
+    })
+    .await;
     let opener = async {
         sleep_ms(100).await;
         let _ = open_tx.send(true);
@@ -658,7 +698,7 @@ pub async fn concurrent_fetches_lease_disjoint_tasks<H: Harness>(h: &H) {
 /// A late ack from the dead poller's lease changes nothing.
 pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
     let store = h.store().await;
-    let lease = Duration::from_millis(300);
+    let lease = BEAT_LEASE;
     let mut a = h.source(&store, lease).await;
     let ids = enqueue(
         &mut a,
@@ -674,7 +714,7 @@ pub async fn expired_leases_are_taken_back<H: Harness>(h: &H) {
     // `a` stops heartbeating: it died.
     let mut b = h.source(&store, lease).await;
     assert!(fetch(&mut b, 2).await.is_empty(), "still leased");
-    sleep_ms(450).await;
+    tokio::time::sleep(lease + Duration::from_millis(150)).await;
     bounded("heartbeat", b.heartbeat())
         .await
         .unwrap_or_else(|e| panic!("heartbeat: {e}"));
@@ -734,20 +774,21 @@ pub async fn repeated_lease_expiries_make_a_task_dead<H: Harness>(h: &H) {
 /// poller's ack still counts.
 pub async fn heartbeats_extend_leases<H: Harness>(h: &H) {
     let store = h.store().await;
-    let lease = Duration::from_millis(300);
+    let lease = BEAT_LEASE;
     let mut a = h.source(&store, lease).await;
     let mut b = h.source(&store, lease).await;
     enqueue(&mut a, vec![task(1)]).await;
     let got = fetch(&mut a, 1).await;
-    stays_leased_to_a(&mut a, &mut b, "still leased to a").await;
-    completed_once(&mut a, &mut b, &got[0]).await;
+    stays_leased_to_a(&mut a, &mut b, lease, "still leased to a").await;
+    completed_once(&mut a, &mut b, lease, &got[0]).await;
     h.cleanup(&store).await;
 }
 
-/// Two leases' worth (300 ms each) of heartbeats from both sources: `b` never gets the task `a`
-/// holds.
-async fn stays_leased_to_a<S: Source<Job>>(a: &mut S, b: &mut S, why: &str) {
-    for _ in 0..5 {
+/// Two leases' worth of heartbeats (every 120 ms) from both sources: `b` never gets the task
+/// `a` holds.
+async fn stays_leased_to_a<S: Source<Job>>(a: &mut S, b: &mut S, lease: Duration, why: &str) {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < lease * 2 {
         sleep_ms(120).await;
         bounded("heartbeat", a.heartbeat())
             .await
@@ -760,9 +801,9 @@ async fn stays_leased_to_a<S: Source<Job>>(a: &mut S, b: &mut S, why: &str) {
 }
 
 /// `a` completes `task`; a lease later `b` neither gets it back nor sees it dead.
-async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, task: &Task<Job>) {
+async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, lease: Duration, task: &Task<Job>) {
     ack(a, vec![ack_of(task, Disposition::Completed)]).await;
-    sleep_ms(400).await;
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
     bounded("heartbeat", b.heartbeat())
         .await
         .unwrap_or_else(|e| panic!("heartbeat: {e}"));
@@ -777,7 +818,7 @@ async fn completed_once<S: Source<Job>>(a: &mut S, b: &mut S, task: &Task<Job>) 
 /// or failed and waiting for its retry) does not let another poller take the task back.
 pub async fn leases_are_kept_until_the_ack_lands<H: Harness>(h: &H) {
     let store = h.store().await;
-    let lease = Duration::from_millis(300);
+    let lease = BEAT_LEASE;
     let mut a = h.source(&store, lease).await;
     let mut b = h.source(&store, lease).await;
     // Attempts to spare, so a lease taken back would queue it again (not bury it).
@@ -785,8 +826,14 @@ pub async fn leases_are_kept_until_the_ack_lands<H: Harness>(h: &H) {
     let got = fetch(&mut a, 1).await;
     // Asked for, never run: as if its call failed and waits for a retry.
     drop(a.ack(vec![ack_of(&got[0], Disposition::Completed)]));
-    stays_leased_to_a(&mut a, &mut b, "still leased to a while its ack waits").await;
-    completed_once(&mut a, &mut b, &got[0]).await;
+    stays_leased_to_a(
+        &mut a,
+        &mut b,
+        lease,
+        "still leased to a while its ack waits",
+    )
+    .await;
+    completed_once(&mut a, &mut b, lease, &got[0]).await;
     h.cleanup(&store).await;
 }
 
