@@ -572,16 +572,18 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             fetcher_guard,
             returns,
         ));
-        scheduler_ctx.run(Scheduler::new(
-            self.workers,
-            self.limiter,
-            executors,
-            fetcher.clone().recipient(),
-            *self.retry.backoff(),
-            plan,
-            Arc::clone(&counters),
-            scheduler_guard,
-        ));
+        scheduler_ctx.run(
+            Scheduler::new(
+                self.workers,
+                executors,
+                fetcher.clone().recipient(),
+                *self.retry.backoff(),
+                plan,
+                Arc::clone(&counters),
+                scheduler_guard,
+            )
+            .with_limiter(self.limiter),
+        );
         tracing::debug!(workers = self.workers, executors, "poller started");
 
         Ok(Poller::from_handle(Handle::wire(

@@ -61,7 +61,6 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     pub(crate) fn new(
         workers: usize,
-        limiter: Option<Box<dyn Limiter>>,
         executors: usize,
         fetcher: Recipient<Ready>,
         retry_backoff: Backoff,
@@ -69,18 +68,12 @@ impl Scheduler {
         counters: Arc<Counters>,
         guard: DropGuard,
     ) -> Self {
-        let limit = limiter
-            .as_ref()
-            .map_or(workers, |l| l.limit().clamp(1, workers.max(1)));
-        counters
-            .limit
-            .store(limit as u64, std::sync::atomic::Ordering::Relaxed);
         Scheduler {
-            free: limit,
-            limit,
+            free: workers,
+            limit: workers,
             ceiling: workers.max(1),
             debt: 0,
-            limiter,
+            limiter: None,
             fetcher,
             deltas: vec![ExecutorDelta::default(); executors],
             changed: false,
@@ -92,6 +85,17 @@ impl Scheduler {
             counters,
             _guard: guard,
         }
+    }
+
+    /// Moves the limit with `limiter` (`PollerBuilder::adaptive`), starting at its first limit
+    /// (at most `workers`). Before the actor starts: no credit is out yet.
+    pub(crate) fn with_limiter(mut self, limiter: Option<Box<dyn Limiter>>) -> Self {
+        if let Some(l) = &limiter {
+            let first = l.limit().clamp(1, self.ceiling);
+            self.set_limit(first);
+        }
+        self.limiter = limiter;
+        self
     }
 
     /// Feeds one attempt's end to the adaptive limiter, if any, and moves the limit.
