@@ -438,3 +438,28 @@ async fn adaptive_limit_finds_the_capacity_within_its_bounds() {
         poller.shutdown(Duration::from_secs(1)).await.unwrap();
     }
 }
+
+/// `Backpressure::pause_key_for(Duration::MAX)` pauses that key to the far future without a
+/// panic anywhere (pause deadline, snooze, timer); other keys run; `resume_key` ends the pause.
+#[actix_rt::test]
+async fn backpressure_for_duration_max_is_far_future() {
+    tokio::time::pause();
+    let log = Shared::default();
+    let poller = Poller::<Job>::builder()
+        .workers(2)
+        .on_current_arbiter()
+        .retry(RetryPolicy::attempts(1))
+        .start(handler(log.clone()))
+        .unwrap();
+    // Its snooze is far in the future too: its receipt is not awaited.
+    let _pushed = submit(&poller, (2, 1, Answer::PauseKeyOnce(Duration::MAX))).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let held = submit(&poller, (2, 1, Answer::Ok)).await;
+    let other = submit(&poller, (0, 1, Answer::Ok)).await;
+    all_complete(vec![other]).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(Log::started(&log, 2), 1, "c started during its pause");
+    poller.resume_key("c");
+    all_complete(vec![held]).await;
+    poller.shutdown(Duration::from_secs(1)).await.unwrap();
+}
