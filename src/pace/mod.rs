@@ -138,8 +138,9 @@ impl RateLimit {
 /// duration while other keys keep running, and the task runs again after it without losing an
 /// attempt.
 ///
-/// A `Duration::MAX` pause means "far future" (until [`Poller::resume_key`]
-/// (crate::Poller::resume_key) or [`Poller::resume`](crate::Poller::resume)).
+/// A `Duration::MAX` pause means "far future" (until
+/// [`Poller::resume_key`](crate::Poller::resume_key) or
+/// [`Poller::resume`](crate::Poller::resume)).
 ///
 /// # Examples
 ///
