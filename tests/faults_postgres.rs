@@ -107,7 +107,7 @@ async fn prepared(schema: &str) -> PgPool {
         .queue()
         .enqueue(
             (0..TASKS)
-                .map(|n| NewTask::with_options(n, many, 1))
+                .map(|n| NewTask::with_options(n, many.clone(), 1))
                 .collect(),
         )
         .await
