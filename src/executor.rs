@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
-use crate::metrics::{Count, RunTime, Stopwatch};
+use crate::metrics::Count;
 use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
@@ -58,10 +58,10 @@ pin_project_lite::pin_project! {
         waker: Option<Waker>,
         // The end, when the first poll (at start, before the set's own) already reached it.
         ended: Option<(Finished, tracing::Span)>,
-        // When it started (for the run-time histogram; nothing without the `metrics` feature).
-        clock: Stopwatch,
         #[pin]
         deadline: Option<Sleep>,
+        // When the attempt started (its latency, for an adaptive limit).
+        began: Instant,
         // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
         // `catch_unwind` too, so a panicking destructor cannot take the executor down.
         #[pin]
@@ -119,7 +119,7 @@ where
             attempt: *this.attempt,
             max_attempts: *this.max_attempts,
             outcome,
-            ran: this.clock.stop(),
+            elapsed: this.began.elapsed(),
         };
         Poll::Ready((fin, std::mem::replace(this.span, tracing::Span::none())))
     }
@@ -143,9 +143,12 @@ where
     }
 }
 
-/// A handler's error: a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
+/// A handler's error: a [`Backpressure`](crate::Backpressure) (or an error wrapping one)
+/// pauses and snoozes, a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
 fn classify(error: BoxError) -> Outcome {
-    if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
+    if let Some(b) = crate::pace::Backpressure::find(error.as_ref()) {
+        Outcome::Backpressured(b)
+    } else if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
         Outcome::Snoozed(*after)
     } else if let Some(Abort(reason)) = error.downcast_ref::<Abort>() {
         Outcome::Aborted(reason.clone())
@@ -297,7 +300,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// handler panicked when called (the attempt ended without a future).
     fn start(&mut self, mut task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
-        let clock = self.counters.metrics.started(&task);
+        self.counters.metrics.started(&task);
         let parent = task.trace.take();
         let span = trace::attempt_span(
             &self.trace,
@@ -327,8 +330,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     killed: false,
                     waker: None,
                     ended: None,
-                    clock,
                     deadline: deadline.map(tokio::time::sleep_until),
+                    began: Instant::now(),
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.
@@ -345,7 +348,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     attempt,
                     max_attempts,
                     outcome: Outcome::Panicked(panic_message(panic.as_ref())),
-                    ran: clock.stop(),
+                    elapsed: Duration::ZERO,
                 };
                 trace::attempt_ended(&span, &fin, self.trace.retry_level);
                 self.finished.push(fin);
@@ -515,7 +518,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     } else {
                         Outcome::Interrupted
                     },
-                    ran: r.clock.stop(),
+                    elapsed: r.began.elapsed(),
                 };
                 trace::attempt_ended(&r.span, &fin, self.trace.retry_level);
                 fin
@@ -614,7 +617,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
                     attempt: task.attempt,
                     max_attempts: task.max_attempts,
                     outcome: Outcome::Cancelled,
-                    ran: RunTime::default(),
+                    elapsed: Duration::ZERO,
                 });
                 self.flush();
                 return MessageResult(CancelOutcome::Dequeued);

@@ -46,7 +46,7 @@ pub(crate) mod names {
 /// The attempt outcomes, as the `outcome` label spells them (exclusive: every attempt counts
 /// under exactly one).
 #[cfg(feature = "metrics")]
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "completed",
     "failed",
     "panicked",
@@ -54,6 +54,7 @@ const OUTCOMES: [&str; 7] = [
     "aborted",
     "cancelled",
     "snoozed",
+    "backpressured",
 ];
 
 /// The index of an outcome in [`OUTCOMES`].
@@ -67,6 +68,7 @@ fn outcome_index(outcome: &Outcome) -> usize {
         Outcome::Aborted(_) => 4,
         Outcome::Cancelled | Outcome::Interrupted => 5,
         Outcome::Snoozed(_) => 6,
+        Outcome::Backpressured(_) => 7,
     }
 }
 
@@ -80,7 +82,7 @@ const STATES: [&str; 5] = ["queued", "scheduled", "retrying", "running", "dead"]
 struct Handles {
     submitted: ::metrics::Counter,
     started: ::metrics::Counter,
-    attempts: [::metrics::Counter; 7],
+    attempts: [::metrics::Counter; 8],
     retried: ::metrics::Counter,
     dead: ::metrics::Counter,
     cancelled: ::metrics::Counter,
@@ -96,7 +98,7 @@ struct Handles {
     pending_acks: ::metrics::Gauge,
     leases: ::metrics::Gauge,
     queue_wait: ::metrics::Histogram,
-    process: [::metrics::Histogram; 7],
+    process: [::metrics::Histogram; 8],
     fetch: ::metrics::Histogram,
     ack: ::metrics::Histogram,
     batch: ::metrics::Histogram,
@@ -203,24 +205,21 @@ impl Metrics {
 
     /// An executor starts an attempt: counts it, and records how long a first attempt waited
     /// since it was submitted (later attempts waited out a backoff, which says nothing about
-    /// the queue). The one clock read is also the attempt's start, for its run time.
+    /// the queue).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn started<T>(&self, task: &Task<T>) -> Stopwatch {
-        let clock = Stopwatch::start();
+    pub(crate) fn started<T>(&self, task: &Task<T>) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
             h.started.increment(1);
             if task.attempt == 1 {
-                // A clock stepped back since the submit reads as no wait.
-                let waited = clock
-                    .at
+                // A wall clock stepped back since the submit reads as no wait.
+                let waited = SystemTime::now()
                     .duration_since(task.enqueued_at)
                     .unwrap_or(Duration::ZERO);
                 h.queue_wait.record(waited.as_secs_f64());
             }
         }
-        clock
     }
 
     /// The Scheduler settled one attempt: its outcome, run time, and what happens next.
@@ -233,8 +232,11 @@ impl Metrics {
             if let Some(c) = h.attempts.get(i) {
                 c.increment(1);
             }
-            if let (Some(ran), Some(hist)) = (fin.ran.duration(), h.process.get(i)) {
-                hist.record(ran.as_secs_f64());
+            // `elapsed` is the executor's own measure (the adaptive limit reads it too); zero
+            // for a task cancelled before it started, which never ran.
+            let never_ran = fin.elapsed.is_zero() && matches!(fin.outcome, Outcome::Cancelled);
+            if let (false, Some(hist)) = (never_ran, h.process.get(i)) {
+                hist.record(fin.elapsed.as_secs_f64());
             }
             match disposition {
                 Disposition::Dead { .. } => h.dead.increment(1),
@@ -346,13 +348,12 @@ pub(crate) struct Sample {
     pub(crate) held: u64,
 }
 
-/// A start time for a duration histogram: the wall clock with the feature (one read serves an
-/// attempt's queue wait, measured from its `enqueued_at`, and its run time), nothing (and no
-/// clock read) without. A clock stepped back in between reads as no duration.
+/// A start time for a fetch or ack latency: an [`Instant`](std::time::Instant) with the
+/// feature, nothing (and no clock read) without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stopwatch {
     #[cfg(feature = "metrics")]
-    at: SystemTime,
+    at: std::time::Instant,
 }
 
 impl Stopwatch {
@@ -361,36 +362,12 @@ impl Stopwatch {
     pub(crate) fn start() -> Stopwatch {
         Stopwatch {
             #[cfg(feature = "metrics")]
-            at: SystemTime::now(),
-        }
-    }
-
-    /// How long since it started, frozen: what [`Finished::ran`] carries.
-    #[inline]
-    pub(crate) fn stop(&self) -> RunTime {
-        RunTime {
-            #[cfg(feature = "metrics")]
-            took: self.at.elapsed().ok(),
+            at: std::time::Instant::now(),
         }
     }
 
     #[cfg(feature = "metrics")]
     fn duration(&self) -> Option<Duration> {
-        self.at.elapsed().ok()
-    }
-}
-
-/// How long an attempt ran (with the feature; nothing without). Unknown for an attempt that
-/// never ran in an executor (taken back from one that died).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RunTime {
-    #[cfg(feature = "metrics")]
-    took: Option<Duration>,
-}
-
-impl RunTime {
-    #[cfg(feature = "metrics")]
-    fn duration(&self) -> Option<Duration> {
-        self.took
+        Some(self.at.elapsed())
     }
 }

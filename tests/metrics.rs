@@ -138,7 +138,14 @@ async fn ninety_ok_and_ten_failing_give_exact_counts_and_a_hundred_run_times() {
     let attempts = "actix_poller.attempts";
     assert_eq!(m.counter(attempts, &[p, ("outcome", "completed")]), 90);
     assert_eq!(m.counter(attempts, &[p, ("outcome", "failed")]), 10);
-    for other in ["panicked", "timed_out", "aborted", "cancelled", "snoozed"] {
+    for other in [
+        "panicked",
+        "timed_out",
+        "aborted",
+        "cancelled",
+        "snoozed",
+        "backpressured",
+    ] {
         assert_eq!(m.counter(attempts, &[p, ("outcome", other)]), 0, "{other}");
     }
     assert_eq!(m.counter("actix_poller.tasks.dead", &[p]), 10);
