@@ -7,12 +7,17 @@
 //! curl -i -H 'content-type: application/json' -d '[{"sku":"A-1","quantity":3}]' \
 //!     127.0.0.1:8080/batches
 //! curl 127.0.0.1:8080/batches/1
+//! cargo run --features web,metrics --example bulk_upload     # and GET /metrics (Prometheus)
+//! curl 127.0.0.1:8080/metrics
 //! ```
 //!
 //! * `POST /batches` takes a JSON array of items: `202` with the batch id, `400` with a reason
 //!   for bad JSON, `503` with `Retry-After` when the queue cannot take the whole batch (the batch
 //!   is refused whole, never half taken).
 //! * `GET /batches/{id}` reports `total`, `done`, `failed` and `pending`.
+//! * `GET /metrics` (with the `metrics` feature) renders the poller's metrics in Prometheus'
+//!   text format, through `metrics-exporter-prometheus`'s recorder, installed before the poller
+//!   starts (a poller registers its metrics when it starts). docs/observability.md lists them.
 //!
 //! Progress is kept by a `BatchBook` actor: one future per batch awaits the tasks' receipts and
 //! sends each outcome to it as a message. No lock decides anything.
@@ -56,7 +61,10 @@ async fn upload(item: Item) -> Result<(), String> {
 }
 
 fn start_poller(capacity: usize) -> Result<Poller<Item>, StartError> {
+    #[cfg(feature = "metrics")]
+    prometheus();
     Poller::builder()
+        .name("bulk_upload")
         .workers(4)
         .executors(1)
         .capacity(capacity)
@@ -239,6 +247,38 @@ fn app(
         )
         .route("/batches", web::post().to(post_batch))
         .route("/batches/{id}", web::get().to(get_batch))
+        .configure(|cfg| {
+            #[cfg(feature = "metrics")]
+            cfg.route("/metrics", web::get().to(get_metrics));
+            let _ = cfg;
+        })
+}
+
+/// The process's Prometheus recorder, installed at the first call (before the poller starts:
+/// it registers its metrics then). `None` if another recorder was installed first.
+#[cfg(feature = "metrics")]
+fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| eprintln!("bulk_upload: no Prometheus recorder: {e}"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: every metric in Prometheus' text format.
+#[cfg(feature = "metrics")]
+async fn get_metrics() -> HttpResponse {
+    match prometheus() {
+        Some(handle) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(handle.render()),
+        None => HttpResponse::ServiceUnavailable().body("no Prometheus recorder installed"),
+    }
 }
 
 #[actix_web::main]
@@ -327,6 +367,19 @@ async fn smoke_run(base: &str) -> Result<String, Box<dyn Error>> {
         let mut res = client.get(format!("{base}/batches/{id}")).send().await?;
         let progress: serde_json::Value = res.json().await?;
         if progress["pending"] == 0 {
+            #[cfg(feature = "metrics")]
+            {
+                let mut res = client.get(format!("{base}/metrics")).send().await?;
+                let body = res.body().await?;
+                let text = String::from_utf8_lossy(&body);
+                println!("GET /metrics, the attempts by outcome:");
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("actix_poller_attempts"))
+                {
+                    println!("  {line}");
+                }
+            }
             return Ok(format!(
                 "bulk_upload: POST /batches answered 202 for {} items in {answered_in:.2?}; \
                  the poller worked through them four at a time in the background, and \
@@ -398,6 +451,29 @@ mod tests {
             progress,
             json!({ "total": 20, "done": 19, "failed": 1, "pending": 0 })
         );
+        // With the `metrics` feature, the same work shows in `/metrics` (the recorder is the
+        // process's: other tests' pollers add to these series, never take from them).
+        #[cfg(feature = "metrics")]
+        {
+            let req = test::TestRequest::get().uri("/metrics").to_request();
+            let res = test::call_service(&app, req).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let body = test::read_body(res).await;
+            let text = String::from_utf8_lossy(&body);
+            let value = |series: &str| -> f64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+            };
+            let p = r#"poller="bulk_upload""#;
+            assert!(
+                value(&format!(
+                    r#"actix_poller_attempts{{{p},outcome="completed"}}"#
+                )) >= 19.0
+            );
+            assert!(value(&format!(r#"actix_poller_attempts{{{p},outcome="failed"}}"#)) >= 1.0);
+        }
 
         let req = test::TestRequest::get().uri("/batches/7").to_request();
         assert_eq!(

@@ -185,7 +185,8 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     }
 
     /// The poller's name (default [`DEFAULT_NAME`]): the `poller` field of its attempt spans,
-    /// whose OpenTelemetry name is `process <name>` (see docs/observability.md, "Tracing").
+    /// whose OpenTelemetry name is `process <name>` (see docs/observability.md, "Tracing"), and
+    /// the `poller` label of every metric the `metrics` feature records ("Metrics").
     /// Name pollers apart when one process runs several.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
@@ -514,7 +515,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let executors = self.validate()?;
-        let counters = Arc::new(Counters::new(self.workers, executors));
+        let counters = Arc::new(Counters::new(self.workers, executors, &self.name));
         let mut plan = ShutdownPlan::default();
 
         // Addresses first, actors after: the three know each other.

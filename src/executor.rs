@@ -34,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
+use crate::metrics::Count;
 use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
@@ -299,6 +300,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// handler panicked when called (the attempt ended without a future).
     fn start(&mut self, mut task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
+        self.counters.metrics.started(&task);
         let parent = task.trace.take();
         let span = trace::attempt_span(
             &self.trace,
@@ -463,6 +465,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
     fn drop(&mut self) {
         if !self.retired {
             Counters::add(&self.counters.executors_lost, 1);
+            self.counters.metrics.count(Count::ExecutorsLost, 1);
         }
         // A drain's reply channel closes only at the end, after the last `Done` and the tasks
         // went out: the shutdown, seeing it closed, then finds them where they went.

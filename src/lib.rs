@@ -115,6 +115,7 @@ mod executor;
 mod fetcher;
 mod handler;
 pub mod messages;
+mod metrics;
 mod pace;
 mod poller;
 mod protocol;

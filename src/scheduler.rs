@@ -209,6 +209,7 @@ impl Handler<Done> for Scheduler {
             }
             self.observe(&fin);
             let disposition = settle(&fin, &self.retry_backoff);
+            c.metrics.settled(&fin, &disposition);
             match disposition {
                 Disposition::Dead { .. } => dead += 1,
                 Disposition::Retry { .. } => retried += 1,
@@ -234,6 +235,11 @@ impl Handler<Done> for Scheduler {
         }
         // Ends before starts: a reader never sees a start without the end that freed its slot.
         c.record_flow(msg.executor, msg.started as u64, n as u64);
+        if c.metrics.enabled() {
+            let started = c.started.load(std::sync::atomic::Ordering::Acquire);
+            let finished = c.finished.load(std::sync::atomic::Ordering::Relaxed);
+            c.metrics.busy(started.saturating_sub(finished));
+        }
         if let Some(d) = self.deltas.get_mut(msg.executor) {
             d.finished += n as u32;
             d.dequeued += msg.dequeued;

@@ -7,6 +7,7 @@ use std::sync::atomic::{
 };
 use std::sync::{Mutex, PoisonError};
 
+use crate::metrics::{Count, Metrics};
 use crate::task::TaskId;
 
 /// At most this many lost task ids are kept for the shutdown report; beyond it only
@@ -35,7 +36,10 @@ pub struct Stats {
     /// `dispatch_ahead` per executor). 0 once the poller has shut down (they were handed back
     /// or released).
     pub buffered: u64,
-    /// Tasks waiting in the source, if the source knows (the in-memory one does).
+    /// Tasks waiting in the source (queued, scheduled and retrying). The in-memory source
+    /// knows at once; a durable source is counted by the Fetcher when it starts and every
+    /// few seconds (its whole table, every process's tasks), so it may trail by that much.
+    /// `None` until a first count, or for a custom source that cannot count.
     pub queued: Option<u64>,
     /// Tasks accepted by [`Submit`](crate::Submit) / [`Poller::submit`](crate::Poller::submit).
     pub submitted: u64,
@@ -112,6 +116,9 @@ pub(crate) struct Counters {
     /// executor's reports (see [`Counters::record_flow`]). Running on executor `i` = started −
     /// finished.
     pub(crate) per_executor: Vec<ExecutorCounters>,
+    /// The `metrics` feature's handles (nothing without it): the actors record there where
+    /// they update these counters.
+    pub(crate) metrics: Metrics,
 }
 
 #[derive(Debug, Default)]
@@ -140,11 +147,13 @@ pub struct ExecutorStats {
 }
 
 impl Counters {
-    pub(crate) fn new(limit: usize, executors: usize) -> Self {
+    /// The counters of the poller called `name` (the `metrics` feature's label).
+    pub(crate) fn new(limit: usize, executors: usize, name: &str) -> Self {
         let c = Counters {
             per_executor: (0..executors)
                 .map(|_| ExecutorCounters::default())
                 .collect(),
+            metrics: Metrics::new(name, limit),
             ..Counters::default()
         };
         c.limit.store(limit as u64, Relaxed);
@@ -194,6 +203,7 @@ impl Counters {
             return;
         }
         Counters::add(&self.lost, ids.len() as u64);
+        self.metrics.count(Count::Lost, ids.len() as u64);
         let mut kept = self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner);
         let room = MAX_LOST_IDS.saturating_sub(kept.len());
         kept.extend(ids.iter().take(room).copied());
@@ -204,13 +214,12 @@ impl Counters {
         std::mem::take(&mut *self.lost_ids.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Mirrors `Stats::queued`. `None` (a source that cannot say without asking its store)
+    /// keeps the last count the Fetcher's periodic sample got from `Source::counts`.
     pub(crate) fn set_queued(&self, queued: Option<u64>) {
-        match queued {
-            Some(q) => {
-                self.queued.store(q, Relaxed);
-                self.queued_known.store(1, Relaxed);
-            }
-            None => self.queued_known.store(0, Relaxed),
+        if let Some(q) = queued {
+            self.queued.store(q, Relaxed);
+            self.queued_known.store(1, Relaxed);
         }
     }
 

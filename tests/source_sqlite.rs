@@ -285,3 +285,36 @@ async fn tasks_enqueued_without_attempts_get_the_source_default() {
         Sqlite.cleanup(&path).await;
     }
 }
+
+/// A durable source cannot say `queued` without asking the store: the Fetcher counts it at
+/// start and every few seconds, so `Stats::queued` is known (it stayed `None` before).
+#[actix_rt::test]
+async fn stats_queued_is_known_for_a_durable_source() {
+    let path = temp_db();
+    let source = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let poller = actix_poller::Poller::<Job>::builder()
+        .source(source)
+        .workers(1)
+        .on_current_arbiter()
+        .start(|_job: Job, _cx| async { Ok::<_, std::io::Error>(()) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The first count is in flight from the start: wait for its answer (bounded).
+    let known = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(q) = poller.stats().queued {
+                return q;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("Stats::queued still None after 20 s"));
+    assert_eq!(known, 0);
+    poller
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&path);
+}

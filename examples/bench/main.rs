@@ -68,6 +68,15 @@ fn main() -> ExitCode {
     if let Some(e) = opts.executors {
         EXECUTORS.store(e, Ordering::Relaxed);
     }
+    // The `metrics` feature's cost with a real recorder behind it (docs/benchmarks.md): the
+    // pollers register their metrics at start, so the recorder goes in first.
+    #[cfg(feature = "metrics")]
+    if std::env::var_os("BENCH_PROMETHEUS").is_some() {
+        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            eprintln!("bench: no Prometheus recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(side) = opts.child {
         let n = opts.sizes.memory;
         let res = match side {

@@ -7,6 +7,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use super::Fetcher;
+use crate::metrics::{Count, Stopwatch};
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::task::{Ack, Disposition, FinalState};
@@ -27,6 +28,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                     Disposition::Retry { .. } | Disposition::Snooze { .. }
                 ) {
                     Counters::add(&self.counters.dead, 1);
+                    self.counters.metrics.count(Count::Dead, 1);
                     ack.disposition = Disposition::Dead {
                         error: "asked to run again, but the source keeps no copy of a started \
                                 task (turn retries on: PollerBuilder::retry)"
@@ -48,16 +50,21 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
         // The copy is what a failed call retries, and what tells trackers their final state
         // once the source has recorded it.
+        let clock = Stopwatch::start();
         let span = trace::ack_span(acks.len());
         let mut fut = span
             .in_scope(|| self.source.ack(acks.clone()))
             .instrument(span);
         match (&mut fut).now_or_never() {
-            Some(res) => self.acked(acks, res, ctx),
+            Some(res) => {
+                self.counters.metrics.acked(&clock, &res);
+                self.acked(acks, res, ctx);
+            }
             None => {
                 self.acks_in_flight += 1;
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.acks_in_flight -= 1;
+                    act.counters.metrics.acked(&clock, &res);
                     act.acked(acks, res, ctx);
                 }));
             }
@@ -163,6 +170,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                     act.heartbeat_in_flight = false;
                     if let Err(error) = res {
                         Counters::add(&act.counters.heartbeat_errors, 1);
+                        act.counters.metrics.count(Count::HeartbeatErrors, 1);
                         tracing::warn!(%error, "heartbeat failed; leases may expire");
                     }
                 }),

@@ -15,6 +15,7 @@ use crate::messages::{
     Cancel, CancelOutcome, GetCounts, GetProgress, GetStatus, ListDead, PurgeDead, Receipt,
     RerunDead, Submit, SubmitBatch,
 };
+use crate::metrics::Count;
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
 use crate::source::{EnqueueResult, NewTask, Source};
 use crate::stats::Counters;
@@ -34,6 +35,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
         let ids = res?;
         Counters::add(&self.counters.submitted, ids.len() as u64);
+        self.counters
+            .metrics
+            .count(Count::Submitted, ids.len() as u64);
         let receipts = ids
             .into_iter()
             .map(|id| {
@@ -145,6 +149,7 @@ fn deliver<X, Y>(
     };
     if let Some(Err(refused)) = unheard {
         Counters::add(&counters.dropped_submits, 1);
+        counters.metrics.count(Count::DroppedSubmits, 1);
         tracing::error!(
             error = %refused,
             "a submit was refused but its sender did not wait for the answer (do_send, \
@@ -291,6 +296,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
         if let Some(pos) = self.buffer.iter().position(|t| t.id == id) {
             if let Some(task) = self.buffer.remove(pos) {
                 Counters::add(&self.counters.cancelled, 1);
+                self.counters.metrics.count(Count::Cancelled, 1);
                 let ack = Ack {
                     id,
                     attempt: task.attempt,
@@ -311,6 +317,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
                         Err(e) => Box::pin(futures::future::ready(Err(SourceError::new(e)))),
                         Ok(true) => {
                             Counters::add(&act.counters.cancelled, 1);
+                            act.counters.metrics.count(Count::Cancelled, 1);
                             act.counters.set_queued(act.source.queued());
                             act.resolve(id, FinalState::Cancelled);
                             Box::pin(futures::future::ready(Ok(CancelOutcome::Dequeued)))
@@ -403,7 +410,12 @@ impl<T: Send + 'static, S: Source<T>> Handler<GetCounts> for Fetcher<T, S> {
 
     fn handle(&mut self, _msg: GetCounts, _ctx: &mut Self::Context) -> Self::Result {
         let fut = self.source.counts();
-        source_op(self, fut)
+        Box::pin(source_op(self, fut).map(|res, act, _ctx| {
+            if let Ok(Some(counts)) = &res {
+                act.counted(counts);
+            }
+            res
+        }))
     }
 }
 

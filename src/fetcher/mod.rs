@@ -39,15 +39,21 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::messages::Notify;
+use crate::metrics::{Sample, Stopwatch};
 use crate::protocol::{CancelRunning, Execute, ReturnPath};
 use crate::retry::Backoff;
 use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
 use crate::stats::Counters;
-use crate::task::{Ack, Task, TaskId};
+use crate::task::{Ack, QueueCounts, Task, TaskId};
 use crate::trace;
 
 pub use trackers::TRACKING_LIMIT;
+
+/// How often the Fetcher samples the gauges and counts the source's tasks (see
+/// [`Fetcher::sample`]): a durable source's count is one indexed statement, so every few
+/// seconds costs the store little.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 use trackers::{Early, Resolver, Tracker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +119,8 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// `CloseSource` arrived: a failed ack is no longer retried.
     closing: bool,
     heartbeat_in_flight: bool,
+    /// A `counts` call of the periodic sample is in flight.
+    counting: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
     ack_idle: Vec<oneshot::Sender<()>>,
     counters: Arc<Counters>,
@@ -210,6 +218,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             ack_retry: None,
             closing: false,
             heartbeat_in_flight: false,
+            counting: false,
             ack_idle: Vec::new(),
             counters,
             pace: crate::pace::Pace::new(config.pace),
@@ -253,18 +262,21 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.in_flight += 1;
             Counters::add(&self.counters.fetch_calls, 1);
             let epoch = self.epoch;
+            let clock = Stopwatch::start();
             let span = trace::fetch_span(n);
             let mut fut = span.in_scope(|| self.source.fetch(n)).instrument(span);
             match (&mut fut).now_or_never() {
                 // A source that answers at once (the in-memory one) costs no spawn.
                 Some(res) => {
                     trace::fetch_landed(fut.span(), &res);
+                    self.counters.metrics.fetched(&clock, &res);
                     self.fetched(n, epoch, res, ctx);
                 }
                 None => {
                     let span = fut.span().clone();
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                         trace::fetch_landed(&span, &res);
+                        act.counters.metrics.fetched(&clock, &res);
                         act.fetched(n, epoch, res, ctx);
                         act.pump(ctx);
                     }));
@@ -289,6 +301,49 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.buffer.len().saturating_add(ahead) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// The periodic sample: the `metrics` feature's gauges, and the source's counts by state
+    /// (one counts call at a time; not once the source is closing). A source that cannot say
+    /// [`Source::queued`] (a durable one) gets `Stats::queued` from these counts.
+    pub(super) fn sample(&mut self, ctx: &mut Context<Self>) {
+        if self.counters.metrics.enabled() {
+            let dispatched = self
+                .assigned
+                .iter()
+                .fold(0usize, |a, n| a.saturating_add(*n));
+            let buffered = self
+                .counters
+                .buffered
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.counters.metrics.sampled(&Sample {
+                buffered,
+                pending_acks: self.unrecorded as u64,
+                held: (self.buffer.len() as u64)
+                    .saturating_add(dispatched as u64)
+                    .saturating_add(self.unrecorded as u64),
+            });
+        }
+        if self.counting || self.closing {
+            return;
+        }
+        self.counting = true;
+        ctx.spawn(self.source.counts().into_actor(self).map(|res, act, _ctx| {
+            act.counting = false;
+            match res {
+                Ok(Some(counts)) => act.counted(&counts),
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "counting the source's tasks failed"),
+            }
+        }));
+    }
+
+    /// The source counted its tasks (for the sample or a [`GetCounts`](crate::messages::GetCounts)).
+    pub(super) fn counted(&mut self, counts: &QueueCounts) {
+        self.counters.metrics.counted(counts);
+        if self.source.queued().is_none() {
+            self.counters.set_queued(Some(counts.waiting()));
+        }
     }
 
     pub(super) fn fetched(
@@ -387,6 +442,12 @@ impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(every) = self.source.heartbeat_interval() {
             ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        }
+        // Only a source that cannot say `queued` (a durable one) is counted for `Stats`; with
+        // the `metrics` feature every source is, for the gauges.
+        if self.counters.metrics.enabled() || self.source.queued().is_none() {
+            self.sample(ctx);
+            ctx.run_interval(SAMPLE_EVERY, |act, ctx| act.sample(ctx));
         }
         self.start_resolving(ctx);
     }
