@@ -1,6 +1,7 @@
 //! The builder that starts a poller: its options, their validation, and the wiring of the
 //! actors (Scheduler, Fetcher, executors) behind the handle it returns.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, System};
+use tracing::Level;
 
 use crate::error::StartError;
-use crate::executor::{panic_message, Executor};
+use crate::executor::{panic_message, Executor, Settings};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
 use crate::poller::{Handle, Poller};
@@ -22,6 +24,7 @@ use crate::source::memory::MemorySource;
 use crate::source::{FetchLimits, RetrySupport, Source};
 use crate::stats::Counters;
 use crate::task::TaskContext;
+use crate::trace::TraceConfig;
 
 /// Builds and starts a [`Poller`]. Get one from [`Poller::builder`].
 ///
@@ -54,6 +57,8 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     timeout: Option<Duration>,
     cancel_grace: Duration,
     capacity: Option<usize>,
+    name: Cow<'static, str>,
+    retry_log_level: Level,
     source: S,
     _payload: std::marker::PhantomData<fn(T)>,
 }
@@ -68,6 +73,8 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("dispatch_ahead", &self.dispatch_ahead)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
+            .field("name", &self.name)
+            .field("retry_log_level", &self.retry_log_level)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +85,13 @@ pub const DEFAULT_WORKERS: usize = 16;
 /// The most tasks an executor holds queued beyond its credits unless
 /// [`PollerBuilder::dispatch_ahead`] says otherwise.
 pub const DEFAULT_DISPATCH_AHEAD: usize = 64;
+
+/// The default poller name ([`PollerBuilder::name`]).
+pub const DEFAULT_NAME: &str = "actix_poller";
+
+/// The default level of the event a failed attempt that will be retried logs
+/// ([`PollerBuilder::retry_log_level`]).
+pub const DEFAULT_RETRY_LOG_LEVEL: Level = Level::INFO;
 
 /// The default time a cancelled running task has to wind down before its future is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -95,6 +109,8 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             timeout: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
+            name: Cow::Borrowed(DEFAULT_NAME),
+            retry_log_level: DEFAULT_RETRY_LOG_LEVEL,
             source: MemorySource::default(),
             _payload: std::marker::PhantomData,
         }
@@ -166,6 +182,35 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// ones.
     pub fn dispatch_ahead(mut self, n: usize) -> Self {
         self.dispatch_ahead = Some(n);
+        self
+    }
+
+    /// The poller's name (default [`DEFAULT_NAME`]): the `poller` field of its attempt spans,
+    /// whose OpenTelemetry name is `process <name>` (see docs/observability.md, "Tracing").
+    /// Name pollers apart when one process runs several.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The level at which a failed attempt that will be retried is logged (default
+    /// [`DEFAULT_RETRY_LOG_LEVEL`], INFO), inside its attempt span. A task's last failure is
+    /// logged at WARN (ERROR for a panic) whatever this says: that one needs a look, the
+    /// retries of a flaky upstream usually do not.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Poller, RetryPolicy};
+    /// use tracing::Level;
+    ///
+    /// let builder = Poller::<u64>::builder()
+    ///     .retry(RetryPolicy::attempts(5))
+    ///     .retry_log_level(Level::DEBUG);
+    /// # let _ = builder;
+    /// ```
+    pub fn retry_log_level(mut self, level: Level) -> Self {
+        self.retry_log_level = level;
         self
     }
 
@@ -274,6 +319,8 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             timeout: self.timeout,
             cancel_grace: self.cancel_grace,
             capacity: None,
+            name: self.name,
+            retry_log_level: self.retry_log_level,
             source,
             _payload: std::marker::PhantomData,
         }
@@ -366,10 +413,12 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             fetcher: fetcher.clone().recipient(),
             counters: Arc::clone(&counters),
         });
+        let trace = TraceConfig::new(&self.name, self.retry_log_level);
         let links = ExecutorLinks {
             scheduler: &scheduler,
             counters: &counters,
             returns: &returns,
+            trace: &trace,
         };
         let executor_addrs = spawn_executors(shape, factory, links, &mut plan)?;
 
@@ -465,6 +514,7 @@ struct ExecutorLinks<'a, T: Send + 'static> {
     scheduler: &'a Addr<Scheduler>,
     counters: &'a Arc<Counters>,
     returns: &'a Arc<ReturnPath<T>>,
+    trace: &'a TraceConfig,
 }
 
 /// Builds one handler, a panic becoming a [`StartError`].
@@ -492,12 +542,15 @@ where
     H: TaskHandler<T>,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let timeout = shape.timeout;
+    let settings = || Settings {
+        timeout: shape.timeout,
+        trace: links.trace.clone(),
+    };
     let new_executor = |index, handler, guard| {
         Executor::new(
             index,
             handler,
-            timeout,
+            settings(),
             links.scheduler.clone().recipient(),
             Arc::clone(links.counters),
             Arc::clone(links.returns),
@@ -521,10 +574,11 @@ where
     for index in 0..shape.count {
         let arbiter = Arbiter::new();
         let factory = Arc::clone(&factory);
-        let (done, counters, returns) = (
+        let (done, counters, returns, settings) = (
             links.scheduler.clone().recipient(),
             Arc::clone(links.counters),
             Arc::clone(links.returns),
+            settings(),
         );
         let guard = plan.guard();
         let (tx, rx) = actix::dev::channel::channel(16);
@@ -534,7 +588,7 @@ where
             let built = build_handler(&*factory, index).map(|handler| {
                 let ctx = Context::with_receiver(rx);
                 let executor =
-                    Executor::new(index, handler, timeout, done, counters, returns, guard);
+                    Executor::new(index, handler, settings, done, counters, returns, guard);
                 actix_rt::spawn(ctx.into_future(executor));
             });
             let _ = built_tx.send(built);

@@ -38,9 +38,11 @@ use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPa
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
 use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
+use crate::trace::{self, TraceConfig};
 
 pin_project_lite::pin_project! {
-    /// One attempt in flight; resolves to its [`Finished`] report.
+    /// One attempt in flight; resolves to its [`Finished`] report and its span (in which the
+    /// executor records the outcome).
     ///
     /// The timeout is a timer polled beside the task (no allocation). A forced cancel sets
     /// `killed` and wakes the task through the waker it was last polled with, so the set polls it
@@ -54,7 +56,7 @@ pin_project_lite::pin_project! {
         killed: bool,
         waker: Option<Waker>,
         // The end, when the first poll (at start, before the set's own) already reached it.
-        ended: Option<Finished>,
+        ended: Option<(Finished, tracing::Span)>,
         #[pin]
         deadline: Option<Sleep>,
         // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
@@ -69,9 +71,9 @@ where
     F: Future<Output = Result<(), E>>,
     E: Into<BoxError>,
 {
-    type Output = Finished;
+    type Output = (Finished, tracing::Span);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Finished> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<(Finished, tracing::Span)> {
         let this = self.project();
         if let Some(ended) = this.ended.take() {
             return Poll::Ready(ended);
@@ -109,12 +111,13 @@ where
                 panic_message(panic.as_ref())
             )),
         };
-        Poll::Ready(Finished {
+        let fin = Finished {
             id: *this.id,
             attempt: *this.attempt,
             max_attempts: *this.max_attempts,
             outcome,
-        })
+        };
+        Poll::Ready((fin, std::mem::replace(this.span, tracing::Span::none())))
     }
 }
 
@@ -157,6 +160,14 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What every executor is told at start besides its links: the default per-attempt timeout and
+/// the attempt spans' settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) trace: TraceConfig,
+}
+
 struct Draining<T> {
     reply: oneshot::Sender<DrainReport<T>>,
     report: DrainReport<T>,
@@ -165,6 +176,8 @@ struct Draining<T> {
 pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     index: usize,
     handler: H,
+    /// The poller's name and the retry log level, for the attempt spans.
+    trace: TraceConfig,
     /// Per-attempt timeout for tasks that set none.
     default_timeout: Option<Duration>,
     cancels: Rc<CancelBoard>,
@@ -217,15 +230,20 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     pub(crate) fn new(
         index: usize,
         handler: H,
-        default_timeout: Option<Duration>,
+        settings: Settings,
         scheduler: Recipient<Done>,
         counters: Arc<Counters>,
         back: Arc<ReturnPath<T>>,
         guard: DropGuard,
     ) -> Self {
+        let Settings {
+            timeout: default_timeout,
+            trace,
+        } = settings;
         Executor {
             index,
             handler,
+            trace,
             default_timeout,
             cancels: Rc::default(),
             scheduler,
@@ -273,9 +291,17 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
 
     /// Starts one attempt in a slot this executor holds, and polls it once. `false` when its
     /// handler panicked when called (the attempt ended without a future).
-    fn start(&mut self, task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
+    fn start(&mut self, mut task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
-        let span = tracing::info_span!("task", id = task.id.0, attempt = task.attempt);
+        let parent = task.trace.take();
+        let span = trace::attempt_span(
+            &self.trace,
+            task.id,
+            task.attempt,
+            self.index,
+            parent.as_deref(),
+        );
+        drop(parent);
         let timeout = task.timeout.or(self.default_timeout);
         // A timeout too long to represent as an instant (`Duration::MAX`) is no timeout.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -308,23 +334,26 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                 true
             }
             Err(panic) => {
-                self.finished.push(Finished {
+                let fin = Finished {
                     id,
                     attempt,
                     max_attempts,
                     outcome: Outcome::Panicked(panic_message(panic.as_ref())),
-                });
+                };
+                trace::attempt_ended(&span, &fin, self.trace.retry_level);
+                self.finished.push(fin);
                 false
             }
         }
     }
 
-    /// Records one attempt's end. Once cancellation was requested, any end but success counts
-    /// as `Cancelled`.
-    fn finished(&mut self, mut fin: Finished) {
+    /// Records one attempt's end, on its span too. Once cancellation was requested, any end but
+    /// success counts as `Cancelled`.
+    fn finished(&mut self, mut fin: Finished, span: &tracing::Span) {
         if self.cancels.is_cancelled(fin.id) && fin.outcome != Outcome::Completed {
             fin.outcome = Outcome::Cancelled;
         }
+        trace::attempt_ended(span, &fin, self.trace.retry_level);
         self.cancels.forget(fin.id);
         self.finished.push(fin);
     }
@@ -468,15 +497,19 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         let ends: Vec<Finished> = Pin::new(&self.running)
             .iter_pin_ref()
             .map(|r| r.get_ref())
-            .map(|r| Finished {
-                id: r.id,
-                attempt: r.attempt,
-                max_attempts: r.max_attempts,
-                outcome: if cancels.is_cancelled(r.id) {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Interrupted
-                },
+            .map(|r| {
+                let fin = Finished {
+                    id: r.id,
+                    attempt: r.attempt,
+                    max_attempts: r.max_attempts,
+                    outcome: if cancels.is_cancelled(r.id) {
+                        Outcome::Cancelled
+                    } else {
+                        Outcome::Interrupted
+                    },
+                };
+                trace::attempt_ended(&r.span, &fin, self.trace.retry_level);
+                fin
             })
             .collect();
         for fin in &ends {
@@ -498,8 +531,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> ActorFuture<Executor<T, H>> for Drive
         ctx: &mut Context<Executor<T, H>>,
         cx: &mut TaskCx<'_>,
     ) -> Poll<()> {
-        while let Poll::Ready(Some(fin)) = act.running.poll_next_unpin(cx) {
-            act.finished(fin);
+        while let Poll::Ready(Some((fin, span))) = act.running.poll_next_unpin(cx) {
+            act.finished(fin, &span);
             act.fill_slot(cx);
             if !act.asked && act.dequeued > 0 && act.queue.len() <= act.low_water {
                 act.asked = true;

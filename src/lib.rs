@@ -124,10 +124,14 @@ pub mod source;
 mod stats;
 pub mod task;
 pub mod topology;
+mod trace;
 #[cfg(feature = "web")]
 pub mod web;
 
-pub use builder::{PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_WORKERS};
+pub use builder::{
+    PollerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_DISPATCH_AHEAD, DEFAULT_NAME,
+    DEFAULT_RETRY_LOG_LEVEL, DEFAULT_WORKERS,
+};
 pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartError, SubmitError};
 pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};

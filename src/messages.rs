@@ -49,15 +49,19 @@ pub struct Submit<T> {
     pub(crate) task: Returnable<T>,
     pub(crate) track: bool,
     pub(crate) options: TaskOptions,
+    /// The span current where the message was made: the parent of the task's attempt spans.
+    pub(crate) parent: Option<Box<crate::trace::Parent>>,
 }
 
 impl<T> Submit<T> {
-    /// Submit `task`; its outcome is not tracked.
+    /// Submit `task`; its outcome is not tracked. The span current here becomes the parent of
+    /// the task's attempt spans (see docs/observability.md, "Tracing").
     pub fn new(task: T) -> Self {
         Submit {
             task: Returnable::new(task),
             track: false,
             options: TaskOptions::default(),
+            parent: crate::trace::Parent::current(),
         }
     }
 
@@ -100,15 +104,19 @@ pub struct SubmitBatch<T> {
     pub(crate) tasks: Returnable<Vec<T>>,
     pub(crate) track: bool,
     pub(crate) options: TaskOptions,
+    /// The span current where the message was made: the parent of the task's attempt spans.
+    pub(crate) parent: Option<Box<crate::trace::Parent>>,
 }
 
 impl<T> SubmitBatch<T> {
-    /// Submit `tasks`; their outcomes are not tracked.
+    /// Submit `tasks`; their outcomes are not tracked. The span current here becomes the parent
+    /// of the tasks' attempt spans.
     pub fn new(tasks: Vec<T>) -> Self {
         SubmitBatch {
             tasks: Returnable::new(tasks),
             track: false,
             options: TaskOptions::default(),
+            parent: crate::trace::Parent::current(),
         }
     }
 

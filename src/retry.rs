@@ -177,15 +177,42 @@ impl Backoff {
         let exp = n.saturating_sub(1).min(64) as i32;
         let raw = self.initial.as_secs_f64() * self.multiplier.powi(exp);
         let capped = raw.min(self.max.as_secs_f64());
-        let factor = 1.0 - self.jitter * fastrand::f64();
-        // `max` may be `Duration::MAX`, whose seconds round up past it as an `f64`.
-        Duration::try_from_secs_f64((capped * factor).max(0.0)).unwrap_or(self.max)
+        // Only shortened, never lengthened: the cap holds.
+        scaled(capped, 1.0 - self.jitter * fastrand::f64()).unwrap_or(self.max)
     }
+}
+
+/// `secs × factor` as a duration; `None` past what a `Duration` holds (`Duration::MAX`'s seconds
+/// round up past it as an `f64`). The one place jitter turns seconds back into a duration.
+fn scaled(secs: f64, factor: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64((secs * factor).max(0.0)).ok()
+}
+
+/// `d` spread by up to `± jitter × d` (`jitter` in `0.0..=1.0`), at least 1 ms and at most
+/// [`FAR_FUTURE`]. For periodic work (polls) that many
+/// processes do at once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn spread(d: Duration, jitter: f64) -> Duration {
+    let d = d.min(FAR_FUTURE);
+    let factor = 1.0 + jitter.clamp(0.0, 1.0) * (2.0 * fastrand::f64() - 1.0);
+    scaled(d.as_secs_f64(), factor)
+        .unwrap_or(FAR_FUTURE)
+        .clamp(Duration::from_millis(1), FAR_FUTURE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_stays_in_its_band_and_never_panics() {
+        for _ in 0..1000 {
+            let d = spread(Duration::from_secs(10), 0.2).as_secs_f64();
+            assert!((8.0 - 1e-9..=12.0 + 1e-9).contains(&d), "{d}");
+        }
+        assert!(spread(Duration::MAX, 1.0) <= FAR_FUTURE);
+        assert_eq!(spread(Duration::ZERO, 0.5), Duration::from_millis(1));
+    }
 
     #[test]
     fn backoff_stays_within_jitter_band_and_cap() {

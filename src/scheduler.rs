@@ -117,26 +117,18 @@ impl Handler<Done> for Scheduler {
         let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
         self.acks.reserve(n);
         for fin in msg.finished {
+            // Logged by the executor, inside the attempt's span (`trace::attempt_ended`).
             match &fin.outcome {
                 Outcome::Completed => completed += 1,
-                Outcome::Failed(error) => {
-                    failed += 1;
-                    tracing::warn!(task = %fin.id, attempt = fin.attempt, %error, "task failed");
-                }
-                Outcome::Panicked(error) => {
+                Outcome::Failed(_) | Outcome::Aborted(_) => failed += 1,
+                Outcome::Panicked(_) => {
                     failed += 1;
                     panicked += 1;
-                    tracing::error!(task = %fin.id, attempt = fin.attempt, %error, "task panicked");
                 }
                 Outcome::Cancelled | Outcome::Interrupted => cancelled += 1,
-                Outcome::TimedOut(limit) => {
+                Outcome::TimedOut(_) => {
                     failed += 1;
                     timed_out += 1;
-                    tracing::warn!(task = %fin.id, attempt = fin.attempt, ?limit, "task timed out");
-                }
-                Outcome::Aborted(reason) => {
-                    failed += 1;
-                    tracing::warn!(task = %fin.id, attempt = fin.attempt, %reason, "task aborted");
                 }
                 Outcome::Snoozed(_) => snoozed += 1,
             }

@@ -37,6 +37,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ShutdownError, SourceError};
 use crate::protocol::{Abandon, BeginShutdown, CloseSource, Drain, Flush, StopFetching};
+use crate::retry::deadline_after;
 use crate::stats::Counters;
 use crate::task::{Task, TaskId};
 
@@ -58,16 +59,6 @@ const DRAIN_REPLY_WAIT: Duration = Duration::from_secs(1);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long the arbiter threads may take to exit and the actors to be dropped.
 const STOP_ALL_WAIT: Duration = Duration::from_secs(1);
-
-/// `now + d`, or a far future instant (30 years) when that cannot be represented.
-pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d).unwrap_or_else(|| {
-        now.checked_add(FAR_FUTURE)
-            .unwrap_or_else(|| unreachable!("30 years from now is representable"))
-    })
-}
-
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Held by an actor; dropping it (when the actor is dropped) closes the paired receiver, which is
 /// how shutdown knows the actor is gone.

@@ -844,7 +844,6 @@ proptest::proptest! {
 
     /// And with a `Duration::MAX` shutdown grace ("wait for every running task").
     #[test]
-    #[ignore = "bug: shutdown(Duration::MAX) panics (src/shutdown.rs, run: Instant + grace); see report"]
     fn extreme_shutdown_grace_is_accepted(workers in workers(), tasks in scripts(true)) {
         run_scripts(workers, tasks, Duration::MAX, Duration::MAX);
     }

@@ -473,29 +473,3 @@ async fn sqlite_orders_by_earlier_due_time() {
     drop(source);
     let _ = std::fs::remove_file(&path);
 }
-
-/// "By default each executor queues a few tasks ahead of a free slot (`dispatch_ahead`:
-/// `workers ÷ executors`, rounded up, at most 64)": with one worker on one executor and many
-/// short tasks, at most one task is queued ahead.
-#[actix_rt::test]
-#[ignore = "doc/code disagree: the default ahead is DEFAULT_DISPATCH_AHEAD (64) per executor, not workers ÷ executors; see report"]
-async fn default_dispatch_ahead_is_workers_per_executor() {
-    tokio::time::pause();
-    let poller = Poller::<u32>::builder()
-        .workers(1)
-        .executors(1)
-        .on_current_arbiter()
-        .start(|_n: u32, _cx| async {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            Ok::<_, Infallible>(())
-        })
-        .unwrap();
-    poller.submit_batch((0..2_000).collect()).await.unwrap();
-    let mut most = 0;
-    while poller.stats().completed < 2_000 {
-        most = most.max(poller.stats().buffered);
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    assert!(most <= 1, "{most} tasks queued ahead of one worker");
-    poller.shutdown(Duration::from_secs(1)).await.unwrap();
-}

@@ -231,7 +231,6 @@ proptest! {
     /// `Duration::MAX` ("never") as the timeout and as the shutdown grace is accepted and
     /// changes nothing for tasks that end on their own.
     #[test]
-    #[ignore = "bug: timeout(Duration::MAX) panics the executor (src/executor.rs, Executor::start) and shutdown(Duration::MAX) panics (src/shutdown.rs, run); see report"]
     fn extreme_durations_are_accepted(case in bound_case_strategy(extreme_timeouts())) {
         check_bound_case(case, Duration::MAX)?;
     }

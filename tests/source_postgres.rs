@@ -314,3 +314,59 @@ async fn sslmode_require_connects_over_tls() {
     drop(source);
     drop_schema(&schema).await;
 }
+
+/// The source's connections carry a statement and a lock timeout (issue 12.11): a statement that
+/// would run for ever is cut by the server; the defaults are set; `None` leaves the server's.
+#[actix_rt::test]
+async fn statements_and_lock_waits_are_bounded_by_the_server() {
+    use actix_poller::source::postgres::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+    let schema = fresh_schema();
+    let source = PgSource::<Job>::connect(config(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let show = |name: &'static str| {
+        let pool = source.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let secs = |d: Duration| format!("{}s", d.as_secs());
+    assert_eq!(
+        show("statement_timeout").await,
+        secs(DEFAULT_STATEMENT_TIMEOUT)
+    );
+    assert_eq!(show("lock_timeout").await, secs(DEFAULT_LOCK_TIMEOUT));
+    drop(source);
+
+    let short = config(&schema)
+        .statement_timeout(Some(Duration::from_millis(100)))
+        .lock_timeout(None);
+    let source = PgSource::<Job>::connect(short)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = bounded(
+        "a cut statement",
+        sqlx::query("SELECT pg_sleep(30)").execute(source.pool()),
+    )
+    .await
+    .expect_err("the server cuts a statement past the timeout");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let plain = pg::pool().await;
+    let lock = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW lock_timeout")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        lock(source.pool().clone()).await,
+        lock(plain.clone()).await,
+        "None leaves the server's setting"
+    );
+    plain.close().await;
+    drop(source);
+    drop_schema(&schema).await;
+}

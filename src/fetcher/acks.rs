@@ -4,11 +4,13 @@
 
 use actix::prelude::*;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use super::Fetcher;
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::task::{Ack, Disposition, FinalState};
+use crate::trace;
 
 /// The most acks the source has not recorded yet (in flight, waiting, or failed and waiting for
 /// their retry) before the Fetcher stops fetching: while a store refuses acks, new work would
@@ -46,7 +48,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
         // The copy is what a failed call retries, and what tells trackers their final state
         // once the source has recorded it.
-        let mut fut = self.source.ack(acks.clone());
+        let span = trace::ack_span(acks.len());
+        let mut fut = span
+            .in_scope(|| self.source.ack(acks.clone()))
+            .instrument(span);
         match (&mut fut).now_or_never() {
             Some(res) => self.acked(acks, res, ctx),
             None => {
@@ -116,7 +121,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                     self.pending_acks = retry;
                     self.acks_in_flight += 1;
                     self.ack_retry = Some(ctx.run_later(delay, |act, ctx| {
-                        act.ack_retry = None;
+                        // `CloseSource` may have taken this retry (and counted it out) while the
+                        // timer was already due: actix cancels lazily, so the closure can still
+                        // run. Whoever takes the handle counts the retry out, once.
+                        if act.ack_retry.take().is_none() {
+                            return;
+                        }
                         act.acks_in_flight -= 1;
                         act.send_pending_acks(ctx);
                     }));
@@ -144,9 +154,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return;
         }
         self.heartbeat_in_flight = true;
+        let span = trace::heartbeat_span();
         ctx.spawn(
-            self.source
-                .heartbeat()
+            span.in_scope(|| self.source.heartbeat())
+                .instrument(span)
                 .into_actor(self)
                 .map(|res, act, _ctx| {
                     act.heartbeat_in_flight = false;

@@ -22,6 +22,7 @@ use crate::task::{
     Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
     TaskState, TaskStatus,
 };
+use crate::trace::Parent;
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.
@@ -55,6 +56,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         tasks: Vec<T>,
         track: bool,
         options: TaskOptions,
+        parent: Option<Box<Parent>>,
         ctx: &mut Context<Self>,
     ) -> Answer<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>> {
         if self.phase != Phase::Running {
@@ -64,7 +66,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         let mut fut = self.source.enqueue(
             tasks
                 .into_iter()
-                .map(|t| NewTask::with_options(t, options, attempts))
+                .map(|t| NewTask::with_options(t, options, attempts).with_parent(parent.clone()))
                 .collect(),
         );
         if let Some(res) = (&mut fut).now_or_never() {
@@ -169,7 +171,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
         let task = msg.task.take();
         // A batch of one in, a batch of one out.
         let answer = self
-            .submit(vec![task], msg.track, msg.options, ctx)
+            .submit(vec![task], msg.track, msg.options, msg.parent, ctx)
             .map(|r| match r {
                 Ok(receipts) => one(receipts).map(Ok),
                 Err(e) => match e {
@@ -194,7 +196,9 @@ impl<T: Send + 'static, S: Source<T>> Handler<SubmitBatch<T>> for Fetcher<T, S> 
 
     fn handle(&mut self, mut msg: SubmitBatch<T>, ctx: &mut Self::Context) -> Self::Result {
         let tasks = msg.tasks.take();
-        let answer = self.submit(tasks, msg.track, msg.options, ctx).map(Some);
+        let answer = self
+            .submit(tasks, msg.track, msg.options, msg.parent, ctx)
+            .map(Some);
         SubmitReply {
             answer,
             counters: Arc::clone(&self.counters),

@@ -37,6 +37,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::messages::Notify;
 use crate::protocol::{CancelRunning, Execute, ReturnPath};
@@ -45,6 +46,7 @@ use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
 use crate::stats::Counters;
 use crate::task::{Ack, Task, TaskId};
+use crate::trace;
 
 pub use trackers::TRACKING_LIMIT;
 use trackers::{Early, Resolver, Tracker};
@@ -239,17 +241,21 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.in_flight += 1;
             Counters::add(&self.counters.fetch_calls, 1);
             let epoch = self.epoch;
-            let mut fut = self.source.fetch(n);
+            let span = trace::fetch_span(n);
+            let mut fut = span.in_scope(|| self.source.fetch(n)).instrument(span);
             match (&mut fut).now_or_never() {
                 // A source that answers at once (the in-memory one) costs no spawn.
                 Some(res) => {
                     self.tuning.fetch_took(Duration::ZERO);
+                    trace::fetch_landed(fut.span(), &res);
                     self.fetched(n, epoch, res, ctx);
                 }
                 None => {
                     let called = tokio::time::Instant::now();
+                    let span = fut.span().clone();
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                         act.tuning.fetch_took(called.elapsed());
+                        trace::fetch_landed(&span, &res);
                         act.fetched(n, epoch, res, ctx);
                         act.pump(ctx);
                     }));

@@ -49,6 +49,7 @@ use tokio::time::Instant;
 
 use crate::error::SubmitError;
 use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskOptions, TaskStatus};
+use crate::trace::Parent;
 
 /// The answer to one [`Source::fetch`] call.
 ///
@@ -253,6 +254,8 @@ pub struct NewTask<T> {
     pub run_at: Option<Instant>,
     /// Per-attempt timeout override.
     pub timeout: Option<std::time::Duration>,
+    /// The submitter's trace context (see docs/observability.md, "Tracing").
+    pub(crate) parent: Option<Box<Parent>>,
 }
 
 impl<T> NewTask<T> {
@@ -267,6 +270,7 @@ impl<T> NewTask<T> {
             priority: 0,
             run_at: None,
             timeout: None,
+            parent: None,
         }
     }
 
@@ -278,7 +282,13 @@ impl<T> NewTask<T> {
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,
+            parent: None,
         }
+    }
+
+    pub(crate) fn with_parent(mut self, parent: Option<Box<Parent>>) -> Self {
+        self.parent = parent;
+        self
     }
 }
 

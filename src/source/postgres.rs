@@ -71,5 +71,8 @@
 //! }
 //! ```
 
-pub use super::durable::postgres::{PgConfig, PgDialect, PgError, PgOptions, PgQueue, PgSource};
+pub use super::durable::postgres::{
+    PgConfig, PgDialect, PgError, PgOptions, PgQueue, PgSource, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_STATEMENT_TIMEOUT,
+};
 pub use super::durable::DEFAULT_TABLE;

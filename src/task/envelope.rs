@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::{Progress, TaskId};
+use crate::trace::Parent;
 
 /// A task as a [`Source`](crate::Source) hands it out: the payload plus what the poller needs to
 /// know about this attempt.
@@ -29,6 +30,8 @@ pub struct Task<T> {
     pub payload: T,
     /// Where the handler's progress goes, when the submitter tracks the task.
     pub(crate) progress: Option<watch::Sender<Progress>>,
+    /// The submitter's trace context: the parent of this attempt's span.
+    pub(crate) trace: Option<Box<Parent>>,
 }
 
 impl<T> Task<T> {
@@ -43,10 +46,11 @@ impl<T> Task<T> {
             timeout: None,
             payload,
             progress: None,
+            trace: None,
         }
     }
 
-    /// The same task (id, attempt, options) with another payload.
+    /// The same task (id, attempt, options, trace context) with another payload.
     pub fn with_payload<U>(&self, payload: U) -> Task<U> {
         Task {
             id: self.id,
@@ -57,6 +61,7 @@ impl<T> Task<T> {
             timeout: self.timeout,
             payload,
             progress: None,
+            trace: self.trace.clone(),
         }
     }
 

@@ -81,6 +81,14 @@ pub(crate) struct Finished {
     pub(crate) outcome: Outcome,
 }
 
+impl Finished {
+    /// Whether a failure of this attempt (failed, panicked, timed out) is retried: attempts
+    /// remain. [`settle`] decides with it, and the attempt's log line's level follows it.
+    pub(crate) fn retries_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+}
+
 /// What the source must record for one attempt: the state machine's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -203,7 +211,7 @@ pub(crate) fn settle(finished: &Finished, retry_backoff: &Backoff) -> Dispositio
 }
 
 fn retry_or_dead(finished: &Finished, error: &str, retry_backoff: &Backoff) -> Disposition {
-    if finished.attempt < finished.max_attempts {
+    if finished.retries_left() {
         Disposition::Retry {
             after: retry_backoff.delay(finished.attempt),
             error: error.to_owned(),

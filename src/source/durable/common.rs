@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::dialect::FetchedRow;
 use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
+use crate::trace::{Parent, TraceParent};
 
 /// A migration: version, description, SQL.
 /// A migration's SQL; its first line is `-- migration: <what it does>`, and its version is its
@@ -172,12 +173,6 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> Option<i64> {
     timeout.map(|t| t.as_millis().clamp(1, i64::MAX as u128) as i64)
 }
 
-/// `d` spread by up to `± jitter × d`.
-pub(crate) fn jittered(d: Duration, jitter: f64) -> Duration {
-    let factor = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
-    Duration::from_secs_f64((d.as_secs_f64() * factor).max(0.001))
-}
-
 /// A random lease owner: tells this poller's leases from every other's.
 pub(crate) fn new_owner() -> i64 {
     // Never 0, so a row with owner 0 (never leased by anyone) matches no poller.
@@ -312,11 +307,12 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq) in rows {
+    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace) in rows
+    {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
                 leased.hold(id, seq);
-                let task = Task::new(TaskId(id as u64), payload)
+                let mut task = Task::new(TaskId(id as u64), payload)
                     .with_attempt(attempt.clamp(1, u32::MAX as i64) as u32)
                     .with_max_attempts(max_attempts.clamp(1, u32::MAX as i64) as u32)
                     .with_priority(priority.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
@@ -326,6 +322,11 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                             .filter(|ms| *ms > 0)
                             .map(|ms| Duration::from_millis(ms as u64)),
                     );
+                // A text that is no valid traceparent (written by hand?) only loses the link.
+                task.trace = trace
+                    .as_deref()
+                    .and_then(TraceParent::parse)
+                    .map(|tp| Box::new(Parent::Remote(tp)));
                 tasks.push(task);
             }
             Err(e) => bad.push((id, format!("the payload does not decode: {e}"))),
@@ -335,11 +336,13 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
 }
 
 /// A new task as the `enqueue` statement takes it: payload (JSON), priority, delay (µs), most
-/// attempts, timeout (ms).
-pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>);
+/// attempts, timeout (ms), W3C `traceparent` of the submitter's span.
+pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>, Option<String>);
 
 /// Encodes a batch for the `enqueue` statement.
-/// The rows of `tasks`; a task without attempts gets `default_attempts`.
+/// The rows of `tasks`; a task without attempts gets `default_attempts`. The trace context is
+/// the submitter's (a poller's submit), else the span current here (a direct enqueue); only
+/// the `opentelemetry` feature has one to store.
 pub(crate) fn new_rows<T: serde::Serialize>(
     tasks: &[NewTask<T>],
     default_attempts: u32,
@@ -355,6 +358,10 @@ pub(crate) fn new_rows<T: serde::Serialize>(
                     .unwrap_or(default_attempts)
                     .clamp(1, i32::MAX as u32) as i32,
                 timeout_ms(t.timeout),
+                t.parent
+                    .as_deref()
+                    .map_or_else(TraceParent::current, Parent::traceparent)
+                    .map(|tp| tp.to_string()),
             ))
         })
         .collect()
@@ -401,7 +408,7 @@ where
             Ok(r) => return Ok(r),
             Err(e) if n < tries && !permanent(&e) => {
                 tracing::debug!(error = %e, attempt = n, "database write failed; retrying");
-                tokio::time::sleep(jittered(delay, 0.2)).await;
+                tokio::time::sleep(crate::retry::spread(delay, 0.2)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
                 n += 1;
             }

@@ -147,8 +147,19 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
 }
 
 /// A fetched row: id, attempt, max attempts, priority, timeout (ms), payload (JSON),
-/// enqueued at and due at (µs since the epoch), lease sequence.
-pub(crate) type FetchedRow = (i64, i64, i64, i64, Option<i64>, String, i64, i64, i64);
+/// enqueued at and due at (µs since the epoch), lease sequence, W3C `traceparent`.
+pub(crate) type FetchedRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+);
 
 /// A dead row: id, attempts, error, died at (µs since the epoch).
 pub(crate) type DeadRow = (i64, i64, String, i64);

@@ -34,6 +34,8 @@ impl fmt::Debug for PgOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("application_name", &self.application_name)
             .field("async_commit", &self.async_commit)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_timeout", &self.lock_timeout)
             .finish()
     }
 }
@@ -66,8 +68,10 @@ pub type PgError = DurableError<PgDialect>;
 /// Start one with [`PgConfig::new`]; the setters every durable source has are
 /// [`DurableConfig`]'s, PostgreSQL's own are [`schema`](PgConfig::schema),
 /// [`connect_timeout`](PgConfig::connect_timeout),
-/// [`application_name`](PgConfig::application_name) and
-/// [`async_commit`](PgConfig::async_commit).
+/// [`application_name`](PgConfig::application_name),
+/// [`async_commit`](PgConfig::async_commit),
+/// [`statement_timeout`](PgConfig::statement_timeout) and
+/// [`lock_timeout`](PgConfig::lock_timeout).
 pub type PgConfig = DurableConfig<PgDialect>;
 
 impl DurableConfig<PgDialect> {
@@ -83,7 +87,31 @@ impl DurableConfig<PgDialect> {
             connect_timeout: Duration::from_secs(10),
             application_name: "actix-poller".to_owned(),
             async_commit: true,
+            statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
+            lock_timeout: Some(DEFAULT_LOCK_TIMEOUT),
         })
+    }
+
+    /// The server aborts any statement of the source's connections that runs longer
+    /// (default [`DEFAULT_STATEMENT_TIMEOUT`], 30 s; `None`: the server's setting). Every
+    /// statement the poller runs is short (batches are bounded); this bounds the one that is
+    /// not, so a stuck query costs an error and a retry, not a stalled queue or a shutdown that
+    /// waits on it. Migrations lift it for their own transaction. Enqueues in the caller's own
+    /// transaction ([`enqueue_in`](super::DurableQueue::enqueue_in)) follow the caller's
+    /// connection.
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store.statement_timeout = timeout;
+        self
+    }
+
+    /// The server aborts any statement of the source's connections that waits longer for a
+    /// lock (default [`DEFAULT_LOCK_TIMEOUT`], 10 s; `None`: the server's setting): a fetch
+    /// skips locked rows, so only a lock held on the whole table (a migration, a `VACUUM FULL`,
+    /// a user's `LOCK TABLE`) makes the poller wait, and then it fails and retries instead of
+    /// queueing every connection behind it.
+    pub fn lock_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store.lock_timeout = timeout;
+        self
     }
 
     /// The schema of the table (created by the migrations if missing): a plain identifier.
@@ -123,9 +151,19 @@ impl DurableConfig<PgDialect> {
 fn connect_options(
     config: &DurableConfig<PgDialect>,
 ) -> Result<PgConnectOptions, DurableError<PgDialect>> {
-    Ok(PgConnectOptions::from_str(&config.store.url)
+    let store = &config.store;
+    let mut options = PgConnectOptions::from_str(&store.url)
         .map_err(|e| DurableError::Config(format!("malformed PostgreSQL URL: {e}")))?
-        .application_name(&config.store.application_name))
+        .application_name(&store.application_name);
+    for (name, timeout) in [
+        ("statement_timeout", store.statement_timeout),
+        ("lock_timeout", store.lock_timeout),
+    ] {
+        if let Some(timeout) = timeout {
+            options = options.options([(name, timeout_setting(timeout))]);
+        }
+    }
+    Ok(options)
 }
 
 /// PostgreSQL's own settings. Their `Debug` does not show the URL's password.
@@ -136,6 +174,20 @@ pub struct PgOptions {
     connect_timeout: Duration,
     application_name: String,
     async_commit: bool,
+    statement_timeout: Option<Duration>,
+    lock_timeout: Option<Duration>,
+}
+
+/// The default [`PgConfig::statement_timeout`].
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default [`PgConfig::lock_timeout`].
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server timeout setting: milliseconds, at least 1 (0 would mean "none"), at most what the
+/// server takes (`i32::MAX` ms).
+fn timeout_setting(d: Duration) -> String {
+    format!("{}ms", d.as_millis().clamp(1, i32::MAX as u128))
 }
 
 impl Dialect for PgDialect {
@@ -152,6 +204,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0003_lease_seq.sql"),
         include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
         include_str!("../../../migrations/postgres/0005_leased_at.sql"),
+        include_str!("../../../migrations/postgres/0006_traceparent.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -268,12 +321,18 @@ impl Dialect for PgDialect {
                 out.add(seqs)
             }
             List::Tasks(tasks) => {
+                let traces: Vec<Option<String>> = tasks.iter().map(|t| t.5.clone()).collect();
+                let tasks = tasks
+                    .into_iter()
+                    .map(|t| (t.0, t.1, t.2, t.3, t.4))
+                    .collect();
                 let (payloads, priorities, delays, attempts, timeouts) = columns(tasks);
                 out.add(payloads)?;
                 out.add(priorities)?;
                 out.add(delays)?;
                 out.add(attempts)?;
-                out.add(timeouts)
+                out.add(timeouts)?;
+                out.add(traces)
             }
         }
     }

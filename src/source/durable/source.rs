@@ -260,7 +260,7 @@ where
         let leased = self.leased.clone();
         let owner = self.owner;
         let lease_us = common::micros(self.lease);
-        let poll = common::jittered(self.poll_interval, self.poll_jitter);
+        let poll = crate::retry::spread(self.poll_interval, self.poll_jitter);
         // Subscribed before the query: a wake-up during an empty fetch is not lost.
         let signal = common::wait_for_bump(&self.queue.signal);
         let max = max.min(self.batch).max(1);

@@ -6,11 +6,11 @@
 
 -- name: enqueue
 -- One statement for the whole batch. The insert trigger notifies the listeners on commit.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms)
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent)
 SELECT u.payload::jsonb, u.priority, now() + u.delay_us * interval '1 microsecond',
-       u.max_attempts, u.timeout_ms
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
-     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, ord)
+       u.max_attempts, u.timeout_ms, u.traceparent
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[])
+     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent, ord)
 ORDER BY u.ord
 RETURNING id;
 
@@ -36,7 +36,7 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
@@ -179,7 +179,12 @@ BEGIN
 
 -- name: migrate_lock
 -- Pollers starting together apply the migrations once: the first holds this lock until it
--- commits. {create_schema} creates the configured schema, if any.
+-- commits. {create_schema} creates the configured schema, if any. The connections' statement and
+-- lock timeouts (PgConfig::statement_timeout, lock_timeout) are lifted for this transaction
+-- only: a migration may rebuild an index on a big table, and a poller starting beside another
+-- one that migrates waits for it rather than failing.
+SET LOCAL statement_timeout = 0;
+SET LOCAL lock_timeout = 0;
 SELECT pg_advisory_xact_lock(hashtext('actix-poller:{table}'));
 {create_schema}
 

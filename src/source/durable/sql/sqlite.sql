@@ -5,9 +5,10 @@
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
 -- name: enqueue
--- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms]; ?2: now.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at)
-SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2
+-- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms, traceparent];
+-- ?2: now.
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at, traceparent)
+SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2, value ->> 5
 FROM json_each(?1)
 ORDER BY key
 RETURNING id;
@@ -25,7 +26,7 @@ WHERE id IN (
     LIMIT ?1
 )
 RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
-          lease_seq;
+          lease_seq, traceparent;
 
 -- name: next_due
 -- Microseconds from now (?1) to the earliest queued task (negative: overdue).
