@@ -123,77 +123,73 @@ impl Tuning {
 mod tests {
     use super::*;
 
+    /// A tuning for `workers` that saw `tasks` finish over `over`, from `t0`, and fetches of
+    /// `fetch` each.
+    fn measured(
+        workers: usize,
+        heartbeat: Option<Duration>,
+        t0: Instant,
+        (tasks, over): (u64, Duration),
+        fetch: Duration,
+    ) -> Tuning {
+        let mut t = Tuning::new(workers, heartbeat);
+        t.finished(1, t0, true);
+        t.finished(tasks, t0 + over, true);
+        t.fetch_took(fetch);
+        t
+    }
+
     #[test]
     fn zero_until_a_fetch_takes_time() {
-        let mut t = Tuning::new(16, None);
         let t0 = Instant::now();
-        t.finished(10, t0, true);
-        t.finished(1000, t0 + Duration::from_millis(20), true);
+        let t = measured(
+            16,
+            None,
+            t0,
+            (1000, Duration::from_millis(20)),
+            Duration::ZERO,
+        );
         assert_eq!(t.prefetch(), 0, "an instant source needs no prefetch");
-        t.fetch_took(Duration::ZERO);
-        assert_eq!(t.prefetch(), 0);
     }
 
     #[test]
     fn littles_law_twice_over() {
-        let mut t = Tuning::new(50, None);
-        let t0 = Instant::now();
-        t.finished(1, t0, true);
         // 80 tasks in 10 ms = 8 000 tasks/s; 2 ms per fetch: 16 per round trip, 32 tuned.
-        t.finished(80, t0 + Duration::from_millis(10), true);
-        t.fetch_took(Duration::from_millis(2));
+        let ms = Duration::from_millis;
+        let t = measured(50, None, Instant::now(), (80, ms(10)), ms(2));
         assert_eq!(t.prefetch(), 32);
     }
 
     #[test]
     fn bounded_by_memory_and_by_the_lease() {
-        let mut t = Tuning::new(4, None);
-        let t0 = Instant::now();
-        t.finished(1, t0, true);
-        t.finished(1_000_000, t0 + Duration::from_secs(1), true);
-        t.fetch_took(Duration::from_secs(1));
+        let (t0, s) = (Instant::now(), Duration::from_secs(1));
+        let t = measured(4, None, t0, (1_000_000, s), s);
         assert_eq!(t.prefetch(), max_for(4));
         assert_eq!(max_for(4), 64);
         assert_eq!(max_for(usize::MAX), 10_000);
 
         // 100 tasks/s, 1 s fetches, a 100 ms heartbeat: 10 tasks wait at most one interval.
-        let mut t = Tuning::new(1000, Some(Duration::from_millis(100)));
-        t.finished(1, t0, true);
-        t.finished(100, t0 + Duration::from_secs(1), true);
-        t.fetch_took(Duration::from_secs(1));
+        let t = measured(1000, Some(Duration::from_millis(100)), t0, (100, s), s);
         assert_eq!(t.prefetch(), 10);
     }
 
     #[test]
     fn an_idle_window_keeps_the_last_rate() {
-        let mut t = Tuning::new(50, None);
+        let ms = Duration::from_millis;
         let t0 = Instant::now();
-        t.finished(1, t0, true);
-        t.finished(100, t0 + Duration::from_millis(10), true);
-        t.fetch_took(Duration::from_millis(10));
+        let mut t = measured(50, None, t0, (100, ms(10)), ms(10));
         let tuned = t.prefetch();
         assert!(tuned > 0);
         // Idle for a minute: the window closes; the first task after it opens a new one.
-        t.finished(0, t0 + Duration::from_millis(15), false);
-        t.finished(1, t0 + Duration::from_secs(60), true);
-        t.finished(
-            100,
-            t0 + Duration::from_secs(60) + Duration::from_millis(10),
-            true,
-        );
+        let later = t0 + Duration::from_secs(60);
+        t.finished(0, t0 + ms(15), false);
+        t.finished(1, later, true);
+        t.finished(100, later + ms(10), true);
         assert_eq!(t.prefetch(), tuned, "the idle minute is not in the rate");
         // Reports with nothing finished do not close a window: starving for a fetch counts.
-        t.finished(
-            0,
-            t0 + Duration::from_secs(60) + Duration::from_millis(20),
-            true,
-        );
-        t.finished(
-            0,
-            t0 + Duration::from_secs(60) + Duration::from_millis(40),
-            true,
-        );
-        t.finished(Duration::MAX.as_secs(), t0 + Duration::from_secs(61), true);
+        t.finished(0, later + ms(20), true);
+        t.finished(0, later + ms(40), true);
+        t.finished(Duration::MAX.as_secs(), later + ms(1000), true);
         assert!(t.prefetch() <= max_for(50));
     }
 }
