@@ -15,6 +15,7 @@ use crate::error::StartError;
 use crate::executor::{panic_message, Executor, Settings};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
+use crate::pace::PaceConfig;
 use crate::poller::{Handle, Poller};
 use crate::protocol::ReturnPath;
 use crate::retry::{Backoff, RetryPolicy};
@@ -57,6 +58,8 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     timeout: Option<Duration>,
     cancel_grace: Duration,
     capacity: Option<usize>,
+    pace: PaceConfig,
+    limiter: Option<Box<dyn crate::Limiter>>,
     name: Cow<'static, str>,
     retry_log_level: Level,
     source: S,
@@ -71,6 +74,8 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
             .field("current_arbiter", &self.current_arbiter)
             .field("prefetch", &self.prefetch)
             .field("dispatch_ahead", &self.dispatch_ahead)
+            .field("pace", &self.pace)
+            .field("limiter", &self.limiter)
             .field("fetch_backoff", &self.fetch_backoff)
             .field("capacity", &self.capacity)
             .field("name", &self.name)
@@ -109,6 +114,8 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             timeout: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
+            pace: PaceConfig::default(),
+            limiter: None,
             name: Cow::Borrowed(DEFAULT_NAME),
             retry_log_level: DEFAULT_RETRY_LOG_LEVEL,
             source: MemorySource::default(),
@@ -211,6 +218,124 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// ```
     pub fn retry_log_level(mut self, level: Level) -> Self {
         self.retry_log_level = level;
+        self
+    }
+
+    /// At most `k` tasks of one [`Key`](crate::Key) run at once (default: no per-key limit),
+    /// under the global [`workers`](Self::workers) bound; [`key_limit_for`](Self::key_limit_for)
+    /// overrides it per key. A task whose key is at its limit waits in the Fetcher while tasks
+    /// of other keys start past it (it holds no worker slot while it waits). Tasks without a
+    /// key are not limited.
+    ///
+    /// Setting any pace limit turns [`dispatch_ahead`](Self::dispatch_ahead) off: every start is
+    /// decided by the Fetcher when a slot is free.
+    ///
+    /// # Errors
+    ///
+    /// `k = 0` makes [`start`](Self::start) fail with [`StartError::ZeroKeyLimit`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Poller, TaskOptions};
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() {
+    /// let poller = Poller::<u32>::builder()
+    ///     .workers(16)
+    ///     .key_limit(2)
+    ///     .key_limit_for("big-customer", 8)
+    ///     .start(|_x: u32, _cx| async { Ok::<(), std::io::Error>(()) })
+    ///     .unwrap();
+    /// poller
+    ///     .submit_with(actix_poller::Submit::new(1).options(TaskOptions::new().key("acme")))
+    ///     .await
+    ///     .unwrap();
+    /// poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// # }
+    /// ```
+    pub fn key_limit(mut self, k: usize) -> Self {
+        self.pace.key_limit = Some(k);
+        self
+    }
+
+    /// At most `k` tasks of `key` run at once, whatever [`key_limit`](Self::key_limit) says.
+    ///
+    /// # Errors
+    ///
+    /// `k = 0` makes [`start`](Self::start) fail with [`StartError::ZeroKeyLimit`] (pause a
+    /// key with [`Poller::pause_key`](crate::Poller::pause_key) instead).
+    pub fn key_limit_for(mut self, key: impl Into<crate::Key>, k: usize) -> Self {
+        self.pace.key_limits.insert(key.into(), k);
+        self
+    }
+
+    /// At most `n` task starts per `per` for the whole poller, in bursts of at most `burst`
+    /// (see [`RateLimit`](crate::RateLimit)). A task that may not start yet waits in the Fetcher,
+    /// holding no worker slot. Turns [`dispatch_ahead`](Self::dispatch_ahead) off.
+    ///
+    /// # Errors
+    ///
+    /// `n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn rate_limit(mut self, n: u32, per: Duration, burst: u32) -> Self {
+        self.pace.rate = Some(crate::RateLimit::new(n, per, burst));
+        self
+    }
+
+    /// At most `n` starts per `per` (bursts of `burst`) for each [`Key`](crate::Key), counted
+    /// per key; [`key_rate_limit_for`](Self::key_rate_limit_for) overrides it per key. A task
+    /// whose key may not start yet does not hold back other keys' tasks.
+    ///
+    /// # Errors
+    ///
+    /// `n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn key_rate_limit(mut self, n: u32, per: Duration, burst: u32) -> Self {
+        self.pace.key_rate = Some(crate::RateLimit::new(n, per, burst));
+        self
+    }
+
+    /// `key`'s own rate limit, whatever [`key_rate_limit`](Self::key_rate_limit) says.
+    ///
+    /// # Errors
+    ///
+    /// `limit.n = 0` makes [`start`](Self::start) fail with [`StartError::ZeroRate`].
+    pub fn key_rate_limit_for(
+        mut self,
+        key: impl Into<crate::Key>,
+        limit: crate::RateLimit,
+    ) -> Self {
+        self.pace.key_rates.insert(key.into(), limit);
+        self
+    }
+
+    /// Moves the concurrency limit between the limiter's bounds from what it observes (each
+    /// attempt's latency, and overload: [`Backpressure`](crate::Backpressure) answers and
+    /// timeouts), instead of holding it at `workers`; `workers` stays the ceiling, so set it at
+    /// least to the limiter's `max`. [`Aimd`](crate::Aimd) suits a downstream that says when it
+    /// is overloaded, [`Gradient`](crate::Gradient) one whose latency grows first; see
+    /// docs/pace.md. [`Stats::limit`](crate::Stats::limit) shows the current limit. When the
+    /// limit goes down, running tasks finish; no new one starts until the running ones are
+    /// under it. It turns [`dispatch_ahead`](Self::dispatch_ahead) off (a task queued at an
+    /// executor would take over a slot the limit means to retire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::{Aimd, Poller};
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() {
+    /// let poller = Poller::<u32>::builder()
+    ///     .workers(256)
+    ///     .adaptive(Aimd::new(4, 256))
+    ///     .start(|_x: u32, _cx| async { Ok::<(), std::io::Error>(()) })
+    ///     .unwrap();
+    /// assert_eq!(poller.stats().limit, 4);
+    /// poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// # }
+    /// ```
+    pub fn adaptive(mut self, limiter: impl crate::Limiter) -> Self {
+        self.limiter = Some(Box::new(limiter));
         self
     }
 
@@ -319,6 +444,8 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             timeout: self.timeout,
             cancel_grace: self.cancel_grace,
             capacity: None,
+            pace: self.pace,
+            limiter: self.limiter,
             name: self.name,
             retry_log_level: self.retry_log_level,
             source,
@@ -427,10 +554,17 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         let config = FetcherConfig {
             workers: self.workers,
             prefetch: self.prefetch,
-            ahead: self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD),
+            // An adaptive limit retires credits as slots come back: a queued task taking over
+            // a slot at its executor would keep it, and the limit could not go down.
+            ahead: if self.limiter.is_some() {
+                0
+            } else {
+                self.dispatch_ahead.unwrap_or(DEFAULT_DISPATCH_AHEAD)
+            },
             fetch_backoff: self.fetch_backoff,
             default_attempts: self.retry.max_attempts(),
             cancel_grace: self.cancel_grace,
+            pace: self.pace,
         };
         fetcher_ctx.run(Fetcher::new(
             self.source,
@@ -447,15 +581,18 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             fetcher_guard,
             returns,
         ));
-        scheduler_ctx.run(Scheduler::new(
-            self.workers,
-            executors,
-            fetcher.clone().recipient(),
-            *self.retry.backoff(),
-            plan,
-            Arc::clone(&counters),
-            scheduler_guard,
-        ));
+        scheduler_ctx.run(
+            Scheduler::new(
+                self.workers,
+                executors,
+                fetcher.clone().recipient(),
+                *self.retry.backoff(),
+                plan,
+                Arc::clone(&counters),
+                scheduler_guard,
+            )
+            .with_limiter(self.limiter),
+        );
         tracing::debug!(workers = self.workers, executors, "poller started");
 
         Ok(Poller::from_handle(Handle::wire(
@@ -496,6 +633,12 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         } = self.source.limits();
         if max_batch == 0 || max_in_flight == 0 {
             return Err(StartError::ZeroFetchLimit);
+        }
+        if self.pace.has_zero_rate() {
+            return Err(StartError::ZeroRate);
+        }
+        if self.pace.key_limit == Some(0) || self.pace.key_limits.values().any(|k| *k == 0) {
+            return Err(StartError::ZeroKeyLimit);
         }
         Ok(executors)
     }

@@ -22,6 +22,12 @@ pub enum StartError {
         "the source's fetch limits must allow at least one task per fetch and one fetch in flight"
     )]
     ZeroFetchLimit,
+    /// A rate limit allowed zero starts per period: no task could ever start.
+    #[error("a rate limit must allow at least 1 start per period (got 0)")]
+    ZeroRate,
+    /// A per-key concurrency limit was zero: that key's tasks could never start.
+    #[error("a key limit must be at least 1 (got 0); pause the key instead")]
+    ZeroKeyLimit,
     /// No actix `System` runs on this thread, so no actor can be started.
     #[error(
         "no actix System is running on this thread: start the poller inside \

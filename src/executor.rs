@@ -59,6 +59,8 @@ pin_project_lite::pin_project! {
         ended: Option<(Finished, tracing::Span)>,
         #[pin]
         deadline: Option<Sleep>,
+        // When the attempt started (its latency, for an adaptive limit).
+        began: Instant,
         // `None` once dropped: a future that ends by timeout or cancellation is dropped inside
         // `catch_unwind` too, so a panicking destructor cannot take the executor down.
         #[pin]
@@ -116,6 +118,7 @@ where
             attempt: *this.attempt,
             max_attempts: *this.max_attempts,
             outcome,
+            elapsed: this.began.elapsed(),
         };
         Poll::Ready((fin, std::mem::replace(this.span, tracing::Span::none())))
     }
@@ -139,9 +142,12 @@ where
     }
 }
 
-/// A handler's error: a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
+/// A handler's error: a [`Backpressure`](crate::Backpressure) (or an error wrapping one)
+/// pauses and snoozes, a [`RetryAfter`] snoozes, an [`Abort`] kills, anything else fails.
 fn classify(error: BoxError) -> Outcome {
-    if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
+    if let Some(b) = crate::pace::Backpressure::find(error.as_ref()) {
+        Outcome::Backpressured(b)
+    } else if let Some(RetryAfter(after)) = error.downcast_ref::<RetryAfter>() {
         Outcome::Snoozed(*after)
     } else if let Some(Abort(reason)) = error.downcast_ref::<Abort>() {
         Outcome::Aborted(reason.clone())
@@ -323,6 +329,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     waker: None,
                     ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
+                    began: Instant::now(),
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.
@@ -339,6 +346,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     attempt,
                     max_attempts,
                     outcome: Outcome::Panicked(panic_message(panic.as_ref())),
+                    elapsed: Duration::ZERO,
                 };
                 trace::attempt_ended(&span, &fin, self.trace.retry_level);
                 self.finished.push(fin);
@@ -507,6 +515,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     } else {
                         Outcome::Interrupted
                     },
+                    elapsed: r.began.elapsed(),
                 };
                 trace::attempt_ended(&r.span, &fin, self.trace.retry_level);
                 fin
@@ -605,6 +614,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
                     attempt: task.attempt,
                     max_attempts: task.max_attempts,
                     outcome: Outcome::Cancelled,
+                    elapsed: Duration::ZERO,
                 });
                 self.flush();
                 return MessageResult(CancelOutcome::Dequeued);

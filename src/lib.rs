@@ -115,6 +115,7 @@ mod executor;
 mod fetcher;
 mod handler;
 pub mod messages;
+mod pace;
 mod poller;
 mod protocol;
 mod retry;
@@ -136,9 +137,10 @@ pub use error::{OutcomeError, RequestError, ShutdownError, SourceError, StartErr
 pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
-    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,
-    PurgeDead, Receipt, RerunDead, Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify, Pause,
+    PauseKey, PurgeDead, Receipt, RerunDead, Resume, ResumeKey, Submit, SubmitBatch,
 };
+pub use pace::{Aimd, Backpressure, Gradient, Key, Limiter, PauseScope, RateLimit, Sample};
 pub use poller::Poller;
 pub use retry::{Backoff, RetryPolicy};
 pub use shutdown::{ShutdownReport, Unfinished, SHUTDOWN_SLACK};

@@ -19,6 +19,40 @@ use crate::task::{DeadTask, FinalState, Progress, QueueCounts, TaskId, TaskOptio
 #[rtype(result = "()")]
 pub struct Notify;
 
+/// Anyone → Fetcher: start no new task until [`Resume`] (or for `duration`); running tasks
+/// finish. Pauses add up to the longest one; a `duration` too long for the clock (e.g.
+/// `Duration::MAX`) means "far future". See [`Poller::pause`](crate::Poller::pause).
+#[derive(Debug, Default, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Pause {
+    /// For how long; `None`: until resumed.
+    pub duration: Option<std::time::Duration>,
+}
+
+/// Anyone → Fetcher: end a [`Pause`] of the whole poller (paused keys stay paused).
+#[derive(Debug, Default, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Resume;
+
+/// Anyone → Fetcher: start no new task with `key` until [`ResumeKey`] (or for `duration`);
+/// other keys' tasks keep starting. See [`Poller::pause_key`](crate::Poller::pause_key).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PauseKey {
+    /// The key.
+    pub key: crate::Key,
+    /// For how long; `None`: until resumed.
+    pub duration: Option<std::time::Duration>,
+}
+
+/// Anyone → Fetcher: end a [`PauseKey`] (or a [`Backpressure`](crate::Backpressure) pause).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ResumeKey {
+    /// The key.
+    pub key: crate::Key,
+}
+
 /// Anyone → Scheduler: a snapshot of the counters.
 #[derive(Debug, Default, Clone, Copy, Message)]
 #[rtype(result = "Stats")]

@@ -16,9 +16,10 @@ use crate::executor::Executor;
 use crate::fetcher::Fetcher;
 use crate::handler::TaskHandler;
 use crate::messages::{
-    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify,
-    PurgeDead, Receipt, RerunDead, Submit, SubmitBatch,
+    Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify, Pause,
+    PauseKey, PurgeDead, Receipt, RerunDead, Resume, ResumeKey, Submit, SubmitBatch,
 };
+use crate::pace::Key;
 use crate::scheduler::Scheduler;
 use crate::shutdown::{ShutdownLinks, ShutdownReport};
 use crate::source::memory::MemorySource;
@@ -31,6 +32,10 @@ pub(crate) struct Handle<T: Send + 'static> {
     submit: Recipient<Submit<T>>,
     submit_batch: Recipient<SubmitBatch<T>>,
     notify: Recipient<Notify>,
+    pause: Recipient<Pause>,
+    resume: Recipient<Resume>,
+    pause_key: Recipient<PauseKey>,
+    resume_key: Recipient<ResumeKey>,
     cancel: Recipient<Cancel>,
     list_dead: Recipient<ListDead>,
     rerun_dead: Recipient<RerunDead>,
@@ -69,6 +74,10 @@ impl<T: Send + 'static> Handle<T> {
             submit: fetcher.clone().recipient(),
             submit_batch: fetcher.clone().recipient(),
             notify: fetcher.clone().recipient(),
+            pause: fetcher.clone().recipient(),
+            resume: fetcher.clone().recipient(),
+            pause_key: fetcher.clone().recipient(),
+            resume_key: fetcher.clone().recipient(),
             cancel: fetcher.clone().recipient(),
             list_dead: fetcher.clone().recipient(),
             rerun_dead: fetcher.clone().recipient(),
@@ -424,6 +433,65 @@ impl<T: Send + 'static> Poller<T> {
     /// The Fetcher's `SubmitBatch` address.
     pub fn submit_batch_recipient(&self) -> Recipient<SubmitBatch<T>> {
         self.handle().submit_batch.clone()
+    }
+
+    /// Starts no new task until [`resume`](Self::resume); running tasks finish. Tasks already
+    /// queued ahead at an executor (at most `dispatch_ahead` each, only when no pace limit is
+    /// set) may still start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[actix_rt::main]
+    /// # async fn main() {
+    /// use actix_poller::Poller;
+    ///
+    /// let poller = Poller::<u32>::builder()
+    ///     .start(|_x: u32, _cx| async { Ok::<(), std::io::Error>(()) })
+    ///     .unwrap();
+    /// poller.pause();
+    /// poller.submit(1).await.unwrap(); // queued, not started
+    /// poller.resume();
+    /// poller.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    /// # }
+    /// ```
+    pub fn pause(&self) {
+        self.handle().pause.do_send(Pause { duration: None });
+    }
+
+    /// Like [`pause`](Self::pause), for `d` (`Duration::MAX`: far future).
+    pub fn pause_for(&self, d: Duration) {
+        self.handle().pause.do_send(Pause { duration: Some(d) });
+    }
+
+    /// Ends a [`pause`](Self::pause) (paused keys stay paused).
+    pub fn resume(&self) {
+        self.handle().resume.do_send(Resume);
+    }
+
+    /// Starts no new task with `key` until [`resume_key`](Self::resume_key); other keys' tasks
+    /// keep starting, and are not held behind this key's.
+    pub fn pause_key(&self, key: impl Into<Key>) {
+        self.handle().pause_key.do_send(PauseKey {
+            key: key.into(),
+            duration: None,
+        });
+    }
+
+    /// Like [`pause_key`](Self::pause_key), for `d` (`Duration::MAX`: far future).
+    pub fn pause_key_for(&self, key: impl Into<Key>, d: Duration) {
+        self.handle().pause_key.do_send(PauseKey {
+            key: key.into(),
+            duration: Some(d),
+        });
+    }
+
+    /// Ends a pause of `key` (from [`pause_key`](Self::pause_key) or a
+    /// [`Backpressure`](crate::Backpressure)).
+    pub fn resume_key(&self, key: impl Into<Key>) {
+        self.handle()
+            .resume_key
+            .do_send(ResumeKey { key: key.into() });
     }
 
     /// The Fetcher's `Notify` address: tell it the source may have new tasks.

@@ -35,6 +35,9 @@ pub(crate) struct Ready {
     pub(crate) executors: Vec<ExecutorDelta>,
     /// Acknowledgements to forward to the source, in one batch.
     pub(crate) acks: Vec<Ack>,
+    /// Handlers that answered [`Backpressure`](crate::Backpressure): what to pause, by task
+    /// (the Fetcher knows each running task's key). Read before `acks`.
+    pub(crate) pauses: Vec<(crate::task::TaskId, crate::pace::Backpressure)>,
 }
 
 /// One executor's reports summed, as the Scheduler forwards them in [`Ready`].

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::messages::GetStats;
+use crate::pace::{Limiter, Sample};
 use crate::protocol::{BeginShutdown, Done, ExecutorDelta, Flush, Ready};
 use crate::retry::Backoff;
 use crate::shutdown::{DropGuard, ShutdownPlan};
@@ -31,6 +32,15 @@ pub(crate) struct Scheduler {
     deltas: Vec<ExecutorDelta>,
     changed: bool,
     acks: Vec<Ack>,
+    /// The concurrency limit now: `workers`, or what the adaptive limiter says (at most
+    /// `workers`).
+    limit: usize,
+    ceiling: usize,
+    /// Credits to retire as slots come back, after the limit went down while they were out.
+    debt: usize,
+    limiter: Option<Box<dyn Limiter>>,
+    /// Backpressure answers not yet sent to the Fetcher.
+    pauses: Vec<(crate::task::TaskId, crate::pace::Backpressure)>,
     retry_backoff: Backoff,
     /// Set by `BeginShutdown`: from then on credits stay here; acks still flow.
     closing: bool,
@@ -50,7 +60,7 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(
-        limit: usize,
+        workers: usize,
         executors: usize,
         fetcher: Recipient<Ready>,
         retry_backoff: Backoff,
@@ -59,17 +69,75 @@ impl Scheduler {
         guard: DropGuard,
     ) -> Self {
         Scheduler {
-            free: limit,
+            free: workers,
+            limit: workers,
+            ceiling: workers.max(1),
+            debt: 0,
+            limiter: None,
             fetcher,
             deltas: vec![ExecutorDelta::default(); executors],
             changed: false,
             acks: Vec::new(),
+            pauses: Vec::new(),
             retry_backoff,
             closing: false,
             plan: Some(plan),
             counters,
             _guard: guard,
         }
+    }
+
+    /// Moves the limit with `limiter` (`PollerBuilder::adaptive`), starting at its first limit
+    /// (at most `workers`). Before the actor starts: no credit is out yet.
+    pub(crate) fn with_limiter(mut self, limiter: Option<Box<dyn Limiter>>) -> Self {
+        if let Some(l) = &limiter {
+            let first = l.limit().clamp(1, self.ceiling);
+            self.set_limit(first);
+        }
+        self.limiter = limiter;
+        self
+    }
+
+    /// Feeds one attempt's end to the adaptive limiter, if any, and moves the limit.
+    fn observe(&mut self, fin: &crate::task::Finished) {
+        let Some(limiter) = self.limiter.as_mut() else {
+            return;
+        };
+        let overloaded = match &fin.outcome {
+            Outcome::Backpressured(_) | Outcome::TimedOut(_) => true,
+            // Not the downstream's answer: nothing to learn.
+            Outcome::Cancelled | Outcome::Interrupted => return,
+            _ => false,
+        };
+        let in_flight = self.limit.saturating_sub(self.free).max(1);
+        let next = limiter
+            .observe(Sample {
+                latency: fin.elapsed,
+                overloaded,
+                in_flight,
+            })
+            .clamp(1, self.ceiling);
+        self.set_limit(next);
+    }
+
+    /// Moves the limit to `next`: more free credits at once; fewer by retiring free credits,
+    /// then credits as their slots come back (tasks already running finish).
+    fn set_limit(&mut self, next: usize) {
+        if next > self.limit {
+            let up = next - self.limit;
+            let paid = up.min(self.debt);
+            self.debt -= paid;
+            self.free += up - paid;
+        } else {
+            let down = self.limit - next;
+            let taken = down.min(self.free);
+            self.free -= taken;
+            self.debt += down - taken;
+        }
+        self.limit = next;
+        self.counters
+            .limit
+            .store(next as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends what is owed to the Fetcher: free credits (unless closing) and pending acks.
@@ -79,7 +147,7 @@ impl Scheduler {
         } else {
             std::mem::take(&mut self.free)
         };
-        if credits == 0 && self.acks.is_empty() && !self.changed {
+        if credits == 0 && self.acks.is_empty() && self.pauses.is_empty() && !self.changed {
             return;
         }
         let executors = if std::mem::take(&mut self.changed) {
@@ -94,6 +162,7 @@ impl Scheduler {
             credits,
             executors,
             acks,
+            pauses: std::mem::take(&mut self.pauses),
         });
     }
 }
@@ -112,7 +181,8 @@ impl Handler<Done> for Scheduler {
 
     fn handle(&mut self, msg: Done, _ctx: &mut Self::Context) {
         let n = msg.finished.len();
-        let c = &self.counters;
+        let counters = Arc::clone(&self.counters);
+        let c = &counters;
         let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
         let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
         self.acks.reserve(n);
@@ -131,7 +201,13 @@ impl Handler<Done> for Scheduler {
                     timed_out += 1;
                 }
                 Outcome::Snoozed(_) => snoozed += 1,
+                Outcome::Backpressured(b) => {
+                    snoozed += 1;
+                    tracing::info!(task = %fin.id, attempt = fin.attempt, %b, "downstream backpressure");
+                    self.pauses.push((fin.id, *b));
+                }
             }
+            self.observe(&fin);
             let disposition = settle(&fin, &self.retry_backoff);
             match disposition {
                 Disposition::Dead { .. } => dead += 1,
@@ -165,7 +241,10 @@ impl Handler<Done> for Scheduler {
             d.freed += msg.freed;
             self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0 || msg.freed > 0;
         }
-        self.free += msg.freed as usize;
+        let freed = msg.freed as usize;
+        let retired = freed.min(self.debt);
+        self.debt -= retired;
+        self.free += freed - retired;
         // Grant in the same handler that freed the slots: no lost wake-up.
         self.grant();
     }

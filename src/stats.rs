@@ -23,10 +23,11 @@ pub(crate) const MAX_LOST_IDS: usize = 100_000;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The concurrency limit (`workers`).
+    /// The concurrency limit: `workers`, or the adaptive limiter's current limit
+    /// ([`PollerBuilder::adaptive`](crate::PollerBuilder::adaptive)).
     pub limit: u64,
     /// Tasks running, as the executors last reported (started − finished): never above
-    /// `limit`; it may trail the truth by the reports in flight (a task counts once its
+    /// `limit` (an adaptive limit that just went down: until the running tasks above it end); it may trail the truth by the reports in flight (a task counts once its
     /// executor's report reached the Scheduler).
     pub busy: u64,
     /// Tasks fetched and not started: in the Fetcher's buffer (at most the credits plus the

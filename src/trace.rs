@@ -213,6 +213,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Interrupted => "interrupted",
         Outcome::TimedOut(_) => "timed_out",
         Outcome::Snoozed(_) => "snoozed",
+        Outcome::Backpressured(_) => "backpressured",
         Outcome::Aborted(_) => "aborted",
     }
 }

@@ -85,7 +85,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         .queue()
         .enqueue(
             (0..TASKS)
-                .map(|n| NewTask::with_options(n, many, 1))
+                .map(|n| NewTask::with_options(n, many.clone(), 1))
                 .collect(),
         )
         .await

@@ -54,7 +54,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         let e = self.executors.len();
         let mut batches: Vec<(Vec<Task<T>>, u32)> = Vec::new();
-        if self.credits > 0 || (self.ahead > 0 && !self.buffer.is_empty()) {
+        let ahead = if self.pace.allows_ahead() {
+            self.ahead
+        } else {
+            0
+        };
+        if self.credits > 0 || (ahead > 0 && !self.buffer.is_empty()) {
             batches.resize_with(e, || (Vec::new(), 0));
         } else {
             return;
@@ -69,7 +74,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 break;
             };
             if self.uncovered(i) == 0 || self.stalled(i, now) {
-                if let Some(task) = self.buffer.pop_front() {
+                if let Some(task) = self.take_startable(now) {
                     self.push_task(&mut batches, i, task, now);
                 } else if let Some(j) = self
                     .least_running(|j| self.uncovered(j) > 0 && !self.stalled(j, now))
@@ -87,7 +92,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.covered[i] += 1;
             self.credits -= 1;
         }
-        while self.ahead > 0 && !self.buffer.is_empty() {
+        while ahead > 0 && !self.buffer.is_empty() {
             let Some(i) = (0..e)
                 .filter(|&i| {
                     !self.dead[i]
@@ -117,6 +122,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         mut task: Task<T>,
         now: Instant,
     ) {
+        self.note_key(&task);
         if !self.trackers.is_empty() {
             if let Some(t) = self.trackers.get(&task.id) {
                 task.progress = Some(t.progress.clone());
@@ -163,6 +169,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
             let active = self.waiting.is_none() || self.assigned.iter().any(|&a| a > 0);
             self.tuning.finished(finished, now, active);
         }
+        self.pace_ready(msg.pauses, &msg.acks);
         if !msg.acks.is_empty() {
             self.record_acks(msg.acks, ctx);
         }

@@ -66,7 +66,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         let mut fut = self.source.enqueue(
             tasks
                 .into_iter()
-                .map(|t| NewTask::with_options(t, options, attempts).with_parent(parent.clone()))
+                .map(|t| {
+                    NewTask::with_options(t, options.clone(), attempts).with_parent(parent.clone())
+                })
                 .collect(),
         );
         if let Some(res) = (&mut fut).now_or_never() {

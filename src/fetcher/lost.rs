@@ -43,6 +43,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Orphans<T>> for Fetcher<T, S> {
         }
         // Fetched before anything still buffered: back at the front, in their order.
         for task in std::mem::take(&mut msg.unstarted).into_iter().rev() {
+            self.pace_returned(&task);
             self.buffer.push_front(task);
         }
         if self.dead.iter().all(|d| *d) {

@@ -26,6 +26,7 @@ mod acks;
 mod dispatch;
 mod handlers;
 mod lost;
+mod pace;
 mod prefetch;
 mod trackers;
 
@@ -123,6 +124,17 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     dead: Vec<bool>,
     /// Where an `Execute` that never reaches its executor sends its tasks back.
     returns: Arc<ReturnPath<T>>,
+    /// Pace control (see `pace.rs`): limits, what runs per key, pauses.
+    pace: crate::pace::Pace,
+    /// Keyed tasks counted against their key's concurrency limit while they run.
+    pace_keys: HashMap<TaskId, crate::pace::Key>,
+    /// Other keyed tasks that run (so a backpressure answer finds its key).
+    keys_of: HashMap<TaskId, crate::pace::Key>,
+    /// Buffered tasks that may not start yet (from the last dispatch).
+    parked: usize,
+    /// The earliest instant a rate-limited or paused task may start, for the timer.
+    pace_next: Option<tokio::time::Instant>,
+    pace_timer: Option<(tokio::time::Instant, SpawnHandle)>,
     _guard: DropGuard,
 }
 
@@ -149,6 +161,7 @@ pub(crate) struct FetcherConfig {
     pub(crate) fetch_backoff: Backoff,
     pub(crate) default_attempts: u32,
     pub(crate) cancel_grace: Duration,
+    pub(crate) pace: crate::pace::PaceConfig,
 }
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
@@ -205,6 +218,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             heartbeat_in_flight: false,
             ack_idle: Vec::new(),
             counters,
+            pace: crate::pace::Pace::new(config.pace),
+            pace_keys: HashMap::new(),
+            keys_of: HashMap::new(),
+            parked: 0,
+            pace_next: None,
+            pace_timer: None,
             _guard: guard,
         }
     }
@@ -229,7 +248,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 .credits
                 .saturating_add(prefetch)
                 .saturating_add(room)
-                .saturating_sub(self.buffer.len().saturating_add(self.requested));
+                .saturating_sub((self.buffer.len() - self.parked()).saturating_add(self.requested));
             if want == 0
                 || self.in_flight >= self.limits.max_in_flight
                 || self.unrecorded >= acks::MAX_UNRECORDED_ACKS
@@ -263,6 +282,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
             self.dispatch();
         }
+        self.arm_pace_timer(ctx);
         self.mirror_buffered();
     }
 

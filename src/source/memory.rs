@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
+use crate::pace::Key;
 use crate::retry::deadline_after;
 use crate::task::{Ack, DeadTask, Disposition, QueueCounts, Task, TaskId, TaskState, TaskStatus};
 use crate::trace::Parent;
@@ -43,8 +44,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many dead tasks [`MemorySource::default`] keeps (the oldest go first).
 pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
 
-/// A waiting task, stored compactly (40 bytes beside the payload: 32 of fields, and one pointer
-/// to the submitter's trace context, null unless a span was open at submit).
+/// A waiting task, stored compactly (48 bytes beside the payload: 32 of fields, one pointer
+/// to the submitter's trace context, null unless a span was open at submit, and one for the
+/// pace key).
 #[derive(Debug)]
 struct Queued<T> {
     id: u64,
@@ -55,6 +57,7 @@ struct Queued<T> {
     priority: i32,
     attempt: u32,
     max_attempts: u32,
+    key: Option<Key>,
     trace: Option<Box<Parent>>,
     payload: T,
 }
@@ -73,6 +76,7 @@ impl<T> Queued<T> {
             priority: task.priority,
             attempt: task.attempt,
             max_attempts: task.max_attempts,
+            key: task.key,
             trace: task.trace,
             payload: task.payload,
         }
@@ -83,7 +87,8 @@ impl<T> Queued<T> {
             .with_enqueued_at(UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us))
             .with_attempt(self.attempt)
             .with_max_attempts(self.max_attempts)
-            .with_priority(self.priority);
+            .with_priority(self.priority)
+            .with_key(self.key);
         if self.timeout_ms > 0 {
             task.timeout = Some(Duration::from_millis(self.timeout_ms as u64));
         }
@@ -277,7 +282,8 @@ impl<T> MemorySource<T> {
                 .with_enqueued_at(now)
                 .with_max_attempts(t.max_attempts.unwrap_or(1))
                 .with_priority(t.priority)
-                .with_timeout(t.timeout);
+                .with_timeout(t.timeout)
+                .with_key(t.key);
             task.trace = t.parent;
             self.push(Queued::from_task(task), t.run_at);
             ids.push(id);
@@ -640,8 +646,8 @@ mod tests {
 
     #[test]
     fn queued_task_layout_stays_compact() {
-        // 40 bytes beside the payload (32 of fields, 8 for the boxed trace context): the memory
-        // benchmark's budget is 64.
-        assert_eq!(std::mem::size_of::<Queued<()>>(), 40);
+        // 48 bytes beside the payload (32 of fields, 8 for the boxed trace context, 8 for the
+        // pace key): the memory benchmark's budget is 64.
+        assert_eq!(std::mem::size_of::<Queued<()>>(), 48);
     }
 }

@@ -254,6 +254,9 @@ pub struct NewTask<T> {
     pub run_at: Option<Instant>,
     /// Per-attempt timeout override.
     pub timeout: Option<std::time::Duration>,
+    /// The pace key ([`TaskOptions::key`](crate::TaskOptions::key)); a source that can, hands it
+    /// back on [`Task::key`](crate::Task::key).
+    pub key: Option<crate::pace::Key>,
     /// The submitter's trace context (see docs/observability.md, "Tracing").
     pub(crate) parent: Option<Box<Parent>>,
 }
@@ -270,6 +273,7 @@ impl<T> NewTask<T> {
             priority: 0,
             run_at: None,
             timeout: None,
+            key: None,
             parent: None,
         }
     }
@@ -282,6 +286,7 @@ impl<T> NewTask<T> {
             priority: options.priority,
             run_at: options.run_at,
             timeout: options.timeout,
+            key: options.key,
             parent: None,
         }
     }

@@ -26,6 +26,8 @@ pub struct Task<T> {
     /// How long one attempt may run before it is dropped and recorded as timed out (`None`: the
     /// poller's default).
     pub timeout: Option<Duration>,
+    /// The pace key ([`TaskOptions::key`](crate::TaskOptions::key)), if any.
+    pub key: Option<crate::pace::Key>,
     /// The user's payload.
     pub payload: T,
     /// Where the handler's progress goes, when the submitter tracks the task.
@@ -44,6 +46,7 @@ impl<T> Task<T> {
             enqueued_at: SystemTime::now(),
             priority: 0,
             timeout: None,
+            key: None,
             payload,
             progress: None,
             trace: None,
@@ -59,6 +62,7 @@ impl<T> Task<T> {
             enqueued_at: self.enqueued_at,
             priority: self.priority,
             timeout: self.timeout,
+            key: self.key.clone(),
             payload,
             progress: None,
             trace: self.trace.clone(),
@@ -80,6 +84,12 @@ impl<T> Task<T> {
     /// Sets the per-attempt timeout.
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the pace key.
+    pub fn with_key(mut self, key: Option<crate::pace::Key>) -> Self {
+        self.key = key;
         self
     }
 

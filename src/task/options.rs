@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Per-task options for a submit: priority, delay, attempts, timeout.
+use crate::pace::Key;
+
+/// Per-task options for a submit: priority, delay, attempts, timeout, pace key.
 ///
 /// # Examples
 ///
@@ -16,13 +18,14 @@ use tokio::time::Instant;
 /// let later = TaskOptions::new().delay(Duration::from_secs(60)).max_attempts(3);
 /// # let _ = (urgent, later);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use = "options do nothing until given to a submit"]
 pub struct TaskOptions {
     pub(crate) priority: i32,
     pub(crate) run_at: Option<Instant>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) key: Option<Key>,
 }
 
 impl TaskOptions {
@@ -59,6 +62,20 @@ impl TaskOptions {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// The task's pace [`Key`] (e.g. its customer or API host): tasks with the same key share
+    /// that key's concurrency limit ([`PollerBuilder::key_limit`](crate::PollerBuilder::key_limit)),
+    /// rate limit and pause. Honoured by the in-memory source; the durable sources do not store
+    /// keys yet (their tasks run without one).
+    pub fn key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The pace key, if any.
+    pub fn get_key(&self) -> Option<&Key> {
+        self.key.as_ref()
     }
 
     /// The priority.

@@ -64,6 +64,9 @@ pub enum Outcome {
     TimedOut(Duration),
     /// The handler asked to run again after this delay ([`RetryAfter`]); not a failure.
     Snoozed(Duration),
+    /// The handler answered [`Backpressure`](crate::Backpressure): its key (or the poller)
+    /// pauses, and the task runs again after the pause without counting a failed attempt.
+    Backpressured(crate::pace::Backpressure),
     /// The handler asked never to retry ([`Abort`]); the text is the reason.
     Aborted(String),
 }
@@ -79,6 +82,8 @@ pub(crate) struct Finished {
     pub(crate) max_attempts: u32,
     /// How it ended.
     pub(crate) outcome: Outcome,
+    /// How long it ran (zero when it never ran).
+    pub(crate) elapsed: Duration,
 }
 
 impl Finished {
@@ -188,6 +193,7 @@ impl FinalState {
 /// | `Interrupted` | – | `Release` (back in the source, same attempt number again) |
 /// | `Aborted` | – | `Dead` (final) |
 /// | `Snoozed(d)` | – | `Snooze { after: d }` (same attempt number again) |
+/// | `Backpressured(b)` | – | `Snooze { after: b.duration() }` (same attempt number again) |
 /// | `Failed`, `Panicked`, `TimedOut` | yes | `Retry { after: backoff.delay(attempt) }` |
 /// | `Failed`, `Panicked`, `TimedOut` | no | `Dead` (final) |
 pub(crate) fn settle(finished: &Finished, retry_backoff: &Backoff) -> Disposition {
@@ -199,6 +205,9 @@ pub(crate) fn settle(finished: &Finished, retry_backoff: &Backoff) -> Dispositio
             error: format!("aborted: {reason}"),
         },
         Outcome::Snoozed(after) => Disposition::Snooze { after: *after },
+        Outcome::Backpressured(b) => Disposition::Snooze {
+            after: b.duration(),
+        },
         Outcome::TimedOut(limit) => retry_or_dead(
             finished,
             &format!("timed out after {limit:?}"),
@@ -235,6 +244,7 @@ mod tests {
             attempt,
             max_attempts: max,
             outcome,
+            elapsed: Duration::ZERO,
         }
     }
 

@@ -65,6 +65,36 @@ pub fn duplicated_within(runs: &[i64], held: &HashSet<i64>) -> Vec<i64> {
     twice
 }
 
+/// Tasks run more than once (`runs`: task id and the worker that ran it to its end) are legal
+/// only as SIGKILL leaves them: every run but one was by a worker that was `killed` (it ran the
+/// task, then died before its ack landed), and no worker ran one task twice. Returns the tasks
+/// run more than once.
+pub fn duplicates_explained_by_kills(
+    runs: &[(i64, String)],
+    killed: impl Fn(&str) -> bool,
+) -> Vec<i64> {
+    let mut by_task: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
+    for (id, worker) in runs {
+        by_task.entry(*id).or_default().push(worker);
+    }
+    let mut twice = Vec::new();
+    for (id, workers) in by_task.into_iter().filter(|(_, w)| w.len() > 1) {
+        let distinct: HashSet<&str> = workers.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            workers.len(),
+            "task {id} ran twice in one worker: {workers:?}"
+        );
+        let alive = workers.iter().filter(|w| !killed(w)).count();
+        assert!(
+            alive <= 1,
+            "task {id} ran to its end in {alive} workers that were not killed: {workers:?}"
+        );
+        twice.push(id);
+    }
+    twice
+}
+
 /// A random pause of `lo..hi` milliseconds.
 pub fn random_ms(lo: u64, hi: u64) -> Duration {
     Duration::from_millis(fastrand::u64(lo..hi))

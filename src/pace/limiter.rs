@@ -1,0 +1,257 @@
+//! Adaptive concurrency: a [`Limiter`] watches each attempt's latency and whether the
+//! downstream was overloaded, and moves the Scheduler's limit between its bounds.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One attempt's end, as a [`Limiter`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sample {
+    /// How long the attempt ran.
+    pub latency: Duration,
+    /// The downstream was overloaded: the handler answered
+    /// [`Backpressure`](crate::Backpressure), or the attempt timed out.
+    pub overloaded: bool,
+    /// Attempts running when it ended (itself included).
+    pub in_flight: usize,
+}
+
+/// Moves the concurrency limit from what it observes; plug one in with
+/// [`PollerBuilder::adaptive`](crate::PollerBuilder::adaptive). [`Aimd`] and [`Gradient`] ship
+/// with the crate; see docs/pace.md for which to use when.
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::{Limiter, Sample};
+///
+/// /// Halves on overload, else creeps up by one, in [1, 64].
+/// #[derive(Debug)]
+/// struct Halving(usize);
+///
+/// impl Limiter for Halving {
+///     fn limit(&self) -> usize {
+///         self.0
+///     }
+///     fn observe(&mut self, sample: Sample) -> usize {
+///         self.0 = if sample.overloaded { self.0 / 2 } else { self.0 + 1 }.clamp(1, 64);
+///         self.0
+///     }
+/// }
+/// # let _ = Halving(1);
+/// ```
+pub trait Limiter: fmt::Debug + Send + 'static {
+    /// The current limit (the first one before any sample). At least 1 is used.
+    fn limit(&self) -> usize;
+
+    /// Takes one attempt's end into account; returns the new limit.
+    fn observe(&mut self, sample: Sample) -> usize;
+}
+
+/// Additive increase, multiplicative decrease: +1 per round trip (`1 / limit` per success)
+/// while the limit is in use (at least half of it in flight), times `backoff` (default 0.9) on
+/// an overloaded attempt or one slower than the latency threshold (if set), at most once per
+/// round trip (the attempts already in flight at a backoff do not count again). Simple and robust when the downstream says when
+/// it is overloaded (429/503, timeouts); blind to latency unless given a threshold.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    min: usize,
+    max: usize,
+    limit: f64,
+    backoff: f64,
+    threshold: Option<Duration>,
+    /// Samples still to ignore overload in after a backoff (those in flight when it happened).
+    cooldown: usize,
+}
+
+impl Aimd {
+    /// Starts at `min`, moves in `[min, max]` (`min` at least 1, `max` at least `min`).
+    pub fn new(min: usize, max: usize) -> Self {
+        let min = min.max(1);
+        Aimd {
+            min,
+            max: max.max(min),
+            limit: min as f64,
+            backoff: 0.9,
+            threshold: None,
+            cooldown: 0,
+        }
+    }
+
+    /// The factor applied on overload (clamped to `[0.1, 0.99]`; default 0.9).
+    pub fn backoff(mut self, factor: f64) -> Self {
+        self.backoff = if factor.is_nan() {
+            0.9
+        } else {
+            factor.clamp(0.1, 0.99)
+        };
+        self
+    }
+
+    /// An attempt slower than `d` counts as overloaded.
+    pub fn latency_threshold(mut self, d: Duration) -> Self {
+        self.threshold = Some(d);
+        self
+    }
+}
+
+impl Limiter for Aimd {
+    fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    fn observe(&mut self, s: Sample) -> usize {
+        let slow = self.threshold.is_some_and(|t| s.latency > t);
+        if s.overloaded || slow {
+            if self.cooldown == 0 {
+                self.limit *= self.backoff;
+                self.cooldown = s.in_flight;
+            }
+        } else if s.in_flight.saturating_mul(2) >= self.limit as usize {
+            self.limit += 1.0 / self.limit.max(1.0);
+        }
+        self.cooldown = self.cooldown.saturating_sub(1);
+        self.limit = self.limit.clamp(self.min as f64, self.max as f64);
+        self.limit as usize
+    }
+}
+
+/// A latency gradient (after Netflix's concurrency-limits and TCP Vegas): it compares each
+/// latency with the best seen lately (the unloaded latency) and shrinks the limit in
+/// proportion as latency grows, growing by about `√limit` while latency stays near the best.
+/// Finds a downstream's capacity from latency alone, before it starts refusing work; needs
+/// latencies that mostly reflect load (not payload size).
+#[derive(Debug, Clone)]
+pub struct Gradient {
+    min: usize,
+    max: usize,
+    limit: f64,
+    /// The unloaded latency estimate: the best seen, in seconds. (It does not forget: a
+    /// forgetting minimum drifts up whenever the limit hovers above the capacity.)
+    best: Option<f64>,
+    tolerance: f64,
+    smoothing: f64,
+}
+
+impl Gradient {
+    /// Starts at `min`, moves in `[min, max]` (`min` at least 1, `max` at least `min`).
+    pub fn new(min: usize, max: usize) -> Self {
+        let min = min.max(1);
+        Gradient {
+            min,
+            max: max.max(min),
+            limit: min as f64,
+            best: None,
+            tolerance: 1.1,
+            smoothing: 0.2,
+        }
+    }
+
+    /// How much slower than the best latency still counts as unloaded (at least 1; default
+    /// 1.1). Raise it for noisy latencies; the limit settles near where latency reaches
+    /// `tolerance` times the best.
+    pub fn tolerance(mut self, t: f64) -> Self {
+        self.tolerance = if t.is_nan() { 1.5 } else { t.max(1.0) };
+        self
+    }
+}
+
+impl Limiter for Gradient {
+    fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    fn observe(&mut self, s: Sample) -> usize {
+        let rtt = s.latency.as_secs_f64().max(1e-9);
+        let best = self.best.map_or(rtt, |b| b.min(rtt));
+        self.best = Some(best);
+        let gradient = if s.overloaded {
+            0.5
+        } else {
+            (self.tolerance * best / rtt).clamp(0.5, 1.0)
+        };
+        // Unloaded: probe upwards by √limit; loaded: shrink in proportion to the slowdown.
+        let target = if gradient >= 1.0 {
+            self.limit + self.limit.sqrt()
+        } else {
+            self.limit * gradient
+        };
+        // About `limit` samples arrive per round trip: each moves the limit a `limit`-th of the
+        // smoothed step, so the limit moves per round trip, not per sample.
+        let step = (target - self.limit) * self.smoothing / self.limit.max(1.0);
+        self.limit = (self.limit + step).clamp(self.min as f64, self.max as f64);
+        self.limit as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: f64, overloaded: bool, in_flight: usize) -> Sample {
+        Sample {
+            latency: Duration::from_secs_f64(ms / 1000.0),
+            overloaded,
+            in_flight,
+        }
+    }
+
+    /// A downstream of capacity `c`: latency 10 ms up to `c` in flight, growing past it;
+    /// overloaded past `2c`. Returns the mean limit over the last 1000 samples.
+    fn settle(l: &mut dyn Limiter, c: usize) -> usize {
+        let mut sum = 0;
+        for i in 0..20_000 {
+            let n = l.limit();
+            let ms = if n <= c {
+                10.0
+            } else {
+                10.0 * n as f64 / c as f64
+            };
+            l.observe(sample(ms, n > 2 * c, n));
+            if i >= 19_000 {
+                sum += l.limit();
+            }
+        }
+        sum / 1000
+    }
+
+    #[test]
+    fn aimd_stays_in_bounds_and_backs_off() {
+        let mut a = Aimd::new(2, 10);
+        for _ in 0..1000 {
+            a.observe(sample(1.0, false, 10));
+        }
+        assert_eq!(a.limit(), 10);
+        a.observe(sample(1.0, true, 10));
+        assert_eq!(a.limit(), 9);
+        for _ in 0..8 {
+            a.observe(sample(1.0, true, 10));
+        }
+        assert_eq!(a.limit(), 9, "one backoff per round trip");
+        for _ in 0..1000 {
+            a.observe(sample(1.0, true, 10));
+        }
+        assert_eq!(a.limit(), 2);
+        let mut a = Aimd::new(1, 1000).latency_threshold(Duration::from_millis(15));
+        let got = settle(&mut a, 32);
+        // Backs off once latency passes 1.5 × the unloaded one, i.e. past 1.5 C in flight.
+        assert!(
+            (32..=54).contains(&got),
+            "aimd with a threshold settled at {got}"
+        );
+    }
+
+    #[test]
+    fn gradient_finds_the_capacity_from_latency() {
+        for c in [8, 32, 128] {
+            let mut g = Gradient::new(1, 1000);
+            let got = settle(&mut g, c);
+            let (lo, hi) = (c * 8 / 10, c * 12 / 10 + 1);
+            assert!(
+                (lo..=hi).contains(&got),
+                "gradient settled at {got} for capacity {c}"
+            );
+        }
+    }
+}
