@@ -51,7 +51,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     workers: usize,
     executors: Option<usize>,
     current_arbiter: bool,
-    prefetch: usize,
+    prefetch: Option<usize>,
     dispatch_ahead: Option<usize>,
     fetch_backoff: Backoff,
     retry: RetryPolicy,
@@ -107,7 +107,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             workers: DEFAULT_WORKERS,
             executors: None,
             current_arbiter: false,
-            prefetch: 0,
+            prefetch: None,
             dispatch_ahead: None,
             fetch_backoff: Backoff::default(),
             retry: RetryPolicy::none(),
@@ -155,11 +155,19 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         self
     }
 
-    /// How many tasks the Fetcher may fetch ahead of free slots (default 0: it never fetches more
-    /// than the free slots). A slow source keeps workers busy with a few tasks in hand; those
-    /// tasks go back to the source at shutdown.
+    /// How many tasks the Fetcher may fetch ahead of free slots (default: tuned). Tasks in hand
+    /// keep the workers busy while a slow source answers; they go back to the source at
+    /// shutdown.
+    ///
+    /// Unset, the Fetcher tunes it (Little's law): twice what the workers finish in one fetch
+    /// round trip (measured throughput × measured fetch latency), at most 8 tasks per worker
+    /// (between 64 and 10 000), and for a source with leases at most what the workers finish in
+    /// one heartbeat interval, so a fetched task never waits long enough to risk its lease. A
+    /// source that answers at once (the in-memory one) gets none. Set it to override: `0`
+    /// never fetches more than the free slots (with [`dispatch_ahead(0)`](Self::dispatch_ahead),
+    /// strict priority order among due tasks).
     pub fn prefetch(mut self, prefetch: usize) -> Self {
-        self.prefetch = prefetch;
+        self.prefetch = Some(prefetch);
         self
     }
 
@@ -545,6 +553,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         let fetcher_guard = plan.guard();
         let scheduler_guard = plan.guard();
         let config = FetcherConfig {
+            workers: self.workers,
             prefetch: self.prefetch,
             // An adaptive limit retires credits as slots come back: a queued task taking over
             // a slot at its executor would keep it, and the limit could not go down.

@@ -11,11 +11,13 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
              [--workers K] [--executors E] [--ahead A] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | all  (default: all; may be given more than once)
+                 | memory | latency | durable-pg | durable-sqlite | durable | all
+                 (default: all; may be given more than once; the durable ones need the bench
+                 built with `--features postgres,sqlite`, and durable-pg ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
   --repeat R     runs of each throughput workload; the median is reported (default 3, smoke 1)
-  --prefetch P   prefetch value(s) for the slowfetch workloads, comma-separated: a sweep
-                 (default: batch 50, single 25)
+  --prefetch P   prefetch value(s) for the slowfetch workloads, comma-separated: a sweep;
+                 `auto` = the builder's default, tuned (default: auto)
   --placement X  current | own | both: where our executors run, for every workload
                  (default: both for noop, cpu, idle, latency; own for the others)
   --workers K    K for noop, sleep, slowfetch and cpu (default 16, 100, 50, 4)
@@ -37,10 +39,13 @@ pub(crate) enum Workload {
     Idle,
     Memory,
     Latency,
+    DurablePg,
+    DurableSqlite,
 }
 
-/// Every workload, in the order `all` runs them.
-pub(crate) const ALL: [Workload; 8] = [
+/// Every workload, in the order `all` runs them (the durable ones only when the bench is built
+/// with their feature).
+pub(crate) const ALL: [Workload; 10] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -49,6 +54,8 @@ pub(crate) const ALL: [Workload; 8] = [
     Workload::Idle,
     Workload::Memory,
     Workload::Latency,
+    Workload::DurablePg,
+    Workload::DurableSqlite,
 ];
 
 impl Workload {
@@ -63,14 +70,26 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Memory => "memory",
             Workload::Latency => "latency",
+            Workload::DurablePg => "durable-pg",
+            Workload::DurableSqlite => "durable-sqlite",
+        }
+    }
+
+    /// Whether this build can run it (the durable workloads need their cargo feature).
+    pub(crate) fn built(self) -> bool {
+        match self {
+            Workload::DurablePg => cfg!(feature = "postgres"),
+            Workload::DurableSqlite => cfg!(feature = "sqlite"),
+            _ => true,
         }
     }
 
     /// The workloads a command-line name stands for.
     pub(crate) fn parse(name: &str) -> Option<Vec<Workload>> {
         match name {
-            "all" => Some(ALL.to_vec()),
+            "all" => Some(ALL.iter().copied().filter(|w| w.built()).collect()),
             "slowfetch" => Some(vec![Workload::SlowfetchBatch, Workload::SlowfetchSingle]),
+            "durable" => Some(vec![Workload::DurablePg, Workload::DurableSqlite]),
             _ => ALL.iter().find(|w| w.name() == name).map(|w| vec![*w]),
         }
     }
@@ -86,6 +105,7 @@ pub(crate) struct Sizes {
     pub(crate) idle: Duration,
     pub(crate) memory: usize,
     pub(crate) latency: usize,
+    pub(crate) durable: usize,
 }
 
 impl Sizes {
@@ -98,6 +118,7 @@ impl Sizes {
         idle: Duration::from_secs(5),
         memory: 1_000_000,
         latency: 2_000,
+        durable: 50_000,
     };
 
     /// `--smoke`: tiny, seconds in all.
@@ -109,6 +130,7 @@ impl Sizes {
         idle: Duration::from_millis(200),
         memory: 10_000,
         latency: 50,
+        durable: 500,
     };
 
     /// Every task count set to `n`.
@@ -119,6 +141,7 @@ impl Sizes {
         self.cpu = n;
         self.memory = n;
         self.latency = n;
+        self.durable = n;
         self
     }
 }
@@ -138,7 +161,7 @@ pub(crate) struct Opts {
     pub(crate) sizes: Sizes,
     pub(crate) smoke: bool,
     pub(crate) repeat: usize,
-    pub(crate) prefetch: Option<Vec<usize>>,
+    pub(crate) prefetch: Option<Vec<Option<usize>>>,
     /// `--placement`: run every workload on these placements instead of its defaults.
     pub(crate) placements: Option<Vec<Placement>>,
     /// `--workers`: K for the throughput workloads instead of each one's own.
@@ -192,7 +215,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parse
                 let v = value("a list of prefetch values")?;
                 let list = v
                     .split(',')
-                    .map(|p| count(p, "--prefetch", 0, MAX_N))
+                    .map(|p| match p {
+                        "auto" => Ok(None),
+                        p => count(p, "--prefetch", 0, MAX_N).map(Some),
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 prefetch = Some(list);
             }
@@ -221,7 +247,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parse
         }
     }
     if workloads.is_empty() {
-        workloads = ALL.to_vec();
+        workloads = ALL.iter().copied().filter(|w| w.built()).collect();
     }
     let mut sizes = if smoke { Sizes::SMOKE } else { Sizes::FULL };
     if let Some(n) = n {

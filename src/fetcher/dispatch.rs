@@ -164,6 +164,11 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
                 self.ahead_target[i] = next.clamp(1, self.ahead.max(1));
             }
         }
+        if let Some(now) = now {
+            let finished = msg.executors.iter().map(|d| u64::from(d.finished)).sum();
+            let active = self.waiting.is_none() || self.assigned.iter().any(|&a| a > 0);
+            self.tuning.finished(finished, now, active);
+        }
         self.pace_ready(msg.pauses, &msg.acks);
         if !msg.acks.is_empty() {
             self.record_acks(msg.acks, ctx);

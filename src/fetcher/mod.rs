@@ -6,7 +6,8 @@
 //!   executor only by spending one, so the Fetcher can never start more than it was granted.
 //! * `buffer`: tasks fetched and not yet dispatched. It holds at most `credits + prefetch` tasks
 //!   (counting fetches in flight), so the Fetcher never asks the source for more than it may run
-//!   soon; with `prefetch = 0` it never fetches more than the free slots.
+//!   soon; with `prefetch = 0` it never fetches more than the free slots. `prefetch` is the
+//!   builder's, or tuned from measured throughput × fetch latency (`prefetch.rs`).
 //! * `waiting`: set when a fetch came back drained (empty, or [`Fetched::drained`]). No fetch starts until a wake-up (a submit, a
 //!   [`Notify`], or the source's [`WakeOn`](crate::source::WakeOn) time or signal) clears it.
 //! * `epoch`: bumped by every wake-up. A fetch that comes back short after the epoch moved is not
@@ -17,7 +18,7 @@
 //!
 //! The Fetcher is split by concern: this file holds its state, fetching (`pump`, `fetched`,
 //! waiting and waking) and its lifecycle; `dispatch.rs` spends credits and hands tasks to the
-//! executors; `acks.rs` batches acks to the source, retries failed batches, heartbeats, and
+//! executors; `prefetch.rs` tunes how far ahead to fetch; `acks.rs` batches acks to the source, retries failed batches, heartbeats, and
 //! resolves trackers; `handlers.rs` answers the messages users and the shutdown send (submit,
 //! cancel, dead tasks, progress, stop, close).
 
@@ -26,6 +27,7 @@ mod dispatch;
 mod handlers;
 mod lost;
 mod pace;
+mod prefetch;
 mod trackers;
 
 use std::collections::{HashMap, VecDeque};
@@ -66,7 +68,9 @@ enum Phase {
 pub(crate) struct Fetcher<T: Send + 'static, S> {
     source: S,
     limits: FetchLimits,
-    prefetch: usize,
+    /// The builder's `prefetch`; `None`: tuned (see `prefetch.rs`).
+    prefetch: Option<usize>,
+    tuning: prefetch::Tuning,
     executors: Vec<Recipient<Execute<T>>>,
     cancel_running: Vec<Recipient<CancelRunning>>,
     default_attempts: u32,
@@ -159,7 +163,8 @@ impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
 }
 
 pub(crate) struct FetcherConfig {
-    pub(crate) prefetch: usize,
+    pub(crate) workers: usize,
+    pub(crate) prefetch: Option<usize>,
     pub(crate) ahead: usize,
     pub(crate) fetch_backoff: Backoff,
     pub(crate) default_attempts: u32,
@@ -183,6 +188,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         Fetcher {
             limits,
             prefetch: config.prefetch,
+            tuning: prefetch::Tuning::new(config.workers, source.heartbeat_interval()),
             assigned: vec![0; executors.len()],
             queued: vec![0; executors.len()],
             covered: vec![0; executors.len()],
@@ -246,9 +252,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 .map(|((q, c), t)| t.saturating_sub(q.saturating_sub(*c)))
                 .fold(0usize, usize::saturating_add);
             // Saturating: `workers(usize::MAX)` or `prefetch(usize::MAX)` mean "unbounded".
+            let prefetch = self.prefetch.unwrap_or_else(|| self.tuning.prefetch());
             let want = self
                 .credits
-                .saturating_add(self.prefetch)
+                .saturating_add(prefetch)
                 .saturating_add(room)
                 .saturating_sub((self.buffer.len() - self.parked()).saturating_add(self.requested));
             if want == 0
@@ -268,13 +275,16 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             match (&mut fut).now_or_never() {
                 // A source that answers at once (the in-memory one) costs no spawn.
                 Some(res) => {
+                    self.tuning.fetch_took(Duration::ZERO);
                     trace::fetch_landed(fut.span(), &res);
                     self.counters.metrics.fetched(&clock, &res);
                     self.fetched(n, epoch, res, ctx);
                 }
                 None => {
+                    let called = tokio::time::Instant::now();
                     let span = fut.span().clone();
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        act.tuning.fetch_took(called.elapsed());
                         trace::fetch_landed(&span, &res);
                         act.counters.metrics.fetched(&clock, &res);
                         act.fetched(n, epoch, res, ctx);

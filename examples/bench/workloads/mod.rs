@@ -4,6 +4,7 @@ use crate::cli::{Opts, Workload};
 use crate::harness::{Placement, Report};
 
 pub(crate) mod cpu;
+pub(crate) mod durable;
 pub(crate) mod idle;
 pub(crate) mod latency;
 pub(crate) mod memory;
@@ -12,12 +13,13 @@ pub(crate) mod sleep;
 pub(crate) mod slowfetch;
 
 use cpu::cpu;
+use durable::{durable, Store};
 use idle::idle;
 use latency::latency;
 use memory::memory;
 use noop::noop;
 use sleep::sleep;
-use slowfetch::{slowfetch, DEFAULT_PREFETCH_BATCH, DEFAULT_PREFETCH_SINGLE};
+use slowfetch::slowfetch;
 
 /// Runs one workload.
 pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
@@ -31,12 +33,8 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         Workload::Sleep => sleep(s.sleep, k(100), opts.repeat, &placements(&[Placement::Own])),
         Workload::SlowfetchBatch | Workload::SlowfetchSingle => {
             let single = w == Workload::SlowfetchSingle;
-            let default = if single {
-                DEFAULT_PREFETCH_SINGLE
-            } else {
-                DEFAULT_PREFETCH_BATCH
-            };
-            let p = opts.prefetch.clone().unwrap_or_else(|| vec![default]);
+            // The builder's default (tuned) unless `--prefetch` says otherwise.
+            let p = opts.prefetch.clone().unwrap_or_else(|| vec![None]);
             slowfetch(
                 s.slowfetch,
                 k(50),
@@ -50,5 +48,7 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         Workload::Idle => idle(s.idle, &placements(&both)),
         Workload::Memory => memory(s.memory),
         Workload::Latency => latency(s.latency, &placements(&both)),
+        Workload::DurablePg => durable(Store::Postgres, s.durable, k(16), opts.repeat),
+        Workload::DurableSqlite => durable(Store::Sqlite, s.durable, k(16), opts.repeat),
     }
 }
