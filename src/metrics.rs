@@ -93,6 +93,7 @@ struct Handles {
     heartbeat_errors: ::metrics::Counter,
     executors_lost: ::metrics::Counter,
     busy: ::metrics::Gauge,
+    limit: ::metrics::Gauge,
     buffered: ::metrics::Gauge,
     queued: [::metrics::Gauge; 5],
     pending_acks: ::metrics::Gauge,
@@ -133,8 +134,10 @@ impl Handles {
             )
         };
         let p = std::slice::from_ref(&poller);
-        gauge!(names::LIMIT, p).set(limit as f64);
+        let limit_gauge = gauge!(names::LIMIT, p);
+        limit_gauge.set(limit as f64);
         Handles {
+            limit: limit_gauge,
             submitted: counter!(names::SUBMITTED, p),
             started: counter!(names::STARTED, p),
             attempts: outcome_counters,
@@ -256,6 +259,16 @@ impl Metrics {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
             h.busy.set(busy as f64);
+        }
+    }
+
+    /// The concurrency limit moved (an adaptive limiter, `PollerBuilder::adaptive`).
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn limit(&self, limit: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = &self.handles {
+            h.limit.set(limit as f64);
         }
     }
 

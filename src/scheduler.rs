@@ -138,6 +138,7 @@ impl Scheduler {
         self.counters
             .limit
             .store(next as u64, std::sync::atomic::Ordering::Relaxed);
+        self.counters.metrics.limit(next);
     }
 
     /// Sends what is owed to the Fetcher: free credits (unless closing) and pending acks.
