@@ -37,9 +37,15 @@ pub use limiter::{Aimd, Gradient, Limiter, Sample};
 /// assert_eq!(key.as_str(), "customer-42");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct Key(Arc<Box<str>>);
+
+/// A key serializes as its name (written out: serde's `Arc` support needs its `rc` feature).
+#[cfg(feature = "serde")]
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 impl Key {
     /// A key with this name.
