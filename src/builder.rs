@@ -15,6 +15,7 @@ use crate::error::StartError;
 use crate::executor::{panic_message, Executor, Settings};
 use crate::fetcher::{Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
+use crate::messages::TaskEvent;
 use crate::pace::PaceConfig;
 use crate::poller::{Handle, Poller};
 use crate::protocol::ReturnPath;
@@ -60,6 +61,7 @@ pub struct PollerBuilder<T, S = MemorySource<T>> {
     capacity: Option<usize>,
     pace: PaceConfig,
     limiter: Option<Box<dyn crate::Limiter>>,
+    subscribers: Vec<Recipient<TaskEvent>>,
     name: Cow<'static, str>,
     retry_log_level: Level,
     source: S,
@@ -115,6 +117,7 @@ impl<T: Send + 'static> PollerBuilder<T, MemorySource<T>> {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             capacity: None,
             pace: PaceConfig::default(),
+            subscribers: Vec::new(),
             limiter: None,
             name: Cow::Borrowed(DEFAULT_NAME),
             retry_log_level: DEFAULT_RETRY_LOG_LEVEL,
@@ -432,6 +435,41 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
         self
     }
 
+    /// Sends `recipient` a [`TaskEvent`] for every attempt of this poller's that failed and will
+    /// run again, and for every task that reached its final state, once the source recorded it
+    /// (so an application pushes updates instead of polling). May be called more than once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix::prelude::*;
+    /// use actix_poller::{Poller, TaskContext, TaskEvent};
+    ///
+    /// struct Feed;
+    /// impl Actor for Feed {
+    ///     type Context = Context<Self>;
+    /// }
+    /// impl Handler<TaskEvent> for Feed {
+    ///     type Result = ();
+    ///     fn handle(&mut self, event: TaskEvent, _: &mut Context<Self>) {
+    ///         println!("task {:?}: {event:?}", event.id()); // e.g. push to a websocket
+    ///     }
+    /// }
+    ///
+    /// # #[actix_rt::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let feed = Feed.start();
+    /// let poller = Poller::<u32>::builder()
+    ///     .subscribe(feed.recipient())
+    ///     .start(|_n: u32, _cx: TaskContext| async { Ok::<_, std::io::Error>(()) })?;
+    /// # poller.shutdown(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(mut self, recipient: Recipient<TaskEvent>) -> Self {
+        self.subscribers.push(recipient);
+        self
+    }
+
     /// Use `source` instead of the in-memory queue.
     pub fn source<S2: Source<T>>(self, source: S2) -> PollerBuilder<T, S2> {
         PollerBuilder {
@@ -447,6 +485,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             capacity: None,
             pace: self.pace,
             limiter: self.limiter,
+            subscribers: self.subscribers,
             name: self.name,
             retry_log_level: self.retry_log_level,
             source,
@@ -566,6 +605,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             default_attempts: self.retry.max_attempts(),
             cancel_grace: self.cancel_grace,
             pace: self.pace,
+            subscribers: self.subscribers,
         };
         fetcher_ctx.run(Fetcher::new(
             self.source,

@@ -139,7 +139,7 @@ pub use fetcher::TRACKING_LIMIT;
 pub use handler::{BoxError, TaskHandler};
 pub use messages::{
     Cancel, CancelOutcome, GetCounts, GetProgress, GetStats, GetStatus, ListDead, Notify, Pause,
-    PauseKey, PurgeDead, Receipt, RerunDead, Resume, ResumeKey, Submit, SubmitBatch,
+    PauseKey, PurgeDead, Receipt, RerunDead, Resume, ResumeKey, Submit, SubmitBatch, TaskEvent,
 };
 pub use pace::{Aimd, Backpressure, Gradient, Key, Limiter, PauseScope, RateLimit, Sample};
 pub use poller::Poller;

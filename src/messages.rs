@@ -322,3 +322,65 @@ pub struct GetProgress {
     /// The task.
     pub id: TaskId,
 }
+
+/// Fetcher → the recipients given to [`PollerBuilder::subscribe`](crate::PollerBuilder::subscribe):
+/// what happened to a task this poller ran, sent once the source has recorded it (the same
+/// moment a tracked submitter's receipt resolves), so an application can push updates (a
+/// websocket, a webhook) without polling [`Poller::status`](crate::Poller::status).
+///
+/// Sent with `do_send`: a subscriber whose mailbox is gone misses events, and the poller never
+/// waits for one. Durable sources: only the attempts *this* poller ran; another process's
+/// subscribers see theirs.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "event", rename_all = "snake_case"))]
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub enum TaskEvent {
+    /// An attempt failed and the task runs again after `after` (a retry).
+    Retrying {
+        /// The task.
+        id: TaskId,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why it failed.
+        error: String,
+        /// The delay before the next attempt.
+        after: std::time::Duration,
+    },
+    /// The task reached its final state.
+    Ended {
+        /// The task.
+        id: TaskId,
+        /// Its last attempt (0 if it never ran, e.g. cancelled while waiting in the Fetcher).
+        attempt: u32,
+        /// How it ended.
+        state: FinalState,
+    },
+}
+
+impl TaskEvent {
+    /// The event an ack that landed tells of, if any (a snooze or a release is no news).
+    pub(crate) fn from_ack(ack: &crate::task::Ack) -> Option<TaskEvent> {
+        if let crate::task::Disposition::Retry { after, error } = &ack.disposition {
+            return Some(TaskEvent::Retrying {
+                id: ack.id,
+                attempt: ack.attempt,
+                error: error.clone(),
+                after: *after,
+            });
+        }
+        FinalState::from_ack(ack).map(|state| TaskEvent::Ended {
+            id: ack.id,
+            attempt: ack.attempt,
+            state,
+        })
+    }
+
+    /// The task the event is about.
+    pub fn id(&self) -> TaskId {
+        match self {
+            TaskEvent::Retrying { id, .. } | TaskEvent::Ended { id, .. } => *id,
+        }
+    }
+}

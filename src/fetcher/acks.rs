@@ -7,6 +7,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use super::Fetcher;
+use crate::messages::TaskEvent;
 use crate::metrics::{Count, Stopwatch};
 use crate::source::Source;
 use crate::stats::Counters;
@@ -88,6 +89,11 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 if held_back && self.unrecorded < MAX_UNRECORDED_ACKS {
                     // Fetching stopped for the backlog: it may go on.
                     self.pump(ctx);
+                }
+                for sub in &self.subscribers {
+                    for event in acks.iter().filter_map(TaskEvent::from_ack) {
+                        sub.do_send(event);
+                    }
                 }
                 if !self.trackers.is_empty() || self.early.wanted() {
                     for ack in &acks {

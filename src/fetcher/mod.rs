@@ -134,6 +134,7 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     returns: Arc<ReturnPath<T>>,
     /// Pace control (see `pace.rs`): limits, what runs per key, pauses.
     pace: crate::pace::Pace,
+    subscribers: Vec<Recipient<crate::TaskEvent>>,
     /// Keyed tasks counted against their key's concurrency limit while they run.
     pace_keys: HashMap<TaskId, crate::pace::Key>,
     /// Other keyed tasks that run (so a backpressure answer finds its key).
@@ -170,6 +171,8 @@ pub(crate) struct FetcherConfig {
     pub(crate) default_attempts: u32,
     pub(crate) cancel_grace: Duration,
     pub(crate) pace: crate::pace::PaceConfig,
+    /// Who hears of retries and final states ([`TaskEvent`](crate::TaskEvent)).
+    pub(crate) subscribers: Vec<Recipient<crate::TaskEvent>>,
 }
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
@@ -228,6 +231,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             ack_idle: Vec::new(),
             counters,
             pace: crate::pace::Pace::new(config.pace),
+            subscribers: config.subscribers,
             pace_keys: HashMap::new(),
             keys_of: HashMap::new(),
             parked: 0,
