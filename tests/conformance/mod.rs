@@ -924,7 +924,9 @@ pub async fn bad_acks_are_stored_bounded<H: Harness>(h: &H) {
 /// again; it completes once, at attempt 1.
 pub async fn a_long_task_outlives_its_lease<H: Harness>(h: &H) {
     let store = h.store().await;
-    let lease = Duration::from_millis(300);
+    // A 1 s lease (heartbeat every third): at 300 ms the other source's writes to the same
+    // SQLite file could hold the poller's heartbeat past the lease on a loaded CI machine.
+    let lease = Duration::from_millis(1000);
     let mut s = h.source(&store, lease).await;
     let id = enqueue(&mut s, vec![with(1, TaskOptions::new(), 3)]).await[0];
     let runs = Arc::new(AtomicUsize::new(0));
@@ -936,7 +938,7 @@ pub async fn a_long_task_outlives_its_lease<H: Harness>(h: &H) {
         .start(move |_n: Job, _cx| {
             r.fetch_add(1, SeqCst);
             async move {
-                sleep_ms(900).await; // three leases
+                sleep_ms(3000).await; // three leases
                 Ok::<_, std::convert::Infallible>(())
             }
         })
