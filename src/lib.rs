@@ -106,7 +106,10 @@
 // The durable sources' shared docs link to both stores' modules; with only one of the two
 // features on, the other's links cannot resolve (docs.rs and CI build with every feature).
 #![cfg_attr(
-    not(all(feature = "sqlite", feature = "postgres")),
+    all(
+        any(feature = "sqlite", feature = "postgres"),
+        not(all(feature = "sqlite", feature = "postgres"))
+    ),
     allow(rustdoc::broken_intra_doc_links)
 )]
 
