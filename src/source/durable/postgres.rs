@@ -205,6 +205,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
         include_str!("../../../migrations/postgres/0005_leased_at.sql"),
         include_str!("../../../migrations/postgres/0006_traceparent.sql"),
+        include_str!("../../../migrations/postgres/0007_pace_key.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -322,6 +323,7 @@ impl Dialect for PgDialect {
             }
             List::Tasks(tasks) => {
                 let traces: Vec<Option<String>> = tasks.iter().map(|t| t.5.clone()).collect();
+                let keys: Vec<Option<String>> = tasks.iter().map(|t| t.6.clone()).collect();
                 let tasks = tasks
                     .into_iter()
                     .map(|t| (t.0, t.1, t.2, t.3, t.4))
@@ -332,7 +334,8 @@ impl Dialect for PgDialect {
                 out.add(delays)?;
                 out.add(attempts)?;
                 out.add(timeouts)?;
-                out.add(traces)
+                out.add(traces)?;
+                out.add(keys)
             }
         }
     }

@@ -598,7 +598,7 @@ impl<T, D: Store> RetrySupport<T> for DurableSource<T, D> {
 /// A status row as a [`TaskStatus`]; `None` for a state the crate does not know (a row written
 /// by a newer version).
 fn status_of(row: StatusRow) -> Option<TaskStatus> {
-    let (id, state, attempt, max, error, run_at, enqueued, finished, leased, now) = row;
+    let (id, state, attempt, max, error, run_at, enqueued, finished, leased, now, key) = row;
     let at = finished.map(common::system_time);
     let attempt = attempt.clamp(0, u32::MAX.into()) as u32;
     let state = match state.as_str() {
@@ -622,5 +622,6 @@ fn status_of(row: StatusRow) -> Option<TaskStatus> {
     status.max_attempts = max.clamp(1, u32::MAX.into()) as u32;
     status.enqueued_at = Some(common::system_time(enqueued));
     status.last_error = error;
+    status.key = key.map(crate::pace::Key::new);
     Some(status)
 }

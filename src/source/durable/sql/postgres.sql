@@ -6,11 +6,12 @@
 
 -- name: enqueue
 -- One statement for the whole batch. The insert trigger notifies the listeners on commit.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent)
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent, pace_key)
 SELECT u.payload::jsonb, u.priority, now() + u.delay_us * interval '1 microsecond',
-       u.max_attempts, u.timeout_ms, u.traceparent
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[])
-     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent, ord)
+       u.max_attempts, u.timeout_ms, u.traceparent, u.pace_key
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[], $7::text[])
+     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent,
+                           pace_key, ord)
 ORDER BY u.ord
 RETURNING id;
 
@@ -36,7 +37,7 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent, t.pace_key;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
@@ -151,7 +152,7 @@ SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
        (extract(epoch FROM enqueued_at) * 1000000)::bigint,
        (extract(epoch FROM finished_at) * 1000000)::bigint,
        (extract(epoch FROM leased_at) * 1000000)::bigint,
-       (extract(epoch FROM now()) * 1000000)::bigint
+       (extract(epoch FROM now()) * 1000000)::bigint, pace_key
 FROM {table} WHERE id = $1;
 
 -- name: counts
