@@ -96,6 +96,15 @@ pub(crate) fn statement(file: &str, name: &str, vars: &[(&str, &str)]) -> String
     fill(&out, vars)
 }
 
+/// The statement `name` of `file`, filled, or `None` when the file has no such section (a
+/// statement only one store has).
+pub(crate) fn optional_statement(file: &str, name: &str, vars: &[(&str, &str)]) -> Option<String> {
+    let header = format!("-- name: {name}");
+    file.lines()
+        .any(|line| line.trim_end() == header)
+        .then(|| statement(file, name, vars))
+}
+
 /// Replaces each `{key}` with its value.
 pub(crate) fn fill(sql: &str, vars: &[(&str, &str)]) -> String {
     let mut sql = sql.to_owned();
