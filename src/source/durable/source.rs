@@ -306,8 +306,7 @@ where
                     args.push(Arg::Int(interval));
                     args.push(Arg::Int(burst));
                     args.push(Arg::Now);
-                    let mut tx = pool.begin().await?;
-                    D::raw(&mut *tx, &paced.lock).await?;
+                    let mut tx = pool.begin_with(paced.lock.clone()).await?;
                     let rows = D::fetched(&mut *tx, &paced.fetch, args).await?;
                     tx.commit().await?;
                     rows

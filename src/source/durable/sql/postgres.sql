@@ -40,11 +40,11 @@ RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t
           (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent, t.pace_key;
 
 -- name: pace_lock
--- Queue-wide pace (PgConfig::queue_pace), first statement of the claim's transaction: the
--- queue's pace row, locked until the claim commits, so claims run one at a time and each one's
--- statement (a fresh snapshot in READ COMMITTED) sees every claim committed before it. In the
--- same statement as the claim, the snapshot would be taken before the wait and miss them.
-SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
+-- Queue-wide pace (PgConfig::queue_pace): opens the claim's transaction (one round trip) and
+-- locks the queue's pace row until the claim commits, so claims run one at a time and each
+-- one's statement (a fresh snapshot in READ COMMITTED) sees every claim committed before it. In
+-- the same statement as the claim, the snapshot would be taken before the wait and miss them.
+BEGIN; SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
 
 -- name: fetch_paced
 -- The claim under queue-wide pace, after `pace_lock`. $1: most tasks; $2: owner; $3: lease
@@ -55,6 +55,8 @@ SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
 -- and not yet acked; an expired lease's task is reclaimed, so a killed process's count comes
 -- back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
 -- blocking). The global rate takes at most as many as its GCRA allows now, and moves its tat.
+-- The keys to skip are read once (`NOT IN` a small set: a hashed lookup per row); no key is
+-- NULL in either set.
 WITH clock AS (SELECT clock_timestamp() AS now),
 q AS (
     SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now
@@ -74,33 +76,30 @@ running AS (
     WHERE state = 'running' AND pace_key IS NOT NULL AND $4::bigint > 0
     GROUP BY pace_key
 ),
+held AS (
+    SELECT pace_key FROM running WHERE n >= $4::bigint
+    UNION ALL
+    SELECT p.pace_key FROM {pace} p, clock c WHERE p.kind = 1 AND p.paused_until > c.now
+),
 candidates AS (
     SELECT t.id, t.pace_key, t.priority, t.run_at
     FROM {table} t
     WHERE t.state = 'queued' AND t.run_at <= now()
-      AND (t.pace_key IS NULL OR (
-           NOT EXISTS (SELECT 1 FROM {pace} p
-                       WHERE p.kind = 1 AND p.pace_key = t.pace_key
-                         AND p.paused_until > clock_timestamp())
-           AND ($4::bigint <= 0
-                OR coalesce((SELECT r.n FROM running r WHERE r.pace_key = t.pace_key), 0)
-                   < $4::bigint)))
+      AND (t.pace_key IS NULL OR t.pace_key NOT IN (SELECT pace_key FROM held))
     ORDER BY t.priority DESC, t.run_at, t.id
-    LIMIT (SELECT 4 * $1::bigint)
+    LIMIT (SELECT 2 * $1::bigint)
     FOR UPDATE SKIP LOCKED
 ),
 ranked AS (
-    SELECT c.id, c.pace_key, c.priority, c.run_at,
+    SELECT c.id, c.pace_key, c.priority, c.run_at, coalesce(r.n, 0) AS running,
            row_number() OVER (PARTITION BY c.pace_key ORDER BY c.priority DESC, c.run_at, c.id)
                AS rn
-    FROM candidates c
+    FROM candidates c LEFT JOIN running r ON r.pace_key = c.pace_key
 ),
 picked AS (
-    SELECT r.id FROM ranked r
-    WHERE r.pace_key IS NULL OR $4::bigint <= 0
-       OR r.rn + coalesce((SELECT x.n FROM running x WHERE x.pace_key = r.pace_key), 0)
-          <= $4::bigint
-    ORDER BY r.priority DESC, r.run_at, r.id
+    SELECT id FROM ranked
+    WHERE pace_key IS NULL OR $4::bigint <= 0 OR rn + running <= $4::bigint
+    ORDER BY priority DESC, run_at, id
     LIMIT coalesce((SELECT n FROM allowance), 0)
 ),
 claimed AS (
