@@ -379,3 +379,48 @@ async fn a_dead_process_gives_its_key_slots_back_with_its_leases() {
     );
     pg::drop_schema(&schema).await;
 }
+
+/// A handler's `Backpressure::pause_key_for` pauses its key for every poller on the queue: the
+/// pause is stored, and a second poller starts none of that key's tasks while another key's run.
+#[actix_rt::test]
+async fn backpressure_pauses_the_key_for_every_poller() {
+    let schema = pg::fresh_schema();
+    let db = pg::pool().await;
+    let pace = QueuePace::new();
+    let source = PgSource::<Job>::connect(config(&schema, pace))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = Poller::<Job>::builder()
+        .source(source)
+        .workers(2)
+        .on_current_arbiter()
+        .start(|_n: Job, _cx: TaskContext| async move {
+            Err::<(), _>(actix_poller::Backpressure::pause_key_for(
+                Duration::from_secs(600),
+            ))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = submit(&refused, vec![1000]).await;
+    until_stored(&db, &schema, Some("k1")).await;
+    drop(first);
+    shutdown(vec![refused]).await;
+    let runs: Runs = Arc::default();
+    let other = poller(&schema, pace, &runs).await;
+    let _held = submit(&other, vec![1001]).await;
+    all_complete(submit(&other, (2000..2005).collect()).await).await;
+    let ran = |k: &str| {
+        runs.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(k)
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(ran("k2"), 5);
+    assert_eq!(
+        ran("k1"),
+        0,
+        "the key paused by backpressure starts nothing elsewhere"
+    );
+    shutdown(vec![other]).await;
+    db.close().await;
+    pg::drop_schema(&schema).await;
+}
