@@ -11,7 +11,8 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
              [--workers K] [--executors E] [--ahead A] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | durable-pg | durable-sqlite | durable | all
+                 | memory | latency | durable-pg | durable-sqlite | durable | durable-pg-pace
+                 | all
                  (default: all; may be given more than once; the durable ones need the bench
                  built with `--features postgres,sqlite`, and durable-pg ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
@@ -41,11 +42,12 @@ pub(crate) enum Workload {
     Latency,
     DurablePg,
     DurableSqlite,
+    DurablePgPace,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 10] = [
+pub(crate) const ALL: [Workload; 11] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -56,6 +58,7 @@ pub(crate) const ALL: [Workload; 10] = [
     Workload::Latency,
     Workload::DurablePg,
     Workload::DurableSqlite,
+    Workload::DurablePgPace,
 ];
 
 impl Workload {
@@ -72,13 +75,14 @@ impl Workload {
             Workload::Latency => "latency",
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
+            Workload::DurablePgPace => "durable-pg-pace",
         }
     }
 
     /// Whether this build can run it (the durable workloads need their cargo feature).
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg => cfg!(feature = "postgres"),
+            Workload::DurablePg | Workload::DurablePgPace => cfg!(feature = "postgres"),
             Workload::DurableSqlite => cfg!(feature = "sqlite"),
             _ => true,
         }
