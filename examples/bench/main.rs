@@ -104,6 +104,7 @@ fn main() -> ExitCode {
     }
     let suite = Instant::now();
     let (mut rows, mut details, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut blocks = Vec::new();
     for &w in &opts.workloads {
         let started = Instant::now();
         eprint!("running {} ... ", w.name());
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
                 eprintln!("{:.1} s", started.elapsed().as_secs_f64());
                 rows.extend(report.rows);
                 details.extend(report.details);
+                blocks.extend(report.blocks);
             }
             Err(e) => {
                 eprintln!("FAILED: {e}");
@@ -124,6 +126,9 @@ fn main() -> ExitCode {
     println!();
     for d in &details {
         println!("- {d}");
+    }
+    for b in &blocks {
+        println!("\n{b}");
     }
     println!("\nsuite took {:.1} s", suite.elapsed().as_secs_f64());
     if failed.is_empty() {
