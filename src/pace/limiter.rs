@@ -347,4 +347,75 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn aimd_tolerance_finds_the_capacity_and_ignores_single_slow_attempts() {
+        for c in [8, 32, 128] {
+            let mut a = Aimd::new(1, 1000).latency_tolerance(1.2);
+            let got = settle(&mut a, c);
+            // Backs off once a round trip's median passes 1.2 × the unloaded latency: past
+            // 1.2 C in flight, to 0.9 of that. At a small C a round trip of at least 16
+            // samples spans two, and it overshoots by a step or two.
+            assert!(
+                (c..=c * 13 / 10 + 3).contains(&got),
+                "aimd with a tolerance settled at {got} for capacity {c}"
+            );
+        }
+        let mut a = Aimd::new(1, 64).latency_tolerance(1.5);
+        for _ in 0..20_000 {
+            a.observe(sample(10.0, false, 64));
+        }
+        assert_eq!(a.limit(), 64);
+        // One attempt in ten is very slow: the round trips' medians are not.
+        for i in 0..5_000 {
+            let ms = if i % 10 == 0 { 100.0 } else { 10.0 };
+            a.observe(sample(ms, false, 64));
+        }
+        assert_eq!(a.limit(), 64, "single slow attempts are no overload");
+        // The whole round trip is slow: back off.
+        for _ in 0..64 {
+            a.observe(sample(30.0, false, 64));
+        }
+        assert!(a.limit() < 64, "a slow round trip backs off");
+    }
+
+    /// Fast refusals ("overloaded" at once) are overload, not the unloaded latency: the limit
+    /// comes back once the downstream answers again.
+    #[test]
+    fn gradient_takes_no_fast_refusal_for_the_unloaded_latency() {
+        let mut g = Gradient::new(1, 100);
+        for _ in 0..20_000 {
+            g.observe(sample(10.0, false, 50));
+        }
+        assert_eq!(g.limit(), 100);
+        for _ in 0..100 {
+            g.observe(sample(0.01, true, 100));
+        }
+        let low = g.limit();
+        assert!(low < 100, "overload backs off");
+        for _ in 0..20_000 {
+            g.observe(sample(10.0, false, 50));
+        }
+        assert_eq!(
+            g.limit(),
+            100,
+            "back up once the answers come at the unloaded latency"
+        );
+    }
+
+    /// Jitter that does not grow with load (one attempt in twenty fast, the others spread over
+    /// 6–6.5 ms) is no load: the limit climbs to its max.
+    #[test]
+    fn gradient_reads_no_load_into_jitter() {
+        let mut g = Gradient::new(1, 200);
+        for i in 0..50_000u32 {
+            let ms = if i % 20 == 0 {
+                5.0
+            } else {
+                6.0 + f64::from(i % 7) / 14.0
+            };
+            g.observe(sample(ms, false, g.limit()));
+        }
+        assert_eq!(g.limit(), 200, "jitter read as load");
+    }
 }

@@ -358,7 +358,8 @@ async fn adaptive_run(c: usize, algo: Algo, t: Timing) -> Result<AdaptiveRun, St
         mean,
         min,
         max,
-        settled: followed(&trace, Duration::ZERO, t.hold, c as f64).filter(|s| *s + t.hold <= t.settle),
+        settled: followed(&trace, Duration::ZERO, t.hold, c as f64)
+            .filter(|s| *s + t.hold <= t.settle),
         window: ds.window(t.settle / 2, t.settle),
         up,
         down,
