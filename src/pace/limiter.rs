@@ -272,7 +272,10 @@ impl Limiter for Gradient {
         } else {
             self.limit * gradient
         };
-        let step = (target - self.limit) * self.smoothing;
+        // `smoothing` of the step per round trip: below 16 a "round trip" of 16 samples spans
+        // several, and moves as much as they would have.
+        let trips = (MIN_ROUND_TRIP as f64 / self.limit.max(1.0)).max(1.0);
+        let step = (target - self.limit) * (self.smoothing * trips).min(1.0);
         self.limit = (self.limit + step).clamp(self.min as f64, self.max as f64);
         self.limit as usize
     }
@@ -417,5 +420,19 @@ mod tests {
             g.observe(sample(ms, false, g.limit()));
         }
         assert_eq!(g.limit(), 200, "jitter read as load");
+    }
+
+    /// Below 16, a round trip of 16 samples spans several real ones: the limit moves as much
+    /// as they would have, so it leaves `min` about as fast as it grows past 16.
+    #[test]
+    fn gradient_leaves_min_fast() {
+        let mut g = Gradient::new(1, 1000);
+        let mut samples = 0;
+        while g.limit() < 16 && samples < 100_000 {
+            g.observe(sample(10.0, false, g.limit()));
+            samples += 1;
+        }
+        // About 10 windows of 16 samples; a per-window step of 0.2 × √limit took 30.
+        assert!(samples <= 16 * 15, "{samples} samples to reach 16");
     }
 }
