@@ -4,10 +4,12 @@
 //! cargo run --release --example bench -- --workload all
 //! cargo run --release --example bench -- --workload noop --n 200000
 //! cargo run --release --example bench -- --workload slowfetch-single --prefetch 0,8,16,32
+//! cargo run --release --example bench -- --workload adaptive --repeat 3
 //! cargo run --release --example bench -- --smoke          # tiny sizes: checks the program works
 //! ```
 //!
-//! Every workload runs on our poller ("ours") and on a baseline built from tokio alone: an
+//! Every workload but `adaptive` runs on our poller ("ours") and on a baseline built from tokio
+//! alone (`adaptive` compares its limiters with a sweep of fixed `workers` instead): an
 //! unbounded mpsc queue, a `Semaphore(K)` and one `tokio::spawn` per task on a multi-thread
 //! runtime with 2 workers, fetching inside its dispatch loop. The table prints ours, the
 //! baseline and ours ÷ baseline: ratios are what to compare between runs, absolute figures drift
