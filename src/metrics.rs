@@ -35,6 +35,7 @@ pub(crate) mod names {
     pub(crate) const LIMIT: &str = "actix_poller.workers.limit";
     pub(crate) const BUFFERED: &str = "actix_poller.tasks.buffered";
     pub(crate) const QUEUED: &str = "actix_poller.tasks.queued";
+    pub(crate) const OLDEST: &str = "actix_poller.queue.oldest_age";
     pub(crate) const PENDING_ACKS: &str = "actix_poller.acks.pending";
     pub(crate) const LEASES: &str = "actix_poller.leases.held";
     pub(crate) const QUEUE_WAIT: &str = "actix_poller.queue.wait.duration";
@@ -96,6 +97,7 @@ struct Handles {
     limit: ::metrics::Gauge,
     buffered: ::metrics::Gauge,
     queued: [::metrics::Gauge; 5],
+    oldest: ::metrics::Gauge,
     pending_acks: ::metrics::Gauge,
     leases: ::metrics::Gauge,
     queue_wait: ::metrics::Histogram,
@@ -153,6 +155,7 @@ impl Handles {
             busy: gauge!(names::BUSY, p),
             buffered: gauge!(names::BUFFERED, p),
             queued,
+            oldest: gauge!(names::OLDEST, p),
             pending_acks: gauge!(names::PENDING_ACKS, p),
             leases: gauge!(names::LEASES, p),
             queue_wait: histogram!(names::QUEUE_WAIT, p),
@@ -316,7 +319,7 @@ impl Metrics {
         }
     }
 
-    /// The source's counts by state.
+    /// The source's counts by state, and its oldest due task's age (0 when none is due).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn counted(&self, counts: &QueueCounts) {
@@ -332,6 +335,11 @@ impl Metrics {
             for (g, v) in h.queued.iter().zip(values) {
                 g.set(v as f64);
             }
+            h.oldest.set(
+                counts
+                    .oldest_queued_age
+                    .map_or(0.0, |age| age.as_secs_f64()),
+            );
         }
     }
 
