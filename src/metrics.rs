@@ -6,14 +6,22 @@
 //! look a metric up by name. A recorder installed with `metrics::with_local_recorder` around
 //! `start` therefore sees everything the poller's actors record, whichever thread they run on.
 //! docs/observability.md ("Metrics") lists every name, type, unit and label.
+//!
+//! The hot path's cost (docs/benchmarks.md, "The `metrics` feature's overhead"): counters are
+//! added once per executor report (`Done`: [`Tally`], [`Count::Started`]), not per attempt;
+//! per attempt there are only the two histogram samples, and no clock read of their own: the
+//! run time is the executor's `Finished::elapsed`, and the queue wait reads the instant the
+//! executor takes as the attempt starts, turned into wall time by the executor's [`WallClock`].
 
 #[cfg(feature = "metrics")]
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use crate::source::Fetched;
 #[cfg(feature = "metrics")]
 use crate::task::Outcome;
-use crate::task::{Disposition, Finished, QueueCounts, Task};
+use crate::task::{Finished, QueueCounts, Task};
 
 /// Metric names (OpenTelemetry's messaging conventions where one fits, `actix_poller.*`
 /// otherwise).
@@ -171,6 +179,8 @@ impl Handles {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Count {
     Submitted,
+    /// Attempts started, added per executor report.
+    Started,
     Cancelled,
     Dead,
     DroppedSubmits,
@@ -198,6 +208,7 @@ impl Metrics {
         if let Some(h) = &self.handles {
             let c = match which {
                 Count::Submitted => &h.submitted,
+                Count::Started => &h.started,
                 Count::Cancelled => &h.cancelled,
                 Count::Dead => &h.dead,
                 Count::DroppedSubmits => &h.dropped_submits,
@@ -209,18 +220,19 @@ impl Metrics {
         }
     }
 
-    /// An executor starts an attempt: counts it, and records how long a first attempt waited
-    /// since it was submitted (later attempts waited out a backoff, which says nothing about
-    /// the queue).
+    /// An executor starts an attempt at `now` (the instant it read as the attempt began):
+    /// records how long a first attempt waited since it was submitted (later attempts waited
+    /// out a backoff, which says nothing about the queue). `wall` turns `now` into wall time
+    /// without another clock read (the start is counted per report: [`Count::Started`]).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn started<T>(&self, task: &Task<T>) {
+    pub(crate) fn started<T>(&self, task: &Task<T>, wall: &mut WallClock, now: Instant) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
-            h.started.increment(1);
             if task.attempt == 1 {
                 // A wall clock stepped back since the submit reads as no wait.
-                let waited = SystemTime::now()
+                let waited = wall
+                    .at(now)
                     .duration_since(task.enqueued_at)
                     .unwrap_or(Duration::ZERO);
                 h.queue_wait.record(waited.as_secs_f64());
@@ -228,29 +240,26 @@ impl Metrics {
         }
     }
 
-    /// The Scheduler settled one attempt: its outcome, run time, and what happens next.
+    /// The Scheduler settled one executor report's attempts ([`Tally`]): `dead` of them went
+    /// dead, `retried` will run again, `cancelled` were cancelled (or interrupted).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn settled(&self, fin: &Finished, disposition: &Disposition) {
+    pub(crate) fn settled(&self, tally: &Tally, dead: u64, retried: u64, cancelled: u64) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
-            let i = outcome_index(&fin.outcome);
-            if let Some(c) = h.attempts.get(i) {
-                c.increment(1);
+            for (c, n) in h.attempts.iter().zip(tally.attempts) {
+                if n > 0 {
+                    c.increment(n);
+                }
             }
-            // `elapsed` is the executor's own measure (the adaptive limit reads it too); zero
-            // for a task cancelled before it started, which never ran.
-            let never_ran = fin.elapsed.is_zero() && matches!(fin.outcome, Outcome::Cancelled);
-            if let (false, Some(hist)) = (never_ran, h.process.get(i)) {
-                hist.record(fin.elapsed.as_secs_f64());
-            }
-            match disposition {
-                Disposition::Dead { .. } => h.dead.increment(1),
-                Disposition::Retry { .. } => h.retried.increment(1),
-                _ => {}
-            }
-            if matches!(fin.outcome, Outcome::Cancelled | Outcome::Interrupted) {
-                h.cancelled.increment(1);
+            for (c, n) in [
+                (&h.dead, dead),
+                (&h.retried, retried),
+                (&h.cancelled, cancelled),
+            ] {
+                if n > 0 {
+                    c.increment(n);
+                }
             }
         }
     }
@@ -390,5 +399,64 @@ impl Stopwatch {
     #[cfg(feature = "metrics")]
     fn duration(&self) -> Option<Duration> {
         Some(self.at.elapsed())
+    }
+}
+
+/// One executor report's attempts by outcome, for [`Metrics::settled`]; each attempt's run time
+/// is recorded as it is added. Empty without the feature.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    #[cfg(feature = "metrics")]
+    attempts: [u64; 8],
+}
+
+impl Tally {
+    /// Counts `fin`'s outcome, and records its run time (`elapsed` is the executor's own
+    /// measure, which the adaptive limit reads too; zero for a task cancelled before it
+    /// started, which never ran and records none).
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn add(&mut self, metrics: &Metrics, fin: &Finished) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = &metrics.handles {
+            let i = outcome_index(&fin.outcome);
+            if let Some(n) = self.attempts.get_mut(i) {
+                *n += 1;
+            }
+            let never_ran = fin.elapsed.is_zero() && matches!(fin.outcome, Outcome::Cancelled);
+            if let (false, Some(hist)) = (never_ran, h.process.get(i)) {
+                hist.record(fin.elapsed.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// An executor's link between the monotonic clock it reads anyway (an attempt's start) and
+/// the wall clock a task's `enqueued_at` is on: one wall-clock read per second at most, instead
+/// of one per attempt. Empty without the feature.
+#[derive(Debug, Default)]
+pub(crate) struct WallClock {
+    #[cfg(feature = "metrics")]
+    anchor: Option<(Instant, SystemTime)>,
+}
+
+#[cfg(feature = "metrics")]
+impl WallClock {
+    /// How long an anchor serves: the wall clock may be slewed (or stepped) meanwhile, by far
+    /// less than a queue wait's resolution matters.
+    const REFRESH: Duration = Duration::from_secs(1);
+
+    /// The wall time at `now`.
+    fn at(&mut self, now: Instant) -> SystemTime {
+        match self.anchor {
+            Some((instant, wall)) if now >= instant && now - instant < Self::REFRESH => {
+                wall + (now - instant)
+            }
+            _ => {
+                let wall = SystemTime::now();
+                self.anchor = Some((now, wall));
+                wall
+            }
+        }
     }
 }
