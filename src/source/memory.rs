@@ -101,6 +101,14 @@ impl<T> Queued<T> {
     }
 }
 
+/// One reading of the clock, for a batch of pushes: the instant, and it in microseconds since
+/// the source's `origin`.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    at: Instant,
+    us: u64,
+}
+
 /// A task not due yet; the heap's top is the earliest.
 #[derive(Debug)]
 struct Delayed<T> {
@@ -238,10 +246,20 @@ impl<T> MemorySource<T> {
         us.min(u64::MAX as u128) as u64
     }
 
-    /// Appends a task that became due at `due` to its priority's ready queue. Callers keep each
-    /// ready queue in due order (see [`push`](Self::push)), so its front is its oldest.
-    fn push_ready(&mut self, mut q: Queued<T>, due: Instant) {
-        q.due_us = self.micros(due);
+    /// The clock now, read once for a batch of pushes.
+    fn now(&self) -> Now {
+        let at = Instant::now();
+        Now {
+            at,
+            us: self.micros(at),
+        }
+    }
+
+    /// Appends a task that became due at `due_us` (see `Queued::due_us`) to its priority's
+    /// ready queue. Callers keep each ready queue in due order (see [`push`](Self::push)), so
+    /// its front is its oldest.
+    fn push_ready(&mut self, mut q: Queued<T>, due_us: u64) {
+        q.due_us = due_us;
         self.ready
             .entry(Reverse(q.priority))
             .or_default()
@@ -253,12 +271,12 @@ impl<T> MemorySource<T> {
     ///
     /// A task due now goes behind every delayed task that became due before it: those are
     /// promoted first, so each ready queue stays in due order.
-    fn push(&mut self, q: Queued<T>, due: Option<Instant>, now: Instant) {
+    fn push(&mut self, q: Queued<T>, due: Option<Instant>, now: Now) {
         match due {
-            Some(due) if due > now => self.delayed.push(Delayed { due, task: q }),
+            Some(due) if due > now.at => self.delayed.push(Delayed { due, task: q }),
             _ => {
-                self.promote_due(now);
-                self.push_ready(q, now);
+                self.promote_due(now.at);
+                self.push_ready(q, now.us);
             }
         }
     }
@@ -268,7 +286,8 @@ impl<T> MemorySource<T> {
     fn promote_due(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|d| d.due <= now) {
             if let Some(d) = self.delayed.pop() {
-                self.push_ready(d.task, d.due);
+                let due_us = self.micros(d.due);
+                self.push_ready(d.task, due_us);
             }
         }
     }
@@ -311,7 +330,7 @@ impl<T> MemorySource<T> {
                 SubmitError::Full(payloads)
             });
         }
-        let (now, clock) = (SystemTime::now(), Instant::now());
+        let (now, clock) = (SystemTime::now(), self.now());
         let mut ids = Vec::with_capacity(tasks.len());
         for t in tasks {
             self.next_id += 1;
@@ -347,7 +366,7 @@ impl<T> MemorySource<T> {
         self.dead.push_back((dead, copy));
     }
 
-    fn record(&mut self, ack: Ack, now: Instant) {
+    fn record(&mut self, ack: Ack, now: Now) {
         let copy = self.leased.remove(&ack.id);
         let end = match &ack.disposition {
             Disposition::Completed => Some(End::Completed),
@@ -369,7 +388,7 @@ impl<T> MemorySource<T> {
                     let next = ack.attempt + 1;
                     self.push(
                         Queued::from_task(task.with_attempt(next)),
-                        Some(deadline_after(now, after)),
+                        Some(deadline_after(now.at, after)),
                         now,
                     );
                 }
@@ -384,7 +403,7 @@ impl<T> MemorySource<T> {
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),
-                    Some(deadline_after(now, after)),
+                    Some(deadline_after(now.at, after)),
                     now,
                 ),
                 None => self.bury(
@@ -484,7 +503,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {
-        let now = Instant::now();
+        let now = self.now();
         for ack in acks {
             self.record(ack, now);
         }
@@ -549,7 +568,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         ids: Vec<TaskId>,
     ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, Infallible>> {
         let mut rerun = Vec::new();
-        let now = Instant::now();
+        let now = self.now();
         let mut keep = VecDeque::with_capacity(self.dead.len());
         for (dead, copy) in std::mem::take(&mut self.dead) {
             match copy {
