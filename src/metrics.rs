@@ -221,21 +221,18 @@ impl Metrics {
     }
 
     /// An executor starts an attempt at `now` (the instant it read as the attempt began):
-    /// records how long a first attempt waited since it was submitted (later attempts waited
-    /// out a backoff, which says nothing about the queue). `wall` turns `now` into wall time
-    /// without another clock read (the start is counted per report: [`Count::Started`]).
+    /// records how long a first attempt waited since it became due (submitted, or its delay
+    /// ran out; later attempts waited out a backoff, which says nothing about the queue).
+    /// `wall` turns `now` into wall time without another clock read (the start itself is
+    /// counted per report: [`Count::Started`]).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn started<T>(&self, task: &Task<T>, wall: &mut WallClock, now: Instant) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
             if task.attempt == 1 {
-                // A wall clock stepped back since the submit reads as no wait.
-                let waited = wall
-                    .at(now)
-                    .duration_since(task.enqueued_at)
-                    .unwrap_or(Duration::ZERO);
-                h.queue_wait.record(waited.as_secs_f64());
+                let due = task.due_at.unwrap_or(task.enqueued_at);
+                h.queue_wait.record(wall.since(now, due).as_secs_f64());
             }
         }
     }
@@ -446,17 +443,19 @@ impl WallClock {
     /// less than a queue wait's resolution matters.
     const REFRESH: Duration = Duration::from_secs(1);
 
-    /// The wall time at `now`.
-    fn at(&mut self, now: Instant) -> SystemTime {
-        match self.anchor {
-            Some((instant, wall)) if now >= instant && now - instant < Self::REFRESH => {
-                wall + (now - instant)
-            }
-            _ => {
-                let wall = SystemTime::now();
-                self.anchor = Some((now, wall));
-                wall
+    /// How long before `now` the wall clock read `then` (zero if it read later: a wall clock
+    /// stepped back since).
+    fn since(&mut self, now: Instant, then: SystemTime) -> Duration {
+        if let Some((instant, wall)) = self.anchor {
+            let elapsed = now.saturating_duration_since(instant);
+            if elapsed < Self::REFRESH {
+                return (wall + elapsed)
+                    .duration_since(then)
+                    .unwrap_or(Duration::ZERO);
             }
         }
+        let wall = SystemTime::now();
+        self.anchor = Some((now, wall));
+        wall.duration_since(then).unwrap_or(Duration::ZERO)
     }
 }

@@ -558,3 +558,56 @@ async fn postgres_oldest_queued_age_is_the_oldest_due_row() {
     durable_oldest_age_of_known_rows(source, "postgres_age", inserted).await;
     pg::drop_schema(&schema).await;
 }
+
+/// The queue wait starts when a task becomes due, not when it was submitted: a task delayed by
+/// a second waits at most what passed between its due time and its end, not the delay.
+#[actix_rt::test]
+async fn queue_wait_of_a_delayed_task_counts_from_its_due_time() {
+    use actix_poller::{Submit, TaskOptions};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("delayed_wait")
+            .workers(1)
+            .on_current_arbiter()
+            .start(|_n: u32, _cx: TaskContext| async { Ok::<_, std::io::Error>(()) })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let delay = Duration::from_secs(1);
+    let before = std::time::Instant::now();
+    let receipt = bounded(
+        "submit",
+        poller.submit_with(
+            Submit::new(1)
+                .options(TaskOptions::new().delay(delay))
+                .tracked(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bounded("outcome", receipt.outcome()).await.ok(),
+        Some(FinalState::Completed)
+    );
+    let after_due = before.elapsed().saturating_sub(delay);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Metrics::take(&snapshotter);
+    let waits: Vec<f64> = match m.get(
+        "actix_poller.queue.wait.duration",
+        &[("poller", "delayed_wait")],
+    ) {
+        DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(waits.len(), 1);
+    // The task was due at `before + delay` at the earliest and started before its end was seen.
+    assert!(
+        waits[0] <= (after_due + Duration::from_millis(1)).as_secs_f64(),
+        "waited {} s; {after_due:?} passed after it was due",
+        waits[0]
+    );
+}

@@ -107,6 +107,8 @@ impl<T> Queued<T> {
 struct Now {
     at: Instant,
     us: u64,
+    /// The wall clock, in µs since the Unix epoch (final states' times).
+    wall_us: u64,
 }
 
 /// A task not due yet; the heap's top is the earliest.
@@ -163,6 +165,9 @@ pub struct MemorySource<T> {
     /// The zero of the queued tasks' `due_us` (the source's creation, on tokio's clock: paused
     /// time pauses it too).
     origin: Instant,
+    /// The wall time at `origin`: a fetched task's `due_at` (the `metrics` feature).
+    #[cfg(feature = "metrics")]
+    origin_wall: SystemTime,
 }
 
 impl<T> Default for MemorySource<T> {
@@ -180,6 +185,8 @@ impl<T> Default for MemorySource<T> {
             next_id: 0,
             history: History::default(),
             origin: Instant::now(),
+            #[cfg(feature = "metrics")]
+            origin_wall: SystemTime::now(),
         }
     }
 }
@@ -252,6 +259,7 @@ impl<T> MemorySource<T> {
         Now {
             at,
             us: self.micros(at),
+            wall_us: history::micros_since_epoch(SystemTime::now()),
         }
     }
 
@@ -330,7 +338,8 @@ impl<T> MemorySource<T> {
                 SubmitError::Full(payloads)
             });
         }
-        let (now, clock) = (SystemTime::now(), self.now());
+        let clock = self.now();
+        let now = UNIX_EPOCH + Duration::from_micros(clock.wall_us);
         let mut ids = Vec::with_capacity(tasks.len());
         for t in tasks {
             self.next_id += 1;
@@ -348,8 +357,8 @@ impl<T> MemorySource<T> {
         Ok(ids)
     }
 
-    fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>) {
-        self.history.ended(id, End::Dead, attempts, None);
+    fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>, now: Now) {
+        self.history.ended(id, End::Dead, attempts, now.wall_us);
         if self.dead_retention == 0 {
             return;
         }
@@ -360,7 +369,7 @@ impl<T> MemorySource<T> {
             id,
             attempts,
             error,
-            died_at: SystemTime::now(),
+            died_at: UNIX_EPOCH + Duration::from_micros(now.wall_us),
             rerunnable: copy.is_some(),
         };
         self.dead.push_back((dead, copy));
@@ -374,14 +383,14 @@ impl<T> MemorySource<T> {
             _ => None,
         };
         match end {
-            Some(end) => self.history.ended(ack.id, end, ack.attempt, None),
+            Some(end) => self.history.ended(ack.id, end, ack.attempt, now.wall_us),
             // Dead ones are recorded by `bury`; the rest come back to the queue (or are buried).
             None if matches!(ack.disposition, Disposition::Dead { .. }) => {}
             None => self.history.back(ack.id),
         }
         match ack.disposition {
             Disposition::Completed | Disposition::Cancelled => {}
-            Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy),
+            Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy, now),
             Disposition::Retry { after, error } => match copy {
                 Some(task) => {
                     self.history.failed(ack.id, &error);
@@ -393,7 +402,7 @@ impl<T> MemorySource<T> {
                     );
                 }
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
-                None => self.bury(ack.id, ack.attempt, error, None),
+                None => self.bury(ack.id, ack.attempt, error, None, now),
             },
             Disposition::Release => {
                 if let Some(task) = copy {
@@ -411,6 +420,7 @@ impl<T> MemorySource<T> {
                     ack.attempt,
                     "snoozed, but retries are off for this source".into(),
                     None,
+                    now,
                 ),
             },
         }
@@ -426,7 +436,8 @@ impl<T> MemorySource<T> {
         self.delayed.retain(|d| d.task.id != id.0);
         let cancelled = self.len() < before;
         if cancelled {
-            self.history.ended(id, End::Cancelled, 0, None);
+            let now = history::micros_since_epoch(SystemTime::now());
+            self.history.ended(id, End::Cancelled, 0, now);
         }
         cancelled
     }
@@ -481,7 +492,14 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             let (attempt, max_attempts, enqueued) = (q.attempt, q.max_attempts, q.enqueued_at_us);
             self.history
                 .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
-            let task = q.into_task();
+            #[cfg(feature = "metrics")]
+            let due_at = self.origin_wall + Duration::from_micros(q.due_us);
+            #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+            let mut task = q.into_task();
+            #[cfg(feature = "metrics")]
+            {
+                task.due_at = Some(due_at);
+            }
             if let Some(clone) = self.clone_payload {
                 self.leased
                     .insert(task.id, task.with_payload(clone(&task.payload)));

@@ -34,6 +34,10 @@ pub struct Task<T> {
     pub(crate) progress: Option<watch::Sender<Progress>>,
     /// The submitter's trace context: the parent of this attempt's span.
     pub(crate) trace: Option<Box<Parent>>,
+    /// When it became due, if the source says (a delayed task's `run_at`): the queue-wait
+    /// histogram's start; `enqueued_at` otherwise.
+    #[cfg(feature = "metrics")]
+    pub(crate) due_at: Option<SystemTime>,
 }
 
 impl<T> Task<T> {
@@ -50,6 +54,8 @@ impl<T> Task<T> {
             payload,
             progress: None,
             trace: None,
+            #[cfg(feature = "metrics")]
+            due_at: None,
         }
     }
 
@@ -66,6 +72,8 @@ impl<T> Task<T> {
             payload,
             progress: None,
             trace: self.trace.clone(),
+            #[cfg(feature = "metrics")]
+            due_at: self.due_at,
         }
     }
 

@@ -307,7 +307,9 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace) in rows
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, run_at, seq, trace) in
+        rows
     {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
@@ -327,6 +329,10 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                     .as_deref()
                     .and_then(TraceParent::parse)
                     .map(|tp| Box::new(Parent::Remote(tp)));
+                #[cfg(feature = "metrics")]
+                {
+                    task.due_at = Some(system_time(run_at));
+                }
                 tasks.push(task);
             }
             Err(e) => bad.push((id, format!("the payload does not decode: {e}"))),
