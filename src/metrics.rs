@@ -231,8 +231,13 @@ impl Metrics {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
             if task.attempt == 1 {
-                let due = task.due_at.unwrap_or(task.enqueued_at);
-                h.queue_wait.record(wall.since(now, due).as_secs_f64());
+                let due = match task.due_us {
+                    0 => micros_since_epoch(task.enqueued_at),
+                    us => us,
+                };
+                // A wall clock stepped back since reads as no wait.
+                let waited = wall.micros_at(now).saturating_sub(due);
+                h.queue_wait.record(waited as f64 / 1e6);
             }
         }
     }
@@ -428,34 +433,40 @@ impl Tally {
     }
 }
 
+/// `t` in whole microseconds since the Unix epoch (0 before it).
+#[cfg(feature = "metrics")]
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// An executor's link between the monotonic clock it reads anyway (an attempt's start) and
-/// the wall clock a task's `enqueued_at` is on: one wall-clock read per second at most, instead
-/// of one per attempt. Empty without the feature.
+/// the wall clock a task's due time is on: one wall-clock read per second at most, instead of
+/// one per attempt, and integer microseconds (one subtraction of instants per attempt). Empty
+/// without the feature.
 #[derive(Debug, Default)]
 pub(crate) struct WallClock {
     #[cfg(feature = "metrics")]
-    anchor: Option<(Instant, SystemTime)>,
+    anchor: Option<(Instant, u64)>,
 }
 
 #[cfg(feature = "metrics")]
 impl WallClock {
-    /// How long an anchor serves: the wall clock may be slewed (or stepped) meanwhile, by far
-    /// less than a queue wait's resolution matters.
+    /// How long an anchor serves: the wall clock may be slewed meanwhile, by far less than a
+    /// queue wait's resolution matters (a step is seen at the next anchor).
     const REFRESH: Duration = Duration::from_secs(1);
 
-    /// How long before `now` the wall clock read `then` (zero if it read later: a wall clock
-    /// stepped back since).
-    fn since(&mut self, now: Instant, then: SystemTime) -> Duration {
-        if let Some((instant, wall)) = self.anchor {
+    /// The wall clock at `now`, in µs since the Unix epoch.
+    fn micros_at(&mut self, now: Instant) -> u64 {
+        if let Some((instant, wall_us)) = self.anchor {
             let elapsed = now.saturating_duration_since(instant);
             if elapsed < Self::REFRESH {
-                return (wall + elapsed)
-                    .duration_since(then)
-                    .unwrap_or(Duration::ZERO);
+                // Below a second: its microseconds are all in `subsec_micros`.
+                return wall_us.saturating_add(u64::from(elapsed.subsec_micros()));
             }
         }
-        let wall = SystemTime::now();
-        self.anchor = Some((now, wall));
-        wall.duration_since(then).unwrap_or(Duration::ZERO)
+        let wall_us = micros_since_epoch(SystemTime::now());
+        self.anchor = Some((now, wall_us));
+        wall_us
     }
 }

@@ -165,9 +165,10 @@ pub struct MemorySource<T> {
     /// The zero of the queued tasks' `due_us` (the source's creation, on tokio's clock: paused
     /// time pauses it too).
     origin: Instant,
-    /// The wall time at `origin`: a fetched task's `due_at` (the `metrics` feature).
+    /// The wall time at `origin`, in µs since the Unix epoch: a fetched task's `due_us` (the
+    /// `metrics` feature).
     #[cfg(feature = "metrics")]
-    origin_wall: SystemTime,
+    origin_wall_us: u64,
 }
 
 impl<T> Default for MemorySource<T> {
@@ -186,7 +187,7 @@ impl<T> Default for MemorySource<T> {
             history: History::default(),
             origin: Instant::now(),
             #[cfg(feature = "metrics")]
-            origin_wall: SystemTime::now(),
+            origin_wall_us: history::micros_since_epoch(SystemTime::now()),
         }
     }
 }
@@ -493,12 +494,12 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             self.history
                 .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
             #[cfg(feature = "metrics")]
-            let due_at = self.origin_wall + Duration::from_micros(q.due_us);
+            let due_us = self.origin_wall_us.saturating_add(q.due_us);
             #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
             let mut task = q.into_task();
             #[cfg(feature = "metrics")]
             {
-                task.due_at = Some(due_at);
+                task.due_us = due_us;
             }
             if let Some(clone) = self.clone_payload {
                 self.leased

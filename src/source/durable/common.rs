@@ -331,7 +331,7 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                     .map(|tp| Box::new(Parent::Remote(tp)));
                 #[cfg(feature = "metrics")]
                 {
-                    task.due_at = Some(system_time(run_at));
+                    task.due_us = u64::try_from(run_at).unwrap_or(0);
                 }
                 tasks.push(task);
             }
