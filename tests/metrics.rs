@@ -611,3 +611,68 @@ async fn queue_wait_of_a_delayed_task_counts_from_its_due_time() {
         waits[0]
     );
 }
+
+/// Retries and cancellations, counted per executor report: 10 tasks that fail once then
+/// succeed give 10 retries, 10 failed and 10 completed attempts, 20 starts, and 10 queue waits
+/// (first attempts only); a waiting task cancelled counts once as cancelled.
+#[actix_rt::test]
+async fn retries_and_cancellations_are_counted_exactly() {
+    use actix_poller::RetryPolicy;
+    use std::sync::{Arc, Mutex};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("retries")
+            .workers(2)
+            .on_current_arbiter()
+            .retry(RetryPolicy::attempts(2).fixed(Duration::from_millis(1)))
+            .start(move |n: u32, _cx: TaskContext| {
+                let first = seen.lock().map(|mut s| s.insert(n)).unwrap_or(false);
+                async move {
+                    if first {
+                        Err(std::io::Error::other("first attempt fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let receipts = bounded("submit", poller.submit_batch_tracked((0..10).collect()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for r in receipts {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await.ok(),
+            Some(FinalState::Completed)
+        );
+    }
+    let later = actix_poller::Submit::new(99)
+        .options(actix_poller::TaskOptions::new().delay(Duration::from_secs(3600)))
+        .tracked();
+    let receipt = bounded("submit", poller.submit_with(later))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cancelled = bounded("cancel", poller.cancel(receipt.id()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cancelled, actix_poller::CancelOutcome::Dequeued);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Metrics::take(&snapshotter);
+    let p = ("poller", "retries");
+    assert_eq!(m.counter("messaging.client.sent.messages", &[p]), 11);
+    assert_eq!(m.counter("messaging.client.consumed.messages", &[p]), 20);
+    let attempts = "actix_poller.attempts";
+    assert_eq!(m.counter(attempts, &[p, ("outcome", "failed")]), 10);
+    assert_eq!(m.counter(attempts, &[p, ("outcome", "completed")]), 10);
+    assert_eq!(m.counter("actix_poller.tasks.retried", &[p]), 10);
+    assert_eq!(m.counter("actix_poller.tasks.dead", &[p]), 0);
+    assert_eq!(m.counter("actix_poller.tasks.cancelled", &[p]), 1);
+    assert_eq!(m.samples("actix_poller.queue.wait.duration", &[p]), 10);
+    assert_eq!(m.samples_all("messaging.process.duration", "retries"), 20);
+}
