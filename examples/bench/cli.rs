@@ -51,7 +51,7 @@ pub(crate) enum Workload {
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 11] = [
+pub(crate) const ALL: [Workload; 12] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
