@@ -3,12 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::harness::{Placement, AHEAD};
+use crate::harness::{Placement, AHEAD, HISTORY};
 
 /// Printed for `--help` and, on stderr, for bad input.
 pub(crate) const USAGE: &str = "\
 usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placement X]
-             [--workers K] [--executors E] [--ahead A] [--smoke]
+             [--workers K] [--executors E] [--ahead A] [--history H] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
                  | memory | latency | adaptive | durable-pg | durable-sqlite | durable
@@ -26,6 +26,8 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
   --executors E  executors on their own arbiters (default: one per core)
   --ahead A      tasks each executor may hold queued beyond its credits (default: the crate's,
                  workers ÷ executors rounded up, at most 64)
+  --history H    final states the in-memory source keeps for `Poller::status` (default:
+                 the crate's, 10000; 0 keeps none)
   --smoke        tiny sizes: checks that every workload works; its figures mean nothing
   --help         this text
 ";
@@ -240,6 +242,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parse
             }
             "--workers" => workers = Some(count(&value("a count")?, "--workers", 1, MAX_N)?),
             "--executors" => executors = Some(count(&value("a count")?, "--executors", 1, 256)?),
+            "--history" => {
+                let h = count(&value("a count")?, "--history", 0, 100_000_000)?;
+                HISTORY.store(h, Ordering::Relaxed);
+            }
             "--ahead" => {
                 let a = count(&value("a count")?, "--ahead", 0, 1_000_000)?;
                 AHEAD.store(a, Ordering::Relaxed);
