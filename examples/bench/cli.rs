@@ -11,9 +11,10 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
              [--workers K] [--executors E] [--ahead A] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | durable-pg | durable-sqlite | durable | all
+                 | memory | latency | durable-pg | durable-sqlite | durable-pg-latency
+                 | durable | all
                  (default: all; may be given more than once; the durable ones need the bench
-                 built with `--features postgres,sqlite`, and durable-pg ACTIX_POLLER_PG_URL)
+                 built with `--features postgres,sqlite`, and durable-pg* ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
   --repeat R     runs of each throughput workload; the median is reported (default 3, smoke 1)
   --prefetch P   prefetch value(s) for the slowfetch workloads, comma-separated: a sweep;
@@ -41,11 +42,12 @@ pub(crate) enum Workload {
     Latency,
     DurablePg,
     DurableSqlite,
+    DurablePgLatency,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 10] = [
+pub(crate) const ALL: [Workload; 11] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -56,6 +58,7 @@ pub(crate) const ALL: [Workload; 10] = [
     Workload::Latency,
     Workload::DurablePg,
     Workload::DurableSqlite,
+    Workload::DurablePgLatency,
 ];
 
 impl Workload {
@@ -72,13 +75,14 @@ impl Workload {
             Workload::Latency => "latency",
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
+            Workload::DurablePgLatency => "durable-pg-latency",
         }
     }
 
     /// Whether this build can run it (the durable workloads need their cargo feature).
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg => cfg!(feature = "postgres"),
+            Workload::DurablePg | Workload::DurablePgLatency => cfg!(feature = "postgres"),
             Workload::DurableSqlite => cfg!(feature = "sqlite"),
             _ => true,
         }
@@ -89,7 +93,11 @@ impl Workload {
         match name {
             "all" => Some(ALL.iter().copied().filter(|w| w.built()).collect()),
             "slowfetch" => Some(vec![Workload::SlowfetchBatch, Workload::SlowfetchSingle]),
-            "durable" => Some(vec![Workload::DurablePg, Workload::DurableSqlite]),
+            "durable" => Some(vec![
+                Workload::DurablePg,
+                Workload::DurableSqlite,
+                Workload::DurablePgLatency,
+            ]),
             _ => ALL.iter().find(|w| w.name() == name).map(|w| vec![*w]),
         }
     }
@@ -106,6 +114,7 @@ pub(crate) struct Sizes {
     pub(crate) memory: usize,
     pub(crate) latency: usize,
     pub(crate) durable: usize,
+    pub(crate) durable_latency: usize,
 }
 
 impl Sizes {
@@ -119,6 +128,7 @@ impl Sizes {
         memory: 1_000_000,
         latency: 2_000,
         durable: 50_000,
+        durable_latency: 2_000,
     };
 
     /// `--smoke`: tiny, seconds in all.
@@ -131,6 +141,7 @@ impl Sizes {
         memory: 10_000,
         latency: 50,
         durable: 500,
+        durable_latency: 20,
     };
 
     /// Every task count set to `n`.
@@ -142,6 +153,7 @@ impl Sizes {
         self.memory = n;
         self.latency = n;
         self.durable = n;
+        self.durable_latency = n;
         self
     }
 }

@@ -400,6 +400,8 @@ async fn listen(mut listener: PgListener, signal: Arc<Signal>) {
         match listener.try_recv().await {
             Ok(Some(_)) => {
                 failures = 0;
+                // For a latency breakdown (the bench's durable-pg-latency stamps it).
+                tracing::trace!(name: "actix_poller.notified", "a notification arrived");
                 common::bump(&signal);
             }
             Ok(None) => {
