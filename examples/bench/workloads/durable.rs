@@ -71,7 +71,7 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(
     k: usize,
     prefetch: Option<usize>,
     server: Option<Probe<'_>>,
-) -> Result<(Run, Option<f64>), String> {
+) -> Result<(Run, Option<f64>, u64), String> {
     let tally = Tally::new(n);
     let t = Arc::clone(&tally);
     let mut b = Poller::<u64>::builder().workers(k);
@@ -92,13 +92,14 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(
         .map_err(|e| format!("start: {e}"))?;
     tally.wait().await?;
     let run = clock.stop(n, Duration::ZERO);
+    let fetches = poller.stats().fetch_calls;
     let server = match &server {
         // Ticks of 10 ms, in µs per task; the backends live as long as the pools, past here.
         Some(ticks) => Some(ticks().await.saturating_sub(before) as f64 * 1e4 / n.max(1) as f64),
         None => None,
     };
     finish(&poller, Some(n)).await?;
-    Ok((run, server))
+    Ok((run, server, fetches))
 }
 
 /// Enqueues `n` rows through the source's queue API, in chunks.
@@ -123,7 +124,7 @@ async fn one(
     n: usize,
     k: usize,
     prefetch: Option<usize>,
-) -> Result<(Run, Option<f64>), String> {
+) -> Result<(Run, Option<f64>, u64), String> {
     let tag = format!("{}_{:x}", std::process::id(), fastrand::u64(..));
     match store {
         #[cfg(feature = "postgres")]
@@ -189,16 +190,19 @@ pub(crate) fn durable(store: Store, n: usize, k: usize, repeat: usize) -> Result
     let name = store.name();
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     let (mut server, mut server_base) = (Vec::new(), Vec::new());
+    let (mut fetches, mut fetches_base) = (Vec::new(), Vec::new());
     for _ in 0..repeat {
-        let (run, cpu) = in_system(one(store, n, k, None))?;
+        let (run, cpu, f) = in_system(one(store, n, k, None))?;
         ours.push(run);
         server.extend(cpu);
-        let (run, cpu) = in_system(one(store, n, k, Some(0)))?;
+        fetches.push(f);
+        let (run, cpu, f) = in_system(one(store, n, k, Some(0)))?;
         base.push(run);
         server_base.extend(cpu);
+        fetches_base.push(f);
     }
     // CPU per task, µs: the poller's process, and (PostgreSQL) the server's backends.
-    let cpu = |runs: &[Run], server: &mut Vec<f64>| {
+    let cpu = |runs: &[Run], server: &mut Vec<f64>, fetches: &mut Vec<u64>| {
         let mut client: Vec<f64> = runs
             .iter()
             .filter_map(|r| r.cpu.map(|c| c.as_secs_f64() * 1e6 / r.tasks.max(1) as f64))
@@ -210,10 +214,17 @@ pub(crate) fn durable(store: Store, n: usize, k: usize, repeat: usize) -> Result
         if !server.is_empty() {
             s += &format!(", server backends {:.1} µs", mid(server));
         }
+        fetches.sort_unstable();
+        if let Some(f) = fetches.get(fetches.len() / 2) {
+            s += &format!(
+                "; {f} fetch calls (median), {:.0} tasks per call",
+                n as f64 / (*f).max(1) as f64
+            );
+        }
         s
     };
-    let cpu_ours = cpu(&ours, &mut server);
-    let cpu_base = cpu(&base, &mut server_base);
+    let cpu_ours = cpu(&ours, &mut server, &mut fetches);
+    let cpu_base = cpu(&base, &mut server_base, &mut fetches_base);
     let spread = |runs: &[Run]| {
         let mut r: Vec<f64> = runs.iter().map(Run::rate).collect();
         r.sort_by(f64::total_cmp);
