@@ -39,7 +39,7 @@ impl DurableConfig<SqliteDialect> {
     /// The database at `path` (created if missing), with the defaults: table
     /// [`DEFAULT_TABLE`](super::DEFAULT_TABLE), 30 s leases, a 1 s poll with 20 % jitter,
     /// completed tasks kept for 24 h, migrations on, fetches of at most 1 000 tasks, 4 pooled
-    /// connections, a 10 s busy timeout.
+    /// connections (and one of the poller's own for its writes), a 10 s busy timeout.
     pub fn new(path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
         let busy_timeout = Duration::from_secs(10);
