@@ -12,7 +12,7 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
                  | memory | latency | durable-pg | durable-sqlite | durable-pg-latency
-                 | durable | all
+                 | durable | durable-pg-pace | all
                  (default: all; may be given more than once; the durable ones need the bench
                  built with `--features postgres,sqlite`, and durable-pg* ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
@@ -43,11 +43,12 @@ pub(crate) enum Workload {
     DurablePg,
     DurableSqlite,
     DurablePgLatency,
+    DurablePgPace,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 11] = [
+pub(crate) const ALL: [Workload; 12] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -59,6 +60,7 @@ pub(crate) const ALL: [Workload; 11] = [
     Workload::DurablePg,
     Workload::DurableSqlite,
     Workload::DurablePgLatency,
+    Workload::DurablePgPace,
 ];
 
 impl Workload {
@@ -76,13 +78,16 @@ impl Workload {
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
             Workload::DurablePgLatency => "durable-pg-latency",
+            Workload::DurablePgPace => "durable-pg-pace",
         }
     }
 
     /// Whether this build can run it (the durable workloads need their cargo feature).
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg | Workload::DurablePgLatency => cfg!(feature = "postgres"),
+            Workload::DurablePg | Workload::DurablePgLatency | Workload::DurablePgPace => {
+                cfg!(feature = "postgres")
+            }
             Workload::DurableSqlite => cfg!(feature = "sqlite"),
             _ => true,
         }
