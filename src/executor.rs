@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
-use crate::metrics::Count;
+use crate::metrics::{Count, WallClock};
 use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
@@ -206,6 +206,8 @@ pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     dequeued: u32,
     credits_used: u32,
     started: u64,
+    /// Wall time from the attempts' start instants, for the queue-wait histogram.
+    wall: WallClock,
     // Its flow is mirrored by the Scheduler from each `Done` (see `Done::started`); the
     // executor counts only its own loss (`Stats::executors_lost`, in `Drop`).
     counters: Arc<Counters>,
@@ -263,6 +265,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             dequeued: 0,
             credits_used: 0,
             started: 0,
+            wall: WallClock::default(),
             counters,
             draining: None,
             retired: false,
@@ -300,7 +303,10 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// handler panicked when called (the attempt ended without a future).
     fn start(&mut self, mut task: Task<T>, poll_cx: &mut TaskCx<'_>) -> bool {
         self.started += 1;
-        self.counters.metrics.started(&task);
+        // One clock read: the attempt's start (its run time, for an adaptive limit and the
+        // run-time histogram), its deadline, and its queue wait (the `metrics` feature).
+        let now = Instant::now();
+        self.counters.metrics.started(&task, &mut self.wall, now);
         let parent = task.trace.take();
         let span = trace::attempt_span(
             &self.trace,
@@ -312,7 +318,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         drop(parent);
         let timeout = task.timeout.or(self.default_timeout);
         // A timeout too long to represent as an instant (`Duration::MAX`) is no timeout.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = timeout.and_then(|t| now.checked_add(t));
         let cx = TaskContext::new(&task, self.index, deadline, Rc::clone(&self.cancels));
         let (id, attempt, max_attempts) = (task.id, task.attempt, task.max_attempts);
         let called = {
@@ -331,7 +337,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     waker: None,
                     ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
-                    began: Instant::now(),
+                    began: now,
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
                 });
                 // The set links a pushed future at the head of its list; checked, not assumed.

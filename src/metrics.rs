@@ -6,14 +6,22 @@
 //! look a metric up by name. A recorder installed with `metrics::with_local_recorder` around
 //! `start` therefore sees everything the poller's actors record, whichever thread they run on.
 //! docs/observability.md ("Metrics") lists every name, type, unit and label.
+//!
+//! The hot path's cost (docs/benchmarks.md, "The `metrics` feature's overhead"): counters are
+//! added once per executor report (`Done`: [`Tally`], [`Count::Started`]), not per attempt;
+//! per attempt there are only the two histogram samples, and no clock read of their own: the
+//! run time is the executor's `Finished::elapsed`, and the queue wait reads the instant the
+//! executor takes as the attempt starts, turned into wall time by the executor's [`WallClock`].
 
 #[cfg(feature = "metrics")]
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use crate::source::Fetched;
 #[cfg(feature = "metrics")]
 use crate::task::Outcome;
-use crate::task::{Disposition, Finished, QueueCounts, Task};
+use crate::task::{Finished, QueueCounts, Task};
 
 /// Metric names (OpenTelemetry's messaging conventions where one fits, `actix_poller.*`
 /// otherwise).
@@ -35,6 +43,7 @@ pub(crate) mod names {
     pub(crate) const LIMIT: &str = "actix_poller.workers.limit";
     pub(crate) const BUFFERED: &str = "actix_poller.tasks.buffered";
     pub(crate) const QUEUED: &str = "actix_poller.tasks.queued";
+    pub(crate) const OLDEST: &str = "actix_poller.queue.oldest_age";
     pub(crate) const PENDING_ACKS: &str = "actix_poller.acks.pending";
     pub(crate) const LEASES: &str = "actix_poller.leases.held";
     pub(crate) const QUEUE_WAIT: &str = "actix_poller.queue.wait.duration";
@@ -96,6 +105,7 @@ struct Handles {
     limit: ::metrics::Gauge,
     buffered: ::metrics::Gauge,
     queued: [::metrics::Gauge; 5],
+    oldest: ::metrics::Gauge,
     pending_acks: ::metrics::Gauge,
     leases: ::metrics::Gauge,
     queue_wait: ::metrics::Histogram,
@@ -153,6 +163,7 @@ impl Handles {
             busy: gauge!(names::BUSY, p),
             buffered: gauge!(names::BUFFERED, p),
             queued,
+            oldest: gauge!(names::OLDEST, p),
             pending_acks: gauge!(names::PENDING_ACKS, p),
             leases: gauge!(names::LEASES, p),
             queue_wait: histogram!(names::QUEUE_WAIT, p),
@@ -168,6 +179,8 @@ impl Handles {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Count {
     Submitted,
+    /// Attempts started, added per executor report.
+    Started,
     Cancelled,
     Dead,
     DroppedSubmits,
@@ -195,6 +208,7 @@ impl Metrics {
         if let Some(h) = &self.handles {
             let c = match which {
                 Count::Submitted => &h.submitted,
+                Count::Started => &h.started,
                 Count::Cancelled => &h.cancelled,
                 Count::Dead => &h.dead,
                 Count::DroppedSubmits => &h.dropped_submits,
@@ -206,48 +220,48 @@ impl Metrics {
         }
     }
 
-    /// An executor starts an attempt: counts it, and records how long a first attempt waited
-    /// since it was submitted (later attempts waited out a backoff, which says nothing about
-    /// the queue).
+    /// An executor starts an attempt at `now` (the instant it read as the attempt began):
+    /// records how long a first attempt waited since it became due (submitted, or its delay
+    /// ran out; later attempts waited out a backoff, which says nothing about the queue).
+    /// `wall` turns `now` into wall time without another clock read (the start itself is
+    /// counted per report: [`Count::Started`]).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn started<T>(&self, task: &Task<T>) {
+    pub(crate) fn started<T>(&self, task: &Task<T>, wall: &mut WallClock, now: Instant) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
-            h.started.increment(1);
             if task.attempt == 1 {
-                // A wall clock stepped back since the submit reads as no wait.
-                let waited = SystemTime::now()
-                    .duration_since(task.enqueued_at)
-                    .unwrap_or(Duration::ZERO);
-                h.queue_wait.record(waited.as_secs_f64());
+                let due = match task.due_us {
+                    0 => micros_since_epoch(task.enqueued_at),
+                    us => us,
+                };
+                // A wall clock stepped back since reads as no wait.
+                let waited = wall.micros_at(now).saturating_sub(due);
+                h.queue_wait.record(waited as f64 / 1e6);
             }
         }
     }
 
-    /// The Scheduler settled one attempt: its outcome, run time, and what happens next.
+    /// The Scheduler settled one executor report's attempts ([`Tally`]): `dead` of them went
+    /// dead, `retried` will run again, `cancelled` were cancelled (or interrupted).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn settled(&self, fin: &Finished, disposition: &Disposition) {
+    pub(crate) fn settled(&self, tally: &Tally, dead: u64, retried: u64, cancelled: u64) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.handles {
-            let i = outcome_index(&fin.outcome);
-            if let Some(c) = h.attempts.get(i) {
-                c.increment(1);
+            for (c, n) in h.attempts.iter().zip(tally.attempts) {
+                if n > 0 {
+                    c.increment(n);
+                }
             }
-            // `elapsed` is the executor's own measure (the adaptive limit reads it too); zero
-            // for a task cancelled before it started, which never ran.
-            let never_ran = fin.elapsed.is_zero() && matches!(fin.outcome, Outcome::Cancelled);
-            if let (false, Some(hist)) = (never_ran, h.process.get(i)) {
-                hist.record(fin.elapsed.as_secs_f64());
-            }
-            match disposition {
-                Disposition::Dead { .. } => h.dead.increment(1),
-                Disposition::Retry { .. } => h.retried.increment(1),
-                _ => {}
-            }
-            if matches!(fin.outcome, Outcome::Cancelled | Outcome::Interrupted) {
-                h.cancelled.increment(1);
+            for (c, n) in [
+                (&h.dead, dead),
+                (&h.retried, retried),
+                (&h.cancelled, cancelled),
+            ] {
+                if n > 0 {
+                    c.increment(n);
+                }
             }
         }
     }
@@ -316,7 +330,7 @@ impl Metrics {
         }
     }
 
-    /// The source's counts by state.
+    /// The source's counts by state, and its oldest due task's age (0 when none is due).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn counted(&self, counts: &QueueCounts) {
@@ -332,6 +346,11 @@ impl Metrics {
             for (g, v) in h.queued.iter().zip(values) {
                 g.set(v as f64);
             }
+            h.oldest.set(
+                counts
+                    .oldest_queued_age
+                    .map_or(0.0, |age| age.as_secs_f64()),
+            );
         }
     }
 
@@ -382,5 +401,72 @@ impl Stopwatch {
     #[cfg(feature = "metrics")]
     fn duration(&self) -> Option<Duration> {
         Some(self.at.elapsed())
+    }
+}
+
+/// One executor report's attempts by outcome, for [`Metrics::settled`]; each attempt's run time
+/// is recorded as it is added. Empty without the feature.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    #[cfg(feature = "metrics")]
+    attempts: [u64; 8],
+}
+
+impl Tally {
+    /// Counts `fin`'s outcome, and records its run time (`elapsed` is the executor's own
+    /// measure, which the adaptive limit reads too; zero for a task cancelled before it
+    /// started, which never ran and records none).
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn add(&mut self, metrics: &Metrics, fin: &Finished) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = &metrics.handles {
+            let i = outcome_index(&fin.outcome);
+            if let Some(n) = self.attempts.get_mut(i) {
+                *n += 1;
+            }
+            let never_ran = fin.elapsed.is_zero() && matches!(fin.outcome, Outcome::Cancelled);
+            if let (false, Some(hist)) = (never_ran, h.process.get(i)) {
+                hist.record(fin.elapsed.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// `t` in whole microseconds since the Unix epoch (0 before it).
+#[cfg(feature = "metrics")]
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// An executor's link between the monotonic clock it reads anyway (an attempt's start) and
+/// the wall clock a task's due time is on: one wall-clock read per second at most, instead of
+/// one per attempt, and integer microseconds (one subtraction of instants per attempt). Empty
+/// without the feature.
+#[derive(Debug, Default)]
+pub(crate) struct WallClock {
+    #[cfg(feature = "metrics")]
+    anchor: Option<(Instant, u64)>,
+}
+
+#[cfg(feature = "metrics")]
+impl WallClock {
+    /// How long an anchor serves: the wall clock may be slewed meanwhile, by far less than a
+    /// queue wait's resolution matters (a step is seen at the next anchor).
+    const REFRESH: Duration = Duration::from_secs(1);
+
+    /// The wall clock at `now`, in µs since the Unix epoch.
+    fn micros_at(&mut self, now: Instant) -> u64 {
+        if let Some((instant, wall_us)) = self.anchor {
+            let elapsed = now.saturating_duration_since(instant);
+            if elapsed < Self::REFRESH {
+                // Below a second: its microseconds are all in `subsec_micros`.
+                return wall_us.saturating_add(u64::from(elapsed.subsec_micros()));
+            }
+        }
+        let wall_us = micros_since_epoch(SystemTime::now());
+        self.anchor = Some((now, wall_us));
+        wall_us
     }
 }

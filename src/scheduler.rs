@@ -17,6 +17,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::messages::GetStats;
+use crate::metrics::{Count, Tally};
 use crate::pace::{Limiter, Sample};
 use crate::protocol::{BeginShutdown, Done, ExecutorDelta, Flush, Ready};
 use crate::retry::Backoff;
@@ -186,6 +187,7 @@ impl Handler<Done> for Scheduler {
         let c = &counters;
         let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
         let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
+        let mut tally = Tally::default();
         self.acks.reserve(n);
         for fin in msg.finished {
             // Logged by the executor, inside the attempt's span (`trace::attempt_ended`).
@@ -210,7 +212,7 @@ impl Handler<Done> for Scheduler {
             }
             self.observe(&fin);
             let disposition = settle(&fin, &self.retry_backoff);
-            c.metrics.settled(&fin, &disposition);
+            tally.add(&c.metrics, &fin);
             match disposition {
                 Disposition::Dead { .. } => dead += 1,
                 Disposition::Retry { .. } => retried += 1,
@@ -230,6 +232,8 @@ impl Handler<Done> for Scheduler {
         Counters::add(&c.timed_out, timed_out);
         Counters::add(&c.snoozed, snoozed);
         Counters::add(&c.retried, retried);
+        c.metrics.settled(&tally, dead, retried, cancelled);
+        c.metrics.count(Count::Started, msg.started as u64);
         if let Some(e) = c.per_executor.get(msg.executor) {
             Counters::add(&e.completed, completed);
             Counters::add(&e.failed, failed);

@@ -346,3 +346,333 @@ async fn count(conn: &mut sqlx::SqliteConnection, sql: String) -> f64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     n as f64
 }
+
+/// A handler for the queue-age tests: reports each task it starts on `started`, then waits
+/// for a permit of `gate` (none until the test adds them).
+fn gated(
+    started: tokio::sync::mpsc::UnboundedSender<u32>,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+) -> impl Fn(u32, TaskContext) -> futures::future::BoxFuture<'static, Result<(), std::io::Error>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |n, _cx| {
+        let (started, gate) = (started.clone(), gate.clone());
+        Box::pin(async move {
+            let _ = started.send(n);
+            let _permit = gate
+                .acquire()
+                .await
+                .map_err(|_| std::io::Error::other("gate closed"))?;
+            Ok(())
+        })
+    }
+}
+
+/// The in-memory source: on paused time, the oldest queued task's age is exact. One worker,
+/// held by a task that waits on a gate; no prefetch and nothing queued ahead at the executor,
+/// so the next two stay in the source.
+#[actix_rt::test]
+async fn memory_oldest_queued_age_is_exact_on_paused_time() {
+    tokio::time::pause();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("memory_age")
+            .workers(1)
+            .prefetch(0)
+            .dispatch_ahead(0)
+            .on_current_arbiter()
+            .start(gated(tx, gate.clone()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let first = bounded("submit", poller.submit_tracked(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bounded("start", started.recv()).await, Some(0));
+    let rest = bounded("submit", poller.submit_batch_tracked(vec![1, 2]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::advance(Duration::from_secs(7)).await;
+    let counts = bounded("counts", poller.counts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the in-memory source counts");
+    assert_eq!((counts.queued, counts.running), (2, 1));
+    assert_eq!(counts.oldest_queued_age, Some(Duration::from_secs(7)));
+    let name = "actix_poller.queue.oldest_age";
+    let p = ("poller", "memory_age");
+    assert_eq!(Metrics::take(&snapshotter).gauge(name, &[p]), 7.0);
+
+    gate.add_permits(3);
+    for r in std::iter::once(first).chain(rest) {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await.ok(),
+            Some(FinalState::Completed)
+        );
+    }
+    let counts = bounded("counts", poller.counts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the in-memory source counts");
+    assert_eq!((counts.queued, counts.oldest_queued_age), (0, None));
+    assert_eq!(Metrics::take(&snapshotter).gauge(name, &[p]), 0.0);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A durable store with known rows, inserted by hand before the poller starts (`run_at`
+/// relative to the store's clock): 10 (priority 5, due 10 s ago), 20 (due an hour ago), 30 (due
+/// a minute ago), 40 (due in an hour). One worker, no prefetch, nothing queued ahead: it takes 10 (first in fetch
+/// order) and holds it, so 20 is the oldest due row: its age is an hour plus the time between
+/// the insert (`inserted`, taken just before it) and the count, never less, never more.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn durable_oldest_age_of_known_rows<S>(
+    source: S,
+    name: &'static str,
+    inserted: std::time::Instant,
+) where
+    S: actix_poller::source::Source<u32>,
+{
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .source(source)
+            .name(name)
+            .workers(1)
+            .prefetch(0)
+            .dispatch_ahead(0)
+            .on_current_arbiter()
+            .start(gated(tx, gate.clone()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bounded("start", started.recv()).await, Some(10));
+    let counts = bounded("counts", poller.counts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a durable source counts");
+    let counted = inserted.elapsed();
+    assert_eq!((counts.queued, counts.scheduled, counts.running), (2, 1, 1));
+    let hour = Duration::from_secs(3600);
+    // One µs of rounding either side (times are stored in whole microseconds).
+    let slack = Duration::from_micros(2);
+    let age = counts.oldest_queued_age.expect("two rows are due");
+    assert!(
+        age >= hour && age <= hour + counted + slack,
+        "{age:?} is not an hour plus at most {counted:?}"
+    );
+    let gauge =
+        Metrics::take(&snapshotter).gauge("actix_poller.queue.oldest_age", &[("poller", name)]);
+    let sampled = inserted.elapsed();
+    // Set by that count, or by a periodic sample since (never earlier than the count).
+    assert!(
+        gauge >= age.as_secs_f64() - 1e-6 && gauge <= (hour + sampled + slack).as_secs_f64(),
+        "gauge {gauge} vs age {age:?}"
+    );
+    gate.add_permits(10);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[cfg(feature = "sqlite")]
+#[actix_rt::test]
+async fn sqlite_oldest_queued_age_is_the_oldest_due_row() {
+    use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
+    use sqlx::Connection;
+
+    let path = std::env::temp_dir().join(format!(
+        "actix-poller-metrics-age-{}-{}.db",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let source = SqliteSource::<u32>::connect(
+        SqliteConfig::new(&path)
+            .table("metrics_age")
+            .default_attempts(1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inserted = std::time::Instant::now();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let rows = [(10, 5, -10), (20, 0, -3600), (30, 0, -60), (40, 0, 3600)];
+    for (payload, priority, secs) in rows {
+        let run_at = now_us + secs * 1_000_000;
+        sqlx::query(&format!(
+            "INSERT INTO {} (payload, priority, run_at, enqueued_at) VALUES (?, ?, ?, ?)",
+            source.table()
+        ))
+        .bind(payload.to_string())
+        .bind(priority)
+        .bind(run_at)
+        .bind(run_at)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    }
+    drop(conn);
+    durable_oldest_age_of_known_rows(source, "sqlite_age", inserted).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[cfg(feature = "postgres")]
+#[path = "pg/mod.rs"]
+mod pg;
+
+#[cfg(feature = "postgres")]
+#[actix_rt::test]
+async fn postgres_oldest_queued_age_is_the_oldest_due_row() {
+    use actix_poller::source::postgres::PgSource;
+
+    let schema = pg::fresh_schema();
+    let source = PgSource::<u32>::connect(pg::config(&schema).default_attempts(1))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let pool = pg::pool().await;
+    let inserted = std::time::Instant::now();
+    // One statement, so one `now()` for every row.
+    sqlx::query(&format!(
+        "INSERT INTO {} (payload, priority, run_at, enqueued_at)
+         SELECT r.payload::jsonb, r.priority, now() + r.secs * interval '1 second', now()
+         FROM (VALUES ('10', 5, -10), ('20', 0, -3600), ('30', 0, -60), ('40', 0, 3600))
+              AS r (payload, priority, secs)",
+        source.table()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("insert: {e}"));
+    pool.close().await;
+    durable_oldest_age_of_known_rows(source, "postgres_age", inserted).await;
+    pg::drop_schema(&schema).await;
+}
+
+/// The queue wait starts when a task becomes due, not when it was submitted: a task delayed by
+/// a second waits at most what passed between its due time and its end, not the delay.
+#[actix_rt::test]
+async fn queue_wait_of_a_delayed_task_counts_from_its_due_time() {
+    use actix_poller::{Submit, TaskOptions};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("delayed_wait")
+            .workers(1)
+            .on_current_arbiter()
+            .start(|_n: u32, _cx: TaskContext| async { Ok::<_, std::io::Error>(()) })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let delay = Duration::from_secs(1);
+    let before = std::time::Instant::now();
+    let receipt = bounded(
+        "submit",
+        poller.submit_with(
+            Submit::new(1)
+                .options(TaskOptions::new().delay(delay))
+                .tracked(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bounded("outcome", receipt.outcome()).await.ok(),
+        Some(FinalState::Completed)
+    );
+    let after_due = before.elapsed().saturating_sub(delay);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Metrics::take(&snapshotter);
+    let waits: Vec<f64> = match m.get(
+        "actix_poller.queue.wait.duration",
+        &[("poller", "delayed_wait")],
+    ) {
+        DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(waits.len(), 1);
+    // The task was due at `before + delay` at the earliest and started before its end was seen.
+    assert!(
+        waits[0] <= (after_due + Duration::from_millis(1)).as_secs_f64(),
+        "waited {} s; {after_due:?} passed after it was due",
+        waits[0]
+    );
+}
+
+/// Retries and cancellations, counted per executor report: 10 tasks that fail once then
+/// succeed give 10 retries, 10 failed and 10 completed attempts, 20 starts, and 10 queue waits
+/// (first attempts only); a waiting task cancelled counts once as cancelled.
+#[actix_rt::test]
+async fn retries_and_cancellations_are_counted_exactly() {
+    use actix_poller::RetryPolicy;
+    use std::sync::{Arc, Mutex};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("retries")
+            .workers(2)
+            .on_current_arbiter()
+            .retry(RetryPolicy::attempts(2).fixed(Duration::from_millis(1)))
+            .start(move |n: u32, _cx: TaskContext| {
+                let first = seen.lock().map(|mut s| s.insert(n)).unwrap_or(false);
+                async move {
+                    if first {
+                        Err(std::io::Error::other("first attempt fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let receipts = bounded("submit", poller.submit_batch_tracked((0..10).collect()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for r in receipts {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await.ok(),
+            Some(FinalState::Completed)
+        );
+    }
+    let later = actix_poller::Submit::new(99)
+        .options(actix_poller::TaskOptions::new().delay(Duration::from_secs(3600)))
+        .tracked();
+    let receipt = bounded("submit", poller.submit_with(later))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cancelled = bounded("cancel", poller.cancel(receipt.id()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cancelled, actix_poller::CancelOutcome::Dequeued);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Metrics::take(&snapshotter);
+    let p = ("poller", "retries");
+    assert_eq!(m.counter("messaging.client.sent.messages", &[p]), 11);
+    assert_eq!(m.counter("messaging.client.consumed.messages", &[p]), 20);
+    let attempts = "actix_poller.attempts";
+    assert_eq!(m.counter(attempts, &[p, ("outcome", "failed")]), 10);
+    assert_eq!(m.counter(attempts, &[p, ("outcome", "completed")]), 10);
+    assert_eq!(m.counter("actix_poller.tasks.retried", &[p]), 10);
+    assert_eq!(m.counter("actix_poller.tasks.dead", &[p]), 0);
+    assert_eq!(m.counter("actix_poller.tasks.cancelled", &[p]), 1);
+    assert_eq!(m.samples("actix_poller.queue.wait.duration", &[p]), 10);
+    assert_eq!(m.samples_all("messaging.process.duration", "retries"), 20);
+}

@@ -3,20 +3,21 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::harness::{Placement, AHEAD};
+use crate::harness::{Placement, AHEAD, HISTORY};
 
 /// Printed for `--help` and, on stderr, for bad input.
 pub(crate) const USAGE: &str = "\
 usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placement X]
-             [--workers K] [--executors E] [--ahead A] [--smoke]
+             [--workers K] [--executors E] [--ahead A] [--history H] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | durable-pg | durable-sqlite | durable-pg-latency
-                 | durable | durable-pg-pace | all
+                 | memory | latency | adaptive | durable-pg | durable-sqlite
+                 | durable-pg-latency | durable | durable-pg-pace | all
                  (default: all; may be given more than once; the durable ones need the bench
                  built with `--features postgres,sqlite`, and durable-pg* ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
-  --repeat R     runs of each throughput workload; the median is reported (default 3, smoke 1)
+  --repeat R     runs of each throughput workload (and of adaptive); the median is reported
+                 (default 3, smoke 1)
   --prefetch P   prefetch value(s) for the slowfetch workloads, comma-separated: a sweep;
                  `auto` = the builder's default, tuned (default: auto)
   --placement X  current | own | both: where our executors run, for every workload
@@ -25,6 +26,8 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
   --executors E  executors on their own arbiters (default: one per core)
   --ahead A      tasks each executor may hold queued beyond its credits (default: the crate's,
                  workers ÷ executors rounded up, at most 64)
+  --history H    final states the in-memory source keeps for `Poller::status` (default:
+                 the crate's, 10000; 0 keeps none)
   --smoke        tiny sizes: checks that every workload works; its figures mean nothing
   --help         this text
 ";
@@ -40,6 +43,7 @@ pub(crate) enum Workload {
     Idle,
     Memory,
     Latency,
+    Adaptive,
     DurablePg,
     DurableSqlite,
     DurablePgLatency,
@@ -48,7 +52,7 @@ pub(crate) enum Workload {
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 12] = [
+pub(crate) const ALL: [Workload; 13] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -57,6 +61,7 @@ pub(crate) const ALL: [Workload; 12] = [
     Workload::Idle,
     Workload::Memory,
     Workload::Latency,
+    Workload::Adaptive,
     Workload::DurablePg,
     Workload::DurableSqlite,
     Workload::DurablePgLatency,
@@ -75,6 +80,7 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Memory => "memory",
             Workload::Latency => "latency",
+            Workload::Adaptive => "adaptive",
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
             Workload::DurablePgLatency => "durable-pg-latency",
@@ -249,6 +255,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parse
             }
             "--workers" => workers = Some(count(&value("a count")?, "--workers", 1, MAX_N)?),
             "--executors" => executors = Some(count(&value("a count")?, "--executors", 1, 256)?),
+            "--history" => {
+                let h = count(&value("a count")?, "--history", 0, 100_000_000)?;
+                HISTORY.store(h, Ordering::Relaxed);
+            }
             "--ahead" => {
                 let a = count(&value("a count")?, "--ahead", 0, 1_000_000)?;
                 AHEAD.store(a, Ordering::Relaxed);

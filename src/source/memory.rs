@@ -44,7 +44,7 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many dead tasks [`MemorySource::default`] keeps (the oldest go first).
 pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
 
-/// A waiting task, stored compactly (48 bytes beside the payload: 32 of fields, one pointer
+/// A waiting task, stored compactly (56 bytes beside the payload: 40 of fields, one pointer
 /// to the submitter's trace context, null unless a span was open at submit, and one for the
 /// pace key).
 #[derive(Debug)]
@@ -52,6 +52,9 @@ struct Queued<T> {
     id: u64,
     /// Microseconds since the Unix epoch.
     enqueued_at_us: u64,
+    /// When it became due (entered a ready queue, or its delay ran out), in microseconds since
+    /// the source's `origin`: the age of the oldest queued task (`QueueCounts::oldest_queued_age`).
+    due_us: u64,
     /// Milliseconds; 0 = the poller's default.
     timeout_ms: u32,
     priority: i32,
@@ -70,6 +73,7 @@ impl<T> Queued<T> {
                 .enqueued_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64),
+            due_us: 0,
             timeout_ms: task
                 .timeout
                 .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32),
@@ -95,6 +99,16 @@ impl<T> Queued<T> {
         task.trace = self.trace;
         task
     }
+}
+
+/// One reading of the clock, for a batch of pushes: the instant, and it in microseconds since
+/// the source's `origin`.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    at: Instant,
+    us: u64,
+    /// The wall clock, in µs since the Unix epoch (final states' times).
+    wall_us: u64,
 }
 
 /// A task not due yet; the heap's top is the earliest.
@@ -148,6 +162,13 @@ pub struct MemorySource<T> {
     next_id: u64,
     /// Tasks handed out, and the last final states, for [`Source::status`].
     history: History,
+    /// The zero of the queued tasks' `due_us` (the source's creation, on tokio's clock: paused
+    /// time pauses it too).
+    origin: Instant,
+    /// The wall time at `origin`, in µs since the Unix epoch: a fetched task's `due_us` (the
+    /// `metrics` feature).
+    #[cfg(feature = "metrics")]
+    origin_wall_us: u64,
 }
 
 impl<T> Default for MemorySource<T> {
@@ -164,6 +185,9 @@ impl<T> Default for MemorySource<T> {
             capacity: DEFAULT_CAPACITY,
             next_id: 0,
             history: History::default(),
+            origin: Instant::now(),
+            #[cfg(feature = "metrics")]
+            origin_wall_us: history::micros_since_epoch(SystemTime::now()),
         }
     }
 }
@@ -224,7 +248,27 @@ impl<T> MemorySource<T> {
         self.len() == 0
     }
 
-    fn push_ready(&mut self, q: Queued<T>) {
+    /// `at` in microseconds since `origin`.
+    fn micros(&self, at: Instant) -> u64 {
+        let us = at.saturating_duration_since(self.origin).as_micros();
+        us.min(u64::MAX as u128) as u64
+    }
+
+    /// The clock now, read once for a batch of pushes.
+    fn now(&self) -> Now {
+        let at = Instant::now();
+        Now {
+            at,
+            us: self.micros(at),
+            wall_us: history::micros_since_epoch(SystemTime::now()),
+        }
+    }
+
+    /// Appends a task that became due at `due_us` (see `Queued::due_us`) to its priority's
+    /// ready queue. Callers keep each ready queue in due order (see [`push`](Self::push)), so
+    /// its front is its oldest.
+    fn push_ready(&mut self, mut q: Queued<T>, due_us: u64) {
+        q.due_us = due_us;
         self.ready
             .entry(Reverse(q.priority))
             .or_default()
@@ -232,21 +276,43 @@ impl<T> MemorySource<T> {
         self.ready_len += 1;
     }
 
-    fn push(&mut self, q: Queued<T>, due: Option<Instant>) {
+    /// Queues a task, due at `due` (`None`: now). `now` is the caller's reading of the clock.
+    ///
+    /// A task due now goes behind every delayed task that became due before it: those are
+    /// promoted first, so each ready queue stays in due order.
+    fn push(&mut self, q: Queued<T>, due: Option<Instant>, now: Now) {
         match due {
-            Some(due) if due > Instant::now() => self.delayed.push(Delayed { due, task: q }),
-            _ => self.push_ready(q),
+            Some(due) if due > now.at => self.delayed.push(Delayed { due, task: q }),
+            _ => {
+                self.promote_due(now.at);
+                self.push_ready(q, now.us);
+            }
         }
     }
 
-    /// Moves every task that is due into the ready queues.
-    fn promote_due(&mut self) {
-        let now = Instant::now();
+    /// Moves every task due by `now` into the ready queues, in due order, each stamped with
+    /// the time it became due.
+    fn promote_due(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|d| d.due <= now) {
             if let Some(d) = self.delayed.pop() {
-                self.push_ready(d.task);
+                let due_us = self.micros(d.due);
+                self.push_ready(d.task, due_us);
             }
         }
+    }
+
+    /// How long the oldest due task has waited since it became due, as of `now` (each ready
+    /// queue is in due order: the oldest is one of their fronts).
+    fn oldest_queued_age(&self, now: Instant) -> Option<Duration> {
+        let oldest = self
+            .ready
+            .values()
+            .filter_map(VecDeque::front)
+            .map(|q| q.due_us)
+            .min()?;
+        Some(Duration::from_micros(
+            self.micros(now).saturating_sub(oldest),
+        ))
     }
 
     fn pop_ready(&mut self) -> Option<Queued<T>> {
@@ -273,7 +339,8 @@ impl<T> MemorySource<T> {
                 SubmitError::Full(payloads)
             });
         }
-        let now = SystemTime::now();
+        let clock = self.now();
+        let now = UNIX_EPOCH + Duration::from_micros(clock.wall_us);
         let mut ids = Vec::with_capacity(tasks.len());
         for t in tasks {
             self.next_id += 1;
@@ -285,14 +352,14 @@ impl<T> MemorySource<T> {
                 .with_timeout(t.timeout)
                 .with_key(t.key);
             task.trace = t.parent;
-            self.push(Queued::from_task(task), t.run_at);
+            self.push(Queued::from_task(task), t.run_at, clock);
             ids.push(id);
         }
         Ok(ids)
     }
 
-    fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>) {
-        self.history.ended(id, End::Dead, attempts, None);
+    fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>, now: Now) {
+        self.history.ended(id, End::Dead, attempts, now.wall_us);
         if self.dead_retention == 0 {
             return;
         }
@@ -303,13 +370,13 @@ impl<T> MemorySource<T> {
             id,
             attempts,
             error,
-            died_at: SystemTime::now(),
+            died_at: UNIX_EPOCH + Duration::from_micros(now.wall_us),
             rerunnable: copy.is_some(),
         };
         self.dead.push_back((dead, copy));
     }
 
-    fn record(&mut self, ack: Ack) {
+    fn record(&mut self, ack: Ack, now: Now) {
         let copy = self.leased.remove(&ack.id);
         let end = match &ack.disposition {
             Disposition::Completed => Some(End::Completed),
@@ -317,41 +384,44 @@ impl<T> MemorySource<T> {
             _ => None,
         };
         match end {
-            Some(end) => self.history.ended(ack.id, end, ack.attempt, None),
+            Some(end) => self.history.ended(ack.id, end, ack.attempt, now.wall_us),
             // Dead ones are recorded by `bury`; the rest come back to the queue (or are buried).
             None if matches!(ack.disposition, Disposition::Dead { .. }) => {}
             None => self.history.back(ack.id),
         }
         match ack.disposition {
             Disposition::Completed | Disposition::Cancelled => {}
-            Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy),
+            Disposition::Dead { error } => self.bury(ack.id, ack.attempt, error, copy, now),
             Disposition::Retry { after, error } => match copy {
                 Some(task) => {
                     self.history.failed(ack.id, &error);
                     let next = ack.attempt + 1;
                     self.push(
                         Queued::from_task(task.with_attempt(next)),
-                        Some(deadline_after(Instant::now(), after)),
+                        Some(deadline_after(now.at, after)),
+                        now,
                     );
                 }
                 // Retries are only asked for tasks enqueued with retries on, which keeps copies.
-                None => self.bury(ack.id, ack.attempt, error, None),
+                None => self.bury(ack.id, ack.attempt, error, None, now),
             },
             Disposition::Release => {
                 if let Some(task) = copy {
-                    self.push(Queued::from_task(task.with_attempt(ack.attempt)), None);
+                    self.push(Queued::from_task(task.with_attempt(ack.attempt)), None, now);
                 }
             }
             Disposition::Snooze { after } => match copy {
                 Some(task) => self.push(
                     Queued::from_task(task.with_attempt(ack.attempt)),
-                    Some(deadline_after(Instant::now(), after)),
+                    Some(deadline_after(now.at, after)),
+                    now,
                 ),
                 None => self.bury(
                     ack.id,
                     ack.attempt,
                     "snoozed, but retries are off for this source".into(),
                     None,
+                    now,
                 ),
             },
         }
@@ -367,7 +437,8 @@ impl<T> MemorySource<T> {
         self.delayed.retain(|d| d.task.id != id.0);
         let cancelled = self.len() < before;
         if cancelled {
-            self.history.ended(id, End::Cancelled, 0, None);
+            let now = history::micros_since_epoch(SystemTime::now());
+            self.history.ended(id, End::Cancelled, 0, now);
         }
         cancelled
     }
@@ -414,7 +485,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     type Error = Infallible;
 
     fn fetch(&mut self, max: usize) -> LocalBoxFuture<'static, Result<Fetched<T>, Infallible>> {
-        self.promote_due();
+        self.promote_due(Instant::now());
         let mut tasks = Vec::with_capacity(max.min(self.ready_len));
         let now_us = history::micros_since_epoch(SystemTime::now());
         while tasks.len() < max {
@@ -422,7 +493,14 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             let (attempt, max_attempts, enqueued) = (q.attempt, q.max_attempts, q.enqueued_at_us);
             self.history
                 .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
-            let task = q.into_task();
+            #[cfg(feature = "metrics")]
+            let due_us = self.origin_wall_us.saturating_add(q.due_us);
+            #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+            let mut task = q.into_task();
+            #[cfg(feature = "metrics")]
+            {
+                task.due_us = due_us;
+            }
             if let Some(clone) = self.clone_payload {
                 self.leased
                     .insert(task.id, task.with_payload(clone(&task.payload)));
@@ -444,8 +522,9 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     }
 
     fn ack(&mut self, acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Infallible>> {
+        let now = self.now();
         for ack in acks {
-            self.record(ack);
+            self.record(ack, now);
         }
         Box::pin(ready(Ok(())))
     }
@@ -470,6 +549,9 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     }
 
     fn counts(&mut self) -> LocalBoxFuture<'static, Result<Option<QueueCounts>, Infallible>> {
+        // What is due counts as queued, and ages from when it became due.
+        let now = Instant::now();
+        self.promote_due(now);
         let retrying = self.delayed.iter().filter(|d| d.task.attempt > 1).count();
         let counts = QueueCounts {
             queued: self.ready_len as u64,
@@ -477,6 +559,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             retrying: retrying as u64,
             running: self.history.running() as u64,
             dead: self.dead.len() as u64,
+            oldest_queued_age: self.oldest_queued_age(now),
         };
         Box::pin(ready(Ok(Some(counts))))
     }
@@ -504,12 +587,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         ids: Vec<TaskId>,
     ) -> LocalBoxFuture<'static, Result<Vec<TaskId>, Infallible>> {
         let mut rerun = Vec::new();
+        let now = self.now();
         let mut keep = VecDeque::with_capacity(self.dead.len());
         for (dead, copy) in std::mem::take(&mut self.dead) {
             match copy {
                 Some(task) if ids.contains(&dead.id) => {
                     rerun.push(dead.id);
-                    self.push_ready(Queued::from_task(task.with_attempt(1)));
+                    self.push(Queued::from_task(task.with_attempt(1)), None, now);
                 }
                 copy => keep.push_back((dead, copy)),
             }
@@ -644,10 +728,60 @@ mod tests {
         s.enqueue(vec![t]).now_or_never().unwrap().unwrap();
     }
 
+    fn counts(s: &mut MemorySource<u32>) -> QueueCounts {
+        s.counts().now_or_never().unwrap().unwrap().unwrap()
+    }
+
+    /// The oldest due task's age counts from when it became due: a delayed task from its due
+    /// time (even if only promoted later, behind a task submitted after it was due), a retried
+    /// one from the end of its backoff, a fresh one from its submit.
+    #[tokio::test(start_paused = true)]
+    async fn oldest_queued_age_counts_from_when_each_task_became_due() {
+        let secs = Duration::from_secs;
+        let mut s = MemorySource::bounded(10).unwrap().with_retries();
+        assert_eq!(counts(&mut s).oldest_queued_age, None);
+        let delayed = NewTask::with_options(1, TaskOptions::new().delay(secs(2)), 2);
+        s.enqueue(vec![delayed]).now_or_never().unwrap().unwrap();
+        tokio::time::advance(secs(5)).await;
+        // Due for 3 s, not yet promoted: a task submitted now queues behind it.
+        s.enqueue(vec![NewTask::with_options(2, TaskOptions::new(), 2)])
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let c = counts(&mut s);
+        assert_eq!((c.queued, c.scheduled), (2, 0));
+        assert_eq!(c.oldest_queued_age, Some(secs(3)));
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(counts(&mut s).oldest_queued_age, Some(secs(4)));
+        // The delayed task runs first; the one submitted 1 s ago is the oldest left.
+        let first = fetch(&mut s, 1);
+        assert_eq!(payloads(&first), vec![1]);
+        assert_eq!(counts(&mut s).oldest_queued_age, Some(secs(1)));
+        assert_eq!(payloads(&fetch(&mut s, 1)), vec![2]);
+        assert_eq!(counts(&mut s).oldest_queued_age, None);
+        // A retry after 2 s: due 2 s after the ack, 5 s old 7 s after it.
+        let retry = Ack {
+            id: first.tasks[0].id,
+            attempt: 1,
+            disposition: Disposition::Retry {
+                after: secs(2),
+                error: "again".into(),
+            },
+        };
+        s.ack(vec![retry]).now_or_never().unwrap().unwrap();
+        tokio::time::advance(secs(1)).await;
+        let c = counts(&mut s);
+        assert_eq!((c.queued, c.retrying, c.oldest_queued_age), (0, 1, None));
+        tokio::time::advance(secs(6)).await;
+        let c = counts(&mut s);
+        assert_eq!((c.queued, c.retrying), (1, 0));
+        assert_eq!(c.oldest_queued_age, Some(secs(5)));
+    }
+
     #[test]
     fn queued_task_layout_stays_compact() {
-        // 48 bytes beside the payload (32 of fields, 8 for the boxed trace context, 8 for the
+        // 56 bytes beside the payload (40 of fields, 8 for the boxed trace context, 8 for the
         // pace key): the memory benchmark's budget is 64.
-        assert_eq!(std::mem::size_of::<Queued<()>>(), 48);
+        assert_eq!(std::mem::size_of::<Queued<()>>(), 56);
     }
 }

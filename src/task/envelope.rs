@@ -34,6 +34,11 @@ pub struct Task<T> {
     pub(crate) progress: Option<watch::Sender<Progress>>,
     /// The submitter's trace context: the parent of this attempt's span.
     pub(crate) trace: Option<Box<Parent>>,
+    /// When it became due, in µs since the Unix epoch, if the source says (a delayed task's
+    /// `run_at`; 0: it does not): the queue-wait histogram's start, `enqueued_at` otherwise.
+    /// Whole microseconds, so the hot path adds and subtracts integers.
+    #[cfg(feature = "metrics")]
+    pub(crate) due_us: u64,
 }
 
 impl<T> Task<T> {
@@ -50,6 +55,8 @@ impl<T> Task<T> {
             payload,
             progress: None,
             trace: None,
+            #[cfg(feature = "metrics")]
+            due_us: 0,
         }
     }
 
@@ -66,6 +73,8 @@ impl<T> Task<T> {
             payload,
             progress: None,
             trace: self.trace.clone(),
+            #[cfg(feature = "metrics")]
+            due_us: self.due_us,
         }
     }
 

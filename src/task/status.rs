@@ -1,6 +1,6 @@
 //! Where a task is: [`TaskStatus`] by id, and [`QueueCounts`] by state.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{Progress, TaskId};
 
@@ -115,6 +115,11 @@ pub struct QueueCounts {
     pub running: u64,
     /// Dead and kept (see the source's retention).
     pub dead: u64,
+    /// How long the oldest due task (of those counted in [`queued`](Self::queued)) has waited
+    /// since it became due, as of the count: the queue's latency. A task becomes due when it is
+    /// enqueued, or when its delay, snooze or retry backoff runs out. `None` when no task is due
+    /// (or the source does not say).
+    pub oldest_queued_age: Option<Duration>,
 }
 
 impl QueueCounts {

@@ -1059,6 +1059,7 @@ pub async fn status_and_counts_follow_each_task<H: Harness>(h: &H) {
     let store = h.store().await;
     let mut s = h.source(&store, LONG_LEASE).await;
     let hour = Duration::from_secs(3600);
+    let began = std::time::Instant::now();
     let ids = enqueue(
         &mut s,
         (1..=4).map(|n| with(n, TaskOptions::new(), 3)).collect(),
@@ -1096,8 +1097,16 @@ pub async fn status_and_counts_follow_each_task<H: Harness>(h: &H) {
     let counts = bounded("counts", s.counts())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let waited = began.elapsed();
     let mut want = QueueCounts::default();
     (want.queued, want.scheduled, want.running) = (1, 1, 3);
+    // The one due task was enqueued after `began` (a store's clock rounds to 1 µs).
+    let age = counts.and_then(|c| c.oldest_queued_age);
+    assert!(
+        age.is_some_and(|a| a <= waited + Duration::from_micros(2)),
+        "{age:?}, {waited:?} since the enqueue"
+    );
+    want.oldest_queued_age = age;
     assert_eq!(counts, Some(want));
 
     let retry = Disposition::Retry {

@@ -35,6 +35,10 @@ pub(crate) static EXECUTORS: AtomicUsize = AtomicUsize::new(0);
 /// `--ahead`: `PollerBuilder::dispatch_ahead` for every poller (default: the crate's).
 pub(crate) static AHEAD: AtomicUsize = AtomicUsize::new(usize::MAX);
 
+/// `--history`: how many final states the in-memory source keeps for `Poller::status`
+/// (`MemorySource::history`; default: the crate's, `DEFAULT_HISTORY`).
+pub(crate) static HISTORY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
 impl Placement {
     /// The name in the table's config column.
     pub(crate) fn name(self) -> &'static str {

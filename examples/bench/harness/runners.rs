@@ -5,11 +5,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix_poller::{Poller, TaskHandler};
+use actix_poller::source::memory::DEFAULT_HISTORY_AGE;
+use actix_poller::{MemorySource, Poller, TaskHandler};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::table::{fmt_val, Report, Row, Unit};
-use super::{base_runtime, finish, in_system, median, Clock, Placement, Run, Tally};
+use super::{base_runtime, finish, in_system, median, Clock, Placement, Run, Tally, HISTORY};
 
 /// Runs `payloads` on our poller (in-memory source, `workers` slots); the clock runs from the
 /// submit to the moment `tally` has seen every task finish.
@@ -25,7 +26,12 @@ where
     H: TaskHandler<T> + Clone + Send + Sync,
 {
     let n = payloads.len();
-    let builder = Poller::<T>::builder().workers(workers).capacity(n.max(1));
+    let source = MemorySource::bounded(n.max(1)).map_err(|e| format!("source: {e}"))?;
+    let source = match HISTORY.load(Ordering::Relaxed) {
+        usize::MAX => source,
+        h => source.history(h, DEFAULT_HISTORY_AGE),
+    };
+    let builder = Poller::<T>::builder().workers(workers).source(source);
     let poller = placement
         .apply(builder)
         .start_handler(handler)

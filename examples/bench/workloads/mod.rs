@@ -3,6 +3,7 @@
 use crate::cli::{Opts, Workload};
 use crate::harness::{Placement, Report};
 
+pub(crate) mod adaptive;
 pub(crate) mod cpu;
 pub(crate) mod durable;
 pub(crate) mod durable_latency;
@@ -14,6 +15,7 @@ pub(crate) mod noop;
 pub(crate) mod sleep;
 pub(crate) mod slowfetch;
 
+use adaptive::{adaptive, Timing};
 use cpu::cpu;
 use durable::{durable, Store};
 use durable_latency::durable_latency;
@@ -52,6 +54,14 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         Workload::Idle => idle(s.idle, &placements(&both)),
         Workload::Memory => memory(s.memory),
         Workload::Latency => latency(s.latency, &placements(&both)),
+        Workload::Adaptive => {
+            let timing = if opts.smoke {
+                Timing::SMOKE
+            } else {
+                Timing::FULL
+            };
+            adaptive(opts.repeat, timing)
+        }
         Workload::DurablePg => durable(Store::Postgres, s.durable, k(16), opts.repeat),
         Workload::DurableSqlite => durable(Store::Sqlite, s.durable, k(16), opts.repeat),
         Workload::DurablePgLatency => durable_latency(s.durable_latency, opts.repeat),

@@ -317,8 +317,20 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace, key) in
-        rows
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    for (
+        id,
+        attempt,
+        max_attempts,
+        priority,
+        timeout,
+        payload,
+        enqueued_at,
+        run_at,
+        seq,
+        trace,
+        key,
+    ) in rows
     {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
@@ -339,6 +351,10 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                     .as_deref()
                     .and_then(TraceParent::parse)
                     .map(|tp| Box::new(Parent::Remote(tp)));
+                #[cfg(feature = "metrics")]
+                {
+                    task.due_us = u64::try_from(run_at).unwrap_or(0);
+                }
                 tasks.push(task);
             }
             Err(e) => bad.push((id, format!("the payload does not decode: {e}"))),

@@ -185,7 +185,9 @@ pub(crate) type StatusRow = (
 );
 
 /// Counts by state: queued (due), scheduled, retrying, running, dead.
-pub(crate) type CountsRow = (i64, i64, i64, i64, i64);
+/// Queued (due), scheduled, retrying, running, dead; the oldest due task's age in µs (NULL when
+/// none is due).
+pub(crate) type CountsRow = (i64, i64, i64, i64, i64, Option<i64>);
 
 /// The statement runners, written once for every dialect whose `sqlx` driver can run them
 /// (implemented for every such [`Dialect`]; not to be implemented by hand).

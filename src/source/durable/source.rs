@@ -505,7 +505,7 @@ where
         async move {
             let mut conn = pool.acquire().await?;
             let rows = D::counts(&mut *conn, &sql.counts, vec![Arg::Now]).await?;
-            Ok(rows.into_iter().next().map(|(q, s, r, run, dead)| {
+            Ok(rows.into_iter().next().map(|(q, s, r, run, dead, oldest)| {
                 let n = |c: i64| c.max(0) as u64;
                 QueueCounts {
                     queued: n(q),
@@ -513,6 +513,7 @@ where
                     retrying: n(r),
                     running: n(run),
                     dead: n(dead),
+                    oldest_queued_age: oldest.map(|us| Duration::from_micros(n(us))),
                 }
             }))
         }

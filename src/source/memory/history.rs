@@ -139,21 +139,23 @@ impl History {
         self.errors.get(&id.0).cloned()
     }
 
-    /// A task reached a final state: `attempt` is its last attempt (0 if it never ran).
-    pub(super) fn ended(&mut self, id: TaskId, end: End, attempt: u32, enqueued_us: Option<u64>) {
+    /// A task reached a final state at `now` (µs since the Unix epoch, read once per batch of
+    /// acks): `attempt` is its last attempt (0 if it never ran).
+    pub(super) fn ended(&mut self, id: TaskId, end: End, attempt: u32, now: u64) {
         let out = self.out.remove(&id.0);
-        self.errors.remove(&id.0);
+        if !self.errors.is_empty() {
+            self.errors.remove(&id.0);
+        }
         if self.capacity == 0 {
             return;
         }
-        let now = micros_since_epoch(SystemTime::now());
         self.ended.push_back(Ended {
             id: id.0,
             end,
             attempt,
             max_attempts: out.map_or(attempt.max(1), |o| o.max_attempts),
             at_us: now,
-            enqueued_us: enqueued_us.or(out.map(|o| o.enqueued_us)).unwrap_or(0),
+            enqueued_us: out.map_or(0, |o| o.enqueued_us),
         });
         self.trim(now);
     }

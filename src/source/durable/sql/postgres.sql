@@ -262,12 +262,16 @@ SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
 FROM {table} WHERE id = $1;
 
 -- name: counts
--- Tasks by state, in one statement: each count reads one partial index (queued, running, dead).
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead);
+-- the oldest due task's age (µs; NULL when none is due) is one lookup at the start of the
+-- queued run_at index (min() becomes an index scan that stops at its first row).
 SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= now()),
        (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt = 0),
        (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt > 0),
        (SELECT count(*) FROM {table} WHERE state = 'running'),
-       (SELECT count(*) FROM {table} WHERE state = 'dead');
+       (SELECT count(*) FROM {table} WHERE state = 'dead'),
+       (SELECT (extract(epoch FROM now() - min(run_at)) * 1000000)::bigint
+        FROM {table} WHERE state = 'queued' AND run_at <= now());
 
 -- name: dead_rerun
 UPDATE {table}

@@ -137,13 +137,15 @@ SELECT id, state, attempt, max_attempts, last_error, run_at, enqueued_at, finish
 FROM {table} WHERE id = ?1;
 
 -- name: counts
--- Tasks by state, in one statement: each count reads one partial index (queued, running, dead).
--- ?1: now.
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead);
+-- the oldest due task's age (µs; NULL when none is due) is one lookup at the start of the
+-- queued run_at index. ?1: now.
 SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= ?1),
        (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt = 0),
        (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt > 0),
        (SELECT count(*) FROM {table} WHERE state = 'running'),
-       (SELECT count(*) FROM {table} WHERE state = 'dead');
+       (SELECT count(*) FROM {table} WHERE state = 'dead'),
+       (SELECT ?1 - min(run_at) FROM {table} WHERE state = 'queued' AND run_at <= ?1);
 
 -- name: dead_rerun
 UPDATE {table}
