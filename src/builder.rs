@@ -164,7 +164,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     ///
     /// Unset, the Fetcher tunes it (Little's law): twice what the workers finish in one fetch
     /// round trip (measured throughput × measured fetch latency), at most 8 tasks per worker
-    /// (between 64 and 10 000), and for a source with leases at most what the workers finish in
+    /// (between 1 024 and 10 000), and for a source with leases at most what the workers finish in
     /// one heartbeat interval, so a fetched task never waits long enough to risk its lease. A
     /// source that answers at once (the in-memory one) gets none. Set it to override: `0`
     /// never fetches more than the free slots (with [`dispatch_ahead(0)`](Self::dispatch_ahead),

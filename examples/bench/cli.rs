@@ -11,10 +11,10 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
              [--workers K] [--executors E] [--ahead A] [--history H] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | adaptive | durable-pg | durable-sqlite | durable
-                 | durable-pg-pace | all
+                 | memory | latency | adaptive | durable-pg | durable-sqlite
+                 | durable-pg-latency | durable | durable-pg-pace | all
                  (default: all; may be given more than once; the durable ones need the bench
-                 built with `--features postgres,sqlite`, and durable-pg ACTIX_POLLER_PG_URL)
+                 built with `--features postgres,sqlite`, and durable-pg* ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
   --repeat R     runs of each throughput workload (and of adaptive); the median is reported
                  (default 3, smoke 1)
@@ -46,12 +46,13 @@ pub(crate) enum Workload {
     Adaptive,
     DurablePg,
     DurableSqlite,
+    DurablePgLatency,
     DurablePgPace,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 12] = [
+pub(crate) const ALL: [Workload; 13] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -63,6 +64,7 @@ pub(crate) const ALL: [Workload; 12] = [
     Workload::Adaptive,
     Workload::DurablePg,
     Workload::DurableSqlite,
+    Workload::DurablePgLatency,
     Workload::DurablePgPace,
 ];
 
@@ -81,6 +83,7 @@ impl Workload {
             Workload::Adaptive => "adaptive",
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
+            Workload::DurablePgLatency => "durable-pg-latency",
             Workload::DurablePgPace => "durable-pg-pace",
         }
     }
@@ -91,7 +94,9 @@ impl Workload {
     #[allow(clippy::match_like_matches_macro)]
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg | Workload::DurablePgPace => cfg!(feature = "postgres"),
+            Workload::DurablePg | Workload::DurablePgLatency | Workload::DurablePgPace => {
+                cfg!(feature = "postgres")
+            }
             Workload::DurableSqlite => cfg!(feature = "sqlite"),
             _ => true,
         }
@@ -102,7 +107,11 @@ impl Workload {
         match name {
             "all" => Some(ALL.iter().copied().filter(|w| w.built()).collect()),
             "slowfetch" => Some(vec![Workload::SlowfetchBatch, Workload::SlowfetchSingle]),
-            "durable" => Some(vec![Workload::DurablePg, Workload::DurableSqlite]),
+            "durable" => Some(vec![
+                Workload::DurablePg,
+                Workload::DurableSqlite,
+                Workload::DurablePgLatency,
+            ]),
             _ => ALL.iter().find(|w| w.name() == name).map(|w| vec![*w]),
         }
     }
@@ -119,6 +128,7 @@ pub(crate) struct Sizes {
     pub(crate) memory: usize,
     pub(crate) latency: usize,
     pub(crate) durable: usize,
+    pub(crate) durable_latency: usize,
 }
 
 impl Sizes {
@@ -132,6 +142,7 @@ impl Sizes {
         memory: 1_000_000,
         latency: 2_000,
         durable: 50_000,
+        durable_latency: 2_000,
     };
 
     /// `--smoke`: tiny, seconds in all.
@@ -144,6 +155,7 @@ impl Sizes {
         memory: 10_000,
         latency: 50,
         durable: 500,
+        durable_latency: 20,
     };
 
     /// Every task count set to `n`.
@@ -155,6 +167,7 @@ impl Sizes {
         self.memory = n;
         self.latency = n;
         self.durable = n;
+        self.durable_latency = n;
         self
     }
 }

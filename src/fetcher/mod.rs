@@ -420,9 +420,13 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             handles.push(ctx.run_later(delay, |act, ctx| act.wake(ctx)));
         }
         if let Some(signal) = wake_on.signal {
-            handles.push(ctx.spawn(
-                actix::fut::wrap_future::<_, Self>(signal).map(|(), act, ctx| act.wake(ctx)),
-            ));
+            handles.push(ctx.spawn(actix::fut::wrap_future::<_, Self>(signal).map(
+                |(), act, ctx| {
+                    // For a latency breakdown (the bench's durable-pg-latency stamps it).
+                    tracing::trace!(name: "actix_poller.signalled", "woken by the source's signal");
+                    act.wake(ctx)
+                },
+            )));
         }
         self.waiting = Some(handles);
     }

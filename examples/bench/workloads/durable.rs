@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use actix_poller::source::{NewTask, RetrySupport, Source};
 use actix_poller::{Poller, TaskContext};
+use futures::future::{FutureExt, LocalBoxFuture};
 
 use crate::harness::{finish, in_system, run_detail, within, Clock, Report, Row, Run, Tally, Unit};
 
@@ -38,19 +39,49 @@ impl Store {
     }
 }
 
+/// The CPU time (utime + stime, in clock ticks of 10 ms) the PostgreSQL backends serving
+/// `app` used so far, read from `/proc` (the server runs on this machine); 0 if unknown.
+#[cfg(feature = "postgres")]
+async fn backend_ticks(monitor: &sqlx::PgPool, app: &str) -> u64 {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(app)
+            .fetch_all(monitor)
+            .await
+            .unwrap_or_default();
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // After the command's closing parenthesis: state, ppid, … utime (11), stime (12).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            Some(tick(11)? + tick(12)?)
+        })
+        .sum()
+}
+
+/// Reads the CPU ticks (10 ms) a store's server used so far (PostgreSQL's backends).
+type Probe<'a> = Box<dyn Fn() -> LocalBoxFuture<'a, u64> + 'a>;
+
 /// Drains `n` queued rows from `source` through K no-op workers; `prefetch`: `None` = defaults.
+/// With `backends`, also the server's CPU per task (µs).
 async fn drain<S: Source<u64> + RetrySupport<u64>>(
     source: S,
     n: usize,
     k: usize,
     prefetch: Option<usize>,
-) -> Result<Run, String> {
+    server: Option<Probe<'_>>,
+) -> Result<(Run, Option<f64>, u64), String> {
     let tally = Tally::new(n);
     let t = Arc::clone(&tally);
     let mut b = Poller::<u64>::builder().workers(k);
     if let Some(p) = prefetch {
         b = b.prefetch(p);
     }
+    let before = match &server {
+        Some(ticks) => ticks().await,
+        None => 0,
+    };
     let clock = Clock::start();
     let poller = b
         .source(source)
@@ -61,8 +92,14 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(
         .map_err(|e| format!("start: {e}"))?;
     tally.wait().await?;
     let run = clock.stop(n, Duration::ZERO);
+    let fetches = poller.stats().fetch_calls;
+    let server = match &server {
+        // Ticks of 10 ms, in µs per task; the backends live as long as the pools, past here.
+        Some(ticks) => Some(ticks().await.saturating_sub(before) as f64 * 1e4 / n.max(1) as f64),
+        None => None,
+    };
     finish(&poller, Some(n)).await?;
-    Ok(run)
+    Ok((run, server, fetches))
 }
 
 /// Enqueues `n` rows through the source's queue API, in chunks.
@@ -82,7 +119,12 @@ macro_rules! preload {
 }
 
 /// One run on a fresh store.
-async fn one(store: Store, n: usize, k: usize, prefetch: Option<usize>) -> Result<Run, String> {
+async fn one(
+    store: Store,
+    n: usize,
+    k: usize,
+    prefetch: Option<usize>,
+) -> Result<(Run, Option<f64>, u64), String> {
     let tag = format!("{}_{:x}", std::process::id(), fastrand::u64(..));
     match store {
         #[cfg(feature = "postgres")]
@@ -91,21 +133,25 @@ async fn one(store: Store, n: usize, k: usize, prefetch: Option<usize>) -> Resul
             let url = std::env::var("ACTIX_POLLER_PG_URL")
                 .map_err(|_| "durable-pg needs ACTIX_POLLER_PG_URL".to_string())?;
             let schema = format!("ap_bench_{tag}");
+            let app = format!("ap-bench-{tag}");
+            let monitor = sqlx::PgPool::connect(&url)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let source = PgSource::<u64>::connect(
                 PgConfig::new(&url)
                     .schema(&schema)
+                    .application_name(&app)
                     .completed_retention(None),
             )
             .await
             .map_err(|e| format!("connect: {e}"))?;
             preload!(source, n);
-            let run = drain(source, n, k, prefetch).await;
-            if let Ok(pool) = sqlx::PgPool::connect(&url).await {
-                let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .execute(&pool)
-                    .await;
-                pool.close().await;
-            }
+            let probe: Probe<'_> = Box::new(|| backend_ticks(&monitor, &app).boxed_local());
+            let run = drain(source, n, k, prefetch, Some(probe)).await;
+            let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&monitor)
+                .await;
+            monitor.close().await;
             run
         }
         #[cfg(feature = "sqlite")]
@@ -117,7 +163,7 @@ async fn one(store: Store, n: usize, k: usize, prefetch: Option<usize>) -> Resul
                     .await
                     .map_err(|e| format!("open: {e}"))?;
             preload!(source, n);
-            let run = drain(source, n, k, prefetch).await;
+            let run = drain(source, n, k, prefetch, None).await;
             for suffix in ["", "-wal", "-shm"] {
                 let mut p = path.clone().into_os_string();
                 p.push(suffix);
@@ -143,10 +189,42 @@ async fn one(store: Store, n: usize, k: usize, prefetch: Option<usize>) -> Resul
 pub(crate) fn durable(store: Store, n: usize, k: usize, repeat: usize) -> Result<Report, String> {
     let name = store.name();
     let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let (mut server, mut server_base) = (Vec::new(), Vec::new());
+    let (mut fetches, mut fetches_base) = (Vec::new(), Vec::new());
     for _ in 0..repeat {
-        ours.push(in_system(one(store, n, k, None))?);
-        base.push(in_system(one(store, n, k, Some(0)))?);
+        let (run, cpu, f) = in_system(one(store, n, k, None))?;
+        ours.push(run);
+        server.extend(cpu);
+        fetches.push(f);
+        let (run, cpu, f) = in_system(one(store, n, k, Some(0)))?;
+        base.push(run);
+        server_base.extend(cpu);
+        fetches_base.push(f);
     }
+    // CPU per task, µs: the poller's process, and (PostgreSQL) the server's backends.
+    let cpu = |runs: &[Run], server: &mut Vec<f64>, fetches: &mut Vec<u64>| {
+        let mut client: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.cpu.map(|c| c.as_secs_f64() * 1e6 / r.tasks.max(1) as f64))
+            .collect();
+        client.sort_by(f64::total_cmp);
+        server.sort_by(f64::total_cmp);
+        let mid = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        let mut s = format!("; CPU per task (median): process {:.1} µs", mid(&client));
+        if !server.is_empty() {
+            s += &format!(", server backends {:.1} µs", mid(server));
+        }
+        fetches.sort_unstable();
+        if let Some(f) = fetches.get(fetches.len() / 2) {
+            s += &format!(
+                "; {f} fetch calls (median), {:.0} tasks per call",
+                n as f64 / (*f).max(1) as f64
+            );
+        }
+        s
+    };
+    let cpu_ours = cpu(&ours, &mut server, &mut fetches);
+    let cpu_base = cpu(&base, &mut server_base, &mut fetches_base);
     let spread = |runs: &[Run]| {
         let mut r: Vec<f64> = runs.iter().map(Run::rate).collect();
         r.sort_by(f64::total_cmp);
@@ -178,11 +256,11 @@ pub(crate) fn durable(store: Store, n: usize, k: usize, repeat: usize) -> Result
         met: Some(omin >= goal),
     });
     report.details.push(format!(
-        "{}; tasks/s min/median/max over {repeat} runs: {omin:.0} / {omed:.0} / {omax:.0}",
+        "{}; tasks/s min/median/max over {repeat} runs: {omin:.0} / {omed:.0} / {omax:.0}{cpu_ours}",
         run_detail(name, &config, k, &o)
     ));
     report.details.push(format!(
-        "{}; tasks/s min/median/max over {repeat} runs: {bmin:.0} / {bmed:.0} / {bmax:.0}",
+        "{}; tasks/s min/median/max over {repeat} runs: {bmin:.0} / {bmed:.0} / {bmax:.0}{cpu_base}",
         run_detail(name, "baseline (.prefetch(0), the old default)", k, &b)
     ));
     Ok(report)

@@ -6,6 +6,7 @@ use crate::harness::{Placement, Report};
 pub(crate) mod adaptive;
 pub(crate) mod cpu;
 pub(crate) mod durable;
+pub(crate) mod durable_latency;
 pub(crate) mod durable_pace;
 pub(crate) mod idle;
 pub(crate) mod latency;
@@ -17,6 +18,7 @@ pub(crate) mod slowfetch;
 use adaptive::{adaptive, Timing};
 use cpu::cpu;
 use durable::{durable, Store};
+use durable_latency::durable_latency;
 use durable_pace::durable_pace;
 use idle::idle;
 use latency::latency;
@@ -62,6 +64,7 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         }
         Workload::DurablePg => durable(Store::Postgres, s.durable, k(16), opts.repeat),
         Workload::DurableSqlite => durable(Store::Sqlite, s.durable, k(16), opts.repeat),
+        Workload::DurablePgLatency => durable_latency(s.durable_latency, opts.repeat),
         Workload::DurablePgPace => durable_pace(s.durable, k(16), opts.repeat),
     }
 }

@@ -188,7 +188,9 @@ impl<D: Dialect> DurableConfig<D> {
     /// the size of each of the source's pools: the main pool (enqueues, cancels, dead tasks;
     /// the `LISTEN` connection is one more, its own) and, with
     /// [`async_commit`](crate::source::postgres::PgConfig::async_commit), the pool for
-    /// fetches, acks and heartbeats.
+    /// fetches, acks and heartbeats. SQLite: the size of the main pool; fetches, acks and
+    /// heartbeats write through one more connection of their own (one writer at a time, so they
+    /// queue for it rather than collide on the file's lock).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self

@@ -39,7 +39,7 @@ impl DurableConfig<SqliteDialect> {
     /// The database at `path` (created if missing), with the defaults: table
     /// [`DEFAULT_TABLE`](super::DEFAULT_TABLE), 30 s leases, a 1 s poll with 20 % jitter,
     /// completed tasks kept for 24 h, migrations on, fetches of at most 1 000 tasks, 4 pooled
-    /// connections, a 10 s busy timeout.
+    /// connections (and one of the poller's own for its writes), a 10 s busy timeout.
     pub fn new(path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
         let busy_timeout = Duration::from_secs(10);
@@ -128,6 +128,9 @@ impl Dialect for SqliteDialect {
         SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(store.busy_timeout + Duration::from_secs(5))
+            // A file has no peer to lose: sqlx's default ping before every acquire would only
+            // add a round trip to the connection's worker thread per statement (issue 14).
+            .test_before_acquire(false)
             .connect_with(options)
             .map(|r| {
                 r.map_err(|source| DurableError::Open {
@@ -136,6 +139,20 @@ impl Dialect for SqliteDialect {
                 })
             })
             .boxed()
+    }
+
+    /// One connection of its own: SQLite lets one writer at a time into the file, and every
+    /// statement of the poller's bookkeeping writes (a fetch leases, an ack records). Two of
+    /// them on two connections (a fetch while the previous batch's ack is on its way, as the
+    /// Fetcher runs them) collide on the write lock, and the loser sleeps in SQLite's busy
+    /// handler, 1 ms and more at a time; queued for one connection, they wait only for each
+    /// other (issue 14). Enqueues, cancels and reads keep the configured pool.
+    fn bookkeeping_pool(pool: &SqlitePool, config: &DurableConfig<Self>) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.store.busy_timeout + Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_lazy_with((*pool.connect_options()).clone())
     }
 
     fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
@@ -204,6 +221,29 @@ mod tests {
             ),
             Err(DurableError::Config(_))
         ));
+    }
+
+    /// The poller's writes (fetches, acks, heartbeats) share one connection, so they queue
+    /// for it instead of colliding on the file's write lock and sleeping in SQLite's busy
+    /// handler (issue 14); no connection is pinged before use.
+    #[actix_rt::test]
+    async fn bookkeeping_writes_through_one_connection() {
+        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
+        let config = SqliteConfig::new(&path);
+        let pool = SqliteDialect::connect(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bookkeeping = SqliteDialect::bookkeeping_pool(&pool, &config);
+        assert_eq!(bookkeeping.options().get_max_connections(), 1);
+        assert!(!bookkeeping.options().get_test_before_acquire());
+        assert!(!pool.options().get_test_before_acquire());
+        assert_eq!(pool.options().get_max_connections(), config.max_connections);
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// A local enqueue racing an empty fetch still wakes the poller.
