@@ -467,6 +467,67 @@ async fn a_blocked_executor_is_sent_nothing_more() {
         .unwrap();
 }
 
+/// Tasks dispatched ahead into the queue of an executor whose thread then blocks are taken back
+/// and run at the other executor while the thread is still blocked (they used to wait for it).
+/// Two workers, two executors, one batch: task 0 starts at executor 0 and blocks its thread;
+/// the first task queued ahead goes to executor 0's queue, behind it (the dispatch rules place
+/// it there whatever the order the first credits and the batch arrive in); every other task
+/// runs at executor 1. Each task runs once and ends once; the bound holds throughout.
+#[actix_rt::test]
+async fn tasks_queued_at_a_blocked_executor_run_elsewhere() {
+    const N: u32 = 40;
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let probe = Arc::new(common::Probe::default());
+    let calls: Arc<Vec<AtomicUsize>> = Arc::new((0..=N).map(|_| AtomicUsize::new(0)).collect());
+    let (p, c) = (probe.clone(), calls.clone());
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .executors(2)
+        .start(move |n: u32, _cx: TaskContext| {
+            c[n as usize].fetch_add(1, SeqCst);
+            p.enter();
+            if n == 0 {
+                // Blocks this executor's thread until the test releases it.
+                let _ = blocked.lock().map(|rx| rx.recv());
+            }
+            let p = p.clone();
+            async move {
+                p.exit();
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    let mut receipts = poller
+        .submit_batch_tracked((0..=N).collect())
+        .await
+        .unwrap();
+    let stuck = receipts.remove(0);
+    // Event-driven: each outcome resolves once its task completed, with task 0 still blocked.
+    for r in receipts {
+        assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    let stats = poller.stats();
+    assert!(
+        stats.stolen >= 1,
+        "no task was queued behind the blocked one: the test proved nothing ({stats:?})"
+    );
+    assert_eq!(probe.running.load(SeqCst), 1, "only the blocked task runs");
+    let _ = release.send(());
+    assert_eq!(within(stuck.outcome()).await, Ok(FinalState::Completed));
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(report.handed_back.is_empty(), "{report:?}");
+    let counts: Vec<u32> = calls.iter().map(|c| c.load(SeqCst) as u32).collect();
+    common::assert_each_once(&counts, "handler calls");
+    assert!(
+        probe.max() <= 2,
+        "the bound broke: {} ran at once",
+        probe.max()
+    );
+}
+
 // ---- 12.10: every buffer has a bound --------------------------------------------------------
 
 /// A source that refuses every ack: the Fetcher stops fetching once 10,000 acks wait to be
