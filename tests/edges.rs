@@ -425,6 +425,81 @@ async fn buffered_is_zero_after_shutdown_with_tasks_held() {
     assert_eq!((s.busy, s.buffered), (0, 0));
 }
 
+/// A source whose enqueue says it began (on `began`) and never lands.
+struct EndlessEnqueue {
+    inner: actix_poller::MemorySource<u32>,
+    began: std::sync::mpsc::Sender<()>,
+}
+
+impl actix_poller::Source<u32> for EndlessEnqueue {
+    type Error = Infallible;
+
+    fn fetch(
+        &mut self,
+        max: usize,
+    ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
+    {
+        self.inner.fetch(max)
+    }
+
+    fn ack(
+        &mut self,
+        acks: Vec<actix_poller::Ack>,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
+        self.inner.ack(acks)
+    }
+
+    fn enqueue(
+        &mut self,
+        _tasks: Vec<actix_poller::source::NewTask<u32>>,
+    ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
+        let _ = self.began.send(());
+        Box::pin(futures::future::pending())
+    }
+}
+
+/// The System running the poller is torn down while its source stores a submit (a durable
+/// enqueue in flight): the submitter, on another System, gets `SubmitError::Unknown` (the task
+/// cannot come back and whether it was stored cannot be known), not a panic.
+#[test]
+fn a_poller_dying_mid_store_answers_unknown() {
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let (handle_tx, handle) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let sys = actix_rt::System::new();
+        sys.block_on(async move {
+            let source = EndlessEnqueue {
+                inner: actix_poller::MemorySource::default(),
+                began: began_tx,
+            };
+            let poller = Poller::<u32>::builder()
+                .source(source)
+                .on_current_arbiter()
+                .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+                .unwrap();
+            let _ = handle_tx.send((poller, actix_rt::System::current()));
+        });
+        // Returns once the System is stopped; dropping it drops every actor it ran.
+        let _ = sys.run();
+    });
+    let (poller, system) = handle.recv().unwrap();
+    actix_rt::System::new().block_on(async move {
+        let submit = actix_rt::spawn(async move { poller.submit_tracked(7).await });
+        let waited = tokio::task::spawn_blocking(move || {
+            let began = began.recv_timeout(Duration::from_secs(30));
+            system.stop();
+            let _ = thread.join();
+            began
+        });
+        assert!(waited.await.unwrap().is_ok(), "the enqueue never began");
+        let answer = within(submit).await.unwrap();
+        assert!(
+            matches!(answer, Err(SubmitError::Unknown)),
+            "expected Unknown, got {answer:?}"
+        );
+    });
+}
+
 // ---- 12.16: a blocked executor does not collect the work others could run -------------------
 
 /// One handler blocks its executor's thread (a blocking call in async code). Once that

@@ -188,6 +188,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
                     SubmitError::Source { task, error } => {
                         one(task).map(|task| SubmitError::Source { task, error })
                     }
+                    SubmitError::Unknown => Some(SubmitError::Unknown),
                 }
                 .map(Err),
             });
