@@ -128,6 +128,8 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// `CloseSource` arrived: a failed ack is no longer retried.
     closing: bool,
     heartbeat_in_flight: bool,
+    /// When the last heartbeat began (to warn of one that comes late).
+    last_beat: Option<tokio::time::Instant>,
     /// A `counts` call of the periodic sample is in flight.
     counting: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
@@ -246,6 +248,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             ack_retry: None,
             closing: false,
             heartbeat_in_flight: false,
+            last_beat: None,
             counting: false,
             ack_idle: Vec::new(),
             counters,
