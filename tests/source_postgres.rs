@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use actix_poller::source::postgres::{PgConfig, PgError, PgSource};
 use actix_poller::source::NewTask;
-use actix_poller::TaskId;
 use actix_poller::{FinalState, Poller};
+use actix_poller::{TaskId, TaskState};
 use conformance::{bounded, Harness, Job, Row};
 use futures::future::LocalBoxFuture;
 use pg::{config, drop_schema, fresh_schema, pg_url};
@@ -159,10 +159,15 @@ async fn enqueue_in_the_callers_transaction() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
     // Let the first (empty) fetch happen: from here on only a notification wakes the poller.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    bounded("the first fetch", async {
+        while poller.stats().fetch_calls == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     let mut tx = queue.pool().begin().await.unwrap_or_else(|e| panic!("{e}"));
-    queue
+    let gone = queue
         .enqueue_in(&mut tx, vec![NewTask::new(1000)])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -174,7 +179,13 @@ async fn enqueue_in_the_callers_transaction() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ids.len(), 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Uncommitted: no other connection (the poller's fetches included) sees the rows.
+    let counts = poller
+        .counts()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a durable source counts"));
+    assert_eq!(counts.waiting() + counts.running, 0, "{counts:?}");
     assert_eq!(ran.load(SeqCst), 0, "not before the commit");
     tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
     bounded("woken by NOTIFY", async {
@@ -183,8 +194,28 @@ async fn enqueue_in_the_callers_transaction() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(ran.load(SeqCst), 3, "the rolled-back task never existed");
+    // A completed task's row stays (dead-row retention aside) and says so: `None` below means
+    // the row does not exist, not that it was cleaned up.
+    for &id in &ids {
+        bounded("acked", async {
+            loop {
+                let status = poller.status(id).await.unwrap_or_else(|e| panic!("{e}"));
+                if status.is_some_and(|s| matches!(s.state, TaskState::Completed { .. })) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    for id in gone {
+        let status = poller.status(id).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            status.is_none(),
+            "the rolled-back task never existed: {status:?}"
+        );
+    }
+    assert_eq!(ran.load(SeqCst), 3, "tasks 1 and 2, once each");
     poller
         .shutdown(Duration::from_secs(5))
         .await

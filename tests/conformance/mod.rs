@@ -185,6 +185,42 @@ pub async fn fetch_order_is_priority_then_fifo<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// Due tasks of one priority go in the order they became due (then by id), whatever order
+/// they were enqueued in; priority still comes first.
+pub async fn due_tasks_go_in_due_time_order<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let at = |p: Job, ms: u64, prio: i32| {
+        let options = TaskOptions::new().priority(prio);
+        let options = if ms > 0 {
+            options.delay(Duration::from_millis(ms))
+        } else {
+            options
+        };
+        with(p, options, 1)
+    };
+    enqueue(
+        &mut s,
+        vec![
+            at(1, 300, 0),
+            at(2, 150, 0),
+            at(3, 0, 0),
+            at(4, 150, 1),
+            at(5, 0, 0),
+        ],
+    )
+    .await;
+    // Every delay has passed once this sleep returns (it never returns early).
+    sleep_ms(400).await;
+    // Small fetches: each must pick the first due tasks, not only return them in order.
+    let mut got = Vec::new();
+    for max in [2, 2, 1] {
+        got.push(payloads(&fetch(&mut s, max).await));
+    }
+    assert_eq!(got, vec![vec![4, 3], vec![5, 2], vec![1]]);
+    h.cleanup(&store).await;
+}
+
 /// A batch is enqueued with one id per task, in order; tasks keep their options.
 pub async fn enqueue_keeps_batch_order_and_options<H: Harness>(h: &H) {
     let store = h.store().await;
@@ -1177,6 +1213,7 @@ macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!(@each $harness;
             fetch_order_is_priority_then_fifo,
+            due_tasks_go_in_due_time_order,
             enqueue_keeps_batch_order_and_options,
             final_acks_are_final,
             retries_wait_and_count_attempts,
