@@ -148,9 +148,20 @@ async fn kill_9_at_random_moments_loses_nothing() {
     // Each killed worker records its executions under its own name ("killed-3"); the last run
     // and the live peer under theirs.
     let env = |name: String| [(SCHEMA, schema.clone()), (NAME, name)];
+    // The survivors (the live peer, the last run) lease for 10 s: a starved CI machine must not
+    // let a live worker's own lease expire (a legal at-least-once re-run this test would count
+    // as unexplained). The killed workers keep the short lease, so what they held comes back
+    // within the test; taking an expired lease back does not depend on the taker's own lease.
+    let survivor = |name: &str| {
+        [
+            (SCHEMA, schema.clone()),
+            (NAME, name.to_owned()),
+            (LEASE_MS, "10000".to_owned()),
+        ]
+    };
     // A live peer works alongside the killed ones all along: its heartbeat takes their expired
     // leases back under load, and it runs them.
-    let mut peer = spawn_child(&[(SCHEMA, schema.clone()), (NAME, "peer".to_owned())]);
+    let mut peer = spawn_child(&survivor("peer"));
     // The running rows at each kill: (task, lease owner).
     let mut snapshots: Vec<Vec<(i64, i64)>> = Vec::new();
     let mut kills = 0;
@@ -177,7 +188,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         .map(|(id, _)| *id)
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let mut last = spawn_child(&env("last".to_owned()));
+    let mut last = spawn_child(&survivor("last"));
     assert!(
         wait_exit(&mut last, Duration::from_secs(60)).await,
         "the last run finishes the rest"

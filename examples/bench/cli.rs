@@ -11,11 +11,13 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
              [--workers K] [--executors E] [--ahead A] [--smoke]
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
-                 | memory | latency | durable-pg | durable-sqlite | durable | all
+                 | memory | latency | adaptive | durable-pg | durable-sqlite | durable
+                 | durable-pg-pace | all
                  (default: all; may be given more than once; the durable ones need the bench
                  built with `--features postgres,sqlite`, and durable-pg ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
-  --repeat R     runs of each throughput workload; the median is reported (default 3, smoke 1)
+  --repeat R     runs of each throughput workload (and of adaptive); the median is reported
+                 (default 3, smoke 1)
   --prefetch P   prefetch value(s) for the slowfetch workloads, comma-separated: a sweep;
                  `auto` = the builder's default, tuned (default: auto)
   --placement X  current | own | both: where our executors run, for every workload
@@ -39,13 +41,15 @@ pub(crate) enum Workload {
     Idle,
     Memory,
     Latency,
+    Adaptive,
     DurablePg,
     DurableSqlite,
+    DurablePgPace,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 10] = [
+pub(crate) const ALL: [Workload; 12] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -54,8 +58,10 @@ pub(crate) const ALL: [Workload; 10] = [
     Workload::Idle,
     Workload::Memory,
     Workload::Latency,
+    Workload::Adaptive,
     Workload::DurablePg,
     Workload::DurableSqlite,
+    Workload::DurablePgPace,
 ];
 
 impl Workload {
@@ -70,15 +76,17 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Memory => "memory",
             Workload::Latency => "latency",
+            Workload::Adaptive => "adaptive",
             Workload::DurablePg => "durable-pg",
             Workload::DurableSqlite => "durable-sqlite",
+            Workload::DurablePgPace => "durable-pg-pace",
         }
     }
 
     /// Whether this build can run it (the durable workloads need their cargo feature).
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg => cfg!(feature = "postgres"),
+            Workload::DurablePg | Workload::DurablePgPace => cfg!(feature = "postgres"),
             Workload::DurableSqlite => cfg!(feature = "sqlite"),
             _ => true,
         }

@@ -4,10 +4,12 @@
 //! cargo run --release --example bench -- --workload all
 //! cargo run --release --example bench -- --workload noop --n 200000
 //! cargo run --release --example bench -- --workload slowfetch-single --prefetch 0,8,16,32
+//! cargo run --release --example bench -- --workload adaptive --repeat 3
 //! cargo run --release --example bench -- --smoke          # tiny sizes: checks the program works
 //! ```
 //!
-//! Every workload runs on our poller ("ours") and on a baseline built from tokio alone: an
+//! Every workload but `adaptive` runs on our poller ("ours") and on a baseline built from tokio
+//! alone (`adaptive` compares its limiters with a sweep of fixed `workers` instead): an
 //! unbounded mpsc queue, a `Semaphore(K)` and one `tokio::spawn` per task on a multi-thread
 //! runtime with 2 workers, fetching inside its dispatch loop. The table prints ours, the
 //! baseline and ours ÷ baseline: ratios are what to compare between runs, absolute figures drift
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
     }
     let suite = Instant::now();
     let (mut rows, mut details, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut blocks = Vec::new();
     for &w in &opts.workloads {
         let started = Instant::now();
         eprint!("running {} ... ", w.name());
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
                 eprintln!("{:.1} s", started.elapsed().as_secs_f64());
                 rows.extend(report.rows);
                 details.extend(report.details);
+                blocks.extend(report.blocks);
             }
             Err(e) => {
                 eprintln!("FAILED: {e}");
@@ -124,6 +128,9 @@ fn main() -> ExitCode {
     println!();
     for d in &details {
         println!("- {d}");
+    }
+    for b in &blocks {
+        println!("\n{b}");
     }
     println!("\nsuite took {:.1} s", suite.elapsed().as_secs_f64());
     if failed.is_empty() {

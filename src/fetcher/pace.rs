@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use super::Fetcher;
 use crate::messages::{Pause, PauseKey, Resume, ResumeKey};
-use crate::pace::{Backpressure, PauseScope, Verdict};
+use std::time::Duration;
+
+use crate::pace::{Backpressure, Key, PauseScope, Verdict};
 use crate::source::Source;
 use crate::task::{Ack, Task, TaskId};
 
@@ -100,11 +102,11 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             match (b.scope(), key) {
                 (PauseScope::Key, Some(key)) => {
                     tracing::info!(%key, after = ?b.duration(), "key paused by backpressure");
-                    self.pace.pause_key(key, Some(b.duration()), now);
+                    self.pause_scope(Some(key), Some(b.duration()), now);
                 }
                 _ => {
                     tracing::info!(after = ?b.duration(), "poller paused by backpressure");
-                    self.pace.pause(Some(b.duration()), now);
+                    self.pause_scope(None, Some(b.duration()), now);
                 }
             }
         }
@@ -116,6 +118,30 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             if let Some(key) = self.pace_keys.remove(&ack.id) {
                 self.pace.end(&key);
             }
+        }
+    }
+
+    /// Pauses the whole poller (`key = None`) or one key: in the source's store when it keeps
+    /// pauses shared by every poller on it (PostgreSQL's queue-wide pace), else here.
+    fn pause_scope(&mut self, key: Option<Key>, duration: Option<Duration>, now: Instant) {
+        match self.source.store_pause(key.clone(), duration) {
+            Some(stored) => spawn_stored("pause", key, stored),
+            None => match key {
+                Some(key) => self.pace.pause_key(key, duration, now),
+                None => self.pace.pause(duration, now),
+            },
+        }
+    }
+
+    /// Resumes the whole poller (`key = None`) or one key, in the store or here (as
+    /// [`pause_scope`](Self::pause_scope)).
+    fn resume_scope(&mut self, key: Option<Key>) {
+        match self.source.store_resume(key.clone()) {
+            Some(stored) => spawn_stored("resume", key, stored),
+            None => match key {
+                Some(key) => self.pace.resume_key(&key),
+                None => self.pace.resume(),
+            },
         }
     }
 
@@ -138,11 +164,26 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 }
 
+/// Runs a stored pause or resume; a failure is logged (the caller sent a message and waits for
+/// no answer).
+fn spawn_stored<E: std::fmt::Display + 'static>(
+    what: &'static str,
+    key: Option<Key>,
+    stored: futures::future::LocalBoxFuture<'static, Result<(), E>>,
+) {
+    actix::spawn(async move {
+        match stored.await {
+            Ok(()) => tracing::info!(what, key = ?key, "stored for every poller on the queue"),
+            Err(error) => tracing::error!(what, key = ?key, %error, "could not store it"),
+        }
+    });
+}
+
 impl<T: Send + 'static, S: Source<T>> Handler<Pause> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, msg: Pause, ctx: &mut Self::Context) {
-        self.pace.pause(msg.duration, Instant::now());
+        self.pause_scope(None, msg.duration, Instant::now());
         self.pump(ctx);
     }
 }
@@ -151,7 +192,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Resume> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, _msg: Resume, ctx: &mut Self::Context) {
-        self.pace.resume();
+        self.resume_scope(None);
         self.pump(ctx);
     }
 }
@@ -160,7 +201,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<PauseKey> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, msg: PauseKey, ctx: &mut Self::Context) {
-        self.pace.pause_key(msg.key, msg.duration, Instant::now());
+        self.pause_scope(Some(msg.key), msg.duration, Instant::now());
         self.pump(ctx);
     }
 }
@@ -169,7 +210,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<ResumeKey> for Fetcher<T, S> {
     type Result = ();
 
     fn handle(&mut self, msg: ResumeKey, ctx: &mut Self::Context) {
-        self.pace.resume_key(&msg.key);
+        self.resume_scope(Some(msg.key));
         self.pump(ctx);
     }
 }

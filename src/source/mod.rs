@@ -503,6 +503,40 @@ pub trait Source<T>: 'static {
         Box::pin(futures::future::ready(Ok(None)))
     }
 
+    /// Stores a pause of the whole queue (`key = None`) or of one key, for `duration` (`None`:
+    /// until resumed), where every poller sharing the source's store sees it, or `None` (the
+    /// default) when the source keeps no such state: the poller then pauses itself. Pauses add
+    /// up to the longest. A PostgreSQL source with `PgConfig::queue_pace` (feature `postgres`)
+    /// stores them.
+    ///
+    /// # Errors
+    ///
+    /// The future fails with any error of the underlying store (the pause is then not stored).
+    #[allow(clippy::type_complexity)]
+    fn store_pause(
+        &mut self,
+        key: Option<crate::pace::Key>,
+        duration: Option<std::time::Duration>,
+    ) -> Option<LocalBoxFuture<'static, Result<(), Self::Error>>> {
+        let _ = (key, duration);
+        None
+    }
+
+    /// Ends a stored pause of the whole queue (`key = None`) or of one key (see
+    /// [`store_pause`](Source::store_pause)); `None` (the default) when the source stores none.
+    ///
+    /// # Errors
+    ///
+    /// The future fails with any error of the underlying store.
+    #[allow(clippy::type_complexity)]
+    fn store_resume(
+        &mut self,
+        key: Option<crate::pace::Key>,
+    ) -> Option<LocalBoxFuture<'static, Result<(), Self::Error>>> {
+        let _ = key;
+        None
+    }
+
     /// How often the Fetcher calls [`heartbeat`](Source::heartbeat) while the poller runs
     /// (`None`, the default: never). A durable source that leases tasks returns a fraction of
     /// its lease time.

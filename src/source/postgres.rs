@@ -75,4 +75,4 @@ pub use super::durable::postgres::{
     PgConfig, PgDialect, PgError, PgOptions, PgQueue, PgSource, DEFAULT_LOCK_TIMEOUT,
     DEFAULT_STATEMENT_TIMEOUT,
 };
-pub use super::durable::DEFAULT_TABLE;
+pub use super::durable::{QueuePace, DEFAULT_TABLE};

@@ -66,8 +66,8 @@ impl TaskOptions {
 
     /// The task's pace [`Key`] (e.g. its customer or API host): tasks with the same key share
     /// that key's concurrency limit ([`PollerBuilder::key_limit`](crate::PollerBuilder::key_limit)),
-    /// rate limit and pause. Honoured by the in-memory source; the durable sources do not store
-    /// keys yet (their tasks run without one).
+    /// rate limit and pause. Every source keeps it: the durable ones store it with the task
+    /// (`pace_key`), so a task fetched by another process has it too.
     pub fn key(mut self, key: impl Into<Key>) -> Self {
         self.key = Some(key.into());
         self

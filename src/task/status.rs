@@ -79,6 +79,9 @@ pub struct TaskStatus {
     /// The last progress its running attempt reported, when this poller runs it and tracks it
     /// (see [`Receipt::progress`](crate::Receipt::progress)); otherwise `None`.
     pub progress: Option<Progress>,
+    /// Its pace key ([`TaskOptions::key`](crate::TaskOptions::key)), when the source stores
+    /// keys (the durable sources do; the in-memory source answers `None`).
+    pub key: Option<crate::pace::Key>,
 }
 
 impl TaskStatus {
@@ -92,6 +95,7 @@ impl TaskStatus {
             enqueued_at: None,
             last_error: None,
             progress: None,
+            key: None,
         }
     }
 }

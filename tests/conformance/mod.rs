@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use actix_poller::source::{NewTask, RetrySupport, Source};
 use actix_poller::{
-    Ack, Disposition, FinalState, Poller, QueueCounts, RetryPolicy, SubmitBatch, Task, TaskContext,
-    TaskId, TaskOptions, TaskState, TaskStatus,
+    Ack, Disposition, FinalState, Key, Poller, QueueCounts, RetryPolicy, SubmitBatch, Task,
+    TaskContext, TaskId, TaskOptions, TaskState, TaskStatus,
 };
 use futures::future::LocalBoxFuture;
 
@@ -1207,6 +1207,105 @@ pub async fn status_is_read_from_the_store<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// A task's pace key is stored at enqueue and read back by every fetch and status, in another
+/// source (another process) too; a task without one has none.
+pub async fn keys_are_stored_and_read_back<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut a = h.source(&store, LONG_LEASE).await;
+    let mut b = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(
+        &mut a,
+        vec![with(1, TaskOptions::new().key("customer-1"), 1), task(2)],
+    )
+    .await;
+    let got = fetch(&mut b, 2).await;
+    let keys: Vec<_> = got.iter().map(|t| (t.payload, t.key.clone())).collect();
+    assert_eq!(
+        keys,
+        vec![(1, Some(Key::new("customer-1"))), (2, None)],
+        "keys read back by a fetch"
+    );
+    assert_eq!(
+        status_of(&mut a, ids[0]).await.key,
+        Some(Key::new("customer-1"))
+    );
+    assert_eq!(status_of(&mut a, ids[1]).await.key, None);
+    h.cleanup(&store).await;
+}
+
+/// The poller's per-key controls apply to durable tasks: a paused key starts nothing while
+/// another key's tasks behind it run, and a key limit of 1 holds.
+pub async fn per_key_controls_apply_to_stored_keys<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let s = h.source(&store, LONG_LEASE).await;
+    // Per key (payload / 100): running now, most at once, started.
+    let log = Arc::new(Mutex::new((
+        vec![0usize; 3],
+        vec![0usize; 3],
+        vec![0usize; 3],
+    )));
+    let l = log.clone();
+    let poller = Poller::<Job>::builder()
+        .source(s)
+        .workers(4)
+        .key_limit(1)
+        .on_current_arbiter()
+        .start(move |n: Job, _cx: TaskContext| {
+            let l = l.clone();
+            async move {
+                let k = (n / 100) as usize;
+                {
+                    let mut g = l.lock().unwrap_or_else(|e| e.into_inner());
+                    g.0[k] += 1;
+                    g.1[k] = g.1[k].max(g.0[k]);
+                    g.2[k] += 1;
+                }
+                // Long enough that tasks of one key would overlap without the limit.
+                sleep_ms(20).await;
+                l.lock().unwrap_or_else(|e| e.into_inner()).0[k] -= 1;
+                Ok::<(), String>(())
+            }
+        })
+        .expect("starts");
+    poller.pause_key("k0");
+    let submit = |k: u32, n: u32| {
+        SubmitBatch::new((0..n).map(|i| k * 100 + i).collect())
+            .options(TaskOptions::new().key(format!("k{k}")))
+            .tracked()
+    };
+    // The paused key first, in fetch order ahead of the others.
+    let paused = bounded("submit", poller.submit_batch_with(submit(0, 3)))
+        .await
+        .unwrap_or_else(|e| panic!("submit refused: {e}"));
+    let limited = bounded("submit", poller.submit_batch_with(submit(1, 4)))
+        .await
+        .unwrap_or_else(|e| panic!("submit refused: {e}"));
+    for r in limited {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    {
+        let g = log.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(g.2[0], 0, "the paused key started nothing");
+        assert_eq!(g.2[1], 4);
+        assert_eq!(g.1[1], 1, "key limit 1: one of k1 at a time");
+    }
+    poller.resume_key("k0");
+    for r in paused {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    assert_eq!(log.lock().unwrap_or_else(|e| e.into_inner()).1[0], 1);
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    h.cleanup(&store).await;
+}
+
 /// Generates one `#[actix_rt::test]` per property every source has.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1256,6 +1355,8 @@ macro_rules! durable_conformance_tests {
             bad_acks_are_stored_bounded,
             a_poison_ack_costs_one_task,
             status_is_read_from_the_store,
+            keys_are_stored_and_read_back,
+            per_key_controls_apply_to_stored_keys,
         );
     };
 }

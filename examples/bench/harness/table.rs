@@ -75,9 +75,11 @@ pub(crate) fn print_table(rows: &[Row]) {
     }
 }
 
-/// What a workload produced: table rows and detail lines.
+/// What a workload produced: table rows, detail lines, and tables of its own (Markdown,
+/// printed after the details).
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     pub(crate) details: Vec<String>,
+    pub(crate) blocks: Vec<String>,
 }

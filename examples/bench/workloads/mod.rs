@@ -3,8 +3,10 @@
 use crate::cli::{Opts, Workload};
 use crate::harness::{Placement, Report};
 
+pub(crate) mod adaptive;
 pub(crate) mod cpu;
 pub(crate) mod durable;
+pub(crate) mod durable_pace;
 pub(crate) mod idle;
 pub(crate) mod latency;
 pub(crate) mod memory;
@@ -12,8 +14,10 @@ pub(crate) mod noop;
 pub(crate) mod sleep;
 pub(crate) mod slowfetch;
 
+use adaptive::{adaptive, Timing};
 use cpu::cpu;
 use durable::{durable, Store};
+use durable_pace::durable_pace;
 use idle::idle;
 use latency::latency;
 use memory::memory;
@@ -48,7 +52,16 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         Workload::Idle => idle(s.idle, &placements(&both)),
         Workload::Memory => memory(s.memory),
         Workload::Latency => latency(s.latency, &placements(&both)),
+        Workload::Adaptive => {
+            let timing = if opts.smoke {
+                Timing::SMOKE
+            } else {
+                Timing::FULL
+            };
+            adaptive(opts.repeat, timing)
+        }
         Workload::DurablePg => durable(Store::Postgres, s.durable, k(16), opts.repeat),
         Workload::DurableSqlite => durable(Store::Sqlite, s.durable, k(16), opts.repeat),
+        Workload::DurablePgPace => durable_pace(s.durable, k(16), opts.repeat),
     }
 }

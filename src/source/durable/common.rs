@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dialect::FetchedRow;
+use crate::pace::Key;
 use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
 use crate::trace::{Parent, TraceParent};
@@ -93,6 +94,15 @@ pub(crate) fn statement(file: &str, name: &str, vars: &[(&str, &str)]) -> String
         "{header} is missing from the crate's SQL"
     );
     fill(&out, vars)
+}
+
+/// The statement `name` of `file`, filled, or `None` when the file has no such section (a
+/// statement only one store has).
+pub(crate) fn optional_statement(file: &str, name: &str, vars: &[(&str, &str)]) -> Option<String> {
+    let header = format!("-- name: {name}");
+    file.lines()
+        .any(|line| line.trim_end() == header)
+        .then(|| statement(file, name, vars))
 }
 
 /// Replaces each `{key}` with its value.
@@ -307,7 +317,8 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
     let mut tasks = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut leased = leased.borrow_mut();
-    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace) in rows
+    for (id, attempt, max_attempts, priority, timeout, payload, enqueued_at, _, seq, trace, key) in
+        rows
     {
         match serde_json::from_str::<T>(&payload) {
             Ok(payload) => {
@@ -321,7 +332,8 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                         timeout
                             .filter(|ms| *ms > 0)
                             .map(|ms| Duration::from_millis(ms as u64)),
-                    );
+                    )
+                    .with_key(key.map(Key::new));
                 // A text that is no valid traceparent (written by hand?) only loses the link.
                 task.trace = trace
                     .as_deref()
@@ -336,8 +348,16 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
 }
 
 /// A new task as the `enqueue` statement takes it: payload (JSON), priority, delay (µs), most
-/// attempts, timeout (ms), W3C `traceparent` of the submitter's span.
-pub(crate) type NewRow = (String, i32, i64, i32, Option<i64>, Option<String>);
+/// attempts, timeout (ms), W3C `traceparent` of the submitter's span, pace key.
+pub(crate) type NewRow = (
+    String,
+    i32,
+    i64,
+    i32,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 /// Encodes a batch for the `enqueue` statement.
 /// The rows of `tasks`; a task without attempts gets `default_attempts`. The trace context is
@@ -362,6 +382,7 @@ pub(crate) fn new_rows<T: serde::Serialize>(
                     .as_deref()
                     .map_or_else(TraceParent::current, Parent::traceparent)
                     .map(|tp| tp.to_string()),
+                t.key.as_ref().map(|k| k.as_str().to_owned()),
             ))
         })
         .collect()

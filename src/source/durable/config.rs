@@ -26,6 +26,8 @@ pub struct DurableConfig<D: Dialect> {
     pub(crate) max_connections: u32,
     pub(crate) expiries: u32,
     pub(crate) default_attempts: u32,
+    /// Queue-wide pace (PostgreSQL only).
+    pub(crate) queue_pace: Option<QueuePace>,
     /// The store's own settings.
     pub(crate) store: D::Options,
 }
@@ -44,6 +46,7 @@ impl<D: Dialect> Clone for DurableConfig<D> {
             max_connections: self.max_connections,
             expiries: self.expiries,
             default_attempts: self.default_attempts,
+            queue_pace: self.queue_pace,
             store: self.store.clone(),
         }
     }
@@ -64,6 +67,7 @@ impl<D: Dialect> fmt::Debug for DurableConfig<D> {
             .field("max_connections", &self.max_connections)
             .field("lease_expiries", &self.expiries)
             .field("default_attempts", &self.default_attempts)
+            .field("queue_pace", &self.queue_pace)
             .finish()
     }
 }
@@ -83,6 +87,7 @@ impl<D: Dialect> DurableConfig<D> {
             max_connections: D::POOL_SIZE,
             expiries: 5,
             default_attempts: DEFAULT_ATTEMPTS,
+            queue_pace: None,
             store,
         }
     }
@@ -187,5 +192,68 @@ impl<D: Dialect> DurableConfig<D> {
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
+    }
+}
+
+/// Pace controls shared by every poller on a PostgreSQL queue, kept in the database
+/// ([`PgConfig::queue_pace`](crate::source::postgres::PgConfig::queue_pace)): a global rate
+/// limit, a per-key concurrency limit, and stored pauses. See docs/pace.md ("Across processes").
+///
+/// # Examples
+///
+/// ```
+/// use actix_poller::source::durable::QueuePace;
+/// use actix_poller::RateLimit;
+/// use std::time::Duration;
+///
+/// // 100 claims a second across every process (bursts of 10), 4 running per key.
+/// let pace = QueuePace::new()
+///     .rate_limit(RateLimit::new(100, Duration::from_secs(1), 10))
+///     .key_limit(4);
+/// # let _ = pace;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuePace {
+    pub(crate) rate: Option<crate::RateLimit>,
+    pub(crate) key_limit: Option<u32>,
+}
+
+impl QueuePace {
+    /// No limit: only the stored pauses (which every `QueuePace` has).
+    pub fn new() -> Self {
+        QueuePace::default()
+    }
+
+    /// At most `limit.n` claims per `limit.per` across every process, bursts of `limit.burst`
+    /// (a GCRA whose state is in the database). `n = 0` is refused at connect.
+    pub fn rate_limit(mut self, limit: crate::RateLimit) -> Self {
+        self.rate = Some(limit);
+        self
+    }
+
+    /// At most `k` tasks of any one key leased at once across every process (claimed and not
+    /// yet acknowledged: running, or in a poller's buffer). `k = 0` is refused at connect.
+    pub fn key_limit(mut self, k: u32) -> Self {
+        self.key_limit = Some(k);
+        self
+    }
+
+    /// The emission interval (µs, at least 1) and burst of the rate limit, or `(0, 0)` for none.
+    pub(crate) fn rate_args(&self) -> (i64, i64) {
+        self.rate.map_or((0, 0), |r| {
+            let t = r.per / r.n.max(1);
+            (super::common::micros(t).max(1), i64::from(r.burst.max(1)))
+        })
+    }
+
+    /// Why this pace cannot be used, if it cannot.
+    pub(crate) fn invalid(&self) -> Option<&'static str> {
+        if self.rate.is_some_and(|r| r.n == 0) {
+            return Some("a queue-wide rate limit of 0 starts per period");
+        }
+        if self.key_limit == Some(0) {
+            return Some("a queue-wide key limit of 0 (pause the key instead)");
+        }
+        None
     }
 }

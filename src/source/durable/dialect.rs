@@ -147,7 +147,7 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
 }
 
 /// A fetched row: id, attempt, max attempts, priority, timeout (ms), payload (JSON),
-/// enqueued at and due at (µs since the epoch), lease sequence, W3C `traceparent`.
+/// enqueued at and due at (µs since the epoch), lease sequence, W3C `traceparent`, pace key.
 pub(crate) type FetchedRow = (
     i64,
     i64,
@@ -159,6 +159,7 @@ pub(crate) type FetchedRow = (
     i64,
     i64,
     Option<String>,
+    Option<String>,
 );
 
 /// A dead row: id, attempts, error, died at (µs since the epoch).
@@ -168,7 +169,7 @@ pub(crate) type DeadRow = (i64, i64, String, i64);
 pub(crate) type FinalRow = (i64, String, i64, Option<String>);
 
 /// A task's status row: id, state, attempt, max attempts, last error, then (µs since the epoch)
-/// due at, enqueued at, finished at, leased at, and the store's now.
+/// due at, enqueued at, finished at, leased at, and the store's now; then the pace key.
 pub(crate) type StatusRow = (
     i64,
     String,
@@ -180,6 +181,7 @@ pub(crate) type StatusRow = (
     Option<i64>,
     Option<i64>,
     i64,
+    Option<String>,
 );
 
 /// Counts by state: queued (due), scheduled, retrying, running, dead.

@@ -31,7 +31,7 @@ mod source;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-pub use config::{DurableConfig, DEFAULT_ATTEMPTS, DEFAULT_TABLE};
+pub use config::{DurableConfig, QueuePace, DEFAULT_ATTEMPTS, DEFAULT_TABLE};
 pub use dialect::{Arg, Dialect, List, Names, Store};
 pub use error::DurableError;
 pub use queue::DurableQueue;
@@ -65,6 +65,18 @@ pub(crate) struct Sql {
     migrations_table: String,
     migrations_applied: String,
     migration_record: String,
+    /// Queue-wide pace (PostgreSQL only): see `sql/postgres.sql`.
+    paced: Option<PacedSql>,
+}
+
+/// The statements of queue-wide pace (PostgreSQL's `PgConfig::queue_pace`).
+#[derive(Debug)]
+pub(crate) struct PacedSql {
+    lock: String,
+    fetch: String,
+    next_due: String,
+    pause: String,
+    resume: String,
 }
 
 impl Sql {
@@ -97,6 +109,15 @@ impl Sql {
             migrations_table: section("migrations_table"),
             migrations_applied: section("migrations_applied"),
             migration_record: section("migration_record"),
+            paced: common::optional_statement(D::QUERIES, "fetch_paced", &vars).map(|fetch| {
+                PacedSql {
+                    lock: section("pace_lock"),
+                    fetch,
+                    next_due: section("next_due_paced"),
+                    pause: section("pace_pause"),
+                    resume: section("pace_resume"),
+                }
+            }),
         }
     }
 }

@@ -14,7 +14,7 @@ use sqlx::postgres::{
 use sqlx::Arguments;
 
 use super::common::{self, Migration, Signal};
-use super::config::DurableConfig;
+use super::config::{DurableConfig, QueuePace};
 use super::dialect::{Args, Dialect, List, Names};
 use super::error::DurableError;
 use super::queue::DurableQueue;
@@ -114,6 +114,39 @@ impl DurableConfig<PgDialect> {
         self
     }
 
+    /// Pace controls shared by every poller on this queue, their state in the database: a
+    /// global rate limit, a per-key concurrency limit, and pauses of the queue or of a key
+    /// that every process sees and that survive a restart (default: none; every limit and
+    /// pause is then per poller). With it, [`Poller::pause`](crate::Poller::pause),
+    /// [`pause_key`](crate::Poller::pause_key), their `_for` forms, the resumes, the same
+    /// messages, and a handler's [`Backpressure`](crate::Backpressure), are stored instead of
+    /// held by the poller.
+    ///
+    /// Claims then run one at a time on the queue (each in a short transaction holding a row
+    /// lock on the queue's pace row), and count as starts: a claimed task is "running" for the
+    /// key limit until its ack lands or its lease expires (a killed process's tasks count until
+    /// their leases expire). Every poller on the queue must set the same pace: one that does
+    /// not claims past it. See docs/pace.md ("Across processes") for what it costs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::source::postgres::{PgConfig, QueuePace};
+    /// use actix_poller::RateLimit;
+    /// use std::time::Duration;
+    ///
+    /// let config = PgConfig::new("postgres://localhost/app").queue_pace(
+    ///     QueuePace::new()
+    ///         .rate_limit(RateLimit::new(50, Duration::from_secs(1), 5))
+    ///         .key_limit(2),
+    /// );
+    /// # let _ = config;
+    /// ```
+    pub fn queue_pace(mut self, pace: QueuePace) -> Self {
+        self.queue_pace = Some(pace);
+        self
+    }
+
     /// The schema of the table (created by the migrations if missing): a plain identifier.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.store.schema = Some(schema.into());
@@ -205,6 +238,8 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0004_lease_expiries.sql"),
         include_str!("../../../migrations/postgres/0005_leased_at.sql"),
         include_str!("../../../migrations/postgres/0006_traceparent.sql"),
+        include_str!("../../../migrations/postgres/0007_pace_key.sql"),
+        include_str!("../../../migrations/postgres/0008_queue_pace.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -238,6 +273,7 @@ impl Dialect for PgDialect {
                 ("name", name.clone()),
                 ("function", format!("{prefix}\"{name}_notify\"")),
                 ("migrations", format!("{prefix}\"{name}_migrations\"")),
+                ("pace", format!("{prefix}\"{name}_pace\"")),
                 ("channel", channel),
                 ("create_schema", create_schema),
             ],
@@ -322,6 +358,7 @@ impl Dialect for PgDialect {
             }
             List::Tasks(tasks) => {
                 let traces: Vec<Option<String>> = tasks.iter().map(|t| t.5.clone()).collect();
+                let keys: Vec<Option<String>> = tasks.iter().map(|t| t.6.clone()).collect();
                 let tasks = tasks
                     .into_iter()
                     .map(|t| (t.0, t.1, t.2, t.3, t.4))
@@ -332,7 +369,8 @@ impl Dialect for PgDialect {
                 out.add(delays)?;
                 out.add(attempts)?;
                 out.add(timeouts)?;
-                out.add(traces)
+                out.add(traces)?;
+                out.add(keys)
             }
         }
     }

@@ -14,13 +14,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::common::{self, Leased, Signal};
-use super::config::DurableConfig;
+use super::config::{DurableConfig, QueuePace};
 use super::dialect::{Arg, List, StatusRow, Store};
 use super::error::DurableError;
 use super::migrate;
 use super::queue::DurableQueue;
 use super::Sql;
 use crate::error::{SourceError, SubmitError};
+use crate::pace::Key;
 use crate::source::{
     EnqueueResult, FetchLimits, Fetched, FinalStates, NewTask, RetrySupport, Source, WakeOn,
 };
@@ -29,6 +30,11 @@ use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskStat
 /// How many prune statements one heartbeat runs at most (each deletes at most the dialect's
 /// `PRUNE_BATCH` rows), so one heartbeat stays short.
 const PRUNE_ROUNDS: usize = 20;
+
+/// Under queue-wide pace, how soon a poller that claimed nothing while tasks are due looks
+/// again: they wait for a key's running tasks to end (perhaps in another process, which tells
+/// no one), a key's pause, or the rate.
+const PACED_RECHECK: Duration = Duration::from_millis(20);
 
 /// A durable task source: tasks in a database table, leased to the poller that runs them.
 /// Users name it [`SqliteSource`](crate::source::sqlite::SqliteSource) or
@@ -47,6 +53,8 @@ pub struct DurableSource<T, D: Store> {
     /// How many lease expiries in a row make a task dead.
     expiries: u32,
     leased: Leased,
+    /// Queue-wide pace (PostgreSQL's `PgConfig::queue_pace`): claims go through `fetch_paced`.
+    pace: Option<QueuePace>,
     /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`).
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -198,6 +206,17 @@ where
     ) -> Result<Self, DurableError<D>> {
         let names = D::names(&config)?;
         let sql = Arc::new(Sql::new::<D>(&names));
+        if let Some(pace) = &config.queue_pace {
+            if let Some(why) = pace.invalid() {
+                return Err(DurableError::Config(format!("queue pace: {why}")));
+            }
+            if sql.paced.is_none() {
+                return Err(DurableError::Config(format!(
+                    "{} has no queue-wide pace",
+                    D::NAME
+                )));
+            }
+        }
         if config.migrate {
             let vars: Vec<(&str, &str)> =
                 names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -220,6 +239,7 @@ where
             batch: config.batch,
             expiries: config.expiries,
             leased: Leased::default(),
+            pace: config.queue_pace,
             listener,
         };
         let (pool, signal) = (&source.bookkeeping, &source.queue.signal);
@@ -264,15 +284,35 @@ where
         // Subscribed before the query: a wake-up during an empty fetch is not lost.
         let signal = common::wait_for_bump(&self.queue.signal);
         let max = max.min(self.batch).max(1);
+        let pace = self.pace;
         async move {
-            let mut conn = pool.acquire().await?;
-            let args = vec![
+            let mut args = vec![
                 Arg::Int(max.min(i64::MAX as usize) as i64),
                 Arg::Int(owner),
                 Arg::Int(lease_us),
-                Arg::Now,
             ];
-            let mut rows = D::fetched(&mut *conn, &sql.fetch, args).await?;
+            let paced = pace.as_ref().zip(sql.paced.as_ref());
+            let mut rows = match paced {
+                None => {
+                    let mut conn = pool.acquire().await?;
+                    args.push(Arg::Now);
+                    D::fetched(&mut *conn, &sql.fetch, args).await?
+                }
+                Some((pace, paced)) => {
+                    // One claim at a time on the queue: the lock, then the claim in a fresh
+                    // snapshot that sees every claim committed before (see `pace_lock`).
+                    let (interval, burst) = pace.rate_args();
+                    args.push(Arg::Int(pace.key_limit.map_or(0, i64::from)));
+                    args.push(Arg::Int(interval));
+                    args.push(Arg::Int(burst));
+                    args.push(Arg::Now);
+                    let mut tx = pool.begin_with(paced.lock.clone()).await?;
+                    let rows = D::fetched(&mut *tx, &paced.fetch, args).await?;
+                    tx.commit().await?;
+                    rows
+                }
+            };
+            let mut conn = pool.acquire().await?;
             let full = rows.len() >= max;
             common::sort_rows(&mut rows);
             let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
@@ -291,7 +331,8 @@ where
             if full || !tasks.is_empty() || buried {
                 return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
             }
-            let next = D::maybe_int(&mut *conn, &sql.next_due, vec![Arg::Now])
+            let next_due = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
+            let next = D::maybe_int(&mut *conn, next_due, vec![Arg::Now])
                 .await
                 .unwrap_or_else(|e| {
                     tracing::debug!(error = %e, "next due time unknown; polling");
@@ -299,9 +340,14 @@ where
                 });
             let mut at = crate::retry::deadline_after(Instant::now(), poll);
             if let Some(wait_us) = next {
-                // A due row another poller is leasing right now: look again shortly.
-                let wait =
-                    Duration::from_micros(wait_us.max(0) as u64).max(Duration::from_millis(5));
+                // A due row another poller is leasing right now, or (queue-wide pace) held by
+                // a key's limit or pause or by the rate: look again shortly.
+                let least = if paced.is_some() {
+                    PACED_RECHECK
+                } else {
+                    Duration::from_millis(5)
+                };
+                let wait = Duration::from_micros(wait_us.max(0) as u64).max(least);
                 at = at.min(crate::retry::deadline_after(Instant::now(), wait));
             }
             Ok(Fetched::drained(tasks, WakeOn::at(at).or_signal(signal)))
@@ -515,6 +561,48 @@ where
         Some(self.poll_interval)
     }
 
+    fn store_pause(
+        &mut self,
+        key: Option<Key>,
+        duration: Option<Duration>,
+    ) -> Option<LocalBoxFuture<'static, Result<(), DurableError<D>>>> {
+        self.pace?;
+        let statement = self.queue.sql.paced.as_ref()?.pause.clone();
+        let pool = self.queue.pool.clone();
+        let (kind, name) = scope(key);
+        let us = duration.map_or(-1, common::delay);
+        Some(
+            async move {
+                let args = vec![Arg::Int(kind), Arg::Text(name), Arg::Int(us), Arg::Now];
+                count::<D>(&pool, &statement, args).await?;
+                Ok(())
+            }
+            .boxed_local(),
+        )
+    }
+
+    fn store_resume(
+        &mut self,
+        key: Option<Key>,
+    ) -> Option<LocalBoxFuture<'static, Result<(), DurableError<D>>>> {
+        self.pace?;
+        let statement = self.queue.sql.paced.as_ref()?.resume.clone();
+        let pool = self.queue.pool.clone();
+        let sql = Arc::clone(&self.queue.sql);
+        let signal = Arc::clone(&self.queue.signal);
+        let (kind, name) = scope(key);
+        Some(
+            async move {
+                let args = vec![Arg::Int(kind), Arg::Text(name), Arg::Now];
+                count::<D>(&pool, &statement, args).await?;
+                // Pollers waiting out the pause: look now.
+                announce::<D>(&pool, &sql, &signal).await?;
+                Ok(())
+            }
+            .boxed_local(),
+        )
+    }
+
     fn heartbeat_interval(&self) -> Option<Duration> {
         Some(self.lease / 3)
     }
@@ -595,10 +683,15 @@ impl<T, D: Store> RetrySupport<T> for DurableSource<T, D> {
     fn enable_retries(&mut self) {}
 }
 
+/// A stored pause's scope: kind 0 (the queue, key '') or 1 (a key).
+fn scope(key: Option<Key>) -> (i64, String) {
+    key.map_or((0, String::new()), |k| (1, k.as_str().to_owned()))
+}
+
 /// A status row as a [`TaskStatus`]; `None` for a state the crate does not know (a row written
 /// by a newer version).
 fn status_of(row: StatusRow) -> Option<TaskStatus> {
-    let (id, state, attempt, max, error, run_at, enqueued, finished, leased, now) = row;
+    let (id, state, attempt, max, error, run_at, enqueued, finished, leased, now, key) = row;
     let at = finished.map(common::system_time);
     let attempt = attempt.clamp(0, u32::MAX.into()) as u32;
     let state = match state.as_str() {
@@ -622,5 +715,6 @@ fn status_of(row: StatusRow) -> Option<TaskStatus> {
     status.max_attempts = max.clamp(1, u32::MAX.into()) as u32;
     status.enqueued_at = Some(common::system_time(enqueued));
     status.last_error = error;
+    status.key = key.map(crate::pace::Key::new);
     Some(status)
 }

@@ -86,6 +86,7 @@ impl Dialect for SqliteDialect {
         include_str!("../../../migrations/sqlite/0003_lease_expiries.sql"),
         include_str!("../../../migrations/sqlite/0004_leased_at.sql"),
         include_str!("../../../migrations/sqlite/0005_traceparent.sql"),
+        include_str!("../../../migrations/sqlite/0006_pace_key.sql"),
     ];
     const PRUNE_BATCH: i64 = 5_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(1);

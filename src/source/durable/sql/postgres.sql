@@ -6,11 +6,12 @@
 
 -- name: enqueue
 -- One statement for the whole batch. The insert trigger notifies the listeners on commit.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent)
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent, pace_key)
 SELECT u.payload::jsonb, u.priority, now() + u.delay_us * interval '1 microsecond',
-       u.max_attempts, u.timeout_ms, u.traceparent
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[])
-     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent, ord)
+       u.max_attempts, u.timeout_ms, u.traceparent, u.pace_key
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::text[], $7::text[])
+     WITH ORDINALITY AS u (payload, priority, delay_us, max_attempts, timeout_ms, traceparent,
+                           pace_key, ord)
 ORDER BY u.ord
 RETURNING id;
 
@@ -36,7 +37,113 @@ WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
           t.payload::text,
           (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
-          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent;
+          (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent, t.pace_key;
+
+-- name: pace_lock
+-- Queue-wide pace (PgConfig::queue_pace): opens the claim's transaction (one round trip) and
+-- locks the queue's pace row until the claim commits, so claims run one at a time and each
+-- one's statement (a fresh snapshot in READ COMMITTED) sees every claim committed before it. In
+-- the same statement as the claim, the snapshot would be taken before the wait and miss them.
+BEGIN; SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
+
+-- name: fetch_paced
+-- The claim under queue-wide pace, after `pace_lock`. $1: most tasks; $2: owner; $3: lease
+-- (µs); $4: most running tasks per key (0: no limit); $5: the global rate's emission interval
+-- (µs; 0: no rate); $6: its burst. The clock is clock_timestamp() (now() is the transaction's
+-- start, before the lock was granted): claims are serialized, so their clocks are in order.
+-- A task of a paused key, or of a key with $4 tasks running (leased: in any process, claimed
+-- and not yet acked; an expired lease's task is reclaimed, so a killed process's count comes
+-- back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
+-- blocking). The global rate takes at most as many as its GCRA allows now, and moves its tat.
+-- The keys to skip are read once (`NOT IN` a small set: a hashed lookup per row); no key is
+-- NULL in either set.
+WITH clock AS (SELECT clock_timestamp() AS now),
+q AS (
+    SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now
+    FROM {pace} p, clock c WHERE p.kind = 0 AND p.pace_key = ''
+),
+allowance AS (
+    SELECT CASE
+        WHEN q.paused_until > q.now THEN 0
+        WHEN $5::bigint <= 0 THEN $1::bigint
+        ELSE least($1::bigint, greatest(0, floor(
+            $6::bigint - (extract(epoch FROM q.tat - q.now) * 1000000) / $5::bigint)))::bigint
+    END AS n
+    FROM q
+),
+running AS (
+    SELECT pace_key, count(*) AS n FROM {table}
+    WHERE state = 'running' AND pace_key IS NOT NULL AND $4::bigint > 0
+    GROUP BY pace_key
+),
+held AS (
+    SELECT pace_key FROM running WHERE n >= $4::bigint
+    UNION ALL
+    SELECT p.pace_key FROM {pace} p, clock c WHERE p.kind = 1 AND p.paused_until > c.now
+),
+candidates AS (
+    SELECT t.id, t.pace_key, t.priority, t.run_at
+    FROM {table} t
+    WHERE t.state = 'queued' AND t.run_at <= now()
+      AND (t.pace_key IS NULL OR t.pace_key NOT IN (SELECT pace_key FROM held))
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT (SELECT 2 * $1::bigint)
+    FOR UPDATE SKIP LOCKED
+),
+ranked AS (
+    SELECT c.id, c.pace_key, c.priority, c.run_at, coalesce(r.n, 0) AS running,
+           row_number() OVER (PARTITION BY c.pace_key ORDER BY c.priority DESC, c.run_at, c.id)
+               AS rn
+    FROM candidates c LEFT JOIN running r ON r.pace_key = c.pace_key
+),
+picked AS (
+    SELECT id FROM ranked
+    WHERE pace_key IS NULL OR $4::bigint <= 0 OR rn + running <= $4::bigint
+    ORDER BY priority DESC, run_at, id
+    LIMIT coalesce((SELECT n FROM allowance), 0)
+),
+claimed AS (
+    UPDATE {table} AS t
+    SET state = 'running', attempt = t.attempt + 1, lease_owner = $2, lease_seq = t.lease_seq + 1,
+        lease_until = (SELECT now FROM clock) + $3 * interval '1 microsecond',
+        leased_at = (SELECT now FROM clock)
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING t.id, t.attempt::bigint, t.max_attempts::bigint, t.priority::bigint, t.timeout_ms,
+              t.payload::text,
+              (extract(epoch FROM t.enqueued_at) * 1000000)::bigint,
+              (extract(epoch FROM t.run_at) * 1000000)::bigint, t.lease_seq, t.traceparent,
+              t.pace_key
+),
+rate AS (
+    UPDATE {pace} SET tat = (SELECT tat FROM q)
+        + (SELECT count(*) FROM claimed) * $5::bigint * interval '1 microsecond'
+    WHERE kind = 0 AND pace_key = '' AND $5::bigint > 0
+)
+SELECT * FROM claimed;
+
+-- name: next_due_paced
+-- As next_due, under queue-wide pace: not before the queue's pause ends.
+SELECT (extract(epoch FROM greatest(
+            (SELECT min(run_at) FROM {table} WHERE state = 'queued'),
+            (SELECT paused_until FROM {pace}
+             WHERE kind = 0 AND pace_key = '' AND paused_until > now()))
+        - now()) * 1000000)::bigint;
+
+-- name: pace_pause
+-- Pauses a scope ($1 kind: 0 the queue, 1 a key; $2 the key, '' for the queue) for $3 µs
+-- (-1: until resumed). Pauses add up to the longest.
+INSERT INTO {pace} (kind, pace_key, paused_until)
+VALUES ($1::smallint, $2,
+        CASE WHEN $3::bigint < 0 THEN 'infinity'::timestamptz
+             ELSE clock_timestamp() + $3::bigint * interval '1 microsecond' END)
+ON CONFLICT (kind, pace_key) DO UPDATE
+SET paused_until = greatest(
+    CASE WHEN {pace}.paused_until > clock_timestamp() THEN {pace}.paused_until END,
+    EXCLUDED.paused_until);
+
+-- name: pace_resume
+-- Ends a scope's pause ($1 kind, $2 key).
+UPDATE {pace} SET paused_until = NULL WHERE kind = $1::smallint AND pace_key = $2;
 
 -- name: next_due
 -- Microseconds from now to the earliest queued task (negative: overdue).
@@ -151,7 +258,7 @@ SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
        (extract(epoch FROM enqueued_at) * 1000000)::bigint,
        (extract(epoch FROM finished_at) * 1000000)::bigint,
        (extract(epoch FROM leased_at) * 1000000)::bigint,
-       (extract(epoch FROM now()) * 1000000)::bigint
+       (extract(epoch FROM now()) * 1000000)::bigint, pace_key
 FROM {table} WHERE id = $1;
 
 -- name: counts

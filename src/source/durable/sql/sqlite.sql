@@ -5,10 +5,12 @@
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
 -- name: enqueue
--- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms, traceparent];
--- ?2: now.
-INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at, traceparent)
-SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2, value ->> 5
+-- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms, traceparent,
+-- pace_key]; ?2: now.
+INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, enqueued_at, traceparent,
+                     pace_key)
+SELECT value ->> 0, value ->> 1, ?2 + (value ->> 2), value ->> 3, value ->> 4, ?2, value ->> 5,
+       value ->> 6
 FROM json_each(?1)
 ORDER BY key
 RETURNING id;
@@ -26,7 +28,7 @@ WHERE id IN (
     LIMIT ?1
 )
 RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
-          lease_seq, traceparent;
+          lease_seq, traceparent, pace_key;
 
 -- name: next_due
 -- Microseconds from now (?1) to the earliest queued task (negative: overdue).
@@ -131,7 +133,7 @@ WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('completed', 'dead',
 -- name: status
 -- One task, any state; times in µs since the Unix epoch, with now. ?1: id; ?2: now.
 SELECT id, state, attempt, max_attempts, last_error, run_at, enqueued_at, finished_at, leased_at,
-       ?2
+       ?2, pace_key
 FROM {table} WHERE id = ?1;
 
 -- name: counts
