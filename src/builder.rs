@@ -13,12 +13,12 @@ use tracing::Level;
 
 use crate::error::StartError;
 use crate::executor::{panic_message, Executor, Settings};
-use crate::fetcher::{Fetcher, FetcherConfig};
+use crate::fetcher::{ExecutorEnds, Fetcher, FetcherConfig};
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::TaskEvent;
 use crate::pace::PaceConfig;
 use crate::poller::{Handle, Poller};
-use crate::protocol::ReturnPath;
+use crate::protocol::{LocalQueue, ReturnPath};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownPlan;
@@ -587,7 +587,7 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             returns: &returns,
             trace: &trace,
         };
-        let executor_addrs = spawn_executors(shape, factory, links, &mut plan)?;
+        let (executor_addrs, queues) = spawn_executors(shape, factory, links, &mut plan)?;
 
         let fetcher_guard = plan.guard();
         let scheduler_guard = plan.guard();
@@ -611,11 +611,12 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
             self.source,
             executor_addrs
                 .iter()
-                .map(|a| a.clone().recipient())
-                .collect(),
-            executor_addrs
-                .iter()
-                .map(|a| a.clone().recipient())
+                .zip(queues)
+                .map(|(a, queue)| ExecutorEnds {
+                    execute: a.clone().recipient(),
+                    cancel: a.clone().recipient(),
+                    queue,
+                })
                 .collect(),
             config,
             Arc::clone(&counters),
@@ -701,6 +702,9 @@ struct ExecutorLinks<'a, T: Send + 'static> {
     trace: &'a TraceConfig,
 }
 
+/// The executors started: their addresses, and the Fetcher's end of each one's queue.
+type Started<T, H> = (Vec<Addr<Executor<T, H>>>, Vec<Arc<LocalQueue<T>>>);
+
 /// Builds one handler, a panic becoming a [`StartError`].
 fn build_handler<H>(factory: &dyn Fn(usize) -> H, executor: usize) -> Result<H, StartError> {
     catch_unwind(AssertUnwindSafe(|| factory(executor))).map_err(|panic| {
@@ -713,14 +717,15 @@ fn build_handler<H>(factory: &dyn Fn(usize) -> H, executor: usize) -> Result<H, 
 
 /// Starts the executors, each with its handler built by `factory` on its own thread (on the
 /// current arbiter, or on a new arbiter each, which `plan` keeps for shutdown). Returns once
-/// every handler is built; if `factory` panics for one, stops what was started and joins its
-/// threads, and returns the error.
+/// every handler is built, with each executor's address and the Fetcher's end of its queue; if
+/// `factory` panics for one, stops what was started and joins its threads, and returns the
+/// error.
 fn spawn_executors<T, H, F>(
     shape: ExecutorShape,
     factory: F,
     links: ExecutorLinks<'_, T>,
     plan: &mut ShutdownPlan,
-) -> Result<Vec<Addr<Executor<T, H>>>, StartError>
+) -> Result<Started<T, H>, StartError>
 where
     T: Send + 'static,
     H: TaskHandler<T>,
@@ -749,8 +754,12 @@ where
         return Ok(handlers
             .into_iter()
             .enumerate()
-            .map(|(index, handler)| new_executor(index, handler, plan.guard()).start())
-            .collect());
+            .map(|(index, handler)| {
+                let executor = new_executor(index, handler, plan.guard());
+                let queue = executor.queue();
+                (executor.start(), queue)
+            })
+            .unzip());
     }
     let factory = Arc::new(factory);
     let mut addrs = Vec::with_capacity(shape.count);
@@ -773,7 +782,9 @@ where
                 let ctx = Context::with_receiver(rx);
                 let executor =
                     Executor::new(index, handler, settings, done, counters, returns, guard);
+                let queue = executor.queue();
                 actix_rt::spawn(ctx.into_future(executor));
+                queue
             });
             let _ = built_tx.send(built);
         });
@@ -782,6 +793,7 @@ where
         built.push(built_rx);
     }
     let mut failed = None;
+    let mut queues = Vec::with_capacity(shape.count);
     for (executor, rx) in built.into_iter().enumerate() {
         let result = rx.recv().unwrap_or_else(|_| {
             Err(StartError::FactoryPanicked {
@@ -789,12 +801,15 @@ where
                 message: "its arbiter thread stopped before the handler was built".into(),
             })
         });
-        if let Err(e) = result {
-            failed.get_or_insert(e);
+        match result {
+            Ok(queue) => queues.push(queue),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
     match failed {
-        None => Ok(addrs),
+        None => Ok((addrs, queues)),
         Some(error) => {
             // Nothing may outlive a failed start: every arbiter stopped (dropping its
             // executor), every thread joined.

@@ -77,26 +77,36 @@ pub enum SubmitError<T> {
         /// What the source reported.
         error: SourceError,
     },
+    /// The poller stopped while its source was storing the task: its thread died under it (the
+    /// actix `System` running it was torn down mid-enqueue). Whether the task was stored is
+    /// unknown, and it cannot be handed back: a durable source may hold it (look it up, or
+    /// submit it again if a duplicate is harmless); an in-memory one lost it with the poller.
+    #[error("the poller stopped while its source was storing the task; whether it was stored is unknown")]
+    Unknown,
 }
 
 impl<T> SubmitError<T> {
-    /// The task (or batch) that could not be submitted.
-    pub fn into_inner(self) -> T {
+    /// The task (or batch) that could not be submitted; `None` for [`SubmitError::Unknown`],
+    /// which has none to hand back.
+    pub fn into_inner(self) -> Option<T> {
         match self {
             SubmitError::Full(t)
             | SubmitError::Closed(t)
             | SubmitError::Unsupported(t)
-            | SubmitError::Source { task: t, .. } => t,
+            | SubmitError::Source { task: t, .. } => Some(t),
+            SubmitError::Unknown => None,
         }
     }
 
-    /// A reference to the task (or batch) that could not be submitted.
-    pub fn get_ref(&self) -> &T {
+    /// A reference to the task (or batch) that could not be submitted; `None` for
+    /// [`SubmitError::Unknown`].
+    pub fn get_ref(&self) -> Option<&T> {
         match self {
             SubmitError::Full(t)
             | SubmitError::Closed(t)
             | SubmitError::Unsupported(t)
-            | SubmitError::Source { task: t, .. } => t,
+            | SubmitError::Source { task: t, .. } => Some(t),
+            SubmitError::Unknown => None,
         }
     }
 
@@ -110,6 +120,7 @@ impl<T> SubmitError<T> {
                 task: f(task),
                 error,
             },
+            SubmitError::Unknown => SubmitError::Unknown,
         }
     }
 
@@ -121,12 +132,12 @@ impl<T> SubmitError<T> {
     /// `true` when trying again later may succeed: a full queue, or a source error the source
     /// called transient ([`SourceError::is_transient`]: a database that went away may come
     /// back; a payload that does not encode will not). `false` for a closed poller or an
-    /// unsupported submit.
+    /// unsupported submit, or a poller that stopped mid-store ([`SubmitError::Unknown`]).
     pub fn is_transient(&self) -> bool {
         match self {
             SubmitError::Full(_) => true,
             SubmitError::Source { error, .. } => error.is_transient(),
-            SubmitError::Closed(_) | SubmitError::Unsupported(_) => false,
+            SubmitError::Closed(_) | SubmitError::Unsupported(_) | SubmitError::Unknown => false,
         }
     }
 }
@@ -141,6 +152,7 @@ impl<T> fmt::Debug for SubmitError<T> {
             SubmitError::Source { error, .. } => {
                 write!(f, "SubmitError::Source {{ error: {error:?}, .. }}")
             }
+            SubmitError::Unknown => f.write_str("SubmitError::Unknown"),
         }
     }
 }

@@ -13,9 +13,14 @@
 //! executor just left: the slot changes hands without a round trip through the Scheduler and
 //! the Fetcher, and the bound holds because no slot is ever created here. What it cannot use
 //! goes back in the next [`Done`] (`freed`).
+//!
+//! That queue is a lock-free queue shared with the Fetcher ([`LocalQueue`]): the Fetcher pushes
+//! tasks in, and takes them back from an executor that stopped reporting (a handler blocks its
+//! thread) to run them elsewhere. Each task leaves the queue exactly once, taken here or there;
+//! nothing waits on a lock, and the blocked executor need not answer. The executor counts only
+//! what it took (`Done::dequeued`); the Fetcher counts what it took back.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 use crate::handler::{BoxError, TaskHandler};
 use crate::messages::CancelOutcome;
 use crate::metrics::{Count, WallClock};
-use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, ReturnPath};
+use crate::protocol::{CancelRunning, Done, Drain, DrainReport, Execute, LocalQueue, ReturnPath};
 use crate::shutdown::DropGuard;
 use crate::stats::Counters;
 use crate::task::{Abort, CancelBoard, Finished, Outcome, RetryAfter, Task, TaskContext, TaskId};
@@ -191,8 +196,8 @@ pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     scheduler: Recipient<Done>,
     running: FuturesUnordered<Running<H::Future>>,
     /// Tasks dispatched ahead: each starts with a credit from an `Execute`, or in a slot a task
-    /// of this executor just left.
-    queue: VecDeque<Task<T>>,
+    /// of this executor just left, unless the Fetcher steals it first (see the module docs).
+    queue: Arc<LocalQueue<T>>,
     /// When a start brings the queue down to this length (half its length after the last
     /// refill), the executor reports at once rather than at the end of the wake, so the next
     /// refill is on its way while the rest still runs.
@@ -257,7 +262,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             cancels: Rc::default(),
             scheduler,
             running: FuturesUnordered::new(),
-            queue: VecDeque::new(),
+            queue: Arc::new(LocalQueue::new(Arc::clone(&counters))),
             low_water: 0,
             asked: false,
             finished: Vec::new(),
@@ -275,14 +280,26 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         }
     }
 
+    /// This executor's queue, for the Fetcher.
+    pub(crate) fn queue(&self) -> Arc<LocalQueue<T>> {
+        Arc::clone(&self.queue)
+    }
+
     /// The next queued task, unless draining (a drain starts nothing new).
     fn next_queued(&mut self) -> Option<Task<T>> {
         if self.draining.is_some() {
             return None;
         }
-        let task = self.queue.pop_front()?;
+        let task = self.queue.take()?;
         self.dequeued += 1;
         Some(task)
+    }
+
+    /// Empties the queue (what the Fetcher has not stolen), counting each task dequeued.
+    fn take_queue(&mut self) -> Vec<Task<T>> {
+        let tasks = self.queue.take_up_to(usize::MAX);
+        self.dequeued += tasks.len() as u32;
+        tasks
     }
 
     /// A slot is free: a queued task takes it over, or it goes back to the Scheduler. `cx` is
@@ -479,8 +496,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
             Some(d) => (Some(d.reply), d.report.unstarted),
             None => (None, Vec::new()),
         };
-        self.dequeued += self.queue.len() as u32;
-        unstarted.extend(self.queue.drain(..));
+        unstarted.extend(self.take_queue());
         let ended = self.ends_of_running();
         let interrupted: Vec<TaskId> = ended
             .iter()
@@ -578,20 +594,22 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H
     type Result = ();
 
     fn handle(&mut self, mut msg: Execute<T>, ctx: &mut Self::Context) {
-        let (tasks, credits) = msg.take();
+        // The tasks are in the queue already; their count matters only if undelivered.
+        let (_tasks, credits) = msg.take();
         if ctx.state() != ActorState::Running {
             // Handled while the actor is being torn down (its arbiter stopped): start nothing.
-            // The tasks are held, and `Drop` sends them back; the credits go back unused.
-            self.queue.extend(tasks);
+            // The queued tasks stay, and `Drop` sends them back; the credits go back unused.
             self.credits_used += credits;
             self.freed += credits;
             return;
         }
-        match &mut self.draining {
+        if self.draining.is_some() {
             // Dispatched before the drain began (the Fetcher stops first, so this should not
             // happen): never started, so handed back.
-            Some(d) => d.report.unstarted.extend(tasks),
-            None => self.queue.extend(tasks),
+            let unstarted = self.take_queue();
+            if let Some(d) = &mut self.draining {
+                d.report.unstarted.extend(unstarted);
+            }
         }
         if !self.queue.is_empty() {
             self.low_water = self.queue.len() / 2;
@@ -612,23 +630,8 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
     type Result = MessageResult<CancelRunning>;
 
     fn handle(&mut self, msg: CancelRunning, ctx: &mut Self::Context) -> Self::Result {
-        // Dispatched here but not started: it ends now, without a slot.
-        if let Some(pos) = self.queue.iter().position(|t| t.id == msg.id) {
-            if let Some(task) = self.queue.remove(pos) {
-                self.dequeued += 1;
-                // Counted as started so that busy (started − finished) stays exact.
-                self.started += 1;
-                self.finished.push(Finished {
-                    id: task.id,
-                    attempt: task.attempt,
-                    max_attempts: task.max_attempts,
-                    outcome: Outcome::Cancelled,
-                    elapsed: Duration::ZERO,
-                });
-                self.flush();
-                return MessageResult(CancelOutcome::Dequeued);
-            }
-        }
+        // A task queued here and not started is the Fetcher's to cancel: it takes the queues
+        // back before it asks the executors (see its `Cancel` handler).
         let attempt = Pin::new(&self.running)
             .iter_pin_ref()
             .find(|r| r.get_ref().id == msg.id)
@@ -651,11 +654,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Drain<T>> for Executor<T, H> 
         // The reply travels on its own channel, not as this handler's response: the executor
         // stops right after replying, and a response future would be dropped with it. Queued
         // tasks never started: they go back with the report.
-        self.dequeued += self.queue.len() as u32;
+        let unstarted = self.take_queue();
         self.draining = Some(Draining {
             reply: msg.reply,
             report: DrainReport {
-                unstarted: self.queue.drain(..).collect(),
+                unstarted,
                 ..DrainReport::default()
             },
         });

@@ -385,8 +385,12 @@ impl<T: Send + 'static> Poller<T> {
         let back = msg.task.return_on_drop();
         match self.handle().submit.send(msg).await {
             Ok(result) => result,
-            // The Fetcher is gone and the message was dropped undelivered: the task comes back.
-            Err(_) => Err(SubmitError::Closed(back.await.expect(UNDELIVERED))),
+            // The Fetcher is gone and the message was dropped undelivered: the task comes back
+            // (see `Returnable`). The Fetcher takes a submit's task only in its handler, which
+            // always answers, and stops only once no enqueue is in flight: the task is missing
+            // only if the Fetcher's thread died inside an enqueue in flight (its `System` torn
+            // down), when neither the task nor its fate can be known.
+            Err(_) => Err(back.await.map_or(SubmitError::Unknown, SubmitError::Closed)),
         }
     }
 
@@ -421,7 +425,8 @@ impl<T: Send + 'static> Poller<T> {
         let back = msg.tasks.return_on_drop();
         match self.handle().submit_batch.send(msg).await {
             Ok(result) => result,
-            Err(_) => Err(SubmitError::Closed(back.await.expect(UNDELIVERED))),
+            // As in `send_submit`.
+            Err(_) => Err(back.await.map_or(SubmitError::Unknown, SubmitError::Closed)),
         }
     }
 
@@ -605,12 +610,3 @@ impl<T: Send + 'static> Drop for Handle<T> {
         }
     }
 }
-
-/// An undelivered message always carries its tasks back (see `Returnable`). The Fetcher takes a
-/// submit's tasks only in its handler, which always answers: at once, or (an asynchronous
-/// enqueue) when the enqueue lands, and it stops only once no enqueue is in flight
-/// (`CloseSource`). So the tasks are missing here only if the Fetcher's thread died inside an
-/// enqueue in flight (its `System` torn down), when neither the tasks nor their fate can be
-/// known.
-const UNDELIVERED: &str = "the poller's thread died while the source stored this submit; \
-                           whether it was stored is unknown";

@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use actix::{Message, Recipient};
+use crossbeam_deque::{Injector, Steal};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -54,21 +55,98 @@ pub(crate) struct ExecutorDelta {
     pub(crate) freed: u32,
 }
 
-/// Fetcher → Executor: queue these tasks, and start `credits` of the queued ones now.
+/// An executor's local queue of tasks dispatched ahead (see
+/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)): a lock-free
+/// multi-producer, multi-consumer queue (`crossbeam-deque`'s `Injector`) shared by the Fetcher
+/// and that executor. The Fetcher pushes tasks in (and tells the executor with an [`Execute`]);
+/// the executor takes them out to start them, and the Fetcher takes them back when the
+/// executor stopped reporting (its thread is blocked) or died. Each task leaves the queue
+/// exactly once, to whichever side took it: no lock decides, and a blocked executor need not
+/// answer. Only the executor starts what it takes; the Fetcher dispatches again what it takes.
 ///
-/// Each executor keeps a short local queue (see
-/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)). A task starts only
-/// with a credit from an `Execute`, or in the slot a task of the same executor just left: so no
-/// more than the credits granted ever run. Credits it cannot spend (its queue emptied meanwhile)
-/// go back in the next [`Done`].
+/// What is still queued when the last side lets go of the queue (both actors died) is counted
+/// lost, never dropped silently.
+pub(crate) struct LocalQueue<T: Send + 'static> {
+    tasks: Injector<Task<T>>,
+    counters: Arc<Counters>,
+}
+
+impl<T: Send + 'static> LocalQueue<T> {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        LocalQueue {
+            tasks: Injector::new(),
+            counters,
+        }
+    }
+
+    /// Appends a task (the Fetcher dispatches it ahead; the executor puts one back).
+    pub(crate) fn push(&self, task: Task<T>) {
+        self.tasks.push(task);
+    }
+
+    /// Takes the oldest task, if any; no other taker gets it.
+    pub(crate) fn take(&self) -> Option<Task<T>> {
+        loop {
+            match self.tasks.steal() {
+                Steal::Success(task) => return Some(task),
+                Steal::Empty => return None,
+                // Another taker raced this one: look again.
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    /// Takes up to `max` tasks, oldest first.
+    pub(crate) fn take_up_to(&self, max: usize) -> Vec<Task<T>> {
+        std::iter::from_fn(|| self.take()).take(max).collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl<T: Send + 'static> Drop for LocalQueue<T> {
+    fn drop(&mut self) {
+        let ids: Vec<TaskId> = std::iter::from_fn(|| self.take()).map(|t| t.id).collect();
+        if !ids.is_empty() {
+            tracing::error!(
+                lost = ids.len(),
+                "an executor's queue outlived both its executor and the fetcher: its tasks are lost"
+            );
+            self.counters.record_lost(&ids);
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for LocalQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalQueue")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fetcher → Executor: `tasks` more tasks are in your [`LocalQueue`]; start `credits` of the
+/// queued ones now.
 ///
-/// An `Execute` dropped undelivered (its executor is gone) sends its tasks and credits back to
-/// the Fetcher ([`ReturnPath`]): none vanishes with a dead executor's mailbox.
+/// A task starts only with a credit from an `Execute`, or in the slot a task of the same
+/// executor just left: so no more than the credits granted ever run. Credits it cannot spend
+/// (its queue emptied meanwhile, or the Fetcher took the tasks back) go back in the next
+/// [`Done`].
+///
+/// An `Execute` dropped undelivered (its executor is gone) sends its credits back to the
+/// Fetcher ([`ReturnPath`]), which then takes back what that executor's queue holds: none
+/// vanishes with a dead executor's mailbox.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Execute<T: Send + 'static> {
-    /// Tasks to append to the executor's queue, oldest first.
-    pub(crate) tasks: Vec<Task<T>>,
+    /// Tasks pushed into the executor's queue with this message.
+    pub(crate) tasks: u32,
     /// How many queued tasks may start now, each holding one credit until its `Done`.
     pub(crate) credits: u32,
     /// The executor it is for, and the way back if it never gets there.
@@ -80,7 +158,7 @@ impl<T: Send + 'static> Execute<T> {
     /// An `Execute` for executor `executor`.
     pub(crate) fn new(
         executor: usize,
-        tasks: Vec<Task<T>>,
+        tasks: u32,
         credits: u32,
         back: &Arc<ReturnPath<T>>,
     ) -> Self {
@@ -92,8 +170,8 @@ impl<T: Send + 'static> Execute<T> {
         }
     }
 
-    /// Takes the tasks and the credits: the executor received them.
-    pub(crate) fn take(&mut self) -> (Vec<Task<T>>, u32) {
+    /// Takes the count of tasks queued and the credits: the executor received them.
+    pub(crate) fn take(&mut self) -> (u32, u32) {
         (
             std::mem::take(&mut self.tasks),
             std::mem::take(&mut self.credits),
@@ -104,14 +182,16 @@ impl<T: Send + 'static> Execute<T> {
 impl<T: Send + 'static> Drop for Execute<T> {
     fn drop(&mut self) {
         let (tasks, credits) = self.take();
-        self.back.send(self.executor, tasks, Vec::new(), credits);
+        if tasks > 0 || credits > 0 {
+            self.back.undelivered(self.executor, credits);
+        }
     }
 }
 
 impl<T: Send + 'static> fmt::Debug for Execute<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Execute")
-            .field("tasks", &self.tasks.len())
+            .field("tasks", &self.tasks)
             .field("credits", &self.credits)
             .finish()
     }
@@ -180,7 +260,8 @@ impl<V> Drop for Returnable<V> {
 }
 
 /// Fetcher → Executor: cancellation of a running task was requested; signal it now and drop it
-/// after `grace`. A task queued there and not started ends at once. Replies what it found.
+/// after `grace`. Replies what it found. (A task queued there and not started is not its to
+/// cancel: the Fetcher takes the queues back first and cancels it itself.)
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "CancelOutcome")]
 pub(crate) struct CancelRunning {
@@ -277,6 +358,22 @@ impl<T: Send + 'static> ReturnPath<T> {
         if unstarted.is_empty() && interrupted.is_empty() && credits == 0 {
             return;
         }
+        self.orphans(executor, unstarted, interrupted, credits);
+    }
+
+    /// An [`Execute`] for `executor` was never delivered (it is gone): its credits come back,
+    /// and the Fetcher takes back what that executor's queue holds.
+    pub(crate) fn undelivered(&self, executor: usize, credits: u32) {
+        self.orphans(executor, Vec::new(), Vec::new(), credits);
+    }
+
+    fn orphans(
+        &self,
+        executor: usize,
+        unstarted: Vec<Task<T>>,
+        interrupted: Vec<TaskId>,
+        credits: u32,
+    ) {
         // An undelivered message is dropped, and its `Drop` counts what it carried as lost.
         self.fetcher.do_send(Orphans {
             executor,
@@ -292,7 +389,7 @@ impl<T: Send + 'static> ReturnPath<T> {
 /// never started there (the Fetcher takes them back), these were running when it died (their
 /// futures are dropped: a source with a copy gets them back through their `Interrupted`
 /// outcome, otherwise they are lost), and these credits were never spent (the Fetcher spends
-/// them elsewhere).
+/// them elsewhere). The Fetcher also takes back what is still in that executor's queue.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Orphans<T: Send + 'static> {

@@ -84,6 +84,11 @@ pub struct Stats {
     /// left to take them back. Zero means nothing was lost. Their ids are listed in
     /// [`ShutdownReport::lost`](crate::ShutdownReport::lost).
     pub lost: u64,
+    /// Tasks dispatched ahead into an executor's queue and taken back before it started them,
+    /// to start at another executor: the executor had stopped reporting (a handler blocked its
+    /// thread, or it ran only long tasks), or a free slot elsewhere had nothing else to run.
+    /// Each runs once, wherever it was taken.
+    pub stolen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +115,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_submits: AtomicU64,
     pub(crate) executors_lost: AtomicU64,
     pub(crate) lost: AtomicU64,
+    pub(crate) stolen: AtomicU64,
     /// The ids of lost tasks not yet reported by a shutdown (at most [`MAX_LOST_IDS`]).
     pub(crate) lost_ids: Mutex<Vec<TaskId>>,
     /// Per executor: attempts it started and finished, both written by the Scheduler from the
@@ -250,6 +256,7 @@ impl Counters {
             dropped_submits: self.dropped_submits.load(Relaxed),
             executors_lost: self.executors_lost.load(Relaxed),
             lost: self.lost.load(Relaxed),
+            stolen: self.stolen.load(Relaxed),
         }
     }
 }

@@ -446,6 +446,9 @@ struct ChaosHandler {
     probe: Arc<Probe>,
     seen: Shared,
     plans: Arc<Vec<Plan>>,
+    /// Executors on their own threads: every third `Block` step blocks its thread past the
+    /// Fetcher's stall window, so the tasks queued there are taken back and run elsewhere.
+    long_blocks: bool,
     _state: Rc<DropProbe>,
 }
 
@@ -466,6 +469,7 @@ impl actix_poller::TaskHandler<u32> for ChaosHandler {
             .and_then(|plan| plan.steps.get(call).copied())
             .unwrap_or(Step::Ok);
         let (p, sn) = (self.probe.clone(), self.seen.clone());
+        let long_block = self.long_blocks && n % 3 == 0;
         async move {
             {
                 let mut seen = sn.lock().expect("seen lock");
@@ -490,7 +494,11 @@ impl actix_poller::TaskHandler<u32> for ChaosHandler {
                 Step::Snooze(ms) => Err(RetryAfter(Duration::from_millis(ms)).into()),
                 Step::Abort => Err(Abort::new("chaos abort").into()),
                 Step::Block => {
-                    std::thread::sleep(Duration::from_micros(200));
+                    std::thread::sleep(if long_block {
+                        Duration::from_millis(150)
+                    } else {
+                        Duration::from_micros(200)
+                    });
                     Ok(())
                 }
                 Step::Cooperative(ms) => {
@@ -556,6 +564,7 @@ fn start<S: Source<u32> + RetrySupport<u32>>(
             probe: p.probe.clone(),
             seen: p.seen.clone(),
             plans: plans.clone(),
+            long_blocks: !on_current,
             _state: Rc::new(DropProbe(p.state_drops.clone())),
         })
         .map_err(|e| format!("start: {e}"))?;
@@ -652,6 +661,8 @@ struct Tally {
     interrupted: usize,
     acks_given_up: usize,
     fetch_errors: usize,
+    /// Tasks taken back from an executor's queue to run at another (`Stats::stolen`).
+    stolen: usize,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -665,6 +676,7 @@ impl std::ops::AddAssign for Tally {
         self.interrupted += o.interrupted;
         self.acks_given_up += o.acks_given_up;
         self.fetch_errors += o.fetch_errors;
+        self.stolen += o.stolen;
     }
 }
 
@@ -739,6 +751,7 @@ fn run(seed: u64, extreme: Extreme, mode: Mode) -> Result<Tally, String> {
             cancelled,
             report,
         } = drive(&poller, &s, room).await?;
+        let stolen = poller.stats().stolen;
         let Probes {
             probe,
             seen,
@@ -783,6 +796,7 @@ fn run(seed: u64, extreme: Extreme, mode: Mode) -> Result<Tally, String> {
             refused: refused.len(),
             handed_back: back.len(),
             fetch_errors: *fetch_errors.borrow(),
+            stolen: stolen as usize,
             ..Tally::default()
         };
         let mut ids: Vec<u32> = receipts.keys().copied().collect();
@@ -1098,6 +1112,7 @@ fn run_sqlite(seed: u64, ack_faults: bool) -> Result<Tally, String> {
         let mut tally = Tally {
             accepted: receipts.len(),
             fetch_errors: *fetch_errors.borrow(),
+            stolen: poller.stats().stolen as usize,
             ..Tally::default()
         };
         let mut ids: Vec<u32> = receipts.keys().copied().collect();

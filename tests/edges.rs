@@ -425,6 +425,81 @@ async fn buffered_is_zero_after_shutdown_with_tasks_held() {
     assert_eq!((s.busy, s.buffered), (0, 0));
 }
 
+/// A source whose enqueue says it began (on `began`) and never lands.
+struct EndlessEnqueue {
+    inner: actix_poller::MemorySource<u32>,
+    began: std::sync::mpsc::Sender<()>,
+}
+
+impl actix_poller::Source<u32> for EndlessEnqueue {
+    type Error = Infallible;
+
+    fn fetch(
+        &mut self,
+        max: usize,
+    ) -> futures::future::LocalBoxFuture<'static, Result<actix_poller::Fetched<u32>, Infallible>>
+    {
+        self.inner.fetch(max)
+    }
+
+    fn ack(
+        &mut self,
+        acks: Vec<actix_poller::Ack>,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), Infallible>> {
+        self.inner.ack(acks)
+    }
+
+    fn enqueue(
+        &mut self,
+        _tasks: Vec<actix_poller::source::NewTask<u32>>,
+    ) -> futures::future::LocalBoxFuture<'static, actix_poller::source::EnqueueResult<u32>> {
+        let _ = self.began.send(());
+        Box::pin(futures::future::pending())
+    }
+}
+
+/// The System running the poller is torn down while its source stores a submit (a durable
+/// enqueue in flight): the submitter, on another System, gets `SubmitError::Unknown` (the task
+/// cannot come back and whether it was stored cannot be known), not a panic.
+#[test]
+fn a_poller_dying_mid_store_answers_unknown() {
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let (handle_tx, handle) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let sys = actix_rt::System::new();
+        sys.block_on(async move {
+            let source = EndlessEnqueue {
+                inner: actix_poller::MemorySource::default(),
+                began: began_tx,
+            };
+            let poller = Poller::<u32>::builder()
+                .source(source)
+                .on_current_arbiter()
+                .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+                .unwrap();
+            let _ = handle_tx.send((poller, actix_rt::System::current()));
+        });
+        // Returns once the System is stopped; dropping it drops every actor it ran.
+        let _ = sys.run();
+    });
+    let (poller, system) = handle.recv().unwrap();
+    actix_rt::System::new().block_on(async move {
+        let submit = actix_rt::spawn(async move { poller.submit_tracked(7).await });
+        let waited = tokio::task::spawn_blocking(move || {
+            let began = began.recv_timeout(Duration::from_secs(30));
+            system.stop();
+            let _ = thread.join();
+            began
+        });
+        assert!(waited.await.unwrap().is_ok(), "the enqueue never began");
+        let answer = within(submit).await.unwrap();
+        assert!(
+            matches!(answer, Err(SubmitError::Unknown)),
+            "expected Unknown, got {answer:?}"
+        );
+    });
+}
+
 // ---- 12.16: a blocked executor does not collect the work others could run -------------------
 
 /// One handler blocks its executor's thread (a blocking call in async code). Once that
@@ -465,6 +540,67 @@ async fn a_blocked_executor_is_sent_nothing_more() {
     within(poller.shutdown(Duration::from_secs(1)))
         .await
         .unwrap();
+}
+
+/// Tasks dispatched ahead into the queue of an executor whose thread then blocks are taken back
+/// and run at the other executor while the thread is still blocked (they used to wait for it).
+/// Two workers, two executors, one batch: task 0 starts at executor 0 and blocks its thread;
+/// the first task queued ahead goes to executor 0's queue, behind it (the dispatch rules place
+/// it there whatever the order the first credits and the batch arrive in); every other task
+/// runs at executor 1. Each task runs once and ends once; the bound holds throughout.
+#[actix_rt::test]
+async fn tasks_queued_at_a_blocked_executor_run_elsewhere() {
+    const N: u32 = 40;
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let probe = Arc::new(common::Probe::default());
+    let calls: Arc<Vec<AtomicUsize>> = Arc::new((0..=N).map(|_| AtomicUsize::new(0)).collect());
+    let (p, c) = (probe.clone(), calls.clone());
+    let poller = Poller::<u32>::builder()
+        .workers(2)
+        .executors(2)
+        .start(move |n: u32, _cx: TaskContext| {
+            c[n as usize].fetch_add(1, SeqCst);
+            p.enter();
+            if n == 0 {
+                // Blocks this executor's thread until the test releases it.
+                let _ = blocked.lock().map(|rx| rx.recv());
+            }
+            let p = p.clone();
+            async move {
+                p.exit();
+                Ok::<_, Infallible>(())
+            }
+        })
+        .unwrap();
+    let mut receipts = poller
+        .submit_batch_tracked((0..=N).collect())
+        .await
+        .unwrap();
+    let stuck = receipts.remove(0);
+    // Event-driven: each outcome resolves once its task completed, with task 0 still blocked.
+    for r in receipts {
+        assert_eq!(within(r.outcome()).await, Ok(FinalState::Completed));
+    }
+    let stats = poller.stats();
+    assert!(
+        stats.stolen >= 1,
+        "no task was queued behind the blocked one: the test proved nothing ({stats:?})"
+    );
+    assert_eq!(probe.running.load(SeqCst), 1, "only the blocked task runs");
+    let _ = release.send(());
+    assert_eq!(within(stuck.outcome()).await, Ok(FinalState::Completed));
+    let report = within(poller.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(report.handed_back.is_empty(), "{report:?}");
+    let counts: Vec<u32> = calls.iter().map(|c| c.load(SeqCst) as u32).collect();
+    common::assert_each_once(&counts, "handler calls");
+    assert!(
+        probe.max() <= 2,
+        "the bound broke: {} ran at once",
+        probe.max()
+    );
 }
 
 // ---- 12.10: every buffer has a bound --------------------------------------------------------

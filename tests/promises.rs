@@ -126,7 +126,7 @@ async fn a_source_error_hands_the_payload_back() {
         other => panic!("expected Source, got {other:?}"),
     }
     match poller.submit_tracked("two".to_owned()).await {
-        Err(e @ SubmitError::Source { .. }) => assert_eq!(e.into_inner(), "two"),
+        Err(e @ SubmitError::Source { .. }) => assert_eq!(e.into_inner().as_deref(), Some("two")),
         other => panic!("expected Source, got {other:?}"),
     }
     match poller
@@ -134,7 +134,10 @@ async fn a_source_error_hands_the_payload_back() {
         .await
     {
         Err(e @ SubmitError::Source { .. }) => {
-            assert_eq!(e.into_inner(), vec!["three".to_owned(), "four".to_owned()]);
+            assert_eq!(
+                e.into_inner(),
+                Some(vec!["three".to_owned(), "four".to_owned()])
+            );
         }
         other => panic!("expected Source, got {other:?}"),
     }

@@ -76,6 +76,35 @@ impl Harness for Postgres {
         })
     }
 
+    fn refuse_completing(&self, store: &String, id: TaskId) -> LocalBoxFuture<'static, ()> {
+        let schema = store.clone();
+        Box::pin(async move {
+            let pool = pg::pool().await;
+            // SQLSTATE 22023 (invalid_parameter_value): class 22, a data error to the source.
+            let statements = [
+                format!(
+                    "CREATE FUNCTION \"{schema}\".refuse_completing() RETURNS trigger \
+                     LANGUAGE plpgsql AS $$ BEGIN \
+                     RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023'; END $$"
+                ),
+                format!(
+                    "CREATE TRIGGER refuse_completing BEFORE UPDATE OF state \
+                     ON \"{schema}\".actix_poller_tasks FOR EACH ROW \
+                     WHEN (OLD.id = {n} AND NEW.state = 'completed') \
+                     EXECUTE FUNCTION \"{schema}\".refuse_completing()",
+                    n = id.0
+                ),
+            ];
+            for sql in statements {
+                sqlx::query(&sql)
+                    .execute(&pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("trigger: {e}"));
+            }
+            pool.close().await;
+        })
+    }
+
     fn cleanup(&self, store: &String) -> LocalBoxFuture<'static, ()> {
         let schema = store.clone();
         Box::pin(async move { drop_schema(&schema).await })

@@ -84,6 +84,25 @@ impl Harness for Sqlite {
         })
     }
 
+    fn refuse_completing(&self, store: &PathBuf, id: TaskId) -> LocalBoxFuture<'static, ()> {
+        let path = store.clone();
+        Box::pin(async move {
+            let s = SqliteSource::<Job>::connect(SqliteConfig::new(&path))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            // SQLITE_CONSTRAINT_TRIGGER: a data error to the source.
+            sqlx::query(&format!(
+                "CREATE TRIGGER refuse_completing_{n} BEFORE UPDATE OF state \
+                 ON actix_poller_tasks WHEN OLD.id = {n} AND NEW.state = 'completed' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+                n = id.0
+            ))
+            .execute(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("trigger: {e}"));
+        })
+    }
+
     fn cleanup(&self, store: &PathBuf) -> LocalBoxFuture<'static, ()> {
         let path = store.clone();
         Box::pin(async move {

@@ -166,6 +166,22 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         if self.closing || self.heartbeat_in_flight {
             return;
         }
+        // The timer shares the Fetcher's mailbox and thread: a starved or blocked thread
+        // delays it. A durable source's interval is a third of its lease, so a beat later than
+        // its interval plus half a lease may come after some leases expired.
+        let now = tokio::time::Instant::now();
+        if let (Some(last), Some(every)) = (self.last_beat, self.source.heartbeat_interval()) {
+            let late = now.saturating_duration_since(last).saturating_sub(every);
+            if late > every.saturating_mul(3) / 2 {
+                tracing::warn!(
+                    ?late,
+                    interval = ?every,
+                    "heartbeat late by more than half a lease: the poller's thread is starved \
+                     or blocked, and leases may expire"
+                );
+            }
+        }
+        self.last_beat = Some(now);
         self.heartbeat_in_flight = true;
         let span = trace::heartbeat_span();
         ctx.spawn(

@@ -1,5 +1,7 @@
 //! Dispatch: the Fetcher spends its credits and hands tasks to the executors, and keeps each
-//! executor's dispatch-ahead queue at its adaptive target (from the deltas in `Ready`).
+//! executor's dispatch-ahead queue at its adaptive target (from the deltas in `Ready`). It also
+//! takes queued tasks back from the executors' queues (work stealing, see `executor.rs`): from
+//! a stalled executor, and for a credit that has no buffered task to go with.
 
 use std::time::Duration;
 
@@ -9,14 +11,18 @@ use tokio::time::Instant;
 use super::{Fetcher, Phase};
 use crate::protocol::{Execute, ExecutorDelta, Ready};
 use crate::source::Source;
+use crate::stats::Counters;
 use crate::task::Task;
 
 /// An executor that holds tasks and has not reported for this long is *stalled*: a handler may
 /// block its thread, or it runs only long tasks. It is sent nothing more ahead; a credit goes
-/// to it (with a task, or for its own queue) only when no other executor can take one;
-/// so a blocked thread keeps at most what it held when it went quiet (its running tasks and
-/// its queue, at most `dispatch_ahead`) while the others take the rest. Queued tasks are never
-/// taken back: a blocked executor cannot answer, and no task may run twice.
+/// to it (with a task, or for its own queue) only when no other executor can take one; and
+/// while another executor can, the tasks queued there are taken back (its queue is a lock-free
+/// queue shared with the Fetcher, [`LocalQueue`](crate::protocol::LocalQueue): the blocked
+/// executor need not answer, and each task leaves the queue once, taken by the executor or by
+/// the Fetcher, so none runs twice) and dispatched to the others. A blocked thread keeps only
+/// what it runs, and the credits already on their way to it (they come back unused once it
+/// answers, if the tasks they were for were taken back).
 pub(crate) const STALL_AFTER: Duration = Duration::from_millis(100);
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
@@ -38,13 +44,102 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             .min_by_key(|&i| self.assigned[i] - self.uncovered(i).min(self.assigned[i]))
     }
 
+    /// Takes up to `max` tasks out of executor `i`'s queue, oldest first, and out of its books:
+    /// they no longer count as queued or assigned there, nor for their key (they count again
+    /// when dispatched). Lock-free: a blocked executor need not answer, and a task the executor
+    /// takes at the same moment is not taken here.
+    pub(super) fn steal_from(&mut self, i: usize, max: usize) -> Vec<Task<T>> {
+        let stolen = self.queues[i].take_up_to(max);
+        if !stolen.is_empty() {
+            self.assigned[i] = self.assigned[i].saturating_sub(stolen.len());
+            self.queued[i] = self.queued[i].saturating_sub(stolen.len());
+            for task in &stolen {
+                self.pace_returned(task);
+            }
+        }
+        stolen
+    }
+
+    /// Puts tasks taken back from an executor at the buffer's front, in their order (they were
+    /// fetched before anything still buffered).
+    pub(super) fn unsteal(&mut self, tasks: Vec<Task<T>>) {
+        for task in tasks.into_iter().rev() {
+            self.buffer.push_front(task);
+        }
+    }
+
+    /// While some executor can run tasks, takes back every task queued at a
+    /// [stalled](STALL_AFTER) one, into the buffer.
+    fn reclaim_stalled(&mut self, now: Instant) {
+        let e = self.executors.len();
+        if !(0..e).any(|i| !self.dead[i] && !self.stalled(i, now)) {
+            return;
+        }
+        for i in 0..e {
+            if self.dead[i] || !self.stalled(i, now) || self.queues[i].is_empty() {
+                continue;
+            }
+            let stolen = self.steal_from(i, usize::MAX);
+            if !stolen.is_empty() {
+                Counters::add(&self.counters.stolen, stolen.len() as u64);
+                tracing::debug!(
+                    executor = i,
+                    tasks = stolen.len(),
+                    "executor stalled; its queued tasks are taken back"
+                );
+                self.unsteal(stolen);
+            }
+        }
+    }
+
+    /// A credit for executor `i` found no buffered task: takes one queued at another executor
+    /// that no credit covers (a stalled one first, then the longest queue), so it runs at `i`
+    /// rather than wait there. `None` if no other executor has one.
+    fn steal_for(&mut self, i: usize, now: Instant) -> Option<Task<T>> {
+        let j = (0..self.executors.len())
+            .filter(|&j| j != i && !self.dead[j] && self.uncovered(j) > 0)
+            .max_by_key(|&j| (self.stalled(j, now), self.uncovered(j)))?;
+        let stolen = self.steal_from(j, 1);
+        if stolen.is_empty() {
+            return None;
+        }
+        Counters::add(&self.counters.stolen, 1);
+        self.unsteal(stolen);
+        // Through the pace check like any buffered task (it may be another that starts).
+        self.take_startable(now)
+    }
+
+    /// Arms a timer for the moment an executor that holds queued tasks would be stalled, while
+    /// credits wait at the Fetcher with nothing to run: those tasks are then taken back for
+    /// them (a credit already on its way to a thread that blocked stays there until it answers).
+    pub(super) fn arm_stall_check(&mut self, ctx: &mut Context<Self>) {
+        if self.stall_check.is_some() || self.credits == 0 || self.executors.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let due = (0..self.executors.len())
+            .filter(|&i| !self.dead[i] && !self.stalled(i, now) && !self.queues[i].is_empty())
+            .filter_map(|i| self.last_heard[i].checked_add(STALL_AFTER))
+            .min();
+        if let Some(due) = due {
+            let delay = due.saturating_duration_since(now);
+            self.stall_check = Some(ctx.run_later(delay, |act, ctx| {
+                act.stall_check = None;
+                act.pump(ctx);
+            }));
+        }
+    }
+
     /// Spends credits and hands tasks to the executors, one `Execute` per executor:
     ///
+    /// 0. first, tasks queued at a [stalled](STALL_AFTER) executor are taken back into the
+    ///    buffer while another executor can run them;
     /// 1. each credit to the executor running the fewest tasks (so CPU-bound work spreads over
-    ///    every thread) among those not [stalled](STALL_AFTER) (any, if all are), with one of
-    ///    the tasks already queued there, else a buffered task; with
-    ///    the buffer empty, to an executor that has queued tasks no credit covers (so no task
-    ///    waits behind a long one while a slot is free elsewhere);
+    ///    every thread) among those not stalled (any, if all are), with one of
+    ///    the tasks already queued there, else a buffered task; with the buffer empty, with a
+    ///    task taken from another executor's queue that no credit covers (so no task waits
+    ///    behind a long one, or a blocked thread, while a slot is free elsewhere); failing
+    ///    that (the task is still on its way there), to that executor for its own queue;
     /// 2. then, with no credit left, buffered tasks ahead into the executors' queues, up to
     ///    each one's `ahead_target`, shortest queue first, so an executor refills a slot the
     ///    moment a task ends.
@@ -53,14 +148,18 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return;
         }
         let e = self.executors.len();
-        let mut batches: Vec<(Vec<Task<T>>, u32)> = Vec::new();
+        if e > 1 && self.queued.iter().any(|&q| q > 0) {
+            self.reclaim_stalled(Instant::now());
+        }
+        // Per executor: tasks pushed into its queue, credits sent.
+        let mut batches: Vec<(u32, u32)> = Vec::new();
         let ahead = if self.pace.allows_ahead() {
             self.ahead
         } else {
             0
         };
         if self.credits > 0 || (ahead > 0 && !self.buffer.is_empty()) {
-            batches.resize_with(e, || (Vec::new(), 0));
+            batches.resize(e, (0, 0));
         } else {
             return;
         }
@@ -74,7 +173,14 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 break;
             };
             if self.uncovered(i) == 0 || self.stalled(i, now) {
-                if let Some(task) = self.take_startable(now) {
+                let task = self.take_startable(now).or_else(|| {
+                    if self.stalled(i, now) {
+                        None
+                    } else {
+                        self.steal_for(i, now)
+                    }
+                });
+                if let Some(task) = task {
                     self.push_task(&mut batches, i, task, now);
                 } else if let Some(j) = self
                     .least_running(|j| self.uncovered(j) > 0 && !self.stalled(j, now))
@@ -108,16 +214,16 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             }
         }
         for (i, (exec, (tasks, credits))) in self.executors.iter().zip(batches).enumerate() {
-            if !tasks.is_empty() || credits > 0 {
+            if tasks > 0 || credits > 0 {
                 exec.do_send(Execute::new(i, tasks, credits, &self.returns));
             }
         }
     }
 
-    /// Adds `task` to executor `i`'s batch (queued there; a credit may go along).
+    /// Queues `task` at executor `i` (its `Execute` tells it; a credit may go along).
     pub(super) fn push_task(
         &mut self,
-        batches: &mut [(Vec<Task<T>>, u32)],
+        batches: &mut [(u32, u32)],
         i: usize,
         mut task: Task<T>,
         now: Instant,
@@ -128,7 +234,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 task.progress = Some(t.progress.clone());
             }
         }
-        batches[i].0.push(task);
+        self.queues[i].push(task);
+        batches[i].0 += 1;
         if self.assigned[i] == 0 {
             // Idle until now: its silence so far says nothing.
             self.last_heard[i] = now;

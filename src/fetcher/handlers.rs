@@ -188,6 +188,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Submit<T>> for Fetcher<T, S> {
                     SubmitError::Source { task, error } => {
                         one(task).map(|task| SubmitError::Source { task, error })
                     }
+                    SubmitError::Unknown => Some(SubmitError::Unknown),
                 }
                 .map(Err),
             });
@@ -292,19 +293,8 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
         let id = msg.id;
-        // Fetched but not started: leased from the source, so the source hears it as an ack.
-        if let Some(pos) = self.buffer.iter().position(|t| t.id == id) {
-            if let Some(task) = self.buffer.remove(pos) {
-                Counters::add(&self.counters.cancelled, 1);
-                self.counters.metrics.count(Count::Cancelled, 1);
-                let ack = Ack {
-                    id,
-                    attempt: task.attempt,
-                    disposition: Disposition::Cancelled,
-                };
-                self.record_acks(vec![ack], ctx);
-                return Box::pin(actix::fut::ready(Ok(CancelOutcome::Dequeued)));
-            }
+        if self.cancel_unstarted(id, ctx) {
+            return Box::pin(actix::fut::ready(Ok(CancelOutcome::Dequeued)));
         }
         let running = self.cancel_running.clone();
         let grace = self.cancel_grace;
@@ -312,7 +302,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
             self.source
                 .cancel(id)
                 .into_actor(self)
-                .then(move |res, act, _ctx| {
+                .then(move |res, act, ctx| {
                     let answer: LocalBoxFuture<'static, _> = match res {
                         Err(e) => Box::pin(futures::future::ready(Err(SourceError::new(e)))),
                         Ok(true) => {
@@ -322,11 +312,14 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
                             act.resolve(id, FinalState::Cancelled);
                             Box::pin(futures::future::ready(Ok(CancelOutcome::Dequeued)))
                         }
+                        // Dispatched while the source was asked (a fetch in flight had it).
+                        Ok(false) if act.cancel_unstarted(id, ctx) => {
+                            Box::pin(futures::future::ready(Ok(CancelOutcome::Dequeued)))
+                        }
                         // Not waiting: maybe running on one of the executors.
                         Ok(false) => Box::pin(async move {
                             let asks = running.iter().map(|e| e.send(CancelRunning { id, grace }));
-                            // Queued at an executor (dispatched ahead): dequeued there; else
-                            // running there: signalled.
+                            // Running there: signalled.
                             Ok(futures::future::join_all(asks)
                                 .await
                                 .into_iter()
@@ -338,6 +331,43 @@ impl<T: Send + 'static, S: Source<T>> Handler<Cancel> for Fetcher<T, S> {
                     answer.into_actor(act)
                 }),
         )
+    }
+}
+
+impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
+    /// Cancels task `id` if it is fetched and not started: buffered, or queued at an executor
+    /// (the queues are taken back first; what else was there is dispatched again). Leased
+    /// from the source, so the source hears it as an ack.
+    fn cancel_unstarted(&mut self, id: TaskId, ctx: &mut Context<Self>) -> bool {
+        let mut took = false;
+        if self.phase == Phase::Running && !self.buffer.iter().any(|t| t.id == id) {
+            for i in 0..self.queues.len() {
+                let back = self.steal_from(i, usize::MAX);
+                took |= !back.is_empty();
+                self.unsteal(back);
+            }
+        }
+        let found = self
+            .buffer
+            .iter()
+            .position(|t| t.id == id)
+            .and_then(|pos| self.buffer.remove(pos));
+        let Some(task) = found else {
+            if took {
+                self.pump(ctx);
+            }
+            return false;
+        };
+        Counters::add(&self.counters.cancelled, 1);
+        self.counters.metrics.count(Count::Cancelled, 1);
+        let ack = Ack {
+            id,
+            attempt: task.attempt,
+            disposition: Disposition::Cancelled,
+        };
+        self.record_acks(vec![ack], ctx);
+        self.pump(ctx);
+        true
     }
 }
 

@@ -41,8 +41,14 @@ impl<T: Send + 'static, S: Source<T>> Handler<Orphans<T>> for Fetcher<T, S> {
         } else {
             msg.interrupted_are_lost();
         }
-        // Fetched before anything still buffered: back at the front, in their order.
-        for task in std::mem::take(&mut msg.unstarted).into_iter().rev() {
+        // What it took out of its queue, then what is still there (pushed before the Fetcher
+        // knew; nothing is pushed there any more). Fetched before anything still buffered:
+        // back at the front, in their order.
+        let mut back = std::mem::take(&mut msg.unstarted);
+        if let Some(queue) = self.queues.get(i) {
+            back.extend(queue.take_up_to(usize::MAX));
+        }
+        for task in back.into_iter().rev() {
             self.pace_returned(&task);
             self.buffer.push_front(task);
         }

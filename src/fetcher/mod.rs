@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 use crate::messages::Notify;
 use crate::metrics::{Sample, Stopwatch};
-use crate::protocol::{CancelRunning, Execute, ReturnPath};
+use crate::protocol::{CancelRunning, Execute, LocalQueue, ReturnPath};
 use crate::retry::Backoff;
 use crate::shutdown::DropGuard;
 use crate::source::{FetchLimits, Fetched, Source, WakeOn};
@@ -73,6 +73,11 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     tuning: prefetch::Tuning,
     executors: Vec<Recipient<Execute<T>>>,
     cancel_running: Vec<Recipient<CancelRunning>>,
+    /// Each executor's queue, shared with it: dispatch pushes tasks in, and takes back the
+    /// ones queued at a stalled or dead executor (see `dispatch.rs`).
+    queues: Vec<Arc<LocalQueue<T>>>,
+    /// The timer that looks again once an executor holding queued tasks may have stalled.
+    stall_check: Option<SpawnHandle>,
     default_attempts: u32,
     cancel_grace: Duration,
     /// Tasks dispatched to each executor and not yet reported finished.
@@ -123,6 +128,8 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// `CloseSource` arrived: a failed ack is no longer retried.
     closing: bool,
     heartbeat_in_flight: bool,
+    /// When the last heartbeat began (to warn of one that comes late).
+    last_beat: Option<tokio::time::Instant>,
     /// A `counts` call of the periodic sample is in flight.
     counting: bool,
     /// `CloseSource` waiting for acks and enqueues in flight to land.
@@ -163,6 +170,13 @@ impl<T: Send, S> fmt::Debug for Fetcher<T, S> {
     }
 }
 
+/// How the Fetcher reaches one executor: its mailbox for work and for cancels, and its queue.
+pub(crate) struct ExecutorEnds<T: Send + 'static> {
+    pub(crate) execute: Recipient<Execute<T>>,
+    pub(crate) cancel: Recipient<CancelRunning>,
+    pub(crate) queue: Arc<LocalQueue<T>>,
+}
+
 pub(crate) struct FetcherConfig {
     pub(crate) workers: usize,
     pub(crate) prefetch: Option<usize>,
@@ -178,14 +192,19 @@ pub(crate) struct FetcherConfig {
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(crate) fn new(
         source: S,
-        executors: Vec<Recipient<Execute<T>>>,
-        cancel_running: Vec<Recipient<CancelRunning>>,
+        ends: Vec<ExecutorEnds<T>>,
         config: FetcherConfig,
         counters: Arc<Counters>,
         guard: DropGuard,
         returns: Arc<ReturnPath<T>>,
     ) -> Self {
         let limits = source.limits();
+        let (mut executors, mut cancel_running, mut queues) = (Vec::new(), Vec::new(), Vec::new());
+        for end in ends {
+            executors.push(end.execute);
+            cancel_running.push(end.cancel);
+            queues.push(end.queue);
+        }
         let resolve_every = source.final_states_interval();
         counters.set_queued(source.queued());
         Fetcher {
@@ -202,6 +221,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             last_heard: vec![tokio::time::Instant::now(); executors.len()],
             executors,
             cancel_running,
+            queues,
+            stall_check: None,
             default_attempts: config.default_attempts,
             cancel_grace: config.cancel_grace,
             source,
@@ -227,6 +248,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             ack_retry: None,
             closing: false,
             heartbeat_in_flight: false,
+            last_beat: None,
             counting: false,
             ack_idle: Vec::new(),
             counters,
@@ -299,6 +321,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.dispatch();
         }
         self.arm_pace_timer(ctx);
+        self.arm_stall_check(ctx);
         self.mirror_buffered();
     }
 

@@ -670,7 +670,7 @@ mod tests {
         );
         let err = s.enqueue(new_tasks(2)).now_or_never().unwrap().unwrap_err();
         assert!(err.is_full());
-        assert_eq!(err.into_inner(), vec![0, 1]);
+        assert_eq!(err.into_inner(), Some(vec![0, 1]));
         assert_eq!(s.len(), 2, "a refused batch adds nothing");
     }
 

@@ -52,6 +52,14 @@ pub trait Harness: 'static {
         Box::pin(async { panic!("only durable sources have rows") })
     }
 
+    /// Makes the store refuse, as a data error, any update that completes task `id` (a trigger:
+    /// SQLite `RAISE(ABORT)`, PostgreSQL SQLSTATE 22023), so an ack batch holding that task's
+    /// completion is refused for its data (durable sources only).
+    fn refuse_completing(&self, store: &Self::Store, id: TaskId) -> LocalBoxFuture<'static, ()> {
+        let _ = (store, id);
+        Box::pin(async { panic!("only durable sources have triggers") })
+    }
+
     /// Drops the store (called at the end of a property that passed).
     fn cleanup(&self, store: &Self::Store) -> LocalBoxFuture<'static, ()> {
         let _ = store;
@@ -955,6 +963,37 @@ pub async fn bad_acks_are_stored_bounded<H: Harness>(h: &H) {
     h.cleanup(&store).await;
 }
 
+/// One ack the store refuses for its data (a trigger) in a batch of eight costs that one task,
+/// not the batch: the source splits the batch until the refused ack is alone, records every
+/// other ack, and leaves that task running under its lease (which expires, and it runs again).
+pub async fn a_poison_ack_costs_one_task<H: Harness>(h: &H) {
+    let store = h.store().await;
+    let mut s = h.source(&store, LONG_LEASE).await;
+    let ids = enqueue(&mut s, (1..=8).map(task).collect()).await;
+    let mut got = fetch(&mut s, 8).await;
+    got.sort_by_key(|t| t.id);
+    assert_eq!(got.len(), 8);
+    let poison = ids[5];
+    h.refuse_completing(&store, poison).await;
+    let acks = got
+        .iter()
+        .map(|t| ack_of(t, Disposition::Completed))
+        .collect();
+    ack(&mut s, acks).await;
+    for &id in &ids {
+        let state = h.row(&store, id).await.0;
+        if id == poison {
+            assert_eq!(
+                state, "running",
+                "the refused ack is left out, its lease kept"
+            );
+        } else {
+            assert_eq!(state, "completed", "task {id:?}'s ack is recorded");
+        }
+    }
+    h.cleanup(&store).await;
+}
+
 /// End to end, a task that runs three times its lease is kept by the poller's heartbeat: a
 /// second poller reclaiming expired leases all the while neither takes it back nor runs it
 /// again; it completes once, at attempt 1.
@@ -1323,6 +1362,7 @@ macro_rules! durable_conformance_tests {
             undecodable_payloads_go_dead,
             tasks_outlive_their_poller,
             bad_acks_are_stored_bounded,
+            a_poison_ack_costs_one_task,
             status_is_read_from_the_store,
             keys_are_stored_and_read_back,
             per_key_controls_apply_to_stored_keys,
