@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use actix_poller::source::{NewTask, RetrySupport, Source};
 use actix_poller::{Poller, TaskContext};
-use futures::future::{FutureExt, LocalBoxFuture};
+#[cfg(feature = "postgres")]
+use futures::future::FutureExt;
+use futures::future::LocalBoxFuture;
 
 use crate::harness::{finish, in_system, run_detail, within, Clock, Report, Row, Run, Tally, Unit};
 
