@@ -142,6 +142,14 @@ pub(crate) fn median(mut runs: Vec<Run>) -> Option<Run> {
     runs.get(runs.len() / 2).copied()
 }
 
+/// The min, median and max rate of `runs` (zeros when there is none).
+pub(crate) fn spread(runs: &[Run]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = runs.iter().map(Run::rate).collect();
+    r.sort_by(f64::total_cmp);
+    let at = |i: usize| r.get(i).copied().unwrap_or(0.0);
+    (at(0), at(r.len() / 2), at(r.len().saturating_sub(1)))
+}
+
 /// The `q`-quantile (nearest rank) of sorted `v`.
 pub(crate) fn quantile(v: &[Duration], q: f64) -> Duration {
     if v.is_empty() {

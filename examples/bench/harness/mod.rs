@@ -15,7 +15,7 @@ mod procfs;
 mod runners;
 mod table;
 
-pub(crate) use clock::{median, quantile, Clock, Run, Tally};
+pub(crate) use clock::{median, quantile, spread, Clock, Run, Tally};
 pub(crate) use procfs::{cpu_ticks, rss_bytes, thread_delta, threads, ThreadStat};
 pub(crate) use runners::{base_dispatch, queue_workload, run_detail};
 pub(crate) use table::{print_table, Report, Row, Unit};

@@ -23,7 +23,9 @@ use actix_poller::{Poller, TaskContext};
 use futures::future::FutureExt;
 use futures::future::LocalBoxFuture;
 
-use crate::harness::{finish, in_system, run_detail, within, Clock, Report, Row, Run, Tally, Unit};
+use crate::harness::{
+    finish, in_system, median, run_detail, spread, within, Clock, Report, Row, Run, Tally, Unit,
+};
 
 /// Which store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,20 +229,9 @@ pub(crate) fn durable(store: Store, n: usize, k: usize, repeat: usize) -> Result
     };
     let cpu_ours = cpu(&ours, &mut server, &mut fetches);
     let cpu_base = cpu(&base, &mut server_base, &mut fetches_base);
-    let spread = |runs: &[Run]| {
-        let mut r: Vec<f64> = runs.iter().map(Run::rate).collect();
-        r.sort_by(f64::total_cmp);
-        let at = |i: usize| r.get(i).copied().unwrap_or(0.0);
-        (at(0), at(r.len() / 2), at(r.len().saturating_sub(1)))
-    };
-    let pick = |mut runs: Vec<Run>| {
-        runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        let i = runs.len() / 2;
-        runs.into_iter().nth(i).ok_or("no run")
-    };
     let (omin, omed, omax) = spread(&ours);
     let (bmin, bmed, bmax) = spread(&base);
-    let (o, b) = (pick(ours)?, pick(base)?);
+    let (o, b) = (median(ours).ok_or("no run")?, median(base).ok_or("no run")?);
     let (target, goal) = match store {
         Store::Postgres => ("≥ 50 k/s", 50_000.0),
         Store::Sqlite => ("≥ 100 k/s", 100_000.0),

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use actix_poller::{Poller, TaskContext};
 
-use crate::harness::{finish, in_system, run_detail, within, Clock, Report, Row, Run, Tally, Unit};
+use crate::harness::{
+    finish, in_system, median, run_detail, spread, within, Clock, Report, Row, Run, Tally, Unit,
+};
 
 /// One run on a fresh schema; `paced`: with a queue-wide pace that does not bind.
 #[cfg(feature = "postgres")]
@@ -95,20 +97,9 @@ pub(crate) fn durable_pace(n: usize, k: usize, repeat: usize) -> Result<Report, 
         ours.push(in_system(one(n, k, true))?);
         base.push(in_system(one(n, k, false))?);
     }
-    let spread = |runs: &[Run]| {
-        let mut r: Vec<f64> = runs.iter().map(Run::rate).collect();
-        r.sort_by(f64::total_cmp);
-        let at = |i: usize| r.get(i).copied().unwrap_or(0.0);
-        (at(0), at(r.len() / 2), at(r.len().saturating_sub(1)))
-    };
-    let pick = |mut runs: Vec<Run>| {
-        runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        let i = runs.len() / 2;
-        runs.into_iter().nth(i).ok_or("no run")
-    };
     let (omin, omed, omax) = spread(&ours);
     let (bmin, bmed, bmax) = spread(&base);
-    let (o, b) = (pick(ours)?, pick(base)?);
+    let (o, b) = (median(ours).ok_or("no run")?, median(base).ok_or("no run")?);
     let config = format!("K={k}, {n} queued under 64 keys, queue pace not binding");
     let mut report = Report::default();
     report.rows.push(Row {
