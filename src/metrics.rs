@@ -39,6 +39,7 @@ pub(crate) mod names {
     pub(crate) const ACK_ERRORS: &str = "actix_poller.ack.errors";
     pub(crate) const HEARTBEAT_ERRORS: &str = "actix_poller.heartbeat.errors";
     pub(crate) const EXECUTORS_LOST: &str = "actix_poller.executors.lost";
+    pub(crate) const STOLEN: &str = "actix_poller.tasks.stolen";
     pub(crate) const BUSY: &str = "actix_poller.workers.busy";
     pub(crate) const LIMIT: &str = "actix_poller.workers.limit";
     pub(crate) const BUFFERED: &str = "actix_poller.tasks.buffered";
@@ -101,6 +102,7 @@ struct Handles {
     ack_errors: ::metrics::Counter,
     heartbeat_errors: ::metrics::Counter,
     executors_lost: ::metrics::Counter,
+    stolen: ::metrics::Counter,
     busy: ::metrics::Gauge,
     limit: ::metrics::Gauge,
     buffered: ::metrics::Gauge,
@@ -160,6 +162,7 @@ impl Handles {
             ack_errors: counter!(names::ACK_ERRORS, p),
             heartbeat_errors: counter!(names::HEARTBEAT_ERRORS, p),
             executors_lost: counter!(names::EXECUTORS_LOST, p),
+            stolen: counter!(names::STOLEN, p),
             busy: gauge!(names::BUSY, p),
             buffered: gauge!(names::BUFFERED, p),
             queued,
@@ -186,6 +189,8 @@ pub(crate) enum Count {
     DroppedSubmits,
     HeartbeatErrors,
     ExecutorsLost,
+    /// Queued tasks the Fetcher took back from an executor's queue (`Stats::stolen`).
+    Stolen,
     Lost,
 }
 
@@ -214,6 +219,7 @@ impl Metrics {
                 Count::DroppedSubmits => &h.dropped_submits,
                 Count::HeartbeatErrors => &h.heartbeat_errors,
                 Count::ExecutorsLost => &h.executors_lost,
+                Count::Stolen => &h.stolen,
                 Count::Lost => &h.lost,
             };
             c.increment(n);

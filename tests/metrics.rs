@@ -95,6 +95,57 @@ impl Metrics {
     }
 }
 
+/// Tasks queued behind a handler that blocks its executor's thread are taken back and run at
+/// the other executor: `actix_poller.tasks.stolen` counts each, as `Stats::stolen` does.
+#[actix_rt::test]
+async fn tasks_taken_back_from_a_blocked_executor_are_counted() {
+    const N: u32 = 20;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = std::sync::Arc::new(std::sync::Mutex::new(blocked));
+    let poller = metrics::with_local_recorder(&recorder, || {
+        Poller::<u32>::builder()
+            .name("stealing")
+            .workers(2)
+            .executors(2)
+            .start(move |n: u32, _cx: TaskContext| {
+                if n == 0 {
+                    // Blocks this executor's thread until the test releases it.
+                    let _ = blocked.lock().map(|rx| rx.recv());
+                }
+                async { Ok::<_, std::io::Error>(()) }
+            })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut receipts = bounded("submit", poller.submit_batch_tracked((0..=N).collect()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stuck = receipts.remove(0);
+    for r in receipts {
+        assert_eq!(
+            bounded("outcome", r.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    let _ = release.send(());
+    assert_eq!(
+        bounded("outcome", stuck.outcome()).await,
+        Ok(FinalState::Completed)
+    );
+    let stats = poller.stats();
+    bounded("shutdown", poller.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        stats.stolen >= 1,
+        "nothing was queued behind the blocked task: {stats:?}"
+    );
+    let m = Metrics::take(&snapshotter);
+    let p = ("poller", "stealing");
+    assert_eq!(m.counter("actix_poller.tasks.stolen", &[p]), stats.stolen);
+}
+
 #[actix_rt::test]
 async fn ninety_ok_and_ten_failing_give_exact_counts_and_a_hundred_run_times() {
     let recorder = DebuggingRecorder::new();

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use super::{Fetcher, Phase};
+use crate::metrics::Count;
 use crate::protocol::{Execute, ExecutorDelta, Ready};
 use crate::source::Source;
 use crate::stats::Counters;
@@ -82,6 +83,9 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             let stolen = self.steal_from(i, usize::MAX);
             if !stolen.is_empty() {
                 Counters::add(&self.counters.stolen, stolen.len() as u64);
+                self.counters
+                    .metrics
+                    .count(Count::Stolen, stolen.len() as u64);
                 tracing::debug!(
                     executor = i,
                     tasks = stolen.len(),
@@ -104,6 +108,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return None;
         }
         Counters::add(&self.counters.stolen, 1);
+        self.counters.metrics.count(Count::Stolen, 1);
         self.unsteal(stolen);
         // Through the pace check like any buffered task (it may be another that starts).
         self.take_startable(now)
