@@ -712,3 +712,158 @@ async fn limits_hold_across_three_os_processes() {
     db.close().await;
     pg::drop_schema(&schema).await;
 }
+
+// ---- The pace is the queue's -----------------------------------------------------------------
+
+/// Two tasks of key `k`.
+fn two_of_key_k() -> Vec<NewTask<Job>> {
+    (0..2)
+        .map(|n| {
+            let mut t = NewTask::new(n);
+            t.key = Some(Key::new("k"));
+            t
+        })
+        .collect()
+}
+
+/// The queue's pace is stored when the first poller with one opens it: a poller configured with
+/// another pace is refused at open, with an error naming both paces and how to change the
+/// stored one; a poller with the same limits (written another way) opens.
+#[actix_rt::test]
+async fn a_poller_with_another_pace_is_refused_at_open() {
+    let schema = pg::fresh_schema();
+    let first = QueuePace::new()
+        .rate_limit(RateLimit::new(50, Duration::from_secs(1), 5))
+        .key_limit(2);
+    let _a = PgSource::<Job>::connect(config(&schema, first))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for other in [
+        QueuePace::new()
+            .rate_limit(RateLimit::new(100, Duration::from_secs(1), 5))
+            .key_limit(2),
+        QueuePace::new()
+            .rate_limit(RateLimit::new(50, Duration::from_secs(1), 5))
+            .key_limit(3),
+        QueuePace::new(),
+    ] {
+        let refused = PgSource::<Job>::connect(config(&schema, other)).await;
+        let Err(error) = refused else {
+            panic!("a poller with another pace ({other:?}) opened the queue");
+        };
+        let message = error.to_string();
+        for part in ["50 per 1s (burst 5), key limit 2", "replace_queue_pace"] {
+            assert!(message.contains(part), "{part:?} not in: {message}");
+        }
+    }
+    // The same limits: 50 a second is 5 per 100 ms.
+    let same = QueuePace::new()
+        .rate_limit(RateLimit::new(5, Duration::from_millis(100), 5))
+        .key_limit(2);
+    PgSource::<Job>::connect(config(&schema, same))
+        .await
+        .unwrap_or_else(|e| panic!("the same limits are refused: {e}"));
+    pg::drop_schema(&schema).await;
+}
+
+/// A poller opened without a pace on a queue that has one claims under it (and stores its
+/// pauses): it does not claim past the key limit the queue's pollers keep.
+#[actix_rt::test]
+async fn a_poller_without_a_pace_adopts_the_queues() {
+    let schema = pg::fresh_schema();
+    let mut paced = PgSource::<Job>::connect(config(&schema, QueuePace::new().key_limit(1)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    bounded("enqueue", paced.enqueue(two_of_key_k()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut plain = PgSource::<Job>::connect(pg::config(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        fetch(&mut plain, 10).await.len(),
+        1,
+        "one of the key at a time, as the queue's pace says"
+    );
+    assert!(
+        fetch(&mut paced, 10).await.is_empty(),
+        "the key's one slot is taken"
+    );
+    assert!(
+        plain.store_pause(Some(Key::new("k")), None).is_some(),
+        "its pauses are the queue's"
+    );
+    pg::drop_schema(&schema).await;
+}
+
+/// A poller opened without a pace before the queue had one adopts it at its next heartbeat.
+#[actix_rt::test]
+async fn a_poller_without_a_pace_adopts_one_set_later_at_its_heartbeat() {
+    let schema = pg::fresh_schema();
+    let mut plain = PgSource::<Job>::connect(pg::config(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut paced = PgSource::<Job>::connect(config(&schema, QueuePace::new().key_limit(1)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    bounded("enqueue", paced.enqueue(two_of_key_k()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    bounded("heartbeat", plain.heartbeat())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        fetch(&mut plain, 10).await.len(),
+        1,
+        "adopted at the heartbeat"
+    );
+    pg::drop_schema(&schema).await;
+}
+
+/// `replace_queue_pace` changes the queue's pace: it opens where `queue_pace` with the new pace
+/// is refused, a poller still running with the old pace claims under the new one from its next
+/// claim (and shows it after its heartbeat), and one opened later with the old pace is refused.
+#[actix_rt::test]
+async fn replace_queue_pace_changes_it_for_every_poller() {
+    let schema = pg::fresh_schema();
+    let (old, new) = (QueuePace::new().key_limit(1), QueuePace::new().key_limit(2));
+    let mut running = PgSource::<Job>::connect(config(&schema, old))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut tasks = two_of_key_k();
+    tasks.extend(two_of_key_k());
+    bounded("enqueue", running.enqueue(tasks))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        PgSource::<Job>::connect(config(&schema, new))
+            .await
+            .is_err(),
+        "queue_pace does not replace the stored pace"
+    );
+    let _changer = PgSource::<Job>::connect(pg::config(&schema).replace_queue_pace(new))
+        .await
+        .unwrap_or_else(|e| panic!("replace_queue_pace: {e}"));
+    assert_eq!(
+        fetch(&mut running, 10).await.len(),
+        2,
+        "a running poller claims under the new pace"
+    );
+    bounded("heartbeat", running.heartbeat())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running.queue_pace(), Some(new));
+    let refused = PgSource::<Job>::connect(config(&schema, old)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(actix_poller::PgError::PaceMismatch { stored, configured })
+                if stored == new && configured == old
+        ),
+        "the old pace is refused now: {refused:?}"
+    );
+    PgSource::<Job>::connect(config(&schema, new))
+        .await
+        .unwrap_or_else(|e| panic!("the new pace is the queue's: {e}"));
+    pg::drop_schema(&schema).await;
+}

@@ -28,6 +28,8 @@ pub struct DurableConfig<D: Dialect> {
     pub(crate) default_attempts: u32,
     /// Queue-wide pace (PostgreSQL only).
     pub(crate) queue_pace: Option<QueuePace>,
+    /// Whether `queue_pace` replaces the queue's stored pace at open (PostgreSQL only).
+    pub(crate) replace_queue_pace: bool,
     /// The store's own settings.
     pub(crate) store: D::Options,
 }
@@ -47,6 +49,7 @@ impl<D: Dialect> Clone for DurableConfig<D> {
             expiries: self.expiries,
             default_attempts: self.default_attempts,
             queue_pace: self.queue_pace,
+            replace_queue_pace: self.replace_queue_pace,
             store: self.store.clone(),
         }
     }
@@ -68,6 +71,7 @@ impl<D: Dialect> fmt::Debug for DurableConfig<D> {
             .field("lease_expiries", &self.expiries)
             .field("default_attempts", &self.default_attempts)
             .field("queue_pace", &self.queue_pace)
+            .field("replace_queue_pace", &self.replace_queue_pace)
             .finish()
     }
 }
@@ -88,6 +92,7 @@ impl<D: Dialect> DurableConfig<D> {
             expiries: 5,
             default_attempts: DEFAULT_ATTEMPTS,
             queue_pace: None,
+            replace_queue_pace: false,
             store,
         }
     }
@@ -197,6 +202,25 @@ impl<D: Dialect> DurableConfig<D> {
     }
 }
 
+impl fmt::Display for QueuePace {
+    /// `50 per 1s (burst 5), key limit 2`; `no limit (stored pauses only)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.rate, self.key_limit) {
+            (None, None) => f.write_str("no limit (stored pauses only)"),
+            (rate, key_limit) => {
+                if let Some(r) = rate {
+                    write!(f, "{} per {:?} (burst {})", r.n, r.per, r.burst.max(1))?;
+                }
+                match (rate, key_limit) {
+                    (Some(_), Some(k)) => write!(f, ", key limit {k}"),
+                    (None, Some(k)) => write!(f, "key limit {k}"),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// Pace controls shared by every poller on a PostgreSQL queue, kept in the database
 /// ([`PgConfig::queue_pace`](crate::source::postgres::PgConfig::queue_pace)): a global rate
 /// limit, a per-key concurrency limit, and stored pauses. See docs/pace.md ("Across processes").
@@ -246,6 +270,41 @@ impl QueuePace {
             let t = r.per / r.n.max(1);
             (super::common::micros(t).max(1), i64::from(r.burst.max(1)))
         })
+    }
+
+    /// Whether claims under `other` are held to the same limits: the same rate's emission
+    /// interval (µs) and burst (50 per second is 5 per 100 ms), the same key limit.
+    pub(crate) fn same_limits(&self, other: &QueuePace) -> bool {
+        self.rate_args() == other.rate_args() && self.key_limit == other.key_limit
+    }
+
+    /// How the pace is stored: the rate as given (`n`, `per` in µs, burst), its emission
+    /// interval (µs), the key limit; 0 for "none".
+    pub(crate) fn stored(&self) -> [i64; 5] {
+        let (interval, burst) = self.rate_args();
+        let (n, per) = self.rate.map_or((0, 0), |r| {
+            (i64::from(r.n), super::common::micros(r.per).max(1))
+        });
+        [n, per, burst, interval, self.key_limit.map_or(0, i64::from)]
+    }
+
+    /// The pace a stored row holds (`n`, `per` in µs, burst, key limit; `None`, 0 or out of
+    /// range: none).
+    pub(crate) fn from_stored(
+        n: Option<i64>,
+        per_us: Option<i64>,
+        burst: Option<i64>,
+        key_limit: Option<i64>,
+    ) -> QueuePace {
+        let positive = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+        let rate = positive(n).map(|n| {
+            let per = std::time::Duration::from_micros(per_us.unwrap_or(0).max(1) as u64);
+            crate::RateLimit::new(n, per, positive(burst).unwrap_or(1))
+        });
+        QueuePace {
+            rate,
+            key_limit: positive(key_limit),
+        }
     }
 
     /// Why this pace cannot be used, if it cannot.

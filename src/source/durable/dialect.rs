@@ -189,6 +189,10 @@ pub(crate) type StatusRow = (
 /// none is due).
 pub(crate) type CountsRow = (i64, i64, i64, i64, i64, Option<i64>);
 
+/// The queue's stored pace (PostgreSQL): whether it has one; the rate's n, period (µs) and
+/// burst; the key limit.
+pub(crate) type PaceRow = (bool, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
 /// The statement runners, written once for every dialect whose `sqlx` driver can run them
 /// (implemented for every such [`Dialect`]; not to be implemented by hand).
 pub trait Store: Dialect {
@@ -262,6 +266,13 @@ pub trait Store: Dialect {
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<CountsRow>, sqlx::Error>>;
 
+    /// Runs the stored-pace lookup.
+    fn paces<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<PaceRow>, sqlx::Error>>;
+
     /// Runs SQL without arguments (several statements may be given).
     fn raw<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
@@ -307,6 +318,7 @@ where
     for<'r> FinalRow: FromRow<'r, Row<D>>,
     for<'r> StatusRow: FromRow<'r, Row<D>>,
     for<'r> CountsRow: FromRow<'r, Row<D>>,
+    for<'r> PaceRow: FromRow<'r, Row<D>>,
     for<'q> i64: Encode<'q, D::Db> + Type<D::Db>,
     for<'q> String: Encode<'q, D::Db> + Type<D::Db>,
 {
@@ -407,6 +419,14 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<CountsRow>, sqlx::Error>> {
+        rows::<D, _>(conn, sql, args)
+    }
+
+    fn paces<'a>(
+        conn: &'a mut <D::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<PaceRow>, sqlx::Error>> {
         rows::<D, _>(conn, sql, args)
     }
 

@@ -3,6 +3,7 @@
 use std::error::Error;
 use std::fmt;
 
+use super::config::QueuePace;
 use super::dialect::Dialect;
 
 /// What can go wrong with a durable source: [`SqliteError`](crate::source::sqlite::SqliteError)
@@ -44,6 +45,17 @@ pub enum DurableError<D: Dialect> {
         /// The newest version this crate knows.
         known: i64,
     },
+    /// PostgreSQL: this poller is configured with a queue pace
+    /// ([`PgConfig::queue_pace`](crate::source::postgres::PgConfig::queue_pace)) other than the
+    /// one stored with the queue. Every poller on a queue claims under its one pace: configure
+    /// the stored one, open without `queue_pace` (the poller then adopts it), or replace it
+    /// ([`PgConfig::replace_queue_pace`](crate::source::postgres::PgConfig::replace_queue_pace)).
+    PaceMismatch {
+        /// The queue's pace, stored in the database.
+        stored: QueuePace,
+        /// This poller's.
+        configured: QueuePace,
+    },
     /// A statement failed.
     Database(sqlx::Error),
     /// A payload could not be encoded as JSON.
@@ -79,6 +91,11 @@ impl<D: Dialect> fmt::Debug for DurableError<D> {
                 .field("found", found)
                 .field("known", known)
                 .finish(),
+            DurableError::PaceMismatch { stored, configured } => f
+                .debug_struct("PaceMismatch")
+                .field("stored", stored)
+                .field("configured", configured)
+                .finish(),
             DurableError::Database(e) => f.debug_tuple("Database").field(e).finish(),
             DurableError::Encode(e) => f.debug_tuple("Encode").field(e).finish(),
         }
@@ -111,6 +128,13 @@ impl<D: Dialect> fmt::Display for DurableError<D> {
                 "the {store} table was migrated to version {found} by a newer actix-poller; \
                  this one knows up to {known}"
             ),
+            DurableError::PaceMismatch { stored, configured } => write!(
+                f,
+                "the queue's pace, stored in {store}, is {stored}; this poller is configured \
+                 with {configured}. Every poller on a queue claims under its one pace: configure \
+                 {stored}, or open without `queue_pace` to adopt it, or replace the stored pace \
+                 with `PgConfig::replace_queue_pace` (docs/pace.md, \"Across processes\")"
+            ),
             DurableError::Database(e) => write!(f, "{store} error: {e}"),
             DurableError::Encode(e) => write!(f, "cannot encode a payload as JSON: {e}"),
         }
@@ -125,7 +149,9 @@ impl<D: Dialect> Error for DurableError<D> {
             | DurableError::Migration { source, .. }
             | DurableError::Database(source) => Some(source),
             DurableError::Encode(e) => Some(e),
-            DurableError::Config(_) | DurableError::SchemaTooNew { .. } => None,
+            DurableError::Config(_)
+            | DurableError::SchemaTooNew { .. }
+            | DurableError::PaceMismatch { .. } => None,
         }
     }
 }

@@ -77,6 +77,10 @@ pub(crate) struct PacedSql {
     next_due: String,
     pause: String,
     resume: String,
+    /// Stores a poller's pace as the queue's (at open).
+    declare: String,
+    /// Reads the queue's stored pace.
+    read: String,
 }
 
 impl Sql {
@@ -116,6 +120,8 @@ impl Sql {
                     next_due: section("next_due_paced"),
                     pause: section("pace_pause"),
                     resume: section("pace_resume"),
+                    declare: section("pace_declare"),
+                    read: section("pace_read"),
                 }
             }),
         }

@@ -125,8 +125,14 @@ impl DurableConfig<PgDialect> {
     /// Claims then run one at a time on the queue (each in a short transaction holding a row
     /// lock on the queue's pace row), and count as starts: a claimed task is "running" for the
     /// key limit until its ack lands or its lease expires (a killed process's tasks count until
-    /// their leases expire). Every poller on the queue must set the same pace: one that does
-    /// not claims past it. See docs/pace.md ("Across processes") for what it costs.
+    /// their leases expire). See docs/pace.md ("Across processes") for what it costs.
+    ///
+    /// The pace is the queue's, stored in the database: the first poller opened with one stores
+    /// it, and every claim reads its limits there. A poller opened with another pace is refused
+    /// ([`PgError::PaceMismatch`](DurableError::PaceMismatch), naming both); one opened without
+    /// `queue_pace` on a queue that has a pace adopts it (at open, or at its next heartbeat if
+    /// the pace was set after it opened). To change a queue's pace, open one poller with
+    /// [`replace_queue_pace`](Self::replace_queue_pace).
     ///
     /// # Examples
     ///
@@ -144,6 +150,35 @@ impl DurableConfig<PgDialect> {
     /// ```
     pub fn queue_pace(mut self, pace: QueuePace) -> Self {
         self.queue_pace = Some(pace);
+        self.replace_queue_pace = false;
+        self
+    }
+
+    /// As [`queue_pace`](Self::queue_pace), and `pace` replaces the queue's stored pace when
+    /// the source opens, whatever it was: how an operator changes a queue's pace. Every poller
+    /// on the queue, running ones too, claims under the new pace from its next claim (the
+    /// limits are read from the database at each claim; their pause state and the rate's
+    /// history are kept); one opened later with the old pace is refused, so update the others'
+    /// configuration to `pace` (or remove their `queue_pace`: they adopt the stored one).
+    ///
+    /// Meant for the change itself (a deploy step, an admin tool): pollers left opening with
+    /// `replace_queue_pace` of different paces would take turns replacing it. A pace cannot be
+    /// removed this way: [`QueuePace::new()`] has no limit (stored pauses only); docs/pace.md
+    /// says how to remove one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_poller::source::postgres::{PgConfig, QueuePace};
+    ///
+    /// // From now on at most 8 running per key, across every poller on the queue.
+    /// let config =
+    ///     PgConfig::new("postgres://localhost/app").replace_queue_pace(QueuePace::new().key_limit(8));
+    /// # let _ = config;
+    /// ```
+    pub fn replace_queue_pace(mut self, pace: QueuePace) -> Self {
+        self.queue_pace = Some(pace);
+        self.replace_queue_pace = true;
         self
     }
 
@@ -266,6 +301,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0006_traceparent.sql"),
         include_str!("../../../migrations/postgres/0007_pace_key.sql"),
         include_str!("../../../migrations/postgres/0008_queue_pace.sql"),
+        include_str!("../../../migrations/postgres/0009_stored_queue_pace.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -1,5 +1,6 @@
 //! [`DurableSource`]: the [`Source`] every durable store shares.
 
+use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,8 +54,10 @@ pub struct DurableSource<T, D: Store> {
     /// How many lease expiries in a row make a task dead.
     expiries: u32,
     leased: Leased,
-    /// Queue-wide pace (PostgreSQL's `PgConfig::queue_pace`): claims go through `fetch_paced`.
-    pace: Option<QueuePace>,
+    /// Queue-wide pace (PostgreSQL's `PgConfig::queue_pace`): the queue's stored pace, as read
+    /// at open and at each heartbeat; with one, claims go through `fetch_paced` (which reads
+    /// the limits from the store itself) and pauses are stored.
+    pace: Rc<Cell<Option<QueuePace>>>,
     /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`).
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -150,6 +153,44 @@ async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> s
     Ok(())
 }
 
+/// The queue's stored pace (`None`: it has none). PostgreSQL; `None` for a store without
+/// queue-wide pace.
+async fn stored_pace<D: Store>(pool: &Pool<D::Db>, sql: &Sql) -> sqlx::Result<Option<QueuePace>> {
+    let Some(paced) = &sql.paced else {
+        return Ok(None);
+    };
+    let mut conn = pool.acquire().await?;
+    let rows = D::paces(&mut *conn, &paced.read, vec![]).await?;
+    Ok(rows
+        .into_iter()
+        .find(|row| row.0)
+        .map(|(_, n, per, burst, key_limit)| QueuePace::from_stored(n, per, burst, key_limit)))
+}
+
+/// At open: stores `configured` as the queue's pace when the queue has none (or always, when
+/// `replace`), and returns the queue's pace after; a configured pace other than the stored one
+/// is refused ([`DurableError::PaceMismatch`]). `None` when the store has no queue-wide pace.
+async fn open_pace<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &Sql,
+    configured: Option<QueuePace>,
+    replace: bool,
+) -> Result<Option<QueuePace>, DurableError<D>> {
+    let (Some(paced), Some(pace)) = (&sql.paced, configured) else {
+        return Ok(stored_pace::<D>(pool, sql).await?);
+    };
+    let mut args: Vec<Arg> = pace.stored().into_iter().map(Arg::Int).collect();
+    args.push(Arg::Int(i64::from(replace)));
+    count::<D>(pool, &paced.declare, args).await?;
+    match stored_pace::<D>(pool, sql).await? {
+        Some(stored) if !stored.same_limits(&pace) => Err(DurableError::PaceMismatch {
+            stored,
+            configured: pace,
+        }),
+        stored => Ok(stored.or(Some(pace))),
+    }
+}
+
 /// Takes back tasks whose lease expired; announces them if some are queued again.
 async fn reclaim<D: Store>(
     pool: &Pool<D::Db>,
@@ -222,6 +263,8 @@ where
                 names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
             migrate::migrate::<D>(&pool, &sql, &vars, &names.table).await?;
         }
+        let pace =
+            open_pace::<D>(&pool, &sql, config.queue_pace, config.replace_queue_pace).await?;
         let bookkeeping = D::bookkeeping_pool(&pool, &config);
         let (signal, _) = watch::channel(0u64);
         let signal = Arc::new(signal);
@@ -239,7 +282,7 @@ where
             batch: config.batch,
             expiries: config.expiries,
             leased: Leased::default(),
-            pace: config.queue_pace,
+            pace: Rc::new(Cell::new(pace)),
             listener,
         };
         let (pool, signal) = (&source.bookkeeping, &source.queue.signal);
@@ -261,6 +304,14 @@ where
     /// The table's name (PostgreSQL: schema-qualified and quoted).
     pub fn table(&self) -> &str {
         &self.queue.table
+    }
+
+    /// The queue-wide pace this source claims under (PostgreSQL): the queue's, stored in the
+    /// database, as read when the source opened and at each heartbeat since (a poller opened
+    /// without [`queue_pace`](crate::source::postgres::PgConfig::queue_pace) on a queue that
+    /// has one adopts it). `None`: the queue has none; always `None` on SQLite.
+    pub fn queue_pace(&self) -> Option<QueuePace> {
+        self.pace.get()
     }
 }
 
@@ -284,27 +335,24 @@ where
         // Subscribed before the query: a wake-up during an empty fetch is not lost.
         let signal = common::wait_for_bump(&self.queue.signal);
         let max = max.min(self.batch).max(1);
-        let pace = self.pace;
+        let paced = sql.paced.is_some() && self.pace.get().is_some();
         async move {
             let mut args = vec![
                 Arg::Int(max.min(i64::MAX as usize) as i64),
                 Arg::Int(owner),
                 Arg::Int(lease_us),
             ];
-            let paced = pace.as_ref().zip(sql.paced.as_ref());
+            let paced = sql.paced.as_ref().filter(|_| paced);
             let mut rows = match paced {
                 None => {
                     let mut conn = pool.acquire().await?;
                     args.push(Arg::Now);
                     D::fetched(&mut *conn, &sql.fetch, args).await?
                 }
-                Some((pace, paced)) => {
+                Some(paced) => {
                     // One claim at a time on the queue: the lock, then the claim in a fresh
-                    // snapshot that sees every claim committed before (see `pace_lock`).
-                    let (interval, burst) = pace.rate_args();
-                    args.push(Arg::Int(pace.key_limit.map_or(0, i64::from)));
-                    args.push(Arg::Int(interval));
-                    args.push(Arg::Int(burst));
+                    // snapshot that sees every claim committed before (see `pace_lock`), under
+                    // the limits stored with the queue.
                     args.push(Arg::Now);
                     let mut tx = pool.begin_with(paced.lock.clone()).await?;
                     let rows = D::fetched(&mut *tx, &paced.fetch, args).await?;
@@ -331,7 +379,7 @@ where
             if full || !tasks.is_empty() || buried {
                 return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
             }
-            let next_due = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
+            let next_due = paced.map_or(&sql.next_due, |p| &p.next_due);
             let next = D::maybe_int(&mut *conn, next_due, vec![Arg::Now])
                 .await
                 .unwrap_or_else(|e| {
@@ -567,7 +615,7 @@ where
         key: Option<Key>,
         duration: Option<Duration>,
     ) -> Option<LocalBoxFuture<'static, Result<(), DurableError<D>>>> {
-        self.pace?;
+        self.pace.get()?;
         let statement = self.queue.sql.paced.as_ref()?.pause.clone();
         let pool = self.queue.pool.clone();
         let (kind, name) = scope(key);
@@ -586,7 +634,7 @@ where
         &mut self,
         key: Option<Key>,
     ) -> Option<LocalBoxFuture<'static, Result<(), DurableError<D>>>> {
-        self.pace?;
+        self.pace.get()?;
         let statement = self.queue.sql.paced.as_ref()?.resume.clone();
         let pool = self.queue.pool.clone();
         let sql = Arc::clone(&self.queue.sql);
@@ -618,6 +666,7 @@ where
         let dead_retention = self.dead_retention;
         let expiries = self.expiries;
         let held = self.leased.borrow().held();
+        let pace = Rc::clone(&self.pace);
         async move {
             if !held.is_empty() {
                 let asked = held.len();
@@ -631,6 +680,11 @@ where
                 common::report_extended(asked, extended);
             }
             reclaim::<D>(&pool, &sql, &signal, expiries).await?;
+            // The queue's pace as stored now: one set or replaced since (a poller opened
+            // without a pace adopts it here), or none, if an operator removed it.
+            if sql.paced.is_some() {
+                pace.set(stored_pace::<D>(&pool, &sql).await?);
+            }
             for (statement, keep) in [(&sql.prune, retention), (&sql.prune_dead, dead_retention)] {
                 let Some(keep) = keep else { continue };
                 for _ in 0..PRUNE_ROUNDS {

@@ -48,36 +48,42 @@ BEGIN; SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
 
 -- name: fetch_paced
 -- The claim under queue-wide pace, after `pace_lock`. $1: most tasks; $2: owner; $3: lease
--- (µs); $4: most running tasks per key (0: no limit); $5: the global rate's emission interval
--- (µs; 0: no rate); $6: its burst. The clock is clock_timestamp() (now() is the transaction's
--- start, before the lock was granted): claims are serialized, so their clocks are in order.
--- A task of a paused key, or of a key with $4 tasks running (leased: in any process, claimed
--- and not yet acked; an expired lease's task is reclaimed, so a killed process's count comes
--- back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
+-- (µs). The limits are the queue's, read from its row of {pace} under the lock (migration 9):
+-- `key_limit`, most running tasks per key (NULL: no limit); `rate_interval_us` and `rate_burst`,
+-- the global rate's emission interval and burst (NULL: no rate). So every poller claims under
+-- the stored pace, whatever it was configured with, and a replaced pace holds at the next claim.
+-- The clock is clock_timestamp() (now() is the transaction's start, before the lock was
+-- granted): claims are serialized, so their clocks are in order.
+-- A task of a paused key, or of a key with `key_limit` tasks running (leased: in any process,
+-- claimed and not yet acked; an expired lease's task is reclaimed, so a killed process's count
+-- comes back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
 -- blocking). The global rate takes at most as many as its GCRA allows now, and moves its tat.
 -- The keys to skip are read once (`NOT IN` a small set: a hashed lookup per row); no key is
 -- NULL in either set.
 WITH clock AS (SELECT clock_timestamp() AS now),
 q AS (
-    SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now
+    SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now,
+           coalesce(p.key_limit, 0) AS key_limit, coalesce(p.rate_interval_us, 0) AS step,
+           greatest(coalesce(p.rate_burst, 1), 1) AS burst
     FROM {pace} p, clock c WHERE p.kind = 0 AND p.pace_key = ''
 ),
 allowance AS (
     SELECT CASE
         WHEN q.paused_until > q.now THEN 0
-        WHEN $5::bigint <= 0 THEN $1::bigint
+        WHEN q.step <= 0 THEN $1::bigint
         ELSE least($1::bigint, greatest(0, floor(
-            $6::bigint - (extract(epoch FROM q.tat - q.now) * 1000000) / $5::bigint)))::bigint
+            q.burst - (extract(epoch FROM q.tat - q.now) * 1000000) / q.step)))::bigint
     END AS n
     FROM q
 ),
 running AS (
     SELECT pace_key, count(*) AS n FROM {table}
-    WHERE state = 'running' AND pace_key IS NOT NULL AND $4::bigint > 0
+    WHERE state = 'running' AND pace_key IS NOT NULL
+      AND coalesce((SELECT key_limit FROM q), 0) > 0
     GROUP BY pace_key
 ),
 held AS (
-    SELECT pace_key FROM running WHERE n >= $4::bigint
+    SELECT r.pace_key FROM running r, q WHERE r.n >= q.key_limit
     UNION ALL
     SELECT p.pace_key FROM {pace} p, clock c WHERE p.kind = 1 AND p.paused_until > c.now
 ),
@@ -97,8 +103,8 @@ ranked AS (
     FROM candidates c LEFT JOIN running r ON r.pace_key = c.pace_key
 ),
 picked AS (
-    SELECT id FROM ranked
-    WHERE pace_key IS NULL OR $4::bigint <= 0 OR rn + running <= $4::bigint
+    SELECT id FROM ranked, q
+    WHERE pace_key IS NULL OR q.key_limit <= 0 OR rn + running <= q.key_limit
     ORDER BY priority DESC, run_at, id
     LIMIT coalesce((SELECT n FROM allowance), 0)
 ),
@@ -116,10 +122,32 @@ claimed AS (
 ),
 rate AS (
     UPDATE {pace} SET tat = (SELECT tat FROM q)
-        + (SELECT count(*) FROM claimed) * $5::bigint * interval '1 microsecond'
-    WHERE kind = 0 AND pace_key = '' AND $5::bigint > 0
+        + (SELECT count(*) FROM claimed) * (SELECT step FROM q) * interval '1 microsecond'
+    WHERE kind = 0 AND pace_key = '' AND (SELECT step FROM q) > 0
 )
 SELECT * FROM claimed;
+
+-- name: pace_declare
+-- At open, a poller configured with a queue pace (PgConfig::queue_pace) stores it as the
+-- queue's when the queue has none, or ($6 = 1, PgConfig::replace_queue_pace) always. $1: the
+-- rate's n; $2: its period (µs); $3: its burst; $4: its emission interval (µs); $5: the key
+-- limit; 0 for none. Alone in its transaction: a declare racing another waits for the row,
+-- then sees it set and leaves it (the `pace_read` after it shows the winner's).
+INSERT INTO {pace} (kind, pace_key, paced, rate_n, rate_per_us, rate_burst, rate_interval_us,
+                    key_limit)
+VALUES (0, '', true, nullif($1::bigint, 0), nullif($2::bigint, 0), nullif($3::bigint, 0),
+        nullif($4::bigint, 0), nullif($5::bigint, 0))
+ON CONFLICT (kind, pace_key) DO UPDATE
+SET paced = true, rate_n = EXCLUDED.rate_n, rate_per_us = EXCLUDED.rate_per_us,
+    rate_burst = EXCLUDED.rate_burst, rate_interval_us = EXCLUDED.rate_interval_us,
+    key_limit = EXCLUDED.key_limit
+WHERE NOT {pace}.paced OR $6::bigint = 1;
+
+-- name: pace_read
+-- The queue's stored pace: whether it has one, the rate's n, period (µs) and burst, the key
+-- limit (NULL: none).
+SELECT paced, rate_n, rate_per_us, rate_burst, key_limit
+FROM {pace} WHERE kind = 0 AND pace_key = '';
 
 -- name: next_due_paced
 -- As next_due, under queue-wide pace: not before the queue's pause ends.
