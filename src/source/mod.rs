@@ -506,8 +506,8 @@ pub trait Source<T>: 'static {
     /// Stores a pause of the whole queue (`key = None`) or of one key, for `duration` (`None`:
     /// until resumed), where every poller sharing the source's store sees it, or `None` (the
     /// default) when the source keeps no such state: the poller then pauses itself. Pauses add
-    /// up to the longest. A PostgreSQL source with `PgConfig::queue_pace` (feature `postgres`)
-    /// stores them.
+    /// up to the longest. A PostgreSQL source on a queue with a pace (`PgConfig::queue_pace`,
+    /// or one stored with the queue; feature `postgres`) stores them.
     ///
     /// # Errors
     ///
