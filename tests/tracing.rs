@@ -396,6 +396,30 @@ impl actix_poller::source::Source<u32> for Beating {
     }
 }
 
+/// A poller on [`Beating`], its executor on the test's thread; its one task calls `first`, then
+/// sleeps (asynchronously) for what that returns.
+fn beating(
+    first: impl Fn() -> Duration + Send + Sync + 'static,
+) -> (Poller<u32>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let first = std::sync::Arc::new(first);
+    let poller = Poller::<u32>::builder()
+        .source(Beating {
+            handed: false,
+            beats: beats.clone(),
+        })
+        .on_current_arbiter()
+        .start(move |_n: u32, _cx| {
+            let nap = first();
+            async move {
+                tokio::time::sleep(nap).await;
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    (poller, beats)
+}
+
 fn late_heartbeat_warnings(capture: &Capture) -> usize {
     let (_, events) = capture.snapshot();
     events
@@ -413,19 +437,11 @@ fn late_heartbeat_warnings(capture: &Capture) -> usize {
 async fn a_heartbeat_delayed_by_a_blocked_thread_is_logged() {
     let capture = Capture::default();
     let _guard = capture.install();
-    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let poller = Poller::<u32>::builder()
-        .source(Beating {
-            handed: false,
-            beats: beats.clone(),
-        })
-        .on_current_arbiter()
-        .start(|_n: u32, _cx| async {
-            // The fault under test: a handler blocking its (the Fetcher's) thread.
-            std::thread::sleep(Duration::from_millis(800));
-            Ok::<(), String>(())
-        })
-        .unwrap();
+    let (poller, _) = beating(|| {
+        // The fault under test: a handler blocking its (the Fetcher's) thread.
+        std::thread::sleep(Duration::from_millis(800));
+        Duration::ZERO
+    });
     common::eventually(Duration::from_secs(20), || {
         late_heartbeat_warnings(&capture) > 0
     })
@@ -440,18 +456,7 @@ async fn heartbeats_on_time_are_not_logged_as_late() {
     tokio::time::pause();
     let capture = Capture::default();
     let _guard = capture.install();
-    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let poller = Poller::<u32>::builder()
-        .source(Beating {
-            handed: false,
-            beats: beats.clone(),
-        })
-        .on_current_arbiter()
-        .start(|_n: u32, _cx| async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            Ok::<(), String>(())
-        })
-        .unwrap();
+    let (poller, beats) = beating(|| Duration::from_secs(2));
     common::eventually(Duration::from_secs(60), || {
         beats.load(std::sync::atomic::Ordering::SeqCst) >= 30
     })

@@ -66,16 +66,7 @@ async fn preload(url: &str, schema: &str, n: usize) -> Result<(), String> {
     let source = PgSource::<u64>::connect(config(url, schema))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let queue = source.queue();
-    let all: Vec<u64> = (0..n as u64).collect();
-    for chunk in all.chunks(5_000) {
-        within(
-            "enqueue",
-            queue.enqueue(chunk.iter().copied().map(NewTask::new).collect()),
-        )
-        .await?
-        .map_err(|e| format!("enqueue: {e}"))?;
-    }
+    crate::workloads::durable::preload!(source, n);
     source.pool().close().await;
     Ok(())
 }
@@ -319,6 +310,43 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     (at(0), at(v.len() / 2), at(v.len().saturating_sub(1)))
 }
 
+/// Pushes one comparison's row (medians) and detail line: `sides[0]` (ours) against `sides[1]`
+/// (the baseline), run by run; met when every run's ratio reaches `target.1`.
+fn compare(
+    report: &mut Report,
+    what: &str,
+    config: String,
+    sides: [(String, Vec<f64>); 2],
+    target: (&'static str, f64),
+    note: String,
+) {
+    let [(ours_name, ours), (base_name, base)] = sides;
+    let ratios = ours
+        .iter()
+        .zip(&base)
+        .map(|(o, b)| o / b)
+        .collect::<Vec<_>>();
+    let runs = ratios.len();
+    let (rmin, rmed, rmax) = spread(ratios);
+    let (omin, omed, omax) = spread(ours);
+    let (bmin, bmed, bmax) = spread(base);
+    report.details.push(format!(
+        "durable-pg-scale {what} ({config}), {runs} interleaved runs, tasks/s min/median/max: \
+         {ours_name} {omin:.0} / {omed:.0} / {omax:.0}, {base_name} {bmin:.0} / {bmed:.0} / \
+         {bmax:.0}; ratio per run {rmin:.3} / {rmed:.3} / {rmax:.3}{note}"
+    ));
+    report.rows.push(Row {
+        workload: "durable-pg-scale",
+        config,
+        metric: "tasks/s",
+        unit: Unit::Rate,
+        ours: omed,
+        base: Some(bmed),
+        target: target.0,
+        met: Some(rmin >= target.1),
+    });
+}
+
 /// durable-pg-scale: depth and processes, `repeat` interleaved runs each.
 pub(crate) fn durable_scale(n: usize, repeat: usize, smoke: bool) -> Result<Report, String> {
     #[cfg(feature = "postgres")]
@@ -327,7 +355,7 @@ pub(crate) fn durable_scale(n: usize, repeat: usize, smoke: bool) -> Result<Repo
         let (drained, deep) = if smoke { (200, 2_000) } else { (DRAINED, DEEP) };
         let mut report = Report::default();
 
-        let (mut shallow_r, mut deep_r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut shallow_r, mut deep_r) = (Vec::new(), Vec::new());
         for i in 0..repeat {
             let (s, d) = if i % 2 == 0 {
                 let s = in_system(at_depth(&url, drained, drained))?;
@@ -338,38 +366,29 @@ pub(crate) fn durable_scale(n: usize, repeat: usize, smoke: bool) -> Result<Repo
             };
             shallow_r.push(s);
             deep_r.push(d);
-            ratios.push(d / s);
         }
-        let (rmin, rmed, rmax) = spread(ratios);
-        let (smin, smed, smax) = spread(shallow_r);
-        let (dmin, dmed, dmax) = spread(deep_r);
-        let config = format!("K={K}, {drained} drained at {deep} queued vs at {drained}");
-        report.rows.push(Row {
-            workload: "durable-pg-scale",
-            config: config.clone(),
-            metric: "tasks/s",
-            unit: Unit::Rate,
-            ours: dmed,
-            base: Some(smed),
-            target: "≥ 0.9 × in every run",
-            met: Some(rmin >= 0.9),
-        });
-        report.details.push(format!(
-            "durable-pg-scale depth ({config}), {repeat} interleaved runs, tasks/s min/median/max: \
-             at {deep} queued {dmin:.0} / {dmed:.0} / {dmax:.0}, at {drained} queued \
-             {smin:.0} / {smed:.0} / {smax:.0}; ratio per run {rmin:.3} / {rmed:.3} / {rmax:.3}"
-        ));
+        compare(
+            &mut report,
+            "depth",
+            format!("K={K}, {drained} drained at {deep} queued vs at {drained}"),
+            [
+                (format!("at {deep} queued"), deep_r),
+                (format!("at {drained} queued"), shallow_r),
+            ],
+            ("≥ 0.9 × in every run", 0.9),
+            String::new(),
+        );
 
         let n = if smoke { n.min(600) } else { n };
-        let (mut one, mut many, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut one, mut many) = (Vec::new(), Vec::new());
         let mut dup = 0i64;
         for i in 0..repeat {
-            let mut pair = Vec::new();
-            for procs in if i % 2 == 0 {
+            let order = if i % 2 == 0 {
                 [1, PROCESSES]
             } else {
                 [PROCESSES, 1]
-            } {
+            };
+            for procs in order {
                 let r = shared(&url, n, procs)?;
                 if r.left != 0 || r.calls != n {
                     return Err(format!(
@@ -378,30 +397,31 @@ pub(crate) fn durable_scale(n: usize, repeat: usize, smoke: bool) -> Result<Repo
                     ));
                 }
                 dup += r.rerun;
-                pair.push((procs, r.rate));
+                if procs == 1 {
+                    one.push(r.rate)
+                } else {
+                    many.push(r.rate)
+                }
             }
-            let rate = |p: usize| pair.iter().find(|(q, _)| *q == p).map_or(0.0, |x| x.1);
-            one.push(rate(1));
-            many.push(rate(PROCESSES));
-            ratios.push(rate(PROCESSES) / rate(1));
         }
-        let (rmin, rmed, rmax) = spread(ratios);
-        let (omin, omed, omax) = spread(one);
-        let (mmin, mmed, mmax) = spread(many);
         let config = format!("{PROCESSES} processes × K={K} vs one, {n} queued");
+        compare(
+            &mut report,
+            "processes",
+            config.clone(),
+            [
+                (format!("{PROCESSES} processes"), many),
+                ("one".to_string(), one),
+            ],
+            ("≥ 1 × in every run, 0 duplicates", 1.0),
+            format!("; every row completed, handler calls = rows, {dup} rows at attempt > 1"),
+        );
+        if let Some(row) = report.rows.last_mut() {
+            row.met = row.met.map(|met| met && dup == 0);
+        }
         report.rows.push(Row {
             workload: "durable-pg-scale",
-            config: config.clone(),
-            metric: "tasks/s",
-            unit: Unit::Rate,
-            ours: mmed,
-            base: Some(omed),
-            target: "≥ 1 × in every run, 0 duplicates",
-            met: Some(rmin >= 1.0 && dup == 0),
-        });
-        report.rows.push(Row {
-            workload: "durable-pg-scale",
-            config: config.clone(),
+            config,
             metric: "rows run twice",
             unit: Unit::Count,
             ours: dup as f64,
@@ -409,12 +429,6 @@ pub(crate) fn durable_scale(n: usize, repeat: usize, smoke: bool) -> Result<Repo
             target: "0",
             met: Some(dup == 0),
         });
-        report.details.push(format!(
-            "durable-pg-scale processes ({config}), {repeat} interleaved runs, tasks/s \
-             min/median/max: {PROCESSES} processes {mmin:.0} / {mmed:.0} / {mmax:.0}, one \
-             {omin:.0} / {omed:.0} / {omax:.0}; ratio per run {rmin:.3} / {rmed:.3} / {rmax:.3}; \
-             every row completed, handler calls = rows, {dup} rows at attempt > 1"
-        ));
         Ok(report)
     }
     #[cfg(not(feature = "postgres"))]
