@@ -155,7 +155,7 @@ impl Clock {
         let mut delta = thread_delta(&self.threads, &after);
         let cpu = known.then(|| delta.iter().map(|d| d.cpu).sum());
         let slices = known.then(|| delta.iter().map(|d| d.slices).sum());
-        delta.sort_by(|a, b| b.cpu.cmp(&a.cpu));
+        delta.sort_by_key(|t| std::cmp::Reverse(t.cpu));
         let mut busiest = [None; 4];
         for (slot, t) in busiest.iter_mut().zip(&delta) {
             let pid = u64::from(std::process::id());
