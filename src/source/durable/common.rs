@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::dialect::FetchedRow;
+use super::dialect::{FetchedDueRow, FetchedRow};
 use crate::pace::Key;
 use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
@@ -302,6 +302,14 @@ impl Leases {
 /// The source's leases. Only the Fetcher's thread touches them (the source's futures are not
 /// `Send`).
 pub(crate) type Leased = Rc<RefCell<Leases>>;
+
+/// A row of the `fetch` statement without its last column (the next due time).
+pub(crate) fn without_next_due(row: FetchedDueRow) -> FetchedRow {
+    let (id, attempt, max, priority, timeout, payload, enqueued, run_at, seq, trace, key, _) = row;
+    (
+        id, attempt, max, priority, timeout, payload, enqueued, run_at, seq, trace, key,
+    )
+}
 
 /// Fetch order: higher priority, then earlier due time, then lower id (the insert order).
 pub(crate) fn sort_rows(rows: &mut [FetchedRow]) {

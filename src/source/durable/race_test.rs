@@ -47,3 +47,53 @@ pub(crate) async fn a_wake_up_racing_an_empty_fetch_is_not_lost<D: Store>(
     let got = pending.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got.tasks.len(), 2, "the query sees both");
 }
+
+/// A short batch (fewer tasks than asked for) is all the source has for now: it comes back
+/// drained, with no follow-up fetch (issue 14), waking at the next due time it left, and a
+/// task enqueued after it still wakes the poller (its signal was subscribed before the query).
+pub(crate) async fn a_short_batch_is_drained_and_wakes_for_what_follows<D: Store>(
+    mut source: DurableSource<u32, D>,
+    other: DurableQueue<u32, D>,
+) {
+    let later = Duration::from_secs(60);
+    let mut delayed = NewTask::new(2);
+    delayed.run_at = Some(tokio::time::Instant::now() + later);
+    other
+        .enqueue(vec![NewTask::new(1), delayed])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let asked = tokio::time::Instant::now();
+    let short = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(short.tasks.len(), 1);
+    assert!(short.drained, "a short batch needs no follow-up fetch");
+    // The delayed task's due time, not the fallback poll (600 s in these tests).
+    let at = short.wake_on.at.expect("a time to look again");
+    assert!(
+        at > asked + later / 2 && at < asked + later * 2,
+        "wakes at the delayed task's due time: {:?} after the fetch",
+        at - asked
+    );
+
+    // An enqueue after the short batch's query wakes the poller waiting on it (however late
+    // the store's notification comes: the timeout only ends a failing test).
+    other
+        .enqueue(vec![NewTask::new(3)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let signal = short.wake_on.signal.expect("a wake-up signal");
+    tokio::time::timeout(Duration::from_secs(30), signal)
+        .await
+        .expect("the enqueue that followed a short batch wakes the poller");
+    let next = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next.tasks.len(), 1);
+    assert!(next.drained);
+
+    // A full batch may be followed by more: the Fetcher asks again at once.
+    other
+        .enqueue(vec![NewTask::new(4), NewTask::new(5)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let full = source.fetch(2).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(full.tasks.len(), 2);
+    assert!(!full.drained, "a full batch is not drained");
+}

@@ -140,6 +140,43 @@ async fn record_acks<D: Store>(
     Ok(unstorable)
 }
 
+/// Marks dead the fetched rows whose payload does not decode (`bad`: id and the decoder's
+/// error). A row that cannot be marked keeps its lease, which expires: it is tried again later.
+/// Never fails: the fetch that leased the other rows must hand them over.
+async fn bury<D: Store>(pool: &Pool<D::Db>, sql: &Sql, owner: i64, bad: Vec<(i64, String)>) {
+    for (id, error) in &bad {
+        tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
+    }
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!(error = %e, "could not mark the tasks dead; they will be tried again");
+            return;
+        }
+    };
+    for (id, error) in bad {
+        let error = common::stored_text(error);
+        let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
+        if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
+            tracing::error!(task = id, error = %e, "could not mark the task dead");
+        }
+    }
+}
+
+/// Microseconds from now to the earliest queued task (negative: overdue), by `statement`;
+/// `None` when none is queued or the store could not say (the poll interval applies then).
+/// Never fails: the fetch that asks may have leased tasks, which it must hand over.
+async fn next_due<D: Store>(pool: &Pool<D::Db>, statement: &str) -> Option<i64> {
+    let asked = match pool.acquire().await {
+        Ok(mut conn) => D::maybe_int(&mut *conn, statement, vec![Arg::Now]).await,
+        Err(e) => Err(e),
+    };
+    asked.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "next due time unknown; polling");
+        None
+    })
+}
+
 /// Tells the pollers that tasks are due: the store's notification, or this process's signal.
 async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> sqlx::Result<()> {
     if D::NOTIFIES {
@@ -292,11 +329,17 @@ where
                 Arg::Int(lease_us),
             ];
             let paced = pace.as_ref().zip(sql.paced.as_ref());
+            // The next due time, when the fetch statement reported it (a short batch).
+            let mut reported = None;
             let mut rows = match paced {
                 None => {
                     let mut conn = pool.acquire().await?;
                     args.push(Arg::Now);
-                    D::fetched(&mut *conn, &sql.fetch, args).await?
+                    let rows = D::fetched_due(&mut *conn, &sql.fetch, args).await?;
+                    if D::FETCH_NEXT_DUE {
+                        reported = rows.first().map(|row| row.11);
+                    }
+                    rows.into_iter().map(common::without_next_due).collect()
                 }
                 Some((pace, paced)) => {
                     // One claim at a time on the queue: the lock, then the claim in a fresh
@@ -312,32 +355,31 @@ where
                     rows
                 }
             };
-            let mut conn = pool.acquire().await?;
             let full = rows.len() >= max;
             common::sort_rows(&mut rows);
             let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
             let buried = !bad.is_empty();
-            for (id, error) in bad {
-                tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
-                let error = common::stored_text(error);
-                let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
-                if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
-                    // Its lease expires and it is tried again later.
-                    tracing::error!(task = id, error = %e, "could not mark the task dead");
-                }
+            if buried {
+                bury::<D>(&pool, &sql, owner, bad).await;
             }
-            // Some tasks: hand them over now and ask again at once, rather than delay them by
-            // a query for the next due time (the next fetch, if empty, makes it).
-            if full || !tasks.is_empty() || buried {
+            // A full batch (there may be more), a buried row (the batch came back shorter
+            // than the rows fetched), or, under queue-wide pace, some tasks (a claim may stop
+            // short of the due rows: a key's limit, the rate): hand them over now and ask again
+            // at once, rather than delay them by a query for the next due time (the next
+            // fetch, if empty, makes it).
+            if full || buried || (paced.is_some() && !tasks.is_empty()) {
                 return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
             }
-            let next_due = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
-            let next = D::maybe_int(&mut *conn, next_due, vec![Arg::Now])
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "next due time unknown; polling");
-                    None
-                });
+            // A short batch: every due row not leased elsewhere was taken, so the source is
+            // drained for now (issue 14: no follow-up empty fetch). A task enqueued after the
+            // statement's snapshot wakes the poller through `signal`, subscribed before it.
+            let next = match reported {
+                Some(next) => next,
+                None => {
+                    let statement = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
+                    next_due::<D>(&pool, statement).await
+                }
+            };
             let mut at = crate::retry::deadline_after(Instant::now(), poll);
             if let Some(wait_us) = next {
                 // A due row another poller is leasing right now, or (queue-wide pace) held by

@@ -17,7 +17,8 @@ RETURNING id;
 
 -- name: fetch
 -- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
--- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now.
+-- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now. The last column is NULL: the source asks
+-- next_due after a short batch (the dialect's FETCH_NEXT_DUE is false).
 UPDATE {table}
 SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
     lease_seq = lease_seq + 1, leased_at = ?4
@@ -28,7 +29,7 @@ WHERE id IN (
     LIMIT ?1
 )
 RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
-          lease_seq, traceparent, pace_key;
+          lease_seq, traceparent, pace_key, NULL;
 
 -- name: next_due
 -- Microseconds from now (?1) to the earliest queued task (negative: overdue).
