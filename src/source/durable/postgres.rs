@@ -495,6 +495,7 @@ pub type PgQueue<T> = DurableQueue<T, PgDialect>;
 mod tests {
     use super::*;
     use crate::source::durable::race_test::{
+        a_completed_ack_answers_only_its_own_lease,
         a_short_batch_is_drained_and_wakes_for_what_follows,
         a_wake_up_racing_an_empty_fetch_is_not_lost,
     };
@@ -604,6 +605,20 @@ mod tests {
         let pool = source.pool().clone();
         let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
         a_short_batch_is_drained_and_wakes_for_what_follows(source, other).await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+
+    /// A completed task's ack counts only for the lease it answers.
+    #[actix_rt::test]
+    async fn a_completed_ack_answers_only_its_lease() {
+        let (config, schema) = config();
+        let source = PgSource::<u32>::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        a_completed_ack_answers_only_its_own_lease(source).await;
         let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .execute(&pool)
             .await;

@@ -97,3 +97,55 @@ pub(crate) async fn a_short_batch_is_drained_and_wakes_for_what_follows<D: Store
     assert_eq!(full.tasks.len(), 2);
     assert!(!full.drained, "a full batch is not drained");
 }
+
+/// An ack of a completed task counts only for the lease it answers: one whose lease moved on
+/// (its reply was lost and the task was leased again, here by a bump of its lease sequence)
+/// changes nothing, while the rest of the batch is recorded (issue 14's lean statement for
+/// completed acks matches the lease sequence as the general one does).
+pub(crate) async fn a_completed_ack_answers_only_its_own_lease<D: Store>(
+    mut source: DurableSource<u32, D>,
+) {
+    source
+        .queue()
+        .enqueue(vec![NewTask::new(1), NewTask::new(2)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.tasks.len(), 2);
+    let (moved, kept) = (got.tasks[0].id, got.tasks[1].id);
+    let bump = format!(
+        "UPDATE {} SET lease_seq = lease_seq + 1 WHERE id = {}",
+        source.table(),
+        moved.0
+    );
+    let mut conn = source
+        .pool()
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    D::raw(&mut *conn, &bump)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(conn);
+    let acks = got
+        .tasks
+        .iter()
+        .map(|t| crate::task::Ack {
+            id: t.id,
+            attempt: t.attempt,
+            disposition: crate::task::Disposition::Completed,
+        })
+        .collect();
+    source.ack(acks).await.unwrap_or_else(|e| panic!("{e}"));
+    let state = |s: Option<crate::task::TaskStatus>| s.map(|s| s.state);
+    let moved = state(source.status(moved).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        matches!(moved, Some(crate::task::TaskState::Running { .. })),
+        "the ack of a lease that moved on changed nothing: {moved:?}"
+    );
+    let kept = state(source.status(kept).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        matches!(kept, Some(crate::task::TaskState::Completed { .. })),
+        "the ack of the lease it answers is recorded: {kept:?}"
+    );
+}

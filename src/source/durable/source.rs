@@ -102,19 +102,40 @@ async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::
 /// and change nothing).
 async fn record_acks<D: Store>(
     pool: &Pool<D::Db>,
-    sql: &str,
+    sql: &Sql,
     owner: i64,
     rows: Vec<common::AckRow>,
 ) -> sqlx::Result<Vec<i64>> {
+    // Completed tasks (the usual case) through the lean statement, the rest through the
+    // general one: at most two statements, one for a batch of one kind.
+    let (completed, other): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|row| row.2 == common::ACK_COMPLETED);
+    let mut unstorable =
+        record_ack_batches::<D>(pool, &sql.ack_completed, owner, completed, |rows| {
+            List::Leases(rows.iter().map(|row| (row.0, row.5)).collect())
+        })
+        .await?;
+    unstorable.extend(record_ack_batches::<D>(pool, &sql.ack, owner, other, List::Acks).await?);
+    Ok(unstorable)
+}
+
+/// [`record_acks`] for one statement: `list` makes its list argument of a batch.
+async fn record_ack_batches<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &str,
+    owner: i64,
+    rows: Vec<common::AckRow>,
+    list: fn(Vec<common::AckRow>) -> List,
+) -> sqlx::Result<Vec<i64>> {
     let mut unstorable = Vec::new();
+    if rows.is_empty() {
+        return Ok(unstorable);
+    }
     let mut batches = vec![rows];
     while let Some(mut batch) = batches.pop() {
         let stored = common::with_retries(5, D::is_data_error, || {
-            let args = vec![
-                Arg::List(List::Acks(batch.clone())),
-                Arg::Int(owner),
-                Arg::Now,
-            ];
+            let args = vec![Arg::List(list(batch.clone())), Arg::Int(owner), Arg::Now];
             count::<D>(pool, sql, args)
         })
         .await;
@@ -410,7 +431,7 @@ where
         let owner = self.owner;
         let rows = common::ack_rows(acks, leases.clone());
         async move {
-            let unstorable = match record_acks::<D>(&pool, &sql.ack, owner, rows).await {
+            let unstorable = match record_acks::<D>(&pool, &sql, owner, rows).await {
                 Ok(unstorable) => unstorable,
                 Err(e) => {
                     // Perhaps recorded, the reply lost: if these acks come again, they answer
