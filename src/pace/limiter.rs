@@ -461,13 +461,19 @@ mod tests {
                 self.overloaded += usize::from(over);
                 let next = l.observe(sample(end - start, over, in_flight));
                 let (min, max) = self.bounds;
-                assert!((min..=max).contains(&next), "limit {next} left [{min}, {max}]");
+                assert!(
+                    (min..=max).contains(&next),
+                    "limit {next} left [{min}, {max}]"
+                );
             }
         }
 
         /// The mean limit over `[from, to)` virtual ms.
         fn mean_over(&self, from: f64, to: f64) -> f64 {
-            let (a, b) = ((from / 10.0) as usize, ((to / 10.0) as usize).min(self.trace.len()));
+            let (a, b) = (
+                (from / 10.0) as usize,
+                ((to / 10.0) as usize).min(self.trace.len()),
+            );
             let window = &self.trace[a.min(b)..b];
             window.iter().sum::<usize>() as f64 / window.len().max(1) as f64
         }
@@ -478,7 +484,7 @@ mod tests {
         }
 
         /// How long after `from` the limit's mean over every 1 s window (in 100 ms steps)
-        /// stays within ±20 % of `target` until now, as the benchmark judges it.
+        /// stays within ±20 % of `target` until now.
         fn settled_since(&self, from: f64, target: f64) -> f64 {
             let mut settled = 0.0;
             let mut t = from;
@@ -490,6 +496,19 @@ mod tests {
             }
             settled
         }
+
+        /// How long after `from` the limit's mean over a 1 s window (in 100 ms steps) first
+        /// is within ±20 % of `target`, as the benchmark judges "followed".
+        fn followed_after(&self, from: f64, target: f64) -> f64 {
+            let mut t = from;
+            while t + 1_000.0 <= self.now {
+                if (self.mean_over(t, t + 1_000.0) / target - 1.0).abs() <= 0.2 {
+                    return t - from;
+                }
+                t += 100.0;
+            }
+            f64::INFINITY
+        }
     }
 
     /// The benchmark's downstream, noiseless: 5 ms of service, scaled by `n ÷ c` past `c`,
@@ -498,144 +517,22 @@ mod tests {
         move |n, c, _, _| fixed + 5.0 * n.max(c) as f64 / c as f64
     }
 
-    /// The benchmark's downstream as tokio runs it: 5 ms scaled by `n ÷ c` past `c`, plus a
-    /// jitter spread evenly over 0–1 ms (the golden-ratio sequence), ending on the next 1 ms
-    /// timer tick. Attempts started in step with the ticks take less than those started
-    /// between them, so round trips' medians vary by up to 1 ms (15 %) at the same load.
-    fn ticked(n: usize, c: usize, start: f64, k: usize) -> f64 {
-        let jitter = (k as f64 * 0.618_033_988_7).fract();
-        let model = 5.0 * n.max(c) as f64 / c as f64 + jitter;
-        (start + model).ceil() - start
+    /// The benchmark's downstream on a busy machine: 5 ms scaled by `n ÷ c` past `c`, plus a
+    /// delay that load does not cause (timer rounding, threads waiting for a core) of 0–1.5 ms,
+    /// the same for every attempt starting in the same 7 ms (the golden-ratio sequence over
+    /// those periods). Round trips' medians then vary by up to 1.5 ms (25 %) at the same load,
+    /// as the benchmark's did (5.96–7.06 ms at a limit of 35–50, C = 128, far below the
+    /// capacity).
+    fn noisy(n: usize, c: usize, start: f64, _k: usize) -> f64 {
+        let period = (start / 7.0).floor();
+        let delay = 1.5 * (period * 0.618_033_988_7).fract();
+        5.0 * n.max(c) as f64 / c as f64 + delay
     }
 
-    #[test]
-    fn aimd_stays_in_bounds_and_backs_off() {
-        let mut a = Aimd::new(2, 10);
-        for _ in 0..1000 {
-            a.observe(sample(1.0, false, 10));
-        }
-        assert_eq!(a.limit(), 10);
-        a.observe(sample(1.0, true, 10));
-        assert_eq!(a.limit(), 9);
-        for _ in 0..8 {
-            a.observe(sample(1.0, true, 10));
-        }
-        assert_eq!(a.limit(), 9, "one backoff per round trip");
-        for _ in 0..1000 {
-            a.observe(sample(1.0, true, 10));
-        }
-        assert_eq!(a.limit(), 2);
-        let mut a = Aimd::new(1, 1000).latency_threshold(Duration::from_millis(15));
-        let got = settle(&mut a, 32);
-        // Backs off once latency passes 1.5 × the unloaded one, i.e. past 1.5 C in flight.
-        assert!(
-            (32..=54).contains(&got),
-            "aimd with a threshold settled at {got}"
-        );
-    }
-
-    #[test]
-    fn gradient_finds_the_capacity_from_latency() {
-        for c in [8, 32, 128] {
-            let mut g = Gradient::new(1, 1000);
-            let got = settle(&mut g, c);
-            let (lo, hi) = (c * 8 / 10, c * 12 / 10 + 1);
-            assert!(
-                (lo..=hi).contains(&got),
-                "gradient settled at {got} for capacity {c}"
-            );
-        }
-    }
-
-    #[test]
-    fn aimd_tolerance_finds_the_capacity_and_ignores_single_slow_attempts() {
-        for c in [8, 32, 128] {
-            let mut a = Aimd::new(1, 1000).latency_tolerance(1.2);
-            let got = settle(&mut a, c);
-            // Backs off once a round trip's median passes 1.2 × the unloaded latency: past
-            // 1.2 C in flight, to 0.9 of that. At a small C a round trip of at least 16
-            // samples spans two, and it overshoots by a step or two.
-            assert!(
-                (c..=c * 13 / 10 + 3).contains(&got),
-                "aimd with a tolerance settled at {got} for capacity {c}"
-            );
-        }
-        let mut a = Aimd::new(1, 64).latency_tolerance(1.5);
-        for _ in 0..20_000 {
-            a.observe(sample(10.0, false, 64));
-        }
-        assert_eq!(a.limit(), 64);
-        // One attempt in ten is very slow: the round trips' medians are not.
-        for i in 0..5_000 {
-            let ms = if i % 10 == 0 { 100.0 } else { 10.0 };
-            a.observe(sample(ms, false, 64));
-        }
-        assert_eq!(a.limit(), 64, "single slow attempts are no overload");
-        // The whole round trip is slow: back off.
-        for _ in 0..64 {
-            a.observe(sample(30.0, false, 64));
-        }
-        assert!(a.limit() < 64, "a slow round trip backs off");
-    }
-
-    /// Fast refusals ("overloaded" at once) are overload, not the unloaded latency: the limit
-    /// comes back once the downstream answers again.
-    #[test]
-    fn gradient_takes_no_fast_refusal_for_the_unloaded_latency() {
-        let mut g = Gradient::new(1, 100);
-        for _ in 0..20_000 {
-            g.observe(sample(10.0, false, 50));
-        }
-        assert_eq!(g.limit(), 100);
-        for _ in 0..100 {
-            g.observe(sample(0.01, true, 100));
-        }
-        let low = g.limit();
-        assert!(low < 100, "overload backs off");
-        for _ in 0..20_000 {
-            g.observe(sample(10.0, false, 50));
-        }
-        assert_eq!(
-            g.limit(),
-            100,
-            "back up once the answers come at the unloaded latency"
-        );
-    }
-
-    /// Jitter that does not grow with load (one attempt in twenty fast, the others spread over
-    /// 6–6.5 ms) is no load: the limit climbs to its max.
-    #[test]
-    fn gradient_reads_no_load_into_jitter() {
-        let mut g = Gradient::new(1, 200);
-        for i in 0..50_000u32 {
-            let ms = if i % 20 == 0 {
-                5.0
-            } else {
-                6.0 + f64::from(i % 7) / 14.0
-            };
-            g.observe(sample(ms, false, g.limit()));
-        }
-        assert_eq!(g.limit(), 200, "jitter read as load");
-    }
-
-    /// Below 16, a round trip of 16 samples spans several real ones: the limit moves as much
-    /// as they would have, so it leaves `min` about as fast as it grows past 16.
-    #[test]
-    fn gradient_leaves_min_fast() {
-        let mut g = Gradient::new(1, 1000);
-        let mut samples = 0;
-        while g.limit() < 16 && samples < 100_000 {
-            g.observe(sample(10.0, false, g.limit()));
-            samples += 1;
-        }
-        // About 10 windows of 16 samples, each after passing over the attempts in flight at the
-        // last move (fewer than 16 each); a per-window step of 0.2 × √limit took 30.
-        assert!(samples <= 16 * 25, "{samples} samples to reach 16");
-    }
-
-    /// Against the benchmark's downstream (noiseless, in virtual time): from `min` = 1, the
-    /// limit settles within ±20 % of C and stays there, sheds no more than 5 % as overloaded,
-    /// and follows C doubling, then halving, within 30 s; [min, max] is never left.
+    /// Against the benchmark's downstream in virtual time: from `min` = 1, the limit settles
+    /// within ±20 % of C (every 1 s mean over the last 5 s of 10), sheds no more than 5 % as
+    /// overloaded, and follows C doubling, then halving, within 30 s (a 1 s mean within ±20 %
+    /// of the new C, as the benchmark judges it); [min, max] is never left.
     fn settles_and_follows<F: Fn(usize, usize, f64, usize) -> f64 + Copy>(
         make: impl Fn() -> Box<dyn Limiter>,
         latency: F,
@@ -655,7 +552,7 @@ mod tests {
             for (cap, name) in [(2 * c, "doubling"), (c, "halving")] {
                 let from = sim.now;
                 sim.run(&mut *l, cap, 40_000.0);
-                let took = sim.settled_since(from, cap as f64);
+                let took = sim.followed_after(from, cap as f64);
                 assert!(
                     took <= 30_000.0,
                     "C = {c}: followed the {name} after {took:.0} ms (mean {:.1})",
@@ -673,12 +570,11 @@ mod tests {
         settles_and_follows(|| Box::new(Gradient::new(1, 1024)), linear(1.0));
     }
 
-    /// With the timer's rounding, one round trip in many is lucky (its attempts in step with
-    /// the ticks): the best median seen was 6.0 ms where most are 6.5–7, and judged against it,
-    /// an unloaded downstream looked loaded (the benchmark's C = 128 settled at 0.3 × C). The
-    /// probed unloaded latency is a typical one.
+    /// With latency noise that load does not cause, one round trip in many is lucky: judged
+    /// against the best median ever seen, an unloaded downstream looks loaded (the benchmark's
+    /// C = 128 settled at 0.3 × C so). The probed unloaded latency is a recent one.
     #[test]
-    fn gradient_is_not_fooled_by_the_timers_rounding() {
-        settles_and_follows(|| Box::new(Gradient::new(1, 1024)), ticked);
+    fn gradient_is_not_fooled_by_latency_noise() {
+        settles_and_follows(|| Box::new(Gradient::new(1, 1024)), noisy);
     }
 }

@@ -74,7 +74,12 @@ impl Algo {
     }
 
     /// The builder with this limiter, traced into `BENCH_ADAPTIVE_TRACE` if set.
-    fn apply(self, b: PollerBuilder<u64>, ds: &Arc<Downstream>, label: String) -> PollerBuilder<u64> {
+    fn apply(
+        self,
+        b: PollerBuilder<u64>,
+        ds: &Arc<Downstream>,
+        label: String,
+    ) -> PollerBuilder<u64> {
         match std::env::var_os("BENCH_ADAPTIVE_TRACE") {
             Some(dir) => b.adaptive(Traced {
                 inner: self.limiter(),
@@ -431,7 +436,10 @@ async fn follow(
 async fn adaptive_run(c: usize, algo: Algo, t: Timing, run: usize) -> Result<AdaptiveRun, String> {
     let ds = Downstream::new(c);
     let label = format!("c{c}-{}-run{run}", algo.name().replace([' ', ','], ""));
-    let poller = start(algo.apply(Poller::<u64>::builder().workers(MAX), &ds, label), &ds)?;
+    let poller = start(
+        algo.apply(Poller::<u64>::builder().workers(MAX), &ds, label),
+        &ds,
+    )?;
     let mut trace = Trace::new();
     let res = async {
         drive(&poller, &ds, &mut trace, |_, now| now >= t.settle).await?;
