@@ -350,3 +350,117 @@ async fn a_parent_from_another_subscriber_gets_the_attempt_span_there() {
     let (ours, _) = ours.snapshot();
     assert!(attempts(&ours, id).is_empty());
 }
+
+/// A source that hands out task 0 once and beats every 100 ms, counting its heartbeats.
+struct Beating {
+    handed: bool,
+    beats: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl actix_poller::source::Source<u32> for Beating {
+    type Error = std::io::Error;
+
+    fn fetch(
+        &mut self,
+        _max: usize,
+    ) -> futures::future::LocalBoxFuture<
+        'static,
+        Result<actix_poller::source::Fetched<u32>, Self::Error>,
+    > {
+        use actix_poller::source::{Fetched, WakeOn};
+        let answer = if std::mem::replace(&mut self.handed, true) {
+            Fetched::empty(WakeOn::submit())
+        } else {
+            Fetched::drained(
+                vec![actix_poller::Task::new(actix_poller::TaskId(1), 0)],
+                WakeOn::submit(),
+            )
+        };
+        Box::pin(futures::future::ready(Ok(answer)))
+    }
+
+    fn ack(
+        &mut self,
+        _acks: Vec<actix_poller::Ack>,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), Self::Error>> {
+        Box::pin(futures::future::ready(Ok(())))
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(100))
+    }
+
+    fn heartbeat(&mut self) -> futures::future::LocalBoxFuture<'static, Result<(), Self::Error>> {
+        self.beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(futures::future::ready(Ok(())))
+    }
+}
+
+/// A poller on [`Beating`], its executor on the test's thread; its one task calls `first`, then
+/// sleeps (asynchronously) for what that returns.
+fn beating(
+    first: impl Fn() -> Duration + Send + Sync + 'static,
+) -> (Poller<u32>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let beats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let first = std::sync::Arc::new(first);
+    let poller = Poller::<u32>::builder()
+        .source(Beating {
+            handed: false,
+            beats: beats.clone(),
+        })
+        .on_current_arbiter()
+        .start(move |_n: u32, _cx| {
+            let nap = first();
+            async move {
+                tokio::time::sleep(nap).await;
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    (poller, beats)
+}
+
+fn late_heartbeat_warnings(capture: &Capture) -> usize {
+    let (_, events) = capture.snapshot();
+    events
+        .iter()
+        .filter(|e| {
+            e.level == Level::WARN && field(&e.fields, "message").contains("heartbeat late")
+        })
+        .count()
+}
+
+/// The heartbeat timer shares the Fetcher's thread: a handler that blocks that thread (here for
+/// 800 ms, eight intervals; a beat is late past an interval and a half) delays the next beat, and
+/// the poller says so at WARN, since leases may expire meanwhile.
+#[actix_rt::test]
+async fn a_heartbeat_delayed_by_a_blocked_thread_is_logged() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let (poller, _) = beating(|| {
+        // The fault under test: a handler blocking its (the Fetcher's) thread.
+        std::thread::sleep(Duration::from_millis(800));
+        Duration::ZERO
+    });
+    common::eventually(Duration::from_secs(20), || {
+        late_heartbeat_warnings(&capture) > 0
+    })
+    .await;
+    poller.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// No false alarm: on a thread that is never blocked (paused time, so every timer fires exactly
+/// on time) thirty heartbeats go by without the warning.
+#[actix_rt::test]
+async fn heartbeats_on_time_are_not_logged_as_late() {
+    tokio::time::pause();
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let (poller, beats) = beating(|| Duration::from_secs(2));
+    common::eventually(Duration::from_secs(60), || {
+        beats.load(std::sync::atomic::Ordering::SeqCst) >= 30
+    })
+    .await;
+    poller.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(late_heartbeat_warnings(&capture), 0);
+}

@@ -12,7 +12,7 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
 
   --workload W   noop | sleep | slowfetch-batch | slowfetch-single | slowfetch | cpu | idle
                  | memory | latency | adaptive | durable-pg | durable-sqlite
-                 | durable-pg-latency | durable | durable-pg-pace | all
+                 | durable-pg-latency | durable | durable-pg-pace | durable-pg-scale | all
                  (default: all; may be given more than once; the durable ones need the bench
                  built with `--features postgres,sqlite`, and durable-pg* ACTIX_POLLER_PG_URL)
   --n N          task count for every workload that has one (1 to 100000000)
@@ -48,11 +48,12 @@ pub(crate) enum Workload {
     DurableSqlite,
     DurablePgLatency,
     DurablePgPace,
+    DurablePgScale,
 }
 
 /// Every workload, in the order `all` runs them (the durable ones only when the bench is built
 /// with their feature).
-pub(crate) const ALL: [Workload; 13] = [
+pub(crate) const ALL: [Workload; 14] = [
     Workload::Noop,
     Workload::Sleep,
     Workload::SlowfetchBatch,
@@ -66,6 +67,7 @@ pub(crate) const ALL: [Workload; 13] = [
     Workload::DurableSqlite,
     Workload::DurablePgLatency,
     Workload::DurablePgPace,
+    Workload::DurablePgScale,
 ];
 
 impl Workload {
@@ -85,6 +87,7 @@ impl Workload {
             Workload::DurableSqlite => "durable-sqlite",
             Workload::DurablePgLatency => "durable-pg-latency",
             Workload::DurablePgPace => "durable-pg-pace",
+            Workload::DurablePgScale => "durable-pg-scale",
         }
     }
 
@@ -94,7 +97,10 @@ impl Workload {
     #[allow(clippy::match_like_matches_macro)]
     pub(crate) fn built(self) -> bool {
         match self {
-            Workload::DurablePg | Workload::DurablePgLatency | Workload::DurablePgPace => {
+            Workload::DurablePg
+            | Workload::DurablePgLatency
+            | Workload::DurablePgPace
+            | Workload::DurablePgScale => {
                 cfg!(feature = "postgres")
             }
             Workload::DurableSqlite => cfg!(feature = "sqlite"),

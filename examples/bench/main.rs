@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- --workload noop --n 200000
 //! cargo run --release --example bench -- --workload slowfetch-single --prefetch 0,8,16,32
 //! cargo run --release --example bench -- --workload adaptive --repeat 3
+//! cargo run --release --example bench --features postgres -- --workload durable-pg-scale
 //! cargo run --release --example bench -- --smoke          # tiny sizes: checks the program works
 //! ```
 //!
@@ -56,6 +57,16 @@ fn machine() -> String {
 }
 
 fn main() -> ExitCode {
+    // A process of durable-pg-scale's shared queue: it drains, driven over stdin and stdout.
+    if let Ok(schema) = std::env::var(workloads::durable_scale::CHILD) {
+        return match workloads::durable_scale::drain_child(&schema) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench drain child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(opts)) => opts,
         Ok(Parsed::Help) => {

@@ -482,6 +482,9 @@ impl<T: Send + 'static, S: Source<T>> Actor for Fetcher<T, S> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(every) = self.source.heartbeat_interval() {
+            // The first beat is judged late from here: a thread blocked from the start (a
+            // handler that blocks on its first task) is as dangerous to leases as one later.
+            self.last_beat = Some(tokio::time::Instant::now());
             ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
         }
         // Only a source that cannot say `queued` (a durable one) is counted for `Stats`; with

@@ -106,7 +106,8 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(
     Ok((run, server, fetches))
 }
 
-/// Enqueues `n` rows through the source's queue API, in chunks.
+/// Enqueues `n` rows through the source's queue API, in chunks (a macro: it serves both stores'
+/// queue types).
 macro_rules! preload {
     ($source:expr, $n:expr) => {{
         let queue = $source.queue();
@@ -121,6 +122,7 @@ macro_rules! preload {
         }
     }};
 }
+pub(crate) use preload;
 
 /// One run on a fresh store.
 async fn one(

@@ -8,6 +8,7 @@ pub(crate) mod cpu;
 pub(crate) mod durable;
 pub(crate) mod durable_latency;
 pub(crate) mod durable_pace;
+pub(crate) mod durable_scale;
 pub(crate) mod idle;
 pub(crate) mod latency;
 pub(crate) mod memory;
@@ -20,6 +21,7 @@ use cpu::cpu;
 use durable::{durable, Store};
 use durable_latency::durable_latency;
 use durable_pace::durable_pace;
+use durable_scale::durable_scale;
 use idle::idle;
 use latency::latency;
 use memory::memory;
@@ -66,5 +68,6 @@ pub(crate) fn run_workload(w: Workload, opts: &Opts) -> Result<Report, String> {
         Workload::DurableSqlite => durable(Store::Sqlite, s.durable, k(16), opts.repeat),
         Workload::DurablePgLatency => durable_latency(s.durable_latency, opts.repeat),
         Workload::DurablePgPace => durable_pace(s.durable, k(16), opts.repeat),
+        Workload::DurablePgScale => durable_scale(s.durable, opts.repeat, opts.smoke),
     }
 }
