@@ -313,18 +313,15 @@ impl Limiter for Gradient {
         let mut moved = false;
         if let Some(back) = self.probing.take() {
             // That round trip ran at the probe's limit.
-            match (end.overloaded, end.median) {
-                (false, Some(m)) => {
-                    self.probes.push_back(m);
-                    if self.probes.len() > PROBES_KEPT {
-                        self.probes.pop_front();
-                    }
-                    self.limit = back;
-                    // The next round trip would start with the probe's (faster) attempts.
-                    moved = true;
+            // Overloaded even below the limit: stay down.
+            if let (false, Some(m)) = (end.overloaded, end.median) {
+                self.probes.push_back(m);
+                if self.probes.len() > PROBES_KEPT {
+                    self.probes.pop_front();
                 }
-                // Overloaded even below the limit: stay down.
-                _ => {}
+                self.limit = back;
+                // The next round trip would start with the probe's (faster) attempts.
+                moved = true;
             }
             self.since_probe = 0;
         } else {
@@ -527,6 +524,131 @@ mod tests {
         let period = (start / 7.0).floor();
         let delay = 1.5 * (period * 0.618_033_988_7).fract();
         5.0 * n.max(c) as f64 / c as f64 + delay
+    }
+
+    #[test]
+    fn aimd_stays_in_bounds_and_backs_off() {
+        let mut a = Aimd::new(2, 10);
+        for _ in 0..1000 {
+            a.observe(sample(1.0, false, 10));
+        }
+        assert_eq!(a.limit(), 10);
+        a.observe(sample(1.0, true, 10));
+        assert_eq!(a.limit(), 9);
+        for _ in 0..8 {
+            a.observe(sample(1.0, true, 10));
+        }
+        assert_eq!(a.limit(), 9, "one backoff per round trip");
+        for _ in 0..1000 {
+            a.observe(sample(1.0, true, 10));
+        }
+        assert_eq!(a.limit(), 2);
+        let mut a = Aimd::new(1, 1000).latency_threshold(Duration::from_millis(15));
+        let got = settle(&mut a, 32);
+        // Backs off once latency passes 1.5 × the unloaded one, i.e. past 1.5 C in flight.
+        assert!(
+            (32..=54).contains(&got),
+            "aimd with a threshold settled at {got}"
+        );
+    }
+
+    #[test]
+    fn gradient_finds_the_capacity_from_latency() {
+        for c in [8, 32, 128] {
+            let mut g = Gradient::new(1, 1000);
+            let got = settle(&mut g, c);
+            let (lo, hi) = (c * 8 / 10, c * 12 / 10 + 1);
+            assert!(
+                (lo..=hi).contains(&got),
+                "gradient settled at {got} for capacity {c}"
+            );
+        }
+    }
+
+    #[test]
+    fn aimd_tolerance_finds_the_capacity_and_ignores_single_slow_attempts() {
+        for c in [8, 32, 128] {
+            let mut a = Aimd::new(1, 1000).latency_tolerance(1.2);
+            let got = settle(&mut a, c);
+            // Backs off once a round trip's median passes 1.2 × the unloaded latency: past
+            // 1.2 C in flight, to 0.9 of that. At a small C a round trip of at least 16
+            // samples spans two, and it overshoots by a step or two.
+            assert!(
+                (c..=c * 13 / 10 + 3).contains(&got),
+                "aimd with a tolerance settled at {got} for capacity {c}"
+            );
+        }
+        let mut a = Aimd::new(1, 64).latency_tolerance(1.5);
+        for _ in 0..20_000 {
+            a.observe(sample(10.0, false, 64));
+        }
+        assert_eq!(a.limit(), 64);
+        // One attempt in ten is very slow: the round trips' medians are not.
+        for i in 0..5_000 {
+            let ms = if i % 10 == 0 { 100.0 } else { 10.0 };
+            a.observe(sample(ms, false, 64));
+        }
+        assert_eq!(a.limit(), 64, "single slow attempts are no overload");
+        // The whole round trip is slow: back off.
+        for _ in 0..64 {
+            a.observe(sample(30.0, false, 64));
+        }
+        assert!(a.limit() < 64, "a slow round trip backs off");
+    }
+
+    /// Fast refusals ("overloaded" at once) are overload, not the unloaded latency: the limit
+    /// comes back once the downstream answers again.
+    #[test]
+    fn gradient_takes_no_fast_refusal_for_the_unloaded_latency() {
+        let mut g = Gradient::new(1, 100);
+        for _ in 0..20_000 {
+            g.observe(sample(10.0, false, 50));
+        }
+        assert_eq!(g.limit(), 100);
+        for _ in 0..100 {
+            g.observe(sample(0.01, true, 100));
+        }
+        let low = g.limit();
+        assert!(low < 100, "overload backs off");
+        for _ in 0..20_000 {
+            g.observe(sample(10.0, false, 50));
+        }
+        assert_eq!(
+            g.limit(),
+            100,
+            "back up once the answers come at the unloaded latency"
+        );
+    }
+
+    /// Jitter that does not grow with load (one attempt in twenty fast, the others spread over
+    /// 6–6.5 ms) is no load: the limit climbs to its max.
+    #[test]
+    fn gradient_reads_no_load_into_jitter() {
+        let mut g = Gradient::new(1, 200);
+        for i in 0..50_000u32 {
+            let ms = if i % 20 == 0 {
+                5.0
+            } else {
+                6.0 + f64::from(i % 7) / 14.0
+            };
+            g.observe(sample(ms, false, g.limit()));
+        }
+        assert_eq!(g.limit(), 200, "jitter read as load");
+    }
+
+    /// Below 16, a round trip of 16 samples spans several real ones: the limit moves as much
+    /// as they would have, so it leaves `min` about as fast as it grows past 16.
+    #[test]
+    fn gradient_leaves_min_fast() {
+        let mut g = Gradient::new(1, 1000);
+        let mut samples = 0;
+        while g.limit() < 16 && samples < 100_000 {
+            g.observe(sample(10.0, false, g.limit()));
+            samples += 1;
+        }
+        // About 10 windows of 16 samples, each after passing over the attempts in flight at the
+        // last move (fewer than 16 each); a per-window step of 0.2 × √limit took 30.
+        assert!(samples <= 16 * 25, "{samples} samples to reach 16");
     }
 
     /// Against the benchmark's downstream in virtual time: from `min` = 1, the limit settles
