@@ -212,7 +212,7 @@ impl Limiter for Aimd {
 const PROBE_EVERY: u32 = 32;
 /// A probe runs one round trip at this fraction of the limit.
 const PROBE_RATIO: f64 = 0.8;
-/// The unloaded latency is the mean of the last this many probes' medians.
+/// The unloaded latency is the lowest of the last this many probes' medians.
 const PROBES_KEPT: usize = 3;
 
 /// A latency gradient (after Netflix's concurrency-limits and TCP Vegas): once per round trip
@@ -223,14 +223,15 @@ const PROBES_KEPT: usize = 3;
 /// size).
 ///
 /// The unloaded latency is *probed*: every 32 round trips it runs one round trip at 0.8 × the
-/// limit (the attempts still running at the higher limit are not counted), and takes the mean
+/// limit (the attempts still running at the higher limit are not counted), and takes the lowest
 /// of the last three probes' medians. A limit at most 1.25 × the capacity probes below the
 /// capacity, so the probe sees the downstream unloaded, under the same conditions as the round
-/// trips it is compared with: latency that grows with the process's own throughput (CPU
-/// contention) or with the machine's load, or a downstream that became slower for good, moves
-/// both alike and is not read as load. Above 1.25 × the capacity the probe is loaded too, but
-/// latency then grows by 1.25 × from the probe to the limit, past the tolerance: it still
-/// shrinks. Until the first probe, the best round-trip median seen is the unloaded latency.
+/// trips it is compared with: a steady latency noise (a timer's rounding, a busy machine) or a
+/// downstream that became slower for good moves both alike and is not read as load, where the
+/// best median ever seen, one lucky round trip, was. Above 1.25 × the capacity the probe is
+/// loaded too, but latency grows from the probe to the limit (by up to 1.25 ×): past the
+/// tolerance, it still shrinks. A burst of machine load between probes still reads as load.
+/// Until the first probe, the best round-trip median seen is the unloaded latency.
 ///
 /// After each move of the limit, the samples of the attempts that were running then (as many
 /// as were in flight) are not judged: they ran at the old limit.
@@ -280,7 +281,7 @@ impl Gradient {
         self
     }
 
-    /// The unloaded latency: the mean of the last probes, or the best median before any.
+    /// The unloaded latency: the lowest of the last probes' medians, or the best median before any.
     fn unloaded(&self, best: Option<f64>) -> Option<f64> {
         if self.probes.is_empty() {
             best
