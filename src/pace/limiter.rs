@@ -400,8 +400,8 @@ mod tests {
         latency: F,
         /// Virtual ms.
         now: f64,
-        /// (start, end, overloaded) of the attempts in flight.
-        running: Vec<(f64, f64, bool)>,
+        /// (end, start, overloaded) of the attempts in flight, in virtual ns, soonest first.
+        running: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64, bool)>>,
         /// The limit every 10 virtual ms (the benchmark samples it so): `trace[i]` at `10 i` ms.
         trace: Vec<usize>,
         overloaded: usize,
@@ -414,7 +414,7 @@ mod tests {
             Sim {
                 latency,
                 now: 0.0,
-                running: Vec::new(),
+                running: std::collections::BinaryHeap::new(),
                 trace: Vec::new(),
                 overloaded: 0,
                 samples: 0,
@@ -434,16 +434,15 @@ mod tests {
                     } else {
                         (self.latency)(n, c, self.now, self.samples + self.running.len())
                     };
-                    self.running.push((self.now, self.now + took, over));
+                    let ns = |ms: f64| (ms * 1e6).round() as u64;
+                    let start = ns(self.now);
+                    self.running
+                        .push(std::cmp::Reverse((start + ns(took), start, over)));
                 }
-                let Some((i, &(start, end, over))) = self
-                    .running
-                    .iter()
-                    .enumerate()
-                    .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
-                else {
+                let Some(&std::cmp::Reverse((end, start, over))) = self.running.peek() else {
                     return;
                 };
+                let (end, start) = (end as f64 / 1e6, start as f64 / 1e6);
                 let upto = end.min(until);
                 while (self.trace.len() as f64) * 10.0 <= upto {
                     self.trace.push(l.limit());
@@ -453,7 +452,7 @@ mod tests {
                     return;
                 }
                 let in_flight = self.running.len();
-                self.running.swap_remove(i);
+                self.running.pop();
                 self.now = end;
                 self.samples += 1;
                 self.overloaded += usize::from(over);
