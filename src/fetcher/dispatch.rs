@@ -29,7 +29,14 @@ pub(crate) const STALL_AFTER: Duration = Duration::from_millis(100);
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Whether executor `i` holds tasks and has not reported for [`STALL_AFTER`].
     pub(super) fn stalled(&self, i: usize, now: Instant) -> bool {
-        self.assigned[i] > 0 && now.saturating_duration_since(self.last_heard[i]) >= STALL_AFTER
+        // An instant comparison, not a duration: this runs for every executor on every credit.
+        self.assigned[i] > 0 && self.stalls_at[i].is_some_and(|at| now >= at)
+    }
+
+    /// Executor `i` reported (or, idle, was given a task) at `now`: it stalls only if it stays
+    /// quiet for [`STALL_AFTER`] from here.
+    pub(super) fn heard(&mut self, i: usize, now: Instant) {
+        self.stalls_at[i] = now.checked_add(STALL_AFTER);
     }
 
     /// Tasks queued at executor `i` that no credit covers yet.
@@ -124,7 +131,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         let now = Instant::now();
         let due = (0..self.executors.len())
             .filter(|&i| !self.dead[i] && !self.stalled(i, now) && !self.queues[i].is_empty())
-            .filter_map(|i| self.last_heard[i].checked_add(STALL_AFTER))
+            .filter_map(|i| self.stalls_at[i])
             .min();
         if let Some(due) = due {
             let delay = due.saturating_duration_since(now);
@@ -243,7 +250,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         batches[i].0 += 1;
         if self.assigned[i] == 0 {
             // Idle until now: its silence so far says nothing.
-            self.last_heard[i] = now;
+            self.heard(i, now);
         }
         self.assigned[i] += 1;
         self.queued[i] += 1;
@@ -260,7 +267,7 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
         for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
             if let Some(now) = now {
                 if *d != ExecutorDelta::default() {
-                    self.last_heard[i] = now;
+                    self.heard(i, now);
                 }
             }
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);

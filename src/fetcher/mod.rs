@@ -91,9 +91,10 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     /// round trip to the Fetcher and back with a margin), halving at most per report, at least 1.
     ahead: usize,
     ahead_target: Vec<usize>,
-    /// When each executor last reported (or, idle, was last given a task): one that holds
-    /// tasks and stays quiet for `dispatch::STALL_AFTER` is stalled.
-    last_heard: Vec<tokio::time::Instant>,
+    /// When each executor would be stalled: `dispatch::STALL_AFTER` after it last reported (or,
+    /// idle, was last given a task), if it holds tasks by then (`None`: never). Kept as that
+    /// instant so the check on every credit compares two instants.
+    stalls_at: Vec<Option<tokio::time::Instant>>,
     credits: usize,
     buffer: VecDeque<Task<T>>,
     /// Tasks asked for by the fetches in flight.
@@ -218,7 +219,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             ahead_target: vec![config.ahead.min(1); executors.len()],
             dead: vec![false; executors.len()],
             returns,
-            last_heard: vec![tokio::time::Instant::now(); executors.len()],
+            stalls_at: vec![
+                tokio::time::Instant::now().checked_add(dispatch::STALL_AFTER);
+                executors.len()
+            ],
             executors,
             cancel_running,
             queues,

@@ -16,12 +16,14 @@
 //!   connection (reconnected when it drops, with a wake-up in case a notification was missed),
 //!   plus a jittered fallback poll ([`PgConfig::poll_interval`]). The signal a fetch hands back
 //!   is subscribed before its query runs, so a notification that arrives during an empty fetch
-//!   is not lost.
+//!   is not lost. A fetch that brings fewer tasks than asked for reports the next due time in
+//!   the same statement, so a wake-up for one task is one statement.
 //! * **Leases**: a fetched task is leased for [`PgConfig::lease`]; the poller's heartbeat extends
 //!   the leases of the tasks this poller runs, takes back tasks whose lease expired (their worker
 //!   died: the attempt counts, and a task out of attempts goes dead), and prunes old finished
 //!   tasks. Times are the server's (`now()`), so machines need not agree on the time.
-//! * **Acks**: one `UPDATE … FROM unnest(…)` statement per batch, retried a few times if the
+//! * **Acks**: at most two `UPDATE … FROM unnest(…)` statements per batch (completed tasks
+//!   through a lean one, every other kind through the general one), retried a few times if the
 //!   connection drops.
 //! * **TLS**: the URL's `sslmode` is honoured (`?sslmode=require`, `verify-full` with
 //!   `sslrootcert=…`), through rustls with the Mozilla (webpki) roots; no system OpenSSL needed.

@@ -16,7 +16,8 @@
 //!   extends the leases of the tasks this poller runs, takes back tasks whose lease expired (their
 //!   worker died: the attempt counts, and a task out of attempts goes dead) and prunes old
 //!   finished tasks.
-//! * **Acks**: one `UPDATE … FROM json_each(?)` statement per batch.
+//! * **Acks**: at most two `UPDATE … FROM json_each(?)` statements per batch: completed tasks
+//!   through a lean one (ids and lease numbers only), every other kind through the general one.
 //! * **Wake-ups**: a local submit (through the poller or a [`SqliteQueue`] of this source) wakes
 //!   the poller at once; tasks written by other processes are seen by a jittered poll
 //!   ([`SqliteConfig::poll_interval`]).

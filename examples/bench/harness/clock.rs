@@ -79,6 +79,33 @@ pub(crate) struct Run {
     pub(crate) cpu: Option<Duration>,
     /// Times a thread of the process was scheduled in over `elapsed`.
     pub(crate) slices: Option<u64>,
+    /// The busiest threads over `elapsed`, busiest first: where the CPU went, and how long each
+    /// waited on a run queue for a core (a thread that shares a core with another waits).
+    pub(crate) busiest: [Option<Busy>; 4],
+}
+
+/// One thread's share of a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Busy {
+    /// `main` (the bench's thread: the actix System's, or the baseline's `block_on`),
+    /// `arbiter`, `tokio` (a baseline worker), or `other`.
+    pub(crate) kind: &'static str,
+    pub(crate) cpu: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) slices: u64,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:.1} ms CPU, {:.1} ms waiting for a core, {} wake-ups",
+            self.kind,
+            self.cpu.as_secs_f64() * 1e3,
+            self.wait.as_secs_f64() * 1e3,
+            self.slices
+        )
+    }
 }
 
 impl Run {
@@ -125,13 +152,36 @@ impl Clock {
         let elapsed = self.wall.elapsed();
         let after = threads();
         let known = !self.threads.is_empty() && !after.is_empty();
-        let delta = thread_delta(&self.threads, &after);
+        let mut delta = thread_delta(&self.threads, &after);
+        let cpu = known.then(|| delta.iter().map(|d| d.cpu).sum());
+        let slices = known.then(|| delta.iter().map(|d| d.slices).sum());
+        delta.sort_by_key(|t| std::cmp::Reverse(t.cpu));
+        let mut busiest = [None; 4];
+        for (slot, t) in busiest.iter_mut().zip(&delta) {
+            let pid = u64::from(std::process::id());
+            let kind = if t.tid == pid {
+                "main"
+            } else if t.name.starts_with("actix-rt") {
+                "arbiter"
+            } else if t.name.starts_with("tokio") {
+                "tokio"
+            } else {
+                "other"
+            };
+            *slot = Some(Busy {
+                kind,
+                cpu: t.cpu,
+                wait: t.wait,
+                slices: t.slices,
+            });
+        }
         Run {
             tasks,
             elapsed,
             busy,
-            cpu: known.then(|| delta.iter().map(|d| d.cpu).sum()),
-            slices: known.then(|| delta.iter().map(|d| d.slices).sum()),
+            cpu,
+            slices,
+            busiest,
         }
     }
 }

@@ -4,12 +4,14 @@ use std::time::Duration;
 
 /// One thread's scheduler counters, from `/proc/self/task/<tid>/{comm,schedstat}`: CPU time in
 /// nanoseconds (`/proc/self/stat` counts 10 ms ticks, too coarse for the idle target) and how
-/// many times it was scheduled in (each wake-up of a parked thread is one).
+/// many times it was scheduled in (each wake-up of a parked thread is one), and how long it
+/// waited on a run queue for a core while runnable (another thread had the core).
 #[derive(Debug, Clone)]
 pub(crate) struct ThreadStat {
     pub(crate) tid: u64,
     pub(crate) name: String,
     pub(crate) cpu: Duration,
+    pub(crate) wait: Duration,
     pub(crate) slices: u64,
 }
 
@@ -25,11 +27,13 @@ pub(crate) fn threads() -> Vec<ThreadStat> {
         let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
         let mut fields = stat.split_whitespace();
         let cpu = Duration::from_nanos(fields.next()?.parse().ok()?);
-        let slices = fields.nth(1)?.parse().ok()?;
+        let wait = Duration::from_nanos(fields.next()?.parse().ok()?);
+        let slices = fields.next()?.parse().ok()?;
         Some(ThreadStat {
             tid,
             name: name.trim().to_string(),
             cpu,
+            wait,
             slices,
         })
     })
@@ -47,6 +51,7 @@ pub(crate) fn thread_delta(before: &[ThreadStat], after: &[ThreadStat]) -> Vec<T
                 tid: a.tid,
                 name: a.name.clone(),
                 cpu: a.cpu.saturating_sub(b.map_or(Duration::ZERO, |b| b.cpu)),
+                wait: a.wait.saturating_sub(b.map_or(Duration::ZERO, |b| b.wait)),
                 slices: a.slices.saturating_sub(b.map_or(0, |b| b.slices)),
             }
         })

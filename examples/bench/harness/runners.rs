@@ -194,6 +194,16 @@ pub(crate) fn run_detail(name: &str, side: &str, workers: usize, r: &Run) -> Str
         r.slices
             .map_or(f64::NAN, |s| s as f64 / r.tasks.max(1) as f64),
     );
+    let busiest: Vec<String> = r
+        .busiest
+        .iter()
+        .flatten()
+        .filter(|b| !b.cpu.is_zero())
+        .map(ToString::to_string)
+        .collect();
+    if !busiest.is_empty() {
+        line += &format!(" [threads: {}]", busiest.join("; "));
+    }
     if !r.busy.is_zero() {
         // A slot's cycle is workers ÷ rate; what the task does not use of it, the slot sat free
         // between one task's end and the next one's start.

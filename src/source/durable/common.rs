@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::dialect::FetchedRow;
+use super::dialect::{FetchedDueRow, FetchedRow};
 use crate::pace::Key;
 use crate::source::NewTask;
 use crate::task::{Ack, DeadTask, Disposition, Task, TaskId};
@@ -189,6 +189,9 @@ pub(crate) fn new_owner() -> i64 {
     (fastrand::i64(1..i64::MAX)).max(1)
 }
 
+/// The kind of ack of a completed task (see the `ack` statements).
+pub(crate) const ACK_COMPLETED: i16 = 0;
+
 /// One ack as the batch statement takes it: id, attempt, kind, delay (µs), error, and the lease
 /// it answers.
 pub(crate) type AckRow = (i64, i32, i16, i64, Option<String>, i64);
@@ -202,7 +205,7 @@ pub(crate) fn ack_rows(acks: Vec<Ack>, leases: Vec<i64>) -> Vec<AckRow> {
             let id = ack.id.0 as i64;
             let attempt = ack.attempt.min(i32::MAX as u32) as i32;
             let (kind, after, error) = match ack.disposition {
-                Disposition::Completed => (0, 0, None),
+                Disposition::Completed => (ACK_COMPLETED, 0, None),
                 Disposition::Retry { after, error } => (1, delay(after), Some(stored_text(error))),
                 Disposition::Snooze { after } => (2, delay(after), None),
                 Disposition::Dead { error } => (3, 0, Some(stored_text(error))),
@@ -302,6 +305,14 @@ impl Leases {
 /// The source's leases. Only the Fetcher's thread touches them (the source's futures are not
 /// `Send`).
 pub(crate) type Leased = Rc<RefCell<Leases>>;
+
+/// A row of the `fetch` statement without its last column (the next due time).
+pub(crate) fn without_next_due(row: FetchedDueRow) -> FetchedRow {
+    let (id, attempt, max, priority, timeout, payload, enqueued, run_at, seq, trace, key, _) = row;
+    (
+        id, attempt, max, priority, timeout, payload, enqueued, run_at, seq, trace, key,
+    )
+}
 
 /// Fetch order: higher priority, then earlier due time, then lower id (the insert order).
 pub(crate) fn sort_rows(rows: &mut [FetchedRow]) {

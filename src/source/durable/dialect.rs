@@ -93,6 +93,11 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
     /// by an insert trigger and the `notify` statement). If not (SQLite), the source wakes its
     /// own poller after local enqueues, and other processes find tasks by polling.
     const NOTIFIES: bool;
+    /// Whether the `fetch` statement's last column is, on a short batch (fewer rows than
+    /// asked for), the microseconds from now to the earliest queued task it left (negative:
+    /// overdue; NULL: none). If not (its last column is always NULL), the source asks
+    /// `next_due` after a short batch.
+    const FETCH_NEXT_DUE: bool = false;
 
     /// The SQL placeholders for `config`.
     ///
@@ -160,6 +165,23 @@ pub(crate) type FetchedRow = (
     i64,
     Option<String>,
     Option<String>,
+);
+
+/// A row of the `fetch` statement: a [`FetchedRow`], then (see [`Dialect::FETCH_NEXT_DUE`])
+/// the next due time after a short batch.
+pub(crate) type FetchedDueRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
 );
 
 /// A dead row: id, attempts, error, died at (µs since the epoch).
@@ -234,6 +256,14 @@ pub trait Store: Dialect {
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<FetchedRow>, sqlx::Error>>;
 
+    /// Runs the `fetch` statement (the one without queue-wide pace): its rows, and the next
+    /// due time its last column reports.
+    fn fetched_due<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<FetchedDueRow>, sqlx::Error>>;
+
     /// Runs the dead-task listing.
     fn dead<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
@@ -303,6 +333,7 @@ where
     for<'r> (Option<i64>,): FromRow<'r, Row<D>>,
     for<'r> (String,): FromRow<'r, Row<D>>,
     for<'r> FetchedRow: FromRow<'r, Row<D>>,
+    for<'r> FetchedDueRow: FromRow<'r, Row<D>>,
     for<'r> DeadRow: FromRow<'r, Row<D>>,
     for<'r> FinalRow: FromRow<'r, Row<D>>,
     for<'r> StatusRow: FromRow<'r, Row<D>>,
@@ -375,6 +406,14 @@ where
         sql: &'a str,
         args: Vec<Arg>,
     ) -> BoxFuture<'a, Result<Vec<FetchedRow>, sqlx::Error>> {
+        rows::<D, _>(conn, sql, args)
+    }
+
+    fn fetched_due<'a>(
+        conn: &'a mut <D::Db as Database>::Connection,
+        sql: &'a str,
+        args: Vec<Arg>,
+    ) -> BoxFuture<'a, Result<Vec<FetchedDueRow>, sqlx::Error>> {
         rows::<D, _>(conn, sql, args)
     }
 

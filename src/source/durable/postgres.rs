@@ -271,6 +271,7 @@ impl Dialect for PgDialect {
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
     const POOL_SIZE: u32 = 8;
     const NOTIFIES: bool = true;
+    const FETCH_NEXT_DUE: bool = true;
 
     fn names(config: &DurableConfig<Self>) -> Result<Names, DurableError<Self>> {
         let schema = config.store.schema.as_ref();
@@ -493,8 +494,13 @@ pub type PgQueue<T> = DurableQueue<T, PgDialect>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::durable::race_test::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::race_test::{
+        a_completed_ack_answers_only_its_own_lease,
+        a_short_batch_is_drained_and_wakes_for_what_follows,
+        a_wake_up_racing_an_empty_fetch_is_not_lost,
+    };
     use crate::source::durable::Sql;
+    use crate::source::{NewTask, Source};
 
     fn names(config: DurableConfig<PgDialect>) -> Result<Names, DurableError<PgDialect>> {
         PgDialect::names(&config)
@@ -573,9 +579,8 @@ mod tests {
         .is_ok());
     }
 
-    /// A notification racing an empty fetch still wakes the poller.
-    #[actix_rt::test]
-    async fn a_notification_racing_an_empty_fetch_is_not_lost() {
+    /// A configuration in a schema of its own (dropped by the test), polling every 600 s.
+    fn config() -> (PgConfig, String) {
         let url = std::env::var("ACTIX_POLLER_PG_URL").unwrap_or_else(|_| {
             panic!(
                 "set ACTIX_POLLER_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run \
@@ -586,6 +591,83 @@ mod tests {
         let config = PgConfig::new(url)
             .schema(&schema)
             .poll_interval(Duration::from_secs(600));
+        (config, schema)
+    }
+
+    /// A short batch is drained, wakes at the next due time the fetch statement reported, and
+    /// for a later notification (issue 14).
+    #[actix_rt::test]
+    async fn a_short_batch_is_drained() {
+        let (config, schema) = config();
+        let source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
+        a_short_batch_is_drained_and_wakes_for_what_follows(source, other).await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+
+    /// A completed task's ack counts only for the lease it answers.
+    #[actix_rt::test]
+    async fn a_completed_ack_answers_only_its_lease() {
+        let (config, schema) = config();
+        let source = PgSource::<u32>::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        a_completed_ack_answers_only_its_own_lease(source).await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+
+    /// A due row the fetch skipped (locked by another worker's transaction) makes a short
+    /// batch look again soon, not at the fallback poll: that worker may give it back.
+    #[actix_rt::test]
+    async fn a_short_batch_past_a_locked_row_looks_again_soon() {
+        let (config, schema) = config();
+        let mut source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        let ids = source
+            .queue()
+            .enqueue(vec![NewTask::new(1), NewTask::new(2)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut locker = pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        let locked = format!(
+            "SELECT id FROM \"{schema}\".\"{}\" WHERE id = {} FOR UPDATE",
+            crate::source::durable::DEFAULT_TABLE,
+            ids[1].0
+        );
+        sqlx::raw_sql(&locked)
+            .execute(&mut *locker)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let asked = tokio::time::Instant::now();
+        let short = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(short.tasks.len(), 1);
+        assert!(short.drained);
+        let at = short.wake_on.at.expect("a time to look again");
+        assert!(
+            at < asked + Duration::from_secs(60),
+            "looks again soon for the locked due row, not at the 600 s poll: {:?}",
+            at - asked
+        );
+        drop(locker);
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+
+    /// A notification racing an empty fetch still wakes the poller.
+    #[actix_rt::test]
+    async fn a_notification_racing_an_empty_fetch_is_not_lost() {
+        let (config, schema) = config();
         let source = PgSource::<u32>::connect(config.clone())
             .await
             .unwrap_or_else(|e| panic!("{e}"));

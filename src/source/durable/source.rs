@@ -102,19 +102,40 @@ async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::
 /// and change nothing).
 async fn record_acks<D: Store>(
     pool: &Pool<D::Db>,
-    sql: &str,
+    sql: &Sql,
     owner: i64,
     rows: Vec<common::AckRow>,
 ) -> sqlx::Result<Vec<i64>> {
+    // Completed tasks (the usual case) through the lean statement, the rest through the
+    // general one: at most two statements, one for a batch of one kind.
+    let (completed, other): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|row| row.2 == common::ACK_COMPLETED);
+    let mut unstorable =
+        record_ack_batches::<D>(pool, &sql.ack_completed, owner, completed, |rows| {
+            List::Leases(rows.iter().map(|row| (row.0, row.5)).collect())
+        })
+        .await?;
+    unstorable.extend(record_ack_batches::<D>(pool, &sql.ack, owner, other, List::Acks).await?);
+    Ok(unstorable)
+}
+
+/// [`record_acks`] for one statement: `list` makes its list argument of a batch.
+async fn record_ack_batches<D: Store>(
+    pool: &Pool<D::Db>,
+    sql: &str,
+    owner: i64,
+    rows: Vec<common::AckRow>,
+    list: fn(Vec<common::AckRow>) -> List,
+) -> sqlx::Result<Vec<i64>> {
     let mut unstorable = Vec::new();
+    if rows.is_empty() {
+        return Ok(unstorable);
+    }
     let mut batches = vec![rows];
     while let Some(mut batch) = batches.pop() {
         let stored = common::with_retries(5, D::is_data_error, || {
-            let args = vec![
-                Arg::List(List::Acks(batch.clone())),
-                Arg::Int(owner),
-                Arg::Now,
-            ];
+            let args = vec![Arg::List(list(batch.clone())), Arg::Int(owner), Arg::Now];
             count::<D>(pool, sql, args)
         })
         .await;
@@ -138,6 +159,43 @@ async fn record_acks<D: Store>(
         }
     }
     Ok(unstorable)
+}
+
+/// Marks dead the fetched rows whose payload does not decode (`bad`: id and the decoder's
+/// error). A row that cannot be marked keeps its lease, which expires: it is tried again later.
+/// Never fails: the fetch that leased the other rows must hand them over.
+async fn bury<D: Store>(pool: &Pool<D::Db>, sql: &Sql, owner: i64, bad: Vec<(i64, String)>) {
+    for (id, error) in &bad {
+        tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
+    }
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!(error = %e, "could not mark the tasks dead; they will be tried again");
+            return;
+        }
+    };
+    for (id, error) in bad {
+        let error = common::stored_text(error);
+        let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
+        if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
+            tracing::error!(task = id, error = %e, "could not mark the task dead");
+        }
+    }
+}
+
+/// Microseconds from now to the earliest queued task (negative: overdue), by `statement`;
+/// `None` when none is queued or the store could not say (the poll interval applies then).
+/// Never fails: the fetch that asks may have leased tasks, which it must hand over.
+async fn next_due<D: Store>(pool: &Pool<D::Db>, statement: &str) -> Option<i64> {
+    let asked = match pool.acquire().await {
+        Ok(mut conn) => D::maybe_int(&mut *conn, statement, vec![Arg::Now]).await,
+        Err(e) => Err(e),
+    };
+    asked.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "next due time unknown; polling");
+        None
+    })
 }
 
 /// Tells the pollers that tasks are due: the store's notification, or this process's signal.
@@ -292,11 +350,17 @@ where
                 Arg::Int(lease_us),
             ];
             let paced = pace.as_ref().zip(sql.paced.as_ref());
+            // The next due time, when the fetch statement reported it (a short batch).
+            let mut reported = None;
             let mut rows = match paced {
                 None => {
                     let mut conn = pool.acquire().await?;
                     args.push(Arg::Now);
-                    D::fetched(&mut *conn, &sql.fetch, args).await?
+                    let rows = D::fetched_due(&mut *conn, &sql.fetch, args).await?;
+                    if D::FETCH_NEXT_DUE {
+                        reported = rows.first().map(|row| row.11);
+                    }
+                    rows.into_iter().map(common::without_next_due).collect()
                 }
                 Some((pace, paced)) => {
                     // One claim at a time on the queue: the lock, then the claim in a fresh
@@ -312,32 +376,31 @@ where
                     rows
                 }
             };
-            let mut conn = pool.acquire().await?;
             let full = rows.len() >= max;
             common::sort_rows(&mut rows);
             let (tasks, bad) = common::decode_rows::<T>(rows, &leased);
             let buried = !bad.is_empty();
-            for (id, error) in bad {
-                tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
-                let error = common::stored_text(error);
-                let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
-                if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
-                    // Its lease expires and it is tried again later.
-                    tracing::error!(task = id, error = %e, "could not mark the task dead");
-                }
+            if buried {
+                bury::<D>(&pool, &sql, owner, bad).await;
             }
-            // Some tasks: hand them over now and ask again at once, rather than delay them by
-            // a query for the next due time (the next fetch, if empty, makes it).
-            if full || !tasks.is_empty() || buried {
+            // A full batch (there may be more), a buried row (the batch came back shorter
+            // than the rows fetched), or, under queue-wide pace, some tasks (a claim may stop
+            // short of the due rows: a key's limit, the rate): hand them over now and ask again
+            // at once, rather than delay them by a query for the next due time (the next
+            // fetch, if empty, makes it).
+            if full || buried || (paced.is_some() && !tasks.is_empty()) {
                 return Ok(Fetched::new(tasks, WakeOn::after(Duration::ZERO)));
             }
-            let next_due = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
-            let next = D::maybe_int(&mut *conn, next_due, vec![Arg::Now])
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "next due time unknown; polling");
-                    None
-                });
+            // A short batch: every due row not leased elsewhere was taken, so the source is
+            // drained for now (issue 14: no follow-up empty fetch). A task enqueued after the
+            // statement's snapshot wakes the poller through `signal`, subscribed before it.
+            let next = match reported {
+                Some(next) => next,
+                None => {
+                    let statement = paced.map_or(&sql.next_due, |(_, p)| &p.next_due);
+                    next_due::<D>(&pool, statement).await
+                }
+            };
             let mut at = crate::retry::deadline_after(Instant::now(), poll);
             if let Some(wait_us) = next {
                 // A due row another poller is leasing right now, or (queue-wide pace) held by
@@ -368,7 +431,7 @@ where
         let owner = self.owner;
         let rows = common::ack_rows(acks, leases.clone());
         async move {
-            let unstorable = match record_acks::<D>(&pool, &sql.ack, owner, rows).await {
+            let unstorable = match record_acks::<D>(&pool, &sql, owner, rows).await {
                 Ok(unstorable) => unstorable,
                 Err(e) => {
                     // Perhaps recorded, the reply lost: if these acks come again, they answer

@@ -198,7 +198,11 @@ pub type SqliteQueue<T> = DurableQueue<T, SqliteDialect>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::durable::race_test::a_wake_up_racing_an_empty_fetch_is_not_lost;
+    use crate::source::durable::race_test::{
+        a_completed_ack_answers_only_its_own_lease,
+        a_short_batch_is_drained_and_wakes_for_what_follows,
+        a_wake_up_racing_an_empty_fetch_is_not_lost,
+    };
     use crate::source::durable::Sql;
 
     #[test]
@@ -256,6 +260,38 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let queue = source.queue();
         a_wake_up_racing_an_empty_fetch_is_not_lost(source, queue, Duration::ZERO).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// A short batch is drained, wakes at the next due time, and for a later local enqueue.
+    #[actix_rt::test]
+    async fn a_short_batch_is_drained() {
+        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
+        let config = SqliteConfig::new(&path).poll_interval(Duration::from_secs(600));
+        let source = SqliteSource::<u32>::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let queue = source.queue();
+        a_short_batch_is_drained_and_wakes_for_what_follows(source, queue).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// A completed task's ack counts only for the lease it answers.
+    #[actix_rt::test]
+    async fn a_completed_ack_answers_only_its_lease() {
+        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
+        let source = SqliteSource::<u32>::connect(SqliteConfig::new(&path))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        a_completed_ack_answers_only_its_own_lease(source).await;
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
