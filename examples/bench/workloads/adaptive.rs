@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_poller::{Aimd, Backpressure, BoxError, Gradient, Poller, PollerBuilder, TaskContext};
+use actix_poller::{
+    Aimd, Backpressure, BoxError, Gradient, Limiter, Poller, PollerBuilder, Sample, TaskContext,
+};
 
 use crate::harness::{finish, in_system, quantile, Report, Row, Unit};
 
@@ -63,11 +65,84 @@ impl Algo {
         }
     }
 
-    fn apply(self, b: PollerBuilder<u64>) -> PollerBuilder<u64> {
+    fn limiter(self) -> Box<dyn Limiter> {
         match self {
-            Algo::Aimd => b.adaptive(Aimd::new(MIN, MAX)),
-            Algo::AimdTolerance => b.adaptive(Aimd::new(MIN, MAX).latency_tolerance(1.1)),
-            Algo::Gradient => b.adaptive(Gradient::new(MIN, MAX)),
+            Algo::Aimd => Box::new(Aimd::new(MIN, MAX)),
+            Algo::AimdTolerance => Box::new(Aimd::new(MIN, MAX).latency_tolerance(1.1)),
+            Algo::Gradient => Box::new(Gradient::new(MIN, MAX)),
+        }
+    }
+
+    /// The builder with this limiter, traced into `BENCH_ADAPTIVE_TRACE` if set.
+    fn apply(
+        self,
+        b: PollerBuilder<u64>,
+        ds: &Arc<Downstream>,
+        label: String,
+    ) -> PollerBuilder<u64> {
+        match std::env::var_os("BENCH_ADAPTIVE_TRACE") {
+            Some(dir) => b.adaptive(Traced {
+                inner: self.limiter(),
+                ds: Arc::clone(ds),
+                path: std::path::Path::new(&dir).join(format!("{label}.csv")),
+                rows: Vec::new(),
+            }),
+            None => b.adaptive(BoxedLimiter(self.limiter())),
+        }
+    }
+}
+
+/// A boxed limiter as a [`Limiter`] (the builder takes `impl Limiter`).
+#[derive(Debug)]
+struct BoxedLimiter(Box<dyn Limiter>);
+
+impl Limiter for BoxedLimiter {
+    fn limit(&self) -> usize {
+        self.0.limit()
+    }
+    fn observe(&mut self, sample: Sample) -> usize {
+        self.0.observe(sample)
+    }
+}
+
+/// Diagnosis (`BENCH_ADAPTIVE_TRACE=dir`): every sample the limiter sees and the limit it
+/// answers, with the downstream's capacity at the time, written to `dir/label.csv` when the
+/// poller drops it.
+#[derive(Debug)]
+struct Traced {
+    inner: Box<dyn Limiter>,
+    ds: Arc<Downstream>,
+    path: std::path::PathBuf,
+    /// (µs since the epoch, latency µs, overloaded, in_flight, capacity, limit after)
+    rows: Vec<(u64, u64, bool, usize, usize, usize)>,
+}
+
+impl Limiter for Traced {
+    fn limit(&self) -> usize {
+        self.inner.limit()
+    }
+    fn observe(&mut self, s: Sample) -> usize {
+        let next = self.inner.observe(s);
+        self.rows.push((
+            self.ds.now().as_micros() as u64,
+            s.latency.as_micros() as u64,
+            s.overloaded,
+            s.in_flight,
+            self.ds.capacity.load(Ordering::Relaxed),
+            next,
+        ));
+        next
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let mut out = String::from("t_us,latency_us,overloaded,in_flight,capacity,limit\n");
+        for (t, l, o, n, c, lim) in &self.rows {
+            out.push_str(&format!("{t},{l},{},{n},{c},{lim}\n", u8::from(*o)));
+        }
+        if let Err(e) = std::fs::write(&self.path, out) {
+            eprintln!("trace {}: {e}", self.path.display());
         }
     }
 }
@@ -113,6 +188,9 @@ struct Call {
     /// Since the downstream's epoch.
     end: Duration,
     latency: Duration,
+    /// What the model asked for (the sleep): `latency` minus this is the timer's rounding and
+    /// the machine's scheduling (CPU contention), not the downstream's load.
+    model: Duration,
     overloaded: bool,
 }
 
@@ -149,16 +227,19 @@ impl Downstream {
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let c = self.capacity.load(Ordering::Relaxed).max(1);
         let overloaded = n > 2 * c;
+        let mut model = Duration::ZERO;
         if !overloaded {
             // The golden-ratio sequence: evenly spread, no two calls in a row alike.
             let k = self.count.fetch_add(1, Ordering::Relaxed) as f64;
             let jitter = JITTER.mul_f64((k * 0.618_033_988_7).fract());
-            tokio::time::sleep(BASE.mul_f64(n.max(c) as f64 / c as f64) + jitter).await;
+            model = BASE.mul_f64(n.max(c) as f64 / c as f64) + jitter;
+            tokio::time::sleep(model).await;
         }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let call = Call {
             end: self.now(),
             latency: started.elapsed(),
+            model,
             overloaded,
         };
         self.calls
@@ -176,20 +257,29 @@ impl Downstream {
     fn window(&self, from: Duration, to: Duration) -> Window {
         let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
         let mut latencies = Vec::new();
+        let mut models = Vec::new();
+        let mut excess = Vec::new();
         let mut overloaded = 0;
         for c in calls.iter().filter(|c| c.end >= from && c.end < to) {
             if c.overloaded {
                 overloaded += 1;
             } else {
                 latencies.push(c.latency);
+                models.push(c.model);
+                excess.push(c.latency.saturating_sub(c.model));
             }
         }
         latencies.sort();
+        models.sort();
+        excess.sort();
         let secs = (to - from).as_secs_f64();
         Window {
             throughput: latencies.len() as f64 / secs,
             p50: quantile(&latencies, 0.5),
             p99: quantile(&latencies, 0.99),
+            model_p50: quantile(&models, 0.5),
+            excess_p50: quantile(&excess, 0.5),
+            excess_p99: quantile(&excess, 0.99),
             overloaded: overloaded as f64 / (overloaded + latencies.len()).max(1) as f64,
         }
     }
@@ -203,6 +293,11 @@ struct Window {
     /// Latency of the answered calls.
     p50: Duration,
     p99: Duration,
+    /// The modelled latency's p50 (the downstream's load alone).
+    model_p50: Duration,
+    /// Measured − modelled latency, per call: the timer and the machine, not the downstream.
+    excess_p50: Duration,
+    excess_p99: Duration,
     /// Overloaded answers ÷ all calls.
     overloaded: f64,
 }
@@ -338,9 +433,13 @@ async fn follow(
     Ok(followed(trace, from, t.hold, cap))
 }
 
-async fn adaptive_run(c: usize, algo: Algo, t: Timing) -> Result<AdaptiveRun, String> {
+async fn adaptive_run(c: usize, algo: Algo, t: Timing, run: usize) -> Result<AdaptiveRun, String> {
     let ds = Downstream::new(c);
-    let poller = start(algo.apply(Poller::<u64>::builder().workers(MAX)), &ds)?;
+    let label = format!("c{c}-{}-run{run}", algo.name().replace([' ', ','], ""));
+    let poller = start(
+        algo.apply(Poller::<u64>::builder().workers(MAX), &ds, label),
+        &ds,
+    )?;
     let mut trace = Trace::new();
     let res = async {
         drive(&poller, &ds, &mut trace, |_, now| now >= t.settle).await?;
@@ -421,15 +520,20 @@ fn load() -> String {
 pub(crate) fn adaptive(repeat: usize, t: Timing) -> Result<Report, String> {
     let mut runs: Vec<Vec<CapRun>> = t.caps.iter().map(|_| Vec::new()).collect();
     let mut loads = Vec::new();
-    for _ in 0..repeat {
+    for run in 0..repeat {
         for (&c, runs) in t.caps.iter().zip(&mut runs) {
+            if std::env::var("BENCH_ADAPTIVE_CAPS")
+                .is_ok_and(|v| !v.split(',').any(|x| x.trim() == c.to_string()))
+            {
+                continue;
+            }
             let mut sweep = Vec::new();
             for w in [c / 2, c, c * 3 / 2, c * 2] {
                 sweep.push((w.max(1), in_system(fixed(c, w.max(1), t))?));
             }
             let mut adaptive = Vec::new();
             for algo in Algo::ALL {
-                adaptive.push(in_system(adaptive_run(c, algo, t))?);
+                adaptive.push(in_system(adaptive_run(c, algo, t, run + 1))?);
             }
             runs.push(CapRun { sweep, adaptive });
         }
@@ -442,6 +546,9 @@ pub(crate) fn adaptive(repeat: usize, t: Timing) -> Result<Report, String> {
         "|---:|---|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     for (&c, runs) in t.caps.iter().zip(&runs) {
+        if runs.is_empty() {
+            continue;
+        }
         let cf = c as f64;
         for (i, algo) in Algo::ALL.iter().enumerate() {
             let col = |f: &dyn Fn(&CapRun, &AdaptiveRun) -> f64| {
@@ -550,15 +657,35 @@ pub(crate) fn adaptive(repeat: usize, t: Timing) -> Result<Report, String> {
                 r.sweep
                     .iter()
                     .map(|(w, win)| format!(
-                        "{w}: {:.0} /s p99 {:.2} ms over {:.1} %",
+                        "{w}: {:.0} /s p50 {:.2} p99 {:.2} ms (model p50 {:.2}; measured − model p50 {:.2} p99 {:.2} ms) over {:.1} %",
                         win.throughput,
+                        win.p50.as_secs_f64() * 1e3,
                         win.p99.as_secs_f64() * 1e3,
+                        win.model_p50.as_secs_f64() * 1e3,
+                        win.excess_p50.as_secs_f64() * 1e3,
+                        win.excess_p99.as_secs_f64() * 1e3,
                         win.overloaded * 100.0
                     ))
                     .collect::<Vec<_>>()
                     .join(", "),
                 r.unloaded().as_secs_f64() * 1e3,
             ));
+            for (algo, a) in Algo::ALL.iter().zip(&r.adaptive) {
+                report.details.push(format!(
+                    "adaptive C={c} run {} {}: settled limit {:.1} ({}–{}), {:.0} /s, p50 {:.2} p99 {:.2} ms (model p50 {:.2}; measured − model p50 {:.2} p99 {:.2} ms)",
+                    k + 1,
+                    algo.name(),
+                    a.mean,
+                    a.min,
+                    a.max,
+                    a.window.throughput,
+                    a.window.p50.as_secs_f64() * 1e3,
+                    a.window.p99.as_secs_f64() * 1e3,
+                    a.window.model_p50.as_secs_f64() * 1e3,
+                    a.window.excess_p50.as_secs_f64() * 1e3,
+                    a.window.excess_p99.as_secs_f64() * 1e3,
+                ));
+            }
         }
     }
     report.details.push(format!(
