@@ -122,6 +122,8 @@ macro_rules! preload {
         }
     }};
 }
+// Used by durable-pg-scale, which needs `postgres`.
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use preload;
 
 /// One run on a fresh store.
