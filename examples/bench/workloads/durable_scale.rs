@@ -81,6 +81,27 @@ async fn drop_schema(url: &str, schema: &str) {
     }
 }
 
+/// A diagnosis of the depth figure (`BENCH_SCALE_SETTLE=1`): after the preload, what the
+/// server would otherwise do during the drain, done before it: vacuum and analyze the table
+/// (autovacuum's pass after a bulk insert), then a checkpoint (the WAL the bulk insert wrote).
+#[cfg(feature = "postgres")]
+async fn settle(url: &str, schema: &str) -> Result<(), String> {
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    for statement in [
+        format!("VACUUM ANALYZE \"{schema}\".actix_poller_tasks"),
+        "CHECKPOINT".to_string(),
+    ] {
+        sqlx::raw_sql(&statement)
+            .execute(&admin)
+            .await
+            .map_err(|e| format!("{statement}: {e}"))?;
+    }
+    admin.close().await;
+    Ok(())
+}
+
 /// Depth: drains `drained` tasks from a queue of `depth` rows; tasks/s.
 #[cfg(feature = "postgres")]
 async fn at_depth(url: &str, depth: usize, drained: usize) -> Result<f64, String> {
@@ -88,6 +109,9 @@ async fn at_depth(url: &str, depth: usize, drained: usize) -> Result<f64, String
     let schema = fresh_schema();
     let result = async {
         preload(url, &schema, depth).await?;
+        if std::env::var_os("BENCH_SCALE_SETTLE").is_some() {
+            settle(url, &schema).await?;
+        }
         let source = PgSource::<u64>::connect(config(url, &schema))
             .await
             .map_err(|e| format!("connect: {e}"))?;
