@@ -205,6 +205,26 @@ mod tests {
     };
     use crate::source::durable::Sql;
 
+    /// A database file in the temporary directory, removed (with its WAL files) when dropped,
+    /// even when the test fails.
+    struct TempDb(std::path::PathBuf);
+
+    impl TempDb {
+        fn new() -> Self {
+            TempDb(std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..))))
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
     #[test]
     fn every_statement_is_in_the_file() {
         let names = SqliteDialect::names(&DurableConfig::<SqliteDialect>::new("x").table("t"));
@@ -232,8 +252,8 @@ mod tests {
     /// handler (issue 14); no connection is pinged before use.
     #[actix_rt::test]
     async fn bookkeeping_writes_through_one_connection() {
-        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
-        let config = SqliteConfig::new(&path);
+        let db = TempDb::new();
+        let config = SqliteConfig::new(&db.0);
         let pool = SqliteDialect::connect(&config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -243,59 +263,39 @@ mod tests {
         assert!(!pool.options().get_test_before_acquire());
         assert_eq!(pool.options().get_max_connections(), config.max_connections);
         pool.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     /// A local enqueue racing an empty fetch still wakes the poller.
     #[actix_rt::test]
     async fn a_local_enqueue_racing_an_empty_fetch_is_not_lost() {
-        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
-        let config = SqliteConfig::new(&path).poll_interval(Duration::from_secs(600));
+        let db = TempDb::new();
+        let config = SqliteConfig::new(&db.0).poll_interval(Duration::from_secs(600));
         let source = SqliteSource::<u32>::connect(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let queue = source.queue();
         a_wake_up_racing_an_empty_fetch_is_not_lost(source, queue, Duration::ZERO).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     /// A short batch is drained, wakes at the next due time, and for a later local enqueue.
     #[actix_rt::test]
     async fn a_short_batch_is_drained() {
-        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
-        let config = SqliteConfig::new(&path).poll_interval(Duration::from_secs(600));
+        let db = TempDb::new();
+        let config = SqliteConfig::new(&db.0).poll_interval(Duration::from_secs(600));
         let source = SqliteSource::<u32>::connect(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let queue = source.queue();
         a_short_batch_is_drained_and_wakes_for_what_follows(source, queue).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     /// A completed task's ack counts only for the lease it answers.
     #[actix_rt::test]
     async fn a_completed_ack_answers_only_its_lease() {
-        let path = std::env::temp_dir().join(format!("ap-unit-{:x}.db", fastrand::u64(..)));
-        let source = SqliteSource::<u32>::connect(SqliteConfig::new(&path))
+        let db = TempDb::new();
+        let source = SqliteSource::<u32>::connect(SqliteConfig::new(&db.0))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         a_completed_ack_answers_only_its_own_lease(source).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
