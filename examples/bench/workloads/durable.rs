@@ -146,10 +146,7 @@ async fn one(
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             let source = PgSource::<u64>::connect(
-                PgConfig::new(&url)
-                    .schema(&schema)
-                    .application_name(&app)
-                    .completed_retention(None),
+                PgConfig::new(&url).schema(&schema).application_name(&app),
             )
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -166,10 +163,9 @@ async fn one(
         Store::Sqlite => {
             use actix_poller::source::sqlite::{SqliteConfig, SqliteSource};
             let path = std::env::temp_dir().join(format!("ap-bench-{tag}.db"));
-            let source =
-                SqliteSource::<u64>::connect(SqliteConfig::new(&path).completed_retention(None))
-                    .await
-                    .map_err(|e| format!("open: {e}"))?;
+            let source = SqliteSource::<u64>::connect(SqliteConfig::new(&path))
+                .await
+                .map_err(|e| format!("open: {e}"))?;
             preload!(source, n);
             let run = drain(source, n, k, prefetch, None).await;
             for suffix in ["", "-wal", "-shm"] {

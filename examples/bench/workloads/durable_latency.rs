@@ -181,9 +181,7 @@ fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
         std::process::id(),
         fastrand::u32(..)
     );
-    let config = PgConfig::new(&url)
-        .schema(&schema)
-        .completed_retention(None);
+    let config = PgConfig::new(&url).schema(&schema);
     let base = Instant::now();
     let stamps = Stamps {
         base,

@@ -32,9 +32,7 @@ async fn one(n: usize, k: usize, paced: bool) -> Result<Run, String> {
     let url = std::env::var("ACTIX_POLLER_PG_URL")
         .map_err(|_| "durable-pg-pace needs ACTIX_POLLER_PG_URL".to_string())?;
     let schema = format!("ap_bench_{}_{:x}", std::process::id(), fastrand::u64(..));
-    let mut config = PgConfig::new(&url)
-        .schema(&schema)
-        .completed_retention(None);
+    let mut config = PgConfig::new(&url).schema(&schema);
     if paced {
         config = config.queue_pace(
             QueuePace::new()

@@ -49,9 +49,7 @@ fn url() -> Result<String, String> {
 
 #[cfg(feature = "postgres")]
 fn config(url: &str, schema: &str) -> actix_poller::source::postgres::PgConfig {
-    actix_poller::source::postgres::PgConfig::new(url)
-        .schema(schema)
-        .completed_retention(None)
+    actix_poller::source::postgres::PgConfig::new(url).schema(schema)
 }
 
 /// A fresh schema name for one run.
