@@ -1,9 +1,11 @@
 //! Executors: run task futures, many at once, and report each attempt's end exactly once.
 //!
-//! An executor keeps its running tasks in a [`FuturesUnordered`] that one driver future polls,
-//! so a wake-up costs O(tasks that are ready), not O(tasks running) as one `ctx.spawn` per task
-//! would (actix polls every spawned item on every wake). The driver collects every attempt that
-//! ended during one wake and reports them in a single [`Done`].
+//! An executor polls each attempt once as it starts, in a reused pinned box; one that ended
+//! there (a short task) is reported by the driver without ever entering the running set, and
+//! one still pending moves, in its box, into a [`FuturesUnordered`] that one driver future
+//! polls, so a wake-up costs O(tasks that are ready), not O(tasks running) as one `ctx.spawn`
+//! per task would (actix polls every spawned item on every wake). The driver collects every
+//! attempt that ended during one wake and reports them in a single [`Done`].
 //!
 //! A handler is called inside `catch_unwind`, and its future polled inside one too: a panic
 //! becomes [`Outcome::Panicked`] with its message; the executor and the credit survive.
@@ -14,10 +16,11 @@
 //! the Fetcher, and the bound holds because no slot is ever created here. What it cannot use
 //! goes back in the next [`Done`] (`freed`).
 //!
-//! That queue is a lock-free queue shared with the Fetcher ([`LocalQueue`]): the Fetcher pushes
-//! tasks in, and takes them back from an executor that stopped reporting (a handler blocks its
-//! thread) to run them elsewhere. Each task leaves the queue exactly once, taken here or there;
-//! nothing waits on a lock, and the blocked executor need not answer. The executor counts only
+//! That queue is shared with the Fetcher ([`LocalQueue`], its lock held only for a push or a
+//! take): the Fetcher pushes tasks in, and takes them back from an executor that stopped
+//! reporting (a handler blocks its thread) to run them elsewhere. Each task leaves the queue
+//! exactly once, taken here or there; a thread blocked in a handler holds no lock, and the
+//! blocked executor need not answer. The executor counts only
 //! what it took (`Done::dequeued`); the Fetcher counts what it took back.
 
 use std::any::Any;
