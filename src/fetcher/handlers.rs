@@ -17,7 +17,7 @@ use crate::messages::{
 };
 use crate::metrics::Count;
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
-use crate::source::{EnqueueResult, NewTask, Source};
+use crate::source::{EnqueueResult, NewBatch, NewTask, Source};
 use crate::stats::Counters;
 use crate::task::{
     Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
@@ -67,14 +67,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             return Answer::Now(Err(SubmitError::Closed(tasks)));
         }
         let attempts = self.default_attempts;
-        let mut fut = self.source.enqueue(
-            tasks
-                .into_iter()
-                .map(|t| {
-                    NewTask::with_options(t, options.clone(), attempts).with_parent(parent.clone())
-                })
-                .collect(),
-        );
+        // One `NewTask` of options for the whole batch: the source stores the payloads as they
+        // are (the in-memory source) or makes its own tasks of them.
+        let shared = NewTask::with_options((), options, attempts).with_parent(parent);
+        let mut fut = self.source.enqueue_batch(NewBatch::new(tasks, shared));
         if let Some(res) = (&mut fut).now_or_never() {
             return Answer::Now(self.enqueued(res, track, ctx));
         }

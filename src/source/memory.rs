@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::{ready, LocalBoxFuture};
 use tokio::time::Instant;
 
-use super::{EnqueueResult, Fetched, NewTask, RetrySupport, Source, WakeOn};
+use super::{EnqueueResult, Fetched, NewBatch, NewTask, RetrySupport, Source, WakeOn};
 use crate::error::SubmitError;
 use crate::pace::Key;
 use crate::retry::deadline_after;
@@ -117,6 +117,24 @@ impl<T> Queued<T> {
             due_us: now.us,
             rare: rare.boxed(),
             payload: t.payload,
+        }
+    }
+
+    /// An entry like `self` (a batch's template) with id `id` and `payload`: the rare fields
+    /// copied when there are any.
+    fn with_payload<U>(&self, id: u64, payload: U) -> Queued<U> {
+        Queued {
+            id,
+            enqueued_at_us: self.enqueued_at_us,
+            due_us: self.due_us,
+            rare: self.rare.as_ref().map(|r| {
+                Box::new(Rare {
+                    key: r.key.clone(),
+                    trace: r.trace.clone(),
+                    ..**r
+                })
+            }),
+            payload,
         }
     }
 
@@ -397,54 +415,97 @@ impl<T> MemorySource<T> {
         q
     }
 
-    fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
-        let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
-        if tasks.len() > self.capacity.saturating_sub(self.len())
-            || (wants_retry && self.clone_payload.is_none())
-        {
-            let payloads = tasks.into_iter().map(|t| t.payload).collect();
-            return Err(if wants_retry && self.clone_payload.is_none() {
-                SubmitError::Unsupported(payloads)
-            } else {
-                SubmitError::Full(payloads)
-            });
+    /// Why `n` new tasks (`wants_retry`: some with more than one attempt) cannot be enqueued:
+    /// the error to hand their payloads back in, or `None` if they can.
+    fn refusal(&self, n: usize, wants_retry: bool) -> Option<fn(Vec<T>) -> SubmitError<Vec<T>>> {
+        if wants_retry && self.clone_payload.is_none() {
+            Some(SubmitError::Unsupported)
+        } else if n > self.capacity.saturating_sub(self.len()) {
+            Some(SubmitError::Full)
+        } else {
+            None
         }
+    }
+
+    /// Takes `n` ids for new tasks, and reads the clock once for all of them; every task due
+    /// by then goes behind the delayed tasks already due (see `push`).
+    fn admit(&mut self, n: usize) -> (u64, Vec<TaskId>, Now) {
         let now = self.now();
-        let n = tasks.len();
         let first = self.next_id + 1;
         self.next_id += n as u64;
-        let ids = (first..first + n as u64).map(TaskId).collect();
-        // Every task due by now goes behind the delayed tasks already due (see `push`).
         self.promote_due(now.at);
+        (first, (first..first + n as u64).map(TaskId).collect(), now)
+    }
+
+    /// Appends `n` new entries, all due now with `priority`, to that priority's ready queue, in
+    /// order (one submit's batch).
+    fn push_ready_batch(
+        &mut self,
+        priority: i32,
+        n: usize,
+        entries: impl Iterator<Item = Queued<T>>,
+    ) {
+        let queue = self.ready.entry(Reverse(priority)).or_default();
+        if queue.is_empty() {
+            // Collected once and cut to size (in the batch's own allocation where the layouts
+            // allow: std collects a `vec::IntoIter` map in place): the batch and its queue
+            // are not both held.
+            let mut converted: Vec<Queued<T>> = entries.collect();
+            converted.shrink_to_fit();
+            *queue = VecDeque::from(converted);
+        } else {
+            // Behind waiting tasks: amortized growth (an exact reserve per batch would
+            // reallocate the whole queue on every small submit).
+            queue.extend(entries);
+        }
+        self.ready_len += n;
+    }
+
+    fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
+        let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
+        if let Some(refuse) = self.refusal(tasks.len(), wants_retry) {
+            return Err(refuse(tasks.into_iter().map(|t| t.payload).collect()));
+        }
+        let n = tasks.len();
+        let (first, ids, now) = self.admit(n);
         let due_now = |t: &NewTask<T>| !matches!(t.run_at, Some(at) if at > now.at);
         let priority = tasks.first().map_or(0, |t| t.priority);
         if tasks.iter().all(|t| t.priority == priority && due_now(t)) {
             // A batch (one submit's options): one ready queue, filled in order.
-            let queue = self.ready.entry(Reverse(priority)).or_default();
-            let mut id = first - 1;
-            let entries = tasks.into_iter().map(|t| {
-                id += 1;
-                Queued::from_new(id, t, now)
-            });
-            if queue.is_empty() {
-                // Converted in the batch's own allocation where the layouts allow (std
-                // collects a `vec::IntoIter` map in place), then cut to size: the batch and
-                // its queue are not both held.
-                let mut converted: Vec<Queued<T>> = entries.collect();
-                converted.shrink_to_fit();
-                *queue = VecDeque::from(converted);
-            } else {
-                // Behind waiting tasks: amortized growth (an exact reserve per batch would
-                // reallocate the whole queue on every small submit).
-                queue.extend(entries);
-            }
-            self.ready_len += n;
+            let entries = tasks
+                .into_iter()
+                .zip(first..)
+                .map(|(t, id)| Queued::from_new(id, t, now));
+            self.push_ready_batch(priority, n, entries);
         } else {
             for (t, id) in tasks.into_iter().zip(first..) {
                 let run_at = t.run_at;
                 self.push(Queued::from_new(id, t, now), run_at, now);
             }
         }
+        Ok(ids)
+    }
+
+    /// [`Source::enqueue_batch`]: a batch due now goes from its payloads straight into a ready
+    /// queue (no `NewTask` per payload, so a large batch is not held twice); a delayed one
+    /// through [`enqueue_now`](Self::enqueue_now).
+    fn enqueue_batch_now(&mut self, batch: NewBatch<T>) -> EnqueueResult<T> {
+        let NewBatch { payloads, shared } = batch;
+        if matches!(shared.run_at, Some(at) if at > Instant::now()) {
+            return self.enqueue_now(NewBatch::new(payloads, shared).into_tasks());
+        }
+        if let Some(refuse) = self.refusal(payloads.len(), shared.max_attempts.unwrap_or(1) > 1) {
+            return Err(refuse(payloads));
+        }
+        let n = payloads.len();
+        let (first, ids, now) = self.admit(n);
+        let priority = shared.priority;
+        let template = Queued::from_new(0, shared, now);
+        let entries = payloads
+            .into_iter()
+            .zip(first..)
+            .map(|(payload, id)| template.with_payload(id, payload));
+        self.push_ready_batch(priority, n, entries);
         Ok(ids)
     }
 
@@ -633,6 +694,10 @@ impl<T: 'static> Source<T> for MemorySource<T> {
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
         Box::pin(ready(self.enqueue_now(tasks)))
+    }
+
+    fn enqueue_batch(&mut self, batch: NewBatch<T>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
+        Box::pin(ready(self.enqueue_batch_now(batch)))
     }
 
     fn can_requeue(&self) -> bool {
@@ -994,5 +1059,97 @@ mod tests {
         let f = fetch(&mut s, 100);
         assert_eq!((payloads(&f), f.tasks[0].id.0), (vec![21], 8));
         assert!(s.is_empty());
+    }
+
+    /// `enqueue_batch` (every submit's path): each task of a batch has the shared options and
+    /// its own payload and id, in order, behind what waits; a delayed batch waits for its time;
+    /// a refused batch comes back whole, in order, and takes no id.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_of_payloads_shares_its_options() {
+        let mut s = MemorySource::bounded(10).unwrap().with_retries();
+        let batch = |payloads: Vec<u32>, options: TaskOptions| {
+            let shared = NewTask::with_options((), options, 1).with_parent(Some(traceparent()));
+            NewBatch::new(payloads, shared)
+        };
+        let timeout = Duration::from_micros(1_500);
+        let options = TaskOptions::new()
+            .priority(7)
+            .timeout(timeout)
+            .key("customer-1")
+            .max_attempts(3);
+        s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap();
+        let ids = s
+            .enqueue_batch(batch(vec![40, 41, 42], options))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids.iter().map(|id| id.0).collect::<Vec<_>>(), vec![2, 3, 4]);
+        let plain = s
+            .enqueue_batch(batch(vec![50, 51], TaskOptions::new()))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(plain.iter().map(|id| id.0).collect::<Vec<_>>(), vec![5, 6]);
+        let delayed = TaskOptions::new().delay(Duration::from_secs(1));
+        let later = s
+            .enqueue_batch(batch(vec![60], delayed))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let full = s.enqueue_batch(batch(vec![70, 71, 72, 73], TaskOptions::new()));
+        match full.now_or_never().unwrap() {
+            Err(SubmitError::Full(back)) => assert_eq!(back, vec![70, 71, 72, 73]),
+            other => panic!("expected the batch back as Full, got {other:?}"),
+        }
+        let f = fetch(&mut s, 10);
+        assert_eq!(payloads(&f), vec![40, 41, 42, 0, 50, 51]);
+        for (task, (id, payload)) in f.tasks[..3].iter().zip(ids.iter().zip(40..)) {
+            assert_eq!((task.id, task.payload), (*id, payload));
+            assert_eq!((task.attempt, task.max_attempts, task.priority), (1, 3, 7));
+            assert_eq!(task.timeout, Some(timeout));
+            assert_eq!(task.key.as_ref().map(|k| k.as_str()), Some("customer-1"));
+            let tp = task.trace.as_ref().and_then(|p| p.traceparent());
+            assert_eq!(tp, traceparent().traceparent());
+        }
+        let plain_task = &f.tasks[4];
+        assert_eq!((plain_task.priority, plain_task.timeout), (0, None));
+        assert!(plain_task.key.is_none());
+        assert!(
+            fetch(&mut s, 10).tasks.is_empty(),
+            "the delayed batch waits"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let f = fetch(&mut s, 10);
+        assert_eq!((payloads(&f), f.tasks[0].id), (vec![60], later[0]));
+        let mut no_retries = MemorySource::bounded(10).unwrap();
+        let retried = no_retries.enqueue_batch(batch(vec![80], TaskOptions::new().max_attempts(2)));
+        match retried.now_or_never().unwrap() {
+            Err(SubmitError::Unsupported(back)) => assert_eq!(back, vec![80]),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        assert_eq!(no_retries.len(), 0);
+    }
+
+    /// The default `Source::enqueue_batch` (what the durable sources use) makes one task per
+    /// payload with the shared options.
+    #[test]
+    fn a_batch_into_tasks_gives_each_payload_the_options() {
+        let shared = NewTask::with_options((), TaskOptions::new().priority(3).key("k"), 2);
+        let tasks = NewBatch::new(vec![1u32, 2], shared).into_tasks();
+        let got: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.payload,
+                    t.priority,
+                    t.max_attempts,
+                    t.key.as_ref().map(|k| k.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, 3, Some(2), Some("k")), (2, 3, Some(2), Some("k"))]
+        );
     }
 }

@@ -295,6 +295,46 @@ impl<T> NewTask<T> {
         self.parent = parent;
         self
     }
+
+    /// A task with `payload` and the options of `self`.
+    fn with_payload<U>(&self, payload: U) -> NewTask<U> {
+        NewTask {
+            payload,
+            max_attempts: self.max_attempts,
+            priority: self.priority,
+            run_at: self.run_at,
+            timeout: self.timeout,
+            key: self.key.clone(),
+            parent: self.parent.clone(),
+        }
+    }
+}
+
+/// Tasks that share their options (one `submit_batch`, or one `submit`), as the poller hands
+/// them to [`Source::enqueue_batch`]: the payloads in submit order and, once, the options.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NewBatch<T> {
+    /// The payloads, in submit order.
+    pub payloads: Vec<T>,
+    /// The options every task of the batch has (its payload is `()`).
+    pub shared: NewTask<()>,
+}
+
+impl<T> NewBatch<T> {
+    /// A batch of `payloads` that all have the options of `shared`.
+    pub fn new(payloads: Vec<T>, shared: NewTask<()>) -> Self {
+        NewBatch { payloads, shared }
+    }
+
+    /// One [`NewTask`] per payload, in order, each with the shared options.
+    pub fn into_tasks(self) -> Vec<NewTask<T>> {
+        let NewBatch { payloads, shared } = self;
+        payloads
+            .into_iter()
+            .map(|payload| shared.with_payload(payload))
+            .collect()
+    }
 }
 
 /// A source that can run a failed task again.
@@ -398,6 +438,21 @@ pub trait Source<T>: 'static {
         Box::pin(futures::future::ready(Err(SubmitError::Unsupported(
             payloads,
         ))))
+    }
+
+    /// Enqueue tasks that share their options, all or none: what the poller calls for every
+    /// submit. The default hands [`NewBatch::into_tasks`] to [`enqueue`](Self::enqueue); a
+    /// source that can store the payloads without a [`NewTask`] each (the in-memory source)
+    /// overrides it, so a large batch is not held twice while it is converted.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue).
+    fn enqueue_batch(&mut self, batch: NewBatch<T>) -> LocalBoxFuture<'static, EnqueueResult<T>>
+    where
+        T: 'static,
+    {
+        self.enqueue(batch.into_tasks())
     }
 
     /// Cancel a task that waits in the source (due or delayed). `Ok(true)` if it was there and is
