@@ -1,9 +1,11 @@
 //! Executors: run task futures, many at once, and report each attempt's end exactly once.
 //!
-//! An executor keeps its running tasks in a [`FuturesUnordered`] that one driver future polls,
-//! so a wake-up costs O(tasks that are ready), not O(tasks running) as one `ctx.spawn` per task
-//! would (actix polls every spawned item on every wake). The driver collects every attempt that
-//! ended during one wake and reports them in a single [`Done`].
+//! An executor polls each attempt once as it starts, in a reused pinned box; one that ended
+//! there (a short task) is reported by the driver without ever entering the running set, and
+//! one still pending moves, in its box, into a [`FuturesUnordered`] that one driver future
+//! polls, so a wake-up costs O(tasks that are ready), not O(tasks running) as one `ctx.spawn`
+//! per task would (actix polls every spawned item on every wake). The driver collects every
+//! attempt that ended during one wake and reports them in a single [`Done`].
 //!
 //! A handler is called inside `catch_unwind`, and its future polled inside one too: a panic
 //! becomes [`Outcome::Panicked`] with its message; the executor and the credit survive.
@@ -14,13 +16,15 @@
 //! the Fetcher, and the bound holds because no slot is ever created here. What it cannot use
 //! goes back in the next [`Done`] (`freed`).
 //!
-//! That queue is a lock-free queue shared with the Fetcher ([`LocalQueue`]): the Fetcher pushes
-//! tasks in, and takes them back from an executor that stopped reporting (a handler blocks its
-//! thread) to run them elsewhere. Each task leaves the queue exactly once, taken here or there;
-//! nothing waits on a lock, and the blocked executor need not answer. The executor counts only
+//! That queue is shared with the Fetcher ([`LocalQueue`], its lock held only for a push or a
+//! take): the Fetcher pushes tasks in, and takes them back from an executor that stopped
+//! reporting (a handler blocks its thread) to run them elsewhere. Each task leaves the queue
+//! exactly once, taken here or there; a thread blocked in a handler holds no lock, and the
+//! blocked executor need not answer. The executor counts only
 //! what it took (`Done::dequeued`); the Fetcher counts what it took back.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -61,8 +65,6 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         killed: bool,
         waker: Option<Waker>,
-        // The end, when the first poll (at start, before the set's own) already reached it.
-        ended: Option<(Finished, tracing::Span)>,
         #[pin]
         deadline: Option<Sleep>,
         // When the attempt started (its latency, for an adaptive limit).
@@ -83,9 +85,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<(Finished, tracing::Span)> {
         let this = self.project();
-        if let Some(ended) = this.ended.take() {
-            return Poll::Ready(ended);
-        }
         let mut fut = this.fut;
         let outcome = if *this.killed {
             Outcome::Cancelled
@@ -137,14 +136,62 @@ where
 {
     /// Polls the attempt once as it starts, so it begins its work now rather than after every
     /// other future the set has ready (when a cohort of timers fires, a slot would otherwise sit
-    /// idle while the rest of the cohort ends). An end reached here is kept and returned by the
-    /// set's own poll, which every newly pushed future gets: whichever waker this poll
-    /// registered, that poll registers the set's.
-    fn poll_at_start(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) {
-        let mut this = self;
-        if let Poll::Ready(ended) = this.as_mut().poll(cx) {
-            *this.project().ended = Some(ended);
+    /// idle while the rest of the cohort ends). Its end, if this poll reached it: the attempt then
+    /// never enters the running set (no node allocated for it); the driver reports it.
+    fn poll_at_start(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Option<(Finished, tracing::Span)> {
+        match self.poll(cx) {
+            Poll::Ready(ended) => Some(ended),
+            Poll::Pending => None,
         }
+    }
+}
+
+/// A pinned home for one attempt, reused from attempt to attempt: an attempt is polled there as
+/// it starts, and only one still pending after that poll moves into the running set (the box
+/// moves, not the pinned future).
+type Slot<F> = Pin<Box<Option<Running<F>>>>;
+
+/// An attempt in the running set: its slot, handed back with its end so the box is reused.
+struct InSet<F>(Option<Slot<F>>);
+
+impl<F> Unpin for InSet<F> {}
+
+impl<F> InSet<F> {
+    /// The attempt, until it ended.
+    fn attempt(&self) -> Option<&Running<F>> {
+        self.0
+            .as_ref()
+            .and_then(|slot| slot.as_ref().get_ref().as_ref())
+    }
+
+    fn attempt_mut(&mut self) -> Option<Pin<&mut Running<F>>> {
+        self.0.as_mut().and_then(|slot| slot.as_mut().as_pin_mut())
+    }
+}
+
+impl<F, E> Future for InSet<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = ((Finished, tracing::Span), Slot<F>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(running) = this.attempt_mut() else {
+            // Ended and handed back: the set never polls it again.
+            return Poll::Pending;
+        };
+        let ended = ready!(running.poll(cx));
+        let Some(mut slot) = this.0.take() else {
+            return Poll::Pending;
+        };
+        // The handler's future is already dropped (inside `catch_unwind`); this drops the rest.
+        slot.as_mut().set(None);
+        Poll::Ready((ended, slot))
     }
 }
 
@@ -172,6 +219,9 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// At most this many boxes of ended attempts are kept for reuse per executor (see [`Slot`]).
+const SPARE_SLOTS: usize = 256;
+
 /// What every executor is told at start besides its links: the default per-attempt timeout and
 /// the attempt spans' settings.
 #[derive(Debug, Clone)]
@@ -194,7 +244,15 @@ pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     default_timeout: Option<Duration>,
     cancels: Rc<CancelBoard>,
     scheduler: Recipient<Done>,
-    running: FuturesUnordered<Running<H::Future>>,
+    /// Attempts still pending after their first poll.
+    running: FuturesUnordered<InSet<H::Future>>,
+    /// Where the next attempt starts (see [`Slot`]), and boxes of ended attempts for reuse (at
+    /// most [`SPARE_SLOTS`]).
+    stage: Slot<H::Future>,
+    spare: Vec<Slot<H::Future>>,
+    /// Attempts that ended at their first poll, not yet reported: the driver takes them before
+    /// the set's ends, each freeing its slot as a set's end does.
+    ended_at_start: VecDeque<(Finished, tracing::Span)>,
     /// Tasks dispatched ahead: each starts with a credit from an `Execute`, or in a slot a task
     /// of this executor just left, unless the Fetcher steals it first (see the module docs).
     queue: Arc<LocalQueue<T>>,
@@ -204,6 +262,8 @@ pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     low_water: usize,
     /// Reported at the low-water mark since the queue was last refilled above it.
     asked: bool,
+    /// The queue's length after this executor's last take (read with the take, one lock).
+    left: usize,
     /// Ends not yet reported: flushed in one `Done` at the end of every wake, with the counts
     /// below.
     finished: Vec<Finished>,
@@ -262,9 +322,13 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             cancels: Rc::default(),
             scheduler,
             running: FuturesUnordered::new(),
+            stage: Box::pin(None),
+            spare: Vec::new(),
+            ended_at_start: VecDeque::new(),
             queue: Arc::new(LocalQueue::new(Arc::clone(&counters))),
             low_water: 0,
             asked: false,
+            left: 0,
             finished: Vec::new(),
             freed: 0,
             dequeued: 0,
@@ -290,7 +354,9 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         if self.draining.is_some() {
             return None;
         }
-        let task = self.queue.take()?;
+        let (task, left) = self.queue.take_counted();
+        self.left = left;
+        let task = task?;
         self.dequeued += 1;
         Some(task)
     }
@@ -344,7 +410,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         };
         match called {
             Ok(fut) => {
-                self.running.push(Running {
+                self.stage.as_mut().set(Some(Running {
                     id,
                     attempt,
                     max_attempts,
@@ -352,16 +418,23 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
                     timeout: timeout.unwrap_or_default(),
                     killed: false,
                     waker: None,
-                    ended: None,
                     deadline: deadline.map(tokio::time::sleep_until),
                     began: now,
                     fut: Some(AssertUnwindSafe(fut).catch_unwind()),
-                });
-                // The set links a pushed future at the head of its list; checked, not assumed.
-                if let Some(r) = Pin::new(&mut self.running).iter_pin_mut().next() {
-                    if r.id == id && r.attempt == attempt {
-                        r.poll_at_start(poll_cx);
-                    }
+                }));
+                let ended = self
+                    .stage
+                    .as_mut()
+                    .as_pin_mut()
+                    .and_then(|r| r.poll_at_start(poll_cx));
+                if let Some(ended) = ended {
+                    self.stage.as_mut().set(None);
+                    self.ended_at_start.push_back(ended);
+                } else {
+                    // Still pending: it moves into the set, in its box; the next starts in another.
+                    let next = self.spare.pop().unwrap_or_else(|| Box::pin(None));
+                    let slot = std::mem::replace(&mut self.stage, next);
+                    self.running.push(InSet(Some(slot)));
                 }
                 true
             }
@@ -393,7 +466,10 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
 
     /// The grace after a cancel request passed: drop the task if it still runs.
     fn kill(&mut self, id: TaskId, attempt: u32) {
-        for mut r in Pin::new(&mut self.running).iter_pin_mut() {
+        for r in Pin::new(&mut self.running).iter_pin_mut() {
+            let Some(mut r) = r.get_mut().attempt_mut() else {
+                continue;
+            };
             if r.id == id && r.attempt == attempt {
                 let this = r.as_mut().project();
                 *this.killed = true;
@@ -430,7 +506,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
 
     /// During a drain: once nothing runs, reply and stop.
     fn finish_drain_if_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.running.is_empty() {
+        if self.running.is_empty() && self.ended_at_start.is_empty() {
             self.flush();
             if let Some(d) = self.draining.take() {
                 self.retired = true;
@@ -448,6 +524,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
     /// whose cancellation was requested ends `Cancelled`; the others were only interrupted, and
     /// go back to their source (`Outcome::Interrupted`).
     fn cancel_all(&mut self, ctx: &mut Context<Self>) {
+        // Ended already: reported as they are (a drain starts nothing, so their slots are freed).
+        while let Some((fin, span)) = self.ended_at_start.pop_front() {
+            self.finished(fin, &span);
+            self.freed += 1;
+        }
         self.flush();
         let cancelled = self.ends_of_running();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.running.clear())) {
@@ -497,6 +578,11 @@ impl<T: Send + 'static, H: TaskHandler<T>> Drop for Executor<T, H> {
             None => (None, Vec::new()),
         };
         unstarted.extend(self.take_queue());
+        // Ended at their first poll and not yet reported: their ends as they are, slots freed.
+        while let Some((fin, span)) = self.ended_at_start.pop_front() {
+            self.finished(fin, &span);
+            self.freed += 1;
+        }
         let ended = self.ends_of_running();
         let interrupted: Vec<TaskId> = ended
             .iter()
@@ -529,7 +615,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
         let cancels = &self.cancels;
         let ends: Vec<Finished> = Pin::new(&self.running)
             .iter_pin_ref()
-            .map(|r| r.get_ref())
+            .filter_map(|r| r.get_ref().attempt())
             .map(|r| {
                 let fin = Finished {
                     id: r.id,
@@ -565,10 +651,20 @@ impl<T: Send + 'static, H: TaskHandler<T>> ActorFuture<Executor<T, H>> for Drive
         ctx: &mut Context<Executor<T, H>>,
         cx: &mut TaskCx<'_>,
     ) -> Poll<()> {
-        while let Poll::Ready(Some((fin, span))) = act.running.poll_next_unpin(cx) {
+        loop {
+            let (fin, span) = if let Some(ended) = act.ended_at_start.pop_front() {
+                ended
+            } else if let Poll::Ready(Some((ended, slot))) = act.running.poll_next_unpin(cx) {
+                if act.spare.len() < SPARE_SLOTS {
+                    act.spare.push(slot);
+                }
+                ended
+            } else {
+                break;
+            };
             act.finished(fin, &span);
             act.fill_slot(cx);
-            if !act.asked && act.dequeued > 0 && act.queue.len() <= act.low_water {
+            if !act.asked && act.dequeued > 0 && act.left <= act.low_water {
                 act.asked = true;
                 act.flush();
             }
@@ -611,8 +707,9 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<Execute<T>> for Executor<T, H
                 d.report.unstarted.extend(unstarted);
             }
         }
-        if !self.queue.is_empty() {
-            self.low_water = self.queue.len() / 2;
+        let queued = self.queue.len();
+        if queued > 0 {
+            self.low_water = queued / 2;
             self.asked = false;
         }
         self.credits_used += credits;
@@ -634,8 +731,17 @@ impl<T: Send + 'static, H: TaskHandler<T>> Handler<CancelRunning> for Executor<T
         // back before it asks the executors (see its `Cancel` handler).
         let attempt = Pin::new(&self.running)
             .iter_pin_ref()
-            .find(|r| r.get_ref().id == msg.id)
-            .map(|r| r.get_ref().attempt);
+            .filter_map(|r| r.get_ref().attempt())
+            .find(|r| r.id == msg.id)
+            .map(|r| r.attempt)
+            // Ended at its first poll, not reported yet: its end counts as cancelled unless it
+            // succeeded, as for one still running.
+            .or_else(|| {
+                self.ended_at_start
+                    .iter()
+                    .find(|(f, _)| f.id == msg.id)
+                    .map(|(f, _)| f.attempt)
+            });
         let Some(attempt) = attempt else {
             return MessageResult(CancelOutcome::NotFound);
         };

@@ -6,12 +6,12 @@
 //! carry batches: one `Ready` grants many credits and returns many acks, one `Execute` starts
 //! many tasks, one `Done` reports many ends.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix::{Message, Recipient};
-use crossbeam_deque::{Injector, Steal};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -53,60 +53,82 @@ pub(crate) struct ExecutorDelta {
     /// Slots the executor gave back because its queue was empty when a task ended: the queue
     /// was too short to cover the round trip.
     pub(crate) freed: u32,
+    /// The run time of the attempts that ended, summed: with `finished`, the mean task
+    /// duration, from which the Fetcher sizes the executor's queue.
+    pub(crate) busy: std::time::Duration,
 }
 
 /// An executor's local queue of tasks dispatched ahead (see
-/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)): a lock-free
-/// multi-producer, multi-consumer queue (`crossbeam-deque`'s `Injector`) shared by the Fetcher
-/// and that executor. The Fetcher pushes tasks in (and tells the executor with an [`Execute`]);
-/// the executor takes them out to start them, and the Fetcher takes them back when the
-/// executor stopped reporting (its thread is blocked) or died. Each task leaves the queue
-/// exactly once, to whichever side took it: no lock decides, and a blocked executor need not
-/// answer. Only the executor starts what it takes; the Fetcher dispatches again what it takes.
+/// [`PollerBuilder::dispatch_ahead`](crate::PollerBuilder::dispatch_ahead)), shared by the
+/// Fetcher and that executor. The Fetcher pushes tasks in (and tells the executor with an
+/// [`Execute`]); the executor takes them out to start them, and the Fetcher takes them back when
+/// the executor stopped reporting (its thread is blocked) or died. Each task leaves the queue
+/// exactly once, to whichever side took it, and a blocked executor need not answer. Only the
+/// executor starts what it takes; the Fetcher dispatches again what it takes.
+///
+/// A `VecDeque` behind a mutex held only for a push or a take (never while a task runs, nor
+/// across an await), so a thread blocked in a handler never holds it. It replaced
+/// `crossbeam-deque`'s lock-free `Injector`, whose zeroed 63-slot blocks (one allocation and
+/// one free per 63 tasks) cost more per task than an uncontended lock (see
+/// `docs/benchmarks.md`, "dispatch"); a `VecDeque` keeps its memory.
 ///
 /// What is still queued when the last side lets go of the queue (both actors died) is counted
 /// lost, never dropped silently.
 pub(crate) struct LocalQueue<T: Send + 'static> {
-    tasks: Injector<Task<T>>,
+    tasks: Mutex<VecDeque<Task<T>>>,
     counters: Arc<Counters>,
 }
 
 impl<T: Send + 'static> LocalQueue<T> {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
         LocalQueue {
-            tasks: Injector::new(),
+            tasks: Mutex::new(VecDeque::new()),
             counters,
         }
     }
 
+    /// The queue, locked. Nothing that can panic runs under the lock, so it is never poisoned;
+    /// if it were, the queue itself is still consistent (`VecDeque` operations are atomic with
+    /// respect to unwinding), so it is used as it is.
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Task<T>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Appends a task (the Fetcher dispatches it ahead; the executor puts one back).
     pub(crate) fn push(&self, task: Task<T>) {
-        self.tasks.push(task);
+        self.lock().push_back(task);
+    }
+
+    /// The queue, locked, to push several tasks under one lock (the Fetcher's dispatch).
+    pub(crate) fn locked(&self) -> MutexGuard<'_, VecDeque<Task<T>>> {
+        self.lock()
     }
 
     /// Takes the oldest task, if any; no other taker gets it.
     pub(crate) fn take(&self) -> Option<Task<T>> {
-        loop {
-            match self.tasks.steal() {
-                Steal::Success(task) => return Some(task),
-                Steal::Empty => return None,
-                // Another taker raced this one: look again.
-                Steal::Retry => {}
-            }
-        }
+        self.lock().pop_front()
+    }
+
+    /// Takes the oldest task, if any, and says how many are left after it (one lock).
+    pub(crate) fn take_counted(&self) -> (Option<Task<T>>, usize) {
+        let mut q = self.lock();
+        let task = q.pop_front();
+        (task, q.len())
     }
 
     /// Takes up to `max` tasks, oldest first.
     pub(crate) fn take_up_to(&self, max: usize) -> Vec<Task<T>> {
-        std::iter::from_fn(|| self.take()).take(max).collect()
+        let mut q = self.lock();
+        let n = max.min(q.len());
+        q.drain(..n).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.tasks.len()
+        self.lock().len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.lock().is_empty()
     }
 }
 
@@ -433,5 +455,35 @@ impl<T: Send + 'static> Drop for Orphans<T> {
             "an executor died and the fetcher is gone: its tasks are lost"
         );
         self.counters.record_lost(&ids);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalQueue;
+    use crate::stats::Counters;
+    use crate::task::{Task, TaskId};
+    use std::sync::Arc;
+
+    fn task(id: u64) -> Task<u64> {
+        Task::new(TaskId(id), id)
+    }
+
+    /// Oldest first, each task taken once, whichever side takes it; the count left comes with
+    /// the take.
+    #[test]
+    fn a_local_queue_hands_each_task_out_once_in_order() {
+        let q = LocalQueue::new(Arc::new(Counters::new(4, 1, "t")));
+        q.push(task(1));
+        q.locked().extend([task(2), task(3), task(4)]);
+        assert_eq!(q.len(), 4);
+        let (first, left) = q.take_counted();
+        assert_eq!((first.map(|t| t.id), left), (Some(TaskId(1)), 3));
+        let back: Vec<TaskId> = q.take_up_to(2).into_iter().map(|t| t.id).collect();
+        assert_eq!(back, [TaskId(2), TaskId(3)]);
+        assert_eq!(q.take().map(|t| t.id), Some(TaskId(4)));
+        assert!(q.is_empty());
+        assert_eq!(q.take_counted().1, 0);
+        assert!(q.take_up_to(usize::MAX).is_empty());
     }
 }

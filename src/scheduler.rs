@@ -188,8 +188,22 @@ impl Handler<Done> for Scheduler {
         let (mut completed, mut failed, mut panicked, mut cancelled, mut dead) = (0, 0, 0, 0, 0);
         let (mut timed_out, mut snoozed, mut retried) = (0, 0, 0);
         let mut tally = Tally::default();
+        let mut busy = std::time::Duration::ZERO;
         self.acks.reserve(n);
         for fin in msg.finished {
+            busy = busy.saturating_add(fin.elapsed);
+            if fin.outcome == Outcome::Completed && self.limiter.is_none() {
+                // The common case, settled here without the general state machine: the same
+                // disposition `settle` gives a completed attempt.
+                completed += 1;
+                tally.add(&c.metrics, &fin);
+                self.acks.push(Ack {
+                    id: fin.id,
+                    attempt: fin.attempt,
+                    disposition: Disposition::Completed,
+                });
+                continue;
+            }
             // Logged by the executor, inside the attempt's span (`trace::attempt_ended`).
             match &fin.outcome {
                 Outcome::Completed => completed += 1,
@@ -250,6 +264,7 @@ impl Handler<Done> for Scheduler {
             d.dequeued += msg.dequeued;
             d.credits_used += msg.credits_used;
             d.freed += msg.freed;
+            d.busy = d.busy.saturating_add(busy);
             self.changed |= n > 0 || msg.dequeued > 0 || msg.credits_used > 0 || msg.freed > 0;
         }
         let freed = msg.freed as usize;

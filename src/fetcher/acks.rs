@@ -20,6 +20,22 @@ use crate::trace;
 /// again when leases expire). Fetching resumes once the backlog is below it.
 pub(crate) const MAX_UNRECORDED_ACKS: usize = 10_000;
 
+/// One ack call's batch, as the Fetcher remembers it until the call lands.
+pub(super) struct AckBatch {
+    /// How many acks the call carries.
+    len: usize,
+    /// Whether any sends a task back to the source (retry, snooze).
+    requeue: bool,
+    /// The acks themselves, to retry them or to resolve trackers and tell subscribers; `None`
+    /// when the source's ack cannot fail and nobody listens (see `send_acks`).
+    copy: Option<Vec<Ack>>,
+}
+
+/// Whether `S::ack` cannot fail: its error type is `Infallible`.
+fn ack_is_infallible<T: Send + 'static, S: Source<T>>() -> bool {
+    std::any::TypeId::of::<S::Error>() == std::any::TypeId::of::<std::convert::Infallible>()
+}
+
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     pub(super) fn record_acks(&mut self, mut acks: Vec<Ack>, ctx: &mut Context<Self>) {
         if !self.source.can_requeue() {
@@ -49,24 +65,32 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     }
 
     pub(super) fn send_acks(&mut self, acks: Vec<Ack>, ctx: &mut Context<Self>) {
-        // The copy is what a failed call retries, and what tells trackers their final state
-        // once the source has recorded it.
+        // The copy is what a failed call retries, and what tells trackers and subscribers the
+        // final states once the source has recorded them. A source whose `ack` cannot fail (its
+        // error type is `Infallible`: the in-memory one) needs none when nobody listens.
+        let batch = AckBatch {
+            len: acks.len(),
+            requeue: acks.iter().any(|a| !a.disposition.is_final()),
+            copy: (!ack_is_infallible::<T, S>()
+                || !self.subscribers.is_empty()
+                || !self.trackers.is_empty()
+                || self.early.wanted())
+            .then(|| acks.clone()),
+        };
         let clock = Stopwatch::start();
         let span = trace::ack_span(acks.len());
-        let mut fut = span
-            .in_scope(|| self.source.ack(acks.clone()))
-            .instrument(span);
+        let mut fut = span.in_scope(|| self.source.ack(acks)).instrument(span);
         match (&mut fut).now_or_never() {
             Some(res) => {
                 self.counters.metrics.acked(&clock, &res);
-                self.acked(acks, res, ctx);
+                self.acked(batch, res, ctx);
             }
             None => {
                 self.acks_in_flight += 1;
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.acks_in_flight -= 1;
                     act.counters.metrics.acked(&clock, &res);
-                    act.acked(acks, res, ctx);
+                    act.acked(batch, res, ctx);
                 }));
             }
         }
@@ -77,15 +101,17 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// work final: dropping them would re-run completed tasks once their leases expire).
     pub(super) fn acked(
         &mut self,
-        acks: Vec<Ack>,
+        batch: AckBatch,
         res: Result<(), S::Error>,
         ctx: &mut Context<Self>,
     ) {
+        let AckBatch { len, requeue, copy } = batch;
+        let acks = copy.unwrap_or_default();
         match res {
             Ok(()) => {
                 self.ack_failures = 0;
                 let held_back = self.unrecorded >= MAX_UNRECORDED_ACKS;
-                self.unrecorded = self.unrecorded.saturating_sub(acks.len());
+                self.unrecorded = self.unrecorded.saturating_sub(len);
                 if held_back && self.unrecorded < MAX_UNRECORDED_ACKS {
                     // Fetching stopped for the backlog: it may go on.
                     self.pump(ctx);
@@ -105,17 +131,19 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 // A task going back to the source (retry, snooze) may be due before anything
                 // else wakes the Fetcher: now that the source has it, fetch again to learn the
                 // next due time.
-                if acks.iter().any(|a| !a.disposition.is_final()) {
+                if requeue {
                     self.wake(ctx);
                 }
             }
             Err(error) => {
                 Counters::add(&self.counters.ack_errors, 1);
-                if self.closing {
-                    self.unrecorded = self.unrecorded.saturating_sub(acks.len());
+                if self.closing || acks.len() < len {
+                    // Closing; or no copy was kept, which happens only for a source whose ack
+                    // cannot fail: nothing to retry.
+                    self.unrecorded = self.unrecorded.saturating_sub(len);
                     tracing::error!(
                         %error,
-                        acks = acks.len(),
+                        acks = len,
                         "the source failed to record acks at shutdown; a durable source runs \
                          those tasks again once their leases expire"
                     );
@@ -206,5 +234,39 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                 let _ = tx.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_is_infallible;
+    use crate::source::memory::MemorySource;
+    use crate::source::{Fetched, Source, WakeOn};
+    use crate::task::Ack;
+    use futures::future::LocalBoxFuture;
+    use futures::FutureExt;
+
+    struct Failing;
+
+    impl Source<u8> for Failing {
+        type Error = std::io::Error;
+
+        fn fetch(
+            &mut self,
+            _max: usize,
+        ) -> LocalBoxFuture<'static, Result<Fetched<u8>, Self::Error>> {
+            async { Ok(Fetched::empty(WakeOn::default())) }.boxed_local()
+        }
+
+        fn ack(&mut self, _acks: Vec<Ack>) -> LocalBoxFuture<'static, Result<(), Self::Error>> {
+            async { Err(std::io::Error::other("refused")) }.boxed_local()
+        }
+    }
+
+    /// Only a source whose ack cannot fail goes without the retry copy of its batches.
+    #[test]
+    fn only_an_infallible_ack_skips_the_retry_copy() {
+        assert!(ack_is_infallible::<u8, MemorySource<u8>>());
+        assert!(!ack_is_infallible::<u8, Failing>());
     }
 }

@@ -3,6 +3,7 @@
 //! takes queued tasks back from the executors' queues (work stealing, see `executor.rs`): from
 //! a stalled executor, and for a credit that has no buffered task to go with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -25,6 +26,20 @@ use crate::task::Task;
 /// what it runs, and the credits already on their way to it (they come back unused once it
 /// answers, if the tasks they were for were taken back).
 pub(crate) const STALL_AFTER: Duration = Duration::from_millis(100);
+
+/// How long an executor's queue should keep its slots busy without a refill, at least (up to
+/// `dispatch_ahead`): a refill needs the System thread, which on a machine whose cores the
+/// executors' threads keep busy waits for one (a time slice of the kernel's scheduler, a few
+/// milliseconds at most). Priority inversion stays bounded by this much work per executor.
+pub(crate) const REFILL_HORIZON: Duration = Duration::from_millis(2);
+
+/// The tasks `slots` slots finish in [`REFILL_HORIZON`] when `finished` attempts took `busy` in
+/// all (saturating: tasks that take no measurable time cover any depth).
+pub(crate) fn cover(slots: usize, finished: u32, busy: Duration) -> usize {
+    let per_task = busy.as_nanos() / u128::from(finished.max(1));
+    let tasks = (slots as u128).saturating_mul(REFILL_HORIZON.as_nanos()) / per_task.max(1);
+    usize::try_from(tasks).unwrap_or(usize::MAX)
+}
 
 impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Whether executor `i` holds tasks and has not reported for [`STALL_AFTER`].
@@ -124,11 +139,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Arms a timer for the moment an executor that holds queued tasks would be stalled, while
     /// credits wait at the Fetcher with nothing to run: those tasks are then taken back for
     /// them (a credit already on its way to a thread that blocked stays there until it answers).
-    pub(super) fn arm_stall_check(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn arm_stall_check(&mut self, now: Instant, ctx: &mut Context<Self>) {
         if self.stall_check.is_some() || self.credits == 0 || self.executors.len() < 2 {
             return;
         }
-        let now = Instant::now();
         let due = (0..self.executors.len())
             .filter(|&i| !self.dead[i] && !self.stalled(i, now) && !self.queues[i].is_empty())
             .filter_map(|i| self.stalls_at[i])
@@ -155,27 +169,29 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// 2. then, with no credit left, buffered tasks ahead into the executors' queues, up to
     ///    each one's `ahead_target`, shortest queue first, so an executor refills a slot the
     ///    moment a task ends.
-    pub(super) fn dispatch(&mut self) {
+    ///
+    /// `now` is the caller's one clock reading for its whole handler: the stall checks compare
+    /// against it.
+    pub(super) fn dispatch(&mut self, now: Instant) {
         if self.phase != Phase::Running {
             return;
         }
         let e = self.executors.len();
         if e > 1 && self.queued.iter().any(|&q| q > 0) {
-            self.reclaim_stalled(Instant::now());
+            self.reclaim_stalled(now);
         }
-        // Per executor: tasks pushed into its queue, credits sent.
-        let mut batches: Vec<(u32, u32)> = Vec::new();
         let ahead = if self.pace.allows_ahead() {
             self.ahead
         } else {
             0
         };
-        if self.credits > 0 || (ahead > 0 && !self.buffer.is_empty()) {
-            batches.resize(e, (0, 0));
-        } else {
+        if self.credits == 0 && (ahead == 0 || self.buffer.is_empty()) {
             return;
         }
-        let now = Instant::now();
+        // Per executor: tasks pushed into its queue, credits sent (a vector kept between calls).
+        let mut batches = std::mem::take(&mut self.batches);
+        batches.clear();
+        batches.resize(e, (0, 0));
         while self.credits > 0 {
             // A stalled executor only if every one is (a slot must not idle for it).
             let Some(mut i) = self
@@ -211,25 +227,40 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             self.credits -= 1;
         }
         while ahead > 0 && !self.buffer.is_empty() {
+            let eligible = |f: &Self, i: usize| {
+                !f.dead[i] && f.uncovered(i) < f.ahead_target[i] && !f.stalled(i, now)
+            };
             let Some(i) = (0..e)
-                .filter(|&i| {
-                    !self.dead[i]
-                        && self.uncovered(i) < self.ahead_target[i]
-                        && !self.stalled(i, now)
-                })
+                .filter(|&i| eligible(self, i))
                 .min_by_key(|&i| self.uncovered(i))
             else {
                 break;
             };
-            if let Some(task) = self.buffer.pop_front() {
-                self.push_task(&mut batches, i, task, now);
+            // Shortest queue first, as one task at a time would go: `i` takes tasks until it is
+            // as long as the next shortest (then the lower index wins a tie), in one block.
+            let level = (0..e)
+                .filter(|&j| j != i && eligible(self, j))
+                .map(|j| self.uncovered(j))
+                .min();
+            let mut n = self.ahead_target[i] - self.uncovered(i);
+            if let Some(level) = level {
+                n = n.min(level.saturating_sub(self.uncovered(i)).max(1));
+            }
+            // Pushed under one lock of the executor's queue.
+            let queue = Arc::clone(&self.queues[i]);
+            let mut queued = queue.locked();
+            for _ in 0..n.min(self.buffer.len()) {
+                if let Some(task) = self.buffer.pop_front() {
+                    queued.push_back(self.book_task(&mut batches, i, task, now));
+                }
             }
         }
-        for (i, (exec, (tasks, credits))) in self.executors.iter().zip(batches).enumerate() {
+        for (i, (exec, &(tasks, credits))) in self.executors.iter().zip(&batches).enumerate() {
             if tasks > 0 || credits > 0 {
                 exec.do_send(Execute::new(i, tasks, credits, &self.returns));
             }
         }
+        self.batches = batches;
     }
 
     /// Queues `task` at executor `i` (its `Execute` tells it; a credit may go along).
@@ -237,16 +268,28 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         &mut self,
         batches: &mut [(u32, u32)],
         i: usize,
-        mut task: Task<T>,
+        task: Task<T>,
         now: Instant,
     ) {
+        let task = self.book_task(batches, i, task, now);
+        self.queues[i].push(task);
+    }
+
+    /// Counts `task` as queued at executor `i` (its key, its progress channel, the books);
+    /// the caller pushes it into that executor's queue.
+    fn book_task(
+        &mut self,
+        batches: &mut [(u32, u32)],
+        i: usize,
+        mut task: Task<T>,
+        now: Instant,
+    ) -> Task<T> {
         self.note_key(&task);
         if !self.trackers.is_empty() {
             if let Some(t) = self.trackers.get(&task.id) {
                 task.progress = Some(t.progress.clone());
             }
         }
-        self.queues[i].push(task);
         batches[i].0 += 1;
         if self.assigned[i] == 0 {
             // Idle until now: its silence so far says nothing.
@@ -254,6 +297,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         }
         self.assigned[i] += 1;
         self.queued[i] += 1;
+        task
     }
 }
 
@@ -263,12 +307,11 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
     fn handle(&mut self, msg: Ready, ctx: &mut Self::Context) {
         self.credits = self.credits.saturating_add(msg.credits);
         let work_waits = !self.buffer.is_empty() || self.source.queued().map_or(true, |q| q > 0);
-        let now = (!msg.executors.is_empty()).then(Instant::now);
+        // One clock reading for the whole handler: reports, pace, the stall checks of dispatch.
+        let now = Instant::now();
         for (i, d) in msg.executors.iter().enumerate().take(self.assigned.len()) {
-            if let Some(now) = now {
-                if *d != ExecutorDelta::default() {
-                    self.heard(i, now);
-                }
+            if *d != ExecutorDelta::default() {
+                self.heard(i, now);
             }
             self.assigned[i] = self.assigned[i].saturating_sub(d.finished as usize);
             self.queued[i] = self.queued[i].saturating_sub(d.dequeued as usize);
@@ -280,18 +323,45 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
                 if d.freed > 0 && work_waits {
                     next = next.max(t + d.freed as usize);
                 }
+                // Enough for its slots to run `REFILL_HORIZON` without a refill, at the mean
+                // task duration it reported: short tasks on a thread that competes for a core
+                // with the System thread do not wait for the System thread to get one.
+                let slots = self.assigned[i] - self.uncovered(i).min(self.assigned[i]);
+                next = next.max(cover(slots.max(1), d.finished, d.busy));
                 self.ahead_target[i] = next.clamp(1, self.ahead.max(1));
             }
         }
-        if let Some(now) = now {
+        if !msg.executors.is_empty() {
             let finished = msg.executors.iter().map(|d| u64::from(d.finished)).sum();
             let active = self.waiting.is_none() || self.assigned.iter().any(|&a| a > 0);
             self.tuning.finished(finished, now, active);
         }
-        self.pace_ready(msg.pauses, &msg.acks);
+        self.pace_ready(msg.pauses, &msg.acks, now);
         if !msg.acks.is_empty() {
             self.record_acks(msg.acks, ctx);
         }
-        self.pump(ctx);
+        self.pump_at(now, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cover, REFILL_HORIZON};
+    use std::time::Duration;
+
+    #[test]
+    fn a_queue_covers_the_refill_horizon_at_the_measured_task_duration() {
+        let us = Duration::from_micros;
+        // Two slots of 50 µs tasks: 2 × 2 ms / 50 µs.
+        assert_eq!(cover(2, 10, us(500)), 80);
+        // One slot of tasks as long as the horizon: one task.
+        assert_eq!(cover(1, 4, REFILL_HORIZON * 4), 1);
+        // Tasks longer than the horizon need nothing queued for it.
+        assert_eq!(cover(3, 1, Duration::from_millis(100)), 0);
+        // Tasks that took no measurable time: any depth (the caller caps it).
+        assert_eq!(cover(1, 5, Duration::ZERO), 2_000_000);
+        assert!(cover(usize::MAX, 1, Duration::from_nanos(1)) >= usize::MAX / 2);
+        // No attempt reported: judged as one.
+        assert_eq!(cover(1, 0, us(1_000)), 2);
     }
 }

@@ -78,6 +78,8 @@ pub(crate) struct Fetcher<T: Send + 'static, S> {
     queues: Vec<Arc<LocalQueue<T>>>,
     /// The timer that looks again once an executor holding queued tasks may have stalled.
     stall_check: Option<SpawnHandle>,
+    /// `dispatch`'s per-executor tallies (tasks pushed, credits sent), kept between calls.
+    batches: Vec<(u32, u32)>,
     default_attempts: u32,
     cancel_grace: Duration,
     /// Tasks dispatched to each executor and not yet reported finished.
@@ -227,6 +229,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
             cancel_running,
             queues,
             stall_check: None,
+            batches: Vec::new(),
             default_attempts: config.default_attempts,
             cancel_grace: config.cancel_grace,
             source,
@@ -269,10 +272,15 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
 
     /// Dispatch what credits allow, then start fetches while there is room for more tasks.
     pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.pump_at(tokio::time::Instant::now(), ctx);
+    }
+
+    /// [`pump`](Self::pump) with the caller's clock reading (one per handler).
+    pub(super) fn pump_at(&mut self, now: tokio::time::Instant, ctx: &mut Context<Self>) {
         if self.phase != Phase::Running {
             return;
         }
-        self.dispatch();
+        self.dispatch(now);
         while self.waiting.is_none() && self.backing_off.is_none() {
             let room = self
                 .queued
@@ -322,10 +330,10 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
                     }));
                 }
             }
-            self.dispatch();
+            self.dispatch(now);
         }
         self.arm_pace_timer(ctx);
-        self.arm_stall_check(ctx);
+        self.arm_stall_check(now, ctx);
         self.mirror_buffered();
     }
 

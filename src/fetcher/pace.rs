@@ -91,8 +91,12 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
 
     /// A `Ready`'s backpressure answers (read before its acks: the running task's key is known
     /// until its ack lands) and acks (their tasks no longer run).
-    pub(super) fn pace_ready(&mut self, pauses: Vec<(TaskId, Backpressure)>, acks: &[Ack]) {
-        let now = Instant::now();
+    pub(super) fn pace_ready(
+        &mut self,
+        pauses: Vec<(TaskId, Backpressure)>,
+        acks: &[Ack],
+        now: Instant,
+    ) {
         for (id, b) in pauses {
             let key = self
                 .pace_keys

@@ -44,9 +44,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many dead tasks [`MemorySource::default`] keeps (the oldest go first).
 pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
 
-/// A waiting task, stored compactly (56 bytes beside the payload: 40 of fields, one pointer
-/// to the submitter's trace context, null unless a span was open at submit, and one for the
-/// pace key).
+/// A waiting task, stored compactly: 24 bytes beside the payload and one pointer, the
+/// pointer null unless the task has something besides the defaults (see [`Rare`]). A task
+/// submitted with default options, first attempt, no trace context, costs `32 + size_of::<T>()`.
 #[derive(Debug)]
 struct Queued<T> {
     id: u64,
@@ -55,49 +55,119 @@ struct Queued<T> {
     /// When it became due (entered a ready queue, or its delay ran out), in microseconds since
     /// the source's `origin`: the age of the oldest queued task (`QueueCounts::oldest_queued_age`).
     due_us: u64,
-    /// Milliseconds; 0 = the poller's default.
-    timeout_ms: u32,
-    priority: i32,
-    attempt: u32,
-    max_attempts: u32,
-    key: Option<Key>,
-    trace: Option<Box<Parent>>,
+    /// Everything else, when anything is not the default.
+    rare: Option<Box<Rare>>,
     payload: T,
 }
 
+/// A queued task's fields that most tasks leave at their defaults (priority 0, first attempt of
+/// one, the poller's timeout, no pace key, no trace context): kept out of line, so that a
+/// common entry is id, stamps and payload. A task with retries on has one (`max_attempts` > 1).
+#[derive(Debug)]
+struct Rare {
+    priority: i32,
+    attempt: u32,
+    max_attempts: u32,
+    timeout: Option<Duration>,
+    key: Option<Key>,
+    trace: Option<Box<Parent>>,
+}
+
+impl Rare {
+    /// The defaults' `Rare`: none.
+    const DEFAULT: Rare = Rare {
+        priority: 0,
+        attempt: 1,
+        max_attempts: 1,
+        timeout: None,
+        key: None,
+        trace: None,
+    };
+
+    /// `self`, boxed, unless it is all defaults.
+    fn boxed(self) -> Option<Box<Rare>> {
+        if self.priority == 0
+            && self.attempt == 1
+            && self.max_attempts == 1
+            && self.timeout.is_none()
+            && self.key.is_none()
+            && self.trace.is_none()
+        {
+            None
+        } else {
+            Some(Box::new(self))
+        }
+    }
+}
+
 impl<T> Queued<T> {
-    fn from_task(task: Task<T>) -> Self {
+    /// A fresh task from a submit: id `id`, enqueued and (if due now) due at `now`.
+    fn from_new(id: u64, t: NewTask<T>, now: Now) -> Self {
+        let rare = Rare {
+            priority: t.priority,
+            attempt: 1,
+            max_attempts: t.max_attempts.unwrap_or(1).max(1),
+            timeout: t.timeout,
+            key: t.key,
+            trace: t.parent,
+        };
         Queued {
-            id: task.id.0,
-            enqueued_at_us: task
-                .enqueued_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-            due_us: 0,
-            timeout_ms: task
-                .timeout
-                .map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32),
+            id,
+            enqueued_at_us: now.wall_us,
+            due_us: now.us,
+            rare: rare.boxed(),
+            payload: t.payload,
+        }
+    }
+
+    /// A task handed out before, coming back (a retry, a release, a snooze, a rerun).
+    fn from_task(task: Task<T>) -> Self {
+        let rare = Rare {
             priority: task.priority,
-            attempt: task.attempt,
-            max_attempts: task.max_attempts,
+            attempt: task.attempt.max(1),
+            max_attempts: task.max_attempts.max(1),
+            timeout: task.timeout,
             key: task.key,
             trace: task.trace,
+        };
+        Queued {
+            id: task.id.0,
+            enqueued_at_us: history::micros_since_epoch(task.enqueued_at),
+            due_us: 0,
+            rare: rare.boxed(),
             payload: task.payload,
         }
     }
 
+    fn priority(&self) -> i32 {
+        self.rare.as_ref().map_or(0, |r| r.priority)
+    }
+
+    fn attempt(&self) -> u32 {
+        self.rare.as_ref().map_or(1, |r| r.attempt)
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.rare.as_ref().map_or(1, |r| r.max_attempts)
+    }
+
+    /// The envelope to hand out (no clock read: the stamps are the entry's).
     fn into_task(self) -> Task<T> {
-        let mut task = Task::new(TaskId(self.id), self.payload)
-            .with_enqueued_at(UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us))
-            .with_attempt(self.attempt)
-            .with_max_attempts(self.max_attempts)
-            .with_priority(self.priority)
-            .with_key(self.key);
-        if self.timeout_ms > 0 {
-            task.timeout = Some(Duration::from_millis(self.timeout_ms as u64));
+        let rare = self.rare.map_or(Rare::DEFAULT, |r| *r);
+        Task {
+            id: TaskId(self.id),
+            attempt: rare.attempt,
+            max_attempts: rare.max_attempts,
+            enqueued_at: UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us),
+            priority: rare.priority,
+            timeout: rare.timeout,
+            key: rare.key,
+            payload: self.payload,
+            progress: None,
+            trace: rare.trace,
+            #[cfg(feature = "metrics")]
+            due_us: 0,
         }
-        task.trace = self.trace;
-        task
     }
 }
 
@@ -270,7 +340,7 @@ impl<T> MemorySource<T> {
     fn push_ready(&mut self, mut q: Queued<T>, due_us: u64) {
         q.due_us = due_us;
         self.ready
-            .entry(Reverse(q.priority))
+            .entry(Reverse(q.priority()))
             .or_default()
             .push_back(q);
         self.ready_len += 1;
@@ -339,21 +409,41 @@ impl<T> MemorySource<T> {
                 SubmitError::Full(payloads)
             });
         }
-        let clock = self.now();
-        let now = UNIX_EPOCH + Duration::from_micros(clock.wall_us);
-        let mut ids = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            self.next_id += 1;
-            let id = TaskId(self.next_id);
-            let mut task = Task::new(id, t.payload)
-                .with_enqueued_at(now)
-                .with_max_attempts(t.max_attempts.unwrap_or(1))
-                .with_priority(t.priority)
-                .with_timeout(t.timeout)
-                .with_key(t.key);
-            task.trace = t.parent;
-            self.push(Queued::from_task(task), t.run_at, clock);
-            ids.push(id);
+        let now = self.now();
+        let n = tasks.len();
+        let first = self.next_id + 1;
+        self.next_id += n as u64;
+        let ids = (first..first + n as u64).map(TaskId).collect();
+        // Every task due by now goes behind the delayed tasks already due (see `push`).
+        self.promote_due(now.at);
+        let due_now = |t: &NewTask<T>| !matches!(t.run_at, Some(at) if at > now.at);
+        let priority = tasks.first().map_or(0, |t| t.priority);
+        if tasks.iter().all(|t| t.priority == priority && due_now(t)) {
+            // A batch (one submit's options): one ready queue, filled in order.
+            let queue = self.ready.entry(Reverse(priority)).or_default();
+            let mut id = first - 1;
+            let entries = tasks.into_iter().map(|t| {
+                id += 1;
+                Queued::from_new(id, t, now)
+            });
+            if queue.is_empty() {
+                // Converted in the batch's own allocation where the layouts allow (std
+                // collects a `vec::IntoIter` map in place), then cut to size: the batch and
+                // its queue are not both held.
+                let mut converted: Vec<Queued<T>> = entries.collect();
+                converted.shrink_to_fit();
+                *queue = VecDeque::from(converted);
+            } else {
+                // Behind waiting tasks: amortized growth (an exact reserve per batch would
+                // reallocate the whole queue on every small submit).
+                queue.extend(entries);
+            }
+            self.ready_len += n;
+        } else {
+            for (t, id) in tasks.into_iter().zip(first..) {
+                let run_at = t.run_at;
+                self.push(Queued::from_new(id, t, now), run_at, now);
+            }
         }
         Ok(ids)
     }
@@ -447,8 +537,8 @@ impl<T> MemorySource<T> {
     fn status_of(&self, id: TaskId) -> Option<TaskStatus> {
         let waiting = |q: &Queued<T>, state| {
             let mut status = TaskStatus::new(id, state);
-            status.attempt = q.attempt.saturating_sub(1);
-            status.max_attempts = q.max_attempts;
+            status.attempt = q.attempt().saturating_sub(1);
+            status.max_attempts = q.max_attempts();
             status.enqueued_at = Some(UNIX_EPOCH + Duration::from_micros(q.enqueued_at_us));
             status
         };
@@ -460,13 +550,13 @@ impl<T> MemorySource<T> {
             let run_at = wall
                 .checked_add(d.due.saturating_duration_since(now))
                 .unwrap_or(wall);
-            let state = if d.task.attempt > 1 {
+            let state = if d.task.attempt() > 1 {
                 TaskState::Retrying { run_at }
             } else {
                 TaskState::Scheduled { run_at }
             };
             let mut status = waiting(&d.task, state);
-            if d.task.attempt > 1 {
+            if d.task.attempt() > 1 {
                 status.last_error = self.history.last_error(id);
             }
             return Some(status);
@@ -488,24 +578,36 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         self.promote_due(Instant::now());
         let mut tasks = Vec::with_capacity(max.min(self.ready_len));
         let now_us = history::micros_since_epoch(SystemTime::now());
+        // Whole runs off the front of the highest ready queue, one map lookup per queue.
         while tasks.len() < max {
-            let Some(q) = self.pop_ready() else { break };
-            let (attempt, max_attempts, enqueued) = (q.attempt, q.max_attempts, q.enqueued_at_us);
-            self.history
-                .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
-            #[cfg(feature = "metrics")]
-            let due_us = self.origin_wall_us.saturating_add(q.due_us);
-            #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
-            let mut task = q.into_task();
-            #[cfg(feature = "metrics")]
-            {
-                task.due_us = due_us;
+            let Some(mut entry) = self.ready.first_entry() else {
+                break;
+            };
+            let queue = entry.get_mut();
+            let take = (max - tasks.len()).min(queue.len());
+            for q in queue.drain(..take) {
+                let (attempt, max_attempts) = (q.attempt(), q.max_attempts());
+                let enqueued = q.enqueued_at_us;
+                self.history
+                    .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
+                #[cfg(feature = "metrics")]
+                let due_us = self.origin_wall_us.saturating_add(q.due_us);
+                #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+                let mut task = q.into_task();
+                #[cfg(feature = "metrics")]
+                {
+                    task.due_us = due_us;
+                }
+                if let Some(clone) = self.clone_payload {
+                    self.leased
+                        .insert(task.id, task.with_payload(clone(&task.payload)));
+                }
+                tasks.push(task);
             }
-            if let Some(clone) = self.clone_payload {
-                self.leased
-                    .insert(task.id, task.with_payload(clone(&task.payload)));
+            self.ready_len -= take;
+            if queue.is_empty() {
+                entry.remove();
             }
-            tasks.push(task);
         }
         // Nothing to poll for: only a submit brings more, or the earliest delayed task's due time.
         let wake_on = match self.delayed.peek() {
@@ -552,7 +654,7 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         // What is due counts as queued, and ages from when it became due.
         let now = Instant::now();
         self.promote_due(now);
-        let retrying = self.delayed.iter().filter(|d| d.task.attempt > 1).count();
+        let retrying = self.delayed.iter().filter(|d| d.task.attempt() > 1).count();
         let counts = QueueCounts {
             queued: self.ready_len as u64,
             scheduled: (self.delayed.len() - retrying) as u64,
@@ -780,8 +882,117 @@ mod tests {
 
     #[test]
     fn queued_task_layout_stays_compact() {
-        // 56 bytes beside the payload (40 of fields, 8 for the boxed trace context, 8 for the
-        // pace key): the memory benchmark's budget is 64.
-        assert_eq!(std::mem::size_of::<Queued<()>>(), 56);
+        // 32 bytes beside the payload: id, two stamps, the pointer to the rare fields (the
+        // memory benchmark's budget is 64).
+        assert_eq!(std::mem::size_of::<Queued<()>>(), 32);
+        assert_eq!(std::mem::size_of::<Queued<u64>>(), 40);
+    }
+
+    /// A task with the defaults keeps nothing out of line; one option set is enough to keep
+    /// them all.
+    #[test]
+    fn only_tasks_with_options_keep_rare_fields() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        s.enqueue(new_tasks(2)).now_or_never().unwrap().unwrap();
+        let prio = NewTask::with_options(2, TaskOptions::new().priority(-3), 1);
+        s.enqueue(vec![prio]).now_or_never().unwrap().unwrap();
+        let rare: Vec<bool> = s
+            .ready
+            .values()
+            .flatten()
+            .map(|q| q.rare.is_some())
+            .collect();
+        assert_eq!(rare, vec![false, false, true]);
+    }
+
+    fn traceparent() -> Box<Parent> {
+        let tp = crate::trace::TraceParent::parse(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .unwrap();
+        Box::new(Parent::Remote(tp))
+    }
+
+    /// Every per-task field survives the queue: enqueue, fetch, a retry (back through the
+    /// queue), fetch again; and the status of the waiting task reads them too.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_with_every_option_keeps_each_field_through_a_retry() {
+        let mut s = MemorySource::bounded(10).unwrap().with_retries();
+        let timeout = Duration::from_micros(1_500);
+        let options = TaskOptions::new()
+            .priority(7)
+            .timeout(timeout)
+            .key("customer-1")
+            .max_attempts(3);
+        let t = NewTask::with_options(42u32, options, 1).with_parent(Some(traceparent()));
+        let ids = s.enqueue(vec![t]).now_or_never().unwrap().unwrap();
+        let status = s.status_of(ids[0]).unwrap();
+        assert_eq!((status.attempt, status.max_attempts), (0, 3));
+        let check = |task: &Task<u32>, attempt: u32| {
+            assert_eq!(task.id, ids[0]);
+            assert_eq!(task.payload, 42);
+            assert_eq!((task.attempt, task.max_attempts), (attempt, 3));
+            assert_eq!(task.priority, 7);
+            assert_eq!(task.timeout, Some(timeout));
+            assert_eq!(task.key.as_ref().map(|k| k.as_str()), Some("customer-1"));
+            let tp = task.trace.as_ref().and_then(|p| p.traceparent());
+            assert_eq!(tp, traceparent().traceparent());
+        };
+        let first = fetch(&mut s, 10);
+        assert_eq!(first.tasks.len(), 1);
+        check(&first.tasks[0], 1);
+        let enqueued_at = first.tasks[0].enqueued_at;
+        let retry = Ack {
+            id: ids[0],
+            attempt: 1,
+            disposition: Disposition::Retry {
+                after: Duration::from_secs(1),
+                error: "again".into(),
+            },
+        };
+        s.ack(vec![retry]).now_or_never().unwrap().unwrap();
+        let status = s.status_of(ids[0]).unwrap();
+        assert_eq!((status.attempt, status.max_attempts), (1, 3));
+        assert_eq!(status.last_error.as_deref(), Some("again"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = fetch(&mut s, 10);
+        assert_eq!(second.tasks.len(), 1);
+        check(&second.tasks[0], 2);
+        assert_eq!(
+            second.tasks[0].enqueued_at, enqueued_at,
+            "the first submit's time"
+        );
+    }
+
+    /// Batches queue in submit order with sequential ids, whether they land in an empty ready
+    /// queue (converted whole) or behind waiting tasks (appended), and a batch mixing delays
+    /// and priorities takes the per-task path.
+    #[tokio::test(start_paused = true)]
+    async fn batches_keep_submit_order_and_sequential_ids() {
+        let mut s = MemorySource::bounded(100).unwrap();
+        let a = s.enqueue(new_tasks(3)).now_or_never().unwrap().unwrap();
+        let b = s
+            .enqueue((10..13).map(NewTask::new).collect())
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let ids: Vec<u64> = a.iter().chain(&b).map(|id| id.0).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+        let delay = TaskOptions::new().delay(Duration::from_secs(1));
+        let mixed = vec![
+            NewTask::new(20),
+            NewTask::with_options(21, delay, 1),
+            NewTask::with_options(22, TaskOptions::new().priority(1), 1),
+        ];
+        let c = s.enqueue(mixed).now_or_never().unwrap().unwrap();
+        assert_eq!(c.iter().map(|id| id.0).collect::<Vec<_>>(), vec![7, 8, 9]);
+        let f = fetch(&mut s, 100);
+        assert_eq!(payloads(&f), vec![22, 0, 1, 2, 10, 11, 12, 20]);
+        let got: Vec<u64> = f.tasks.iter().map(|t| t.id.0).collect();
+        assert_eq!(got, vec![9, 1, 2, 3, 4, 5, 6, 7]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let f = fetch(&mut s, 100);
+        assert_eq!((payloads(&f), f.tasks[0].id.0), (vec![21], 8));
+        assert!(s.is_empty());
     }
 }

@@ -16,8 +16,8 @@ mod runners;
 mod table;
 
 pub(crate) use clock::{median, quantile, spread, Clock, Run, Tally};
-pub(crate) use procfs::{cpu_ticks, rss_bytes, thread_delta, threads, ThreadStat};
-pub(crate) use runners::{base_dispatch, queue_workload, run_detail};
+pub(crate) use procfs::{cpu_ticks, peak_rss_bytes, rss_bytes, thread_delta, threads, ThreadStat};
+pub(crate) use runners::{base_dispatch, base_queue, ours_queue, queue_workload, run_detail};
 pub(crate) use table::{print_table, Report, Row, Unit};
 
 /// Where our executors run.

@@ -1,4 +1,5 @@
-//! Readings from `/proc`: per-thread CPU time and wake-ups, process CPU ticks, resident memory.
+//! Readings from `/proc`: per-thread CPU time and wake-ups, process CPU ticks, resident memory
+//! (now and at its peak).
 
 use std::time::Duration;
 
@@ -71,8 +72,18 @@ pub(crate) fn cpu_ticks() -> Option<u64> {
 
 /// Resident set size in bytes, from `/proc/self/status` (VmRSS, in kB).
 pub(crate) fn rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:")
+}
+
+/// The process's peak resident set size in bytes, from `/proc/self/status` (VmHWM, in kB).
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// A `/proc/self/status` figure in kB (`field` with its colon), in bytes.
+fn status_kb(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

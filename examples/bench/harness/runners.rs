@@ -14,7 +14,7 @@ use super::{base_runtime, finish, in_system, median, Clock, Placement, Run, Tall
 
 /// Runs `payloads` on our poller (in-memory source, `workers` slots); the clock runs from the
 /// submit to the moment `tally` has seen every task finish.
-async fn ours_queue<T, H>(
+pub(crate) async fn ours_queue<T, H>(
     placement: Placement,
     workers: usize,
     payloads: Vec<T>,
@@ -77,7 +77,7 @@ pub(crate) async fn base_dispatch<T, F, Fut>(
 
 /// Runs `payloads` on the baseline with `workers` permits; the clock runs from the first send to
 /// the moment `tally` has seen every task finish.
-fn base_queue<T, F, Fut>(
+pub(crate) fn base_queue<T, F, Fut>(
     workers: usize,
     payloads: Vec<T>,
     tally: Arc<Tally>,

@@ -13,6 +13,8 @@ pub(crate) enum Unit {
     Us,
     /// Bytes.
     Bytes,
+    /// Bytes, printed in MiB.
+    MiB,
     /// A count.
     Count,
 }
@@ -27,6 +29,7 @@ pub(crate) fn fmt_val(v: f64, unit: Unit) -> String {
         Unit::Ms => format!("{v:.2} ms"),
         Unit::Us => format!("{v:.1} µs"),
         Unit::Bytes => format!("{v:.1} B"),
+        Unit::MiB => format!("{:.1} MiB", v / 1_048_576.0),
         Unit::Count => format!("{v:.0}"),
     }
 }

@@ -1,4 +1,5 @@
-//! memory: bytes per queued task, each side measured in a fresh child process.
+//! memory: bytes per queued task, each side measured in a fresh child process. The same child
+//! roles run noop's peak-RSS row when [`PEAK_CHILD`] is set (see `noop.rs`).
 
 use std::convert::Infallible;
 use std::process::{Command, Stdio};
@@ -17,9 +18,21 @@ use crate::harness::{
 /// Submits per message when filling our queue.
 const CHUNK: usize = 10_000;
 
+/// Set (to K) in a child's environment: the child runs one noop of `--n` tasks with K workers
+/// instead, and its figure is the process's peak RSS (VmHWM), not an RSS growth.
+pub(crate) const PEAK_CHILD: &str = "BENCH_NOOP_PEAK_K";
+
+/// The noop peak child's K, if this process is one.
+fn peak_child() -> Option<usize> {
+    std::env::var(PEAK_CHILD).ok()?.parse().ok()
+}
+
 /// In a child process: queue `n` u64 tasks in our poller (1 worker, blocked by its first task)
-/// and return the RSS growth.
+/// and return the RSS growth. (With [`PEAK_CHILD`] set: noop's peak RSS instead.)
 pub(crate) async fn memory_ours(n: usize) -> Result<u64, String> {
+    if let Some(k) = peak_child() {
+        return super::noop::peak_ours(n, k).await;
+    }
     let gate = Arc::new(Semaphore::new(0));
     let started = Arc::new(tokio::sync::Notify::new());
     let (g, s) = (Arc::clone(&gate), Arc::clone(&started));
@@ -62,8 +75,11 @@ pub(crate) async fn memory_ours(n: usize) -> Result<u64, String> {
 }
 
 /// In a child process: queue `n` u64 tasks in the baseline's mpsc (1 permit, held by a blocked
-/// first task) and return the RSS growth.
+/// first task) and return the RSS growth. (With [`PEAK_CHILD`] set: noop's peak RSS instead.)
 pub(crate) fn memory_base(n: usize) -> Result<u64, String> {
+    if let Some(k) = peak_child() {
+        return super::noop::peak_base(n, k);
+    }
     let rt = base_runtime()?;
     rt.block_on(async {
         let gate = Arc::new(Semaphore::new(0));
@@ -99,17 +115,33 @@ pub(crate) fn memory_base(n: usize) -> Result<u64, String> {
 
 /// Runs one side of the memory workload in a fresh process and reads its RSS growth.
 fn memory_child(side: Side, n: usize) -> Result<u64, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let role = match side {
         Side::Ours => "memory-ours",
         Side::Baseline => "memory-baseline",
     };
-    let mut child = Command::new(exe)
+    child_figure(role, role, n, &[])
+}
+
+/// Runs this program as `--child role --n n` in a fresh process, with `envs` (name, value) set,
+/// and reads the figure it prints; `label` names the child in errors.
+pub(crate) fn child_figure(
+    label: &str,
+    role: &str,
+    n: usize,
+    envs: &[(&str, usize)],
+) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut command = Command::new(exe);
+    command.env_remove(PEAK_CHILD);
+    for (name, value) in envs {
+        command.env(name, value.to_string());
+    }
+    let mut child = command
         .args(["--child", role, "--n", &n.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("spawning the {role} child: {e}"))?;
+        .map_err(|e| format!("spawning the {label} child: {e}"))?;
     let started = Instant::now();
     // Poll for the exit so a stuck child is killed instead of hanging the suite. (Its output
     // is a line or two: it cannot fill the pipe and block.)
@@ -121,20 +153,20 @@ fn memory_child(side: Side, n: usize) -> Result<u64, String> {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "the {role} child was stuck for {} s",
+                    "the {label} child was stuck for {} s",
                     STUCK.as_secs()
                 ));
             }
-            Err(e) => return Err(format!("waiting for the {role} child: {e}")),
+            Err(e) => return Err(format!("waiting for the {label} child: {e}")),
         }
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| format!("reading the {role} child: {e}"))?;
+        .map_err(|e| format!("reading the {label} child: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
-            "the {role} child failed: {}{}",
+            "the {label} child failed: {}{}",
             stdout,
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -143,7 +175,7 @@ fn memory_child(side: Side, n: usize) -> Result<u64, String> {
         .lines()
         .find_map(|l| l.strip_prefix("rss_delta_bytes="))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("the {role} child printed no figure: {stdout}"))
+        .ok_or_else(|| format!("the {label} child printed no figure: {stdout}"))
 }
 
 /// memory: bytes per queued task (RSS growth ÷ N) with N u64 tasks queued behind a blocked worker.

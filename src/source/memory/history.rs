@@ -73,7 +73,8 @@ pub(super) struct History {
     errors: HashMap<u64, String, BuildHasherDefault<IdHasher>>,
     ended: VecDeque<Ended>,
     capacity: usize,
-    max_age: Duration,
+    /// The longest a final state is kept, in µs (read on every `ended`).
+    max_age_us: u64,
 }
 
 impl Default for History {
@@ -83,7 +84,7 @@ impl Default for History {
             errors: HashMap::default(),
             ended: VecDeque::new(),
             capacity: DEFAULT_HISTORY,
-            max_age: DEFAULT_HISTORY_AGE,
+            max_age_us: micros(DEFAULT_HISTORY_AGE),
         }
     }
 }
@@ -91,6 +92,10 @@ impl Default for History {
 pub(super) fn micros_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
 }
 
 fn time(us: u64) -> SystemTime {
@@ -101,7 +106,7 @@ impl History {
     /// Keeps at most `n` final states, none older than `max_age`.
     pub(super) fn bound(&mut self, n: usize, max_age: Duration) {
         self.capacity = n;
-        self.max_age = max_age;
+        self.max_age_us = micros(max_age);
         self.trim(micros_since_epoch(SystemTime::now()));
     }
 
@@ -161,7 +166,7 @@ impl History {
     }
 
     fn trim(&mut self, now_us: u64) {
-        let oldest = now_us.saturating_sub(self.max_age.as_micros().min(u64::MAX as u128) as u64);
+        let oldest = now_us.saturating_sub(self.max_age_us);
         while self.ended.len() > self.capacity
             || self.ended.front().is_some_and(|e| e.at_us < oldest)
         {
