@@ -43,10 +43,12 @@ impl Store {
     }
 }
 
-/// The CPU time (utime + stime, in clock ticks of 10 ms) the PostgreSQL backends serving
-/// `app` used so far, read from `/proc` (the server runs on this machine); 0 if unknown.
+/// The CPU time (ns) the PostgreSQL backends serving `app` used so far, read from
+/// `/proc/PID/schedstat` (the server runs on this machine; nanoseconds, where `stat`'s clock
+/// ticks are 10 ms); 0 if unknown. A backend that has exited is not counted: read it while the
+/// pools are open.
 #[cfg(feature = "postgres")]
-async fn backend_ticks(monitor: &sqlx::PgPool, app: &str) -> u64 {
+pub(crate) async fn backend_cpu_ns(monitor: &sqlx::PgPool, app: &str) -> u64 {
     let pids: Vec<i32> =
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
             .bind(app)
@@ -54,17 +56,12 @@ async fn backend_ticks(monitor: &sqlx::PgPool, app: &str) -> u64 {
             .await
             .unwrap_or_default();
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // After the command's closing parenthesis: state, ppid, … utime (11), stime (12).
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            Some(tick(11)? + tick(12)?)
-        })
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
 
-/// Reads the CPU ticks (10 ms) a store's server used so far (PostgreSQL's backends).
+/// Reads the CPU time (ns) a store's server used so far (PostgreSQL's backends).
 type Probe<'a> = Box<dyn Fn() -> LocalBoxFuture<'a, u64> + 'a>;
 
 /// Drains `n` queued rows from `source` through K no-op workers; `prefetch`: `None` = defaults.
@@ -98,8 +95,8 @@ async fn drain<S: Source<u64> + RetrySupport<u64>>(
     let run = clock.stop(n, Duration::ZERO);
     let fetches = poller.stats().fetch_calls;
     let server = match &server {
-        // Ticks of 10 ms, in µs per task; the backends live as long as the pools, past here.
-        Some(ticks) => Some(ticks().await.saturating_sub(before) as f64 * 1e4 / n.max(1) as f64),
+        // ns, in µs per task; the backends live as long as the pools, past here.
+        Some(ticks) => Some(ticks().await.saturating_sub(before) as f64 * 1e-3 / n.max(1) as f64),
         None => None,
     };
     finish(&poller, Some(n)).await?;
@@ -151,7 +148,7 @@ async fn one(
             .await
             .map_err(|e| format!("connect: {e}"))?;
             preload!(source, n);
-            let probe: Probe<'_> = Box::new(|| backend_ticks(&monitor, &app).boxed_local());
+            let probe: Probe<'_> = Box::new(|| backend_cpu_ns(&monitor, &app).boxed_local());
             let run = drain(source, n, k, prefetch, Some(probe)).await;
             let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
                 .execute(&monitor)

@@ -169,9 +169,13 @@ fn q_us(v: &mut [i64], q: f64) -> f64 {
     v[rank - 1] as f64 / 1e3
 }
 
-/// One run: `n` inserts at [`RATE`]; insert→start latencies (sorted) and the stages.
+/// One run's insert→start latencies (sorted), the stages of the tasks a NOTIFY woke, how many
+/// others, and the poller's backends' CPU per task (µs).
+type Outcome = (Vec<Duration>, Vec<Stages>, usize, f64);
+
+/// One run: `n` inserts at [`RATE`] into a fresh table.
 #[cfg(feature = "postgres")]
-fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
+fn one(n: usize) -> Result<Outcome, String> {
     use actix_poller::source::postgres::{PgConfig, PgQueue, PgSource};
 
     let url = std::env::var("ACTIX_POLLER_PG_URL")
@@ -181,7 +185,11 @@ fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
         std::process::id(),
         fastrand::u32(..)
     );
-    let config = PgConfig::new(&url).schema(&schema);
+    // The poller's connections by name, for their backends' CPU (the producer's is unnamed).
+    let app = format!("ap-bench-{schema}");
+    let config = PgConfig::new(&url).schema(&schema).application_name(&app);
+    let server_ns = Arc::new(AtomicU64::new(0));
+    let server = Arc::clone(&server_ns);
     let base = Instant::now();
     let stamps = Stamps {
         base,
@@ -196,9 +204,13 @@ fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
     let subscriber = tracing_subscriber::registry().with(stamps.clone().with_filter(filter));
     let run = tracing::subscriber::with_default(subscriber, || {
         in_system(async {
+            let monitor = sqlx::PgPool::connect(&url)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let source = PgSource::<u64>::connect(config.clone())
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
+            let cpu_before = super::durable::backend_cpu_ns(&monitor, &app).await;
             let tally = Tally::new(n);
             let (t, tm) = (Arc::clone(&tally), Arc::clone(&times));
             let poller = Poller::<u64>::builder()
@@ -242,6 +254,9 @@ fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
                 })
             });
             let waited = tally.wait().await;
+            let cpu_after = super::durable::backend_cpu_ns(&monitor, &app).await;
+            server.store(cpu_after.saturating_sub(cpu_before), Ordering::Relaxed);
+            monitor.close().await;
             let produced = producer
                 .join()
                 .map_err(|_| "the producer panicked".to_string())
@@ -270,11 +285,12 @@ fn one(n: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
     lat.sort();
     let found: Vec<Stages> = (0..n).filter_map(|i| stages(&times, &all, i)).collect();
     let other = n - found.len();
-    Ok((lat, found, other))
+    let server = server_ns.load(Ordering::Relaxed) as f64 * 1e-3 / n.max(1) as f64;
+    Ok((lat, found, other, server))
 }
 
 #[cfg(not(feature = "postgres"))]
-fn one(_: usize) -> Result<(Vec<Duration>, Vec<Stages>, usize), String> {
+fn one(_: usize) -> Result<Outcome, String> {
     Err("durable-pg-latency needs the bench built with `--features postgres`".into())
 }
 
@@ -320,7 +336,9 @@ pub(crate) fn durable_latency(n: usize, repeat: usize) -> Result<Report, String>
     ));
     // The stages of the run whose p50 is the median.
     let median_p50 = mid(&p50s);
-    if let Some((lat, found, other)) = runs.iter().find(|r| quantile(&r.0, 0.50) == median_p50) {
+    let mut server: Vec<f64> = runs.iter().map(|r| r.3).collect();
+    server.sort_by(f64::total_cmp);
+    if let Some((lat, found, other, _)) = runs.iter().find(|r| quantile(&r.0, 0.50) == median_p50) {
         let col = |f: fn(&Stages) -> i64| -> Vec<i64> { found.iter().map(f).collect() };
         let mut line = format!(
             "durable-pg-latency stages (median run; {} tasks woken by a NOTIFY, {other} by a fetch \
@@ -341,6 +359,12 @@ pub(crate) fn durable_latency(n: usize, repeat: usize) -> Result<Report, String>
             line += &format!(" {name} {p50:.0} / {p99:.0};");
         }
         line.pop();
+        line += &format!(
+            "; the poller's backends' CPU per task min/median/max {:.0} / {:.0} / {:.0} µs",
+            server[0],
+            server[server.len() / 2],
+            server[server.len() - 1]
+        );
         report.details.push(line);
     }
     Ok(report)

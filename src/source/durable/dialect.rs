@@ -112,7 +112,8 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Pool<Self::Db>, DurableError<Self>>>;
 
     /// The pool of the poller's own bookkeeping (fetches, acks, heartbeats, releases): `pool`
-    /// unless the store commits those differently (PostgreSQL's asynchronous commit).
+    /// unless the store runs those with other settings (PostgreSQL: planner settings, and
+    /// asynchronous commit).
     fn bookkeeping_pool(pool: &Pool<Self::Db>, config: &DurableConfig<Self>) -> Pool<Self::Db> {
         let _ = config;
         pool.clone()

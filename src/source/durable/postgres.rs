@@ -202,7 +202,9 @@ impl DurableConfig<PgDialect> {
     }
 
     /// Whether the poller's own bookkeeping (fetches, acks, lease extensions, releases) commits
-    /// with `synchronous_commit = off` (default `true`), through a second pool of the same size.
+    /// with `synchronous_commit = off` (default `true`). The bookkeeping runs on a second pool
+    /// of the same size either way (its connections also plan with `enable_seqscan = off`, so
+    /// a plan cached while the table was small never scans it whole).
     ///
     /// It saves a WAL flush per statement on the hot path (lower latency, more tasks per
     /// second) and stays within "at least once": if the *server* crashes, the last fraction of a
@@ -233,6 +235,19 @@ fn connect_options(
     }
     Ok(options)
 }
+
+/// The settings of the bookkeeping pool's connections (fetches, acks, heartbeats, releases).
+///
+/// `enable_seqscan = off`: each of those statements finds its rows through an index (the due
+/// index, the primary key, the lease index, the finished index). sqlx prepares them once per
+/// connection, and after five executions PostgreSQL keeps a generic plan costed on the table
+/// as it was then. A poller started on an empty or small table (a new deployment, a test, the
+/// latency bench) therefore kept plans that scan the whole table to find a row by its id, and
+/// with completed rows kept for a day (the default retention) every fetch and ack read the
+/// whole table until an `ANALYZE` invalidated the plans (issue 14: 52 and 46 buffers for a
+/// one-row fetch and ack at 2 000 rows, growing with the table, against 17 and 11). Off, the
+/// planner takes the index whenever one applies, whatever size the table had.
+const BOOKKEEPING_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
 
 /// A pooled connection idle at least this long is pinged before use (see [`pool_options`]).
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -360,13 +375,15 @@ impl Dialect for PgDialect {
         .boxed()
     }
 
+    /// Always a pool of its own, whose connections plan with [`BOOKKEEPING_SETTINGS`] (and,
+    /// with [`PgConfig::async_commit`], commit asynchronously).
     fn bookkeeping_pool(pool: &PgPool, config: &DurableConfig<Self>) -> PgPool {
-        if !config.store.async_commit {
-            return pool.clone();
-        }
-        let options = (*pool.connect_options())
+        let mut options = (*pool.connect_options())
             .clone()
-            .options([("synchronous_commit", "off")]);
+            .options(BOOKKEEPING_SETTINGS);
+        if config.store.async_commit {
+            options = options.options([("synchronous_commit", "off")]);
+        }
         pool_options(config).connect_lazy_with(options)
     }
 
@@ -628,6 +645,80 @@ mod tests {
             .schema(&schema)
             .poll_interval(Duration::from_secs(600));
         (config, schema)
+    }
+
+    /// The bookkeeping connections' cached plans find rows through the indexes, even a generic
+    /// plan cached while the table was small: once the table has grown (completed rows kept
+    /// for a day), a fetch and an ack still read a few pages, not the whole table (issue 14).
+    /// sqlx prepares each statement once per connection; PostgreSQL keeps a generic plan after
+    /// five executions, as it does for these `PREPARE`d ones.
+    #[actix_rt::test]
+    async fn plans_cached_on_a_small_table_use_the_indexes() {
+        let (config, schema) = config();
+        let source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = source.pool().clone();
+        let names = names(config.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let sql = Sql::new::<PgDialect>(&names);
+        let bookkeeping = PgDialect::bookkeeping_pool(&pool, &config);
+        let mut conn = bookkeeping
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prepare = format!(
+            "PREPARE f(bigint, bigint, bigint) AS {}; \
+             PREPARE a(bigint[], bigint[], bigint) AS {}",
+            sql.fetch, sql.ack_completed
+        );
+        sqlx::raw_sql(&prepare)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // On a table of a few rows: the plans PostgreSQL caches then.
+        for i in 0..8 {
+            source
+                .queue()
+                .enqueue(vec![NewTask::new(i)])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::raw_sql(
+                "EXECUTE f(10, 1, 30000000); \
+                 EXECUTE a(ARRAY[]::bigint[], ARRAY[]::bigint[], 1)",
+            )
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // A day of completed tasks later.
+        let grow = format!(
+            "INSERT INTO {} (state, payload, finished_at) \
+             SELECT 'completed', '0', now() FROM generate_series(1, 5000)",
+            names.table
+        );
+        sqlx::raw_sql(&grow)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for statement in [
+            "EXPLAIN EXECUTE f(10, 1, 30000000)",
+            "EXPLAIN EXECUTE a(ARRAY[1]::bigint[], ARRAY[1]::bigint[], 1)",
+        ] {
+            let plan: Vec<String> = sqlx::query_scalar(statement)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("Seq Scan"),
+                "{statement} scans the table: {plan}"
+            );
+        }
+        drop(conn);
+        bookkeeping.close().await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
     }
 
     /// A short batch is drained, wakes at the next due time the fetch statement reported, and

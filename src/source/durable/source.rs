@@ -291,10 +291,11 @@ where
 
     /// Uses an existing pool (its connect options are the caller's: for SQLite, WAL and a busy
     /// timeout are advised). Only the table, schema, lease, poll, retention, migration, batch
-    /// and (PostgreSQL) async-commit settings of `config` apply, and its pool size for the
-    /// second pool [`PgConfig::async_commit`](crate::source::postgres::PgConfig::async_commit)
-    /// opens with the same connect options. PostgreSQL's `LISTEN` connection is its own, opened
-    /// with the pool's connect options, outside the pool.
+    /// and (PostgreSQL) async-commit settings of `config` apply, and its pool size for
+    /// PostgreSQL's second pool, the poller's bookkeeping (see
+    /// [`PgConfig::async_commit`](crate::source::postgres::PgConfig::async_commit)), opened
+    /// with the same connect options. PostgreSQL's `LISTEN` connection is its own, opened with
+    /// the pool's connect options, outside the pool.
     ///
     /// # Errors
     ///
