@@ -38,6 +38,9 @@ mod history;
 use history::{End, History};
 pub use history::{DEFAULT_HISTORY, DEFAULT_HISTORY_AGE};
 
+/// The error a refused submit hands its payloads back in.
+type Refusal<T> = fn(Vec<T>) -> SubmitError<Vec<T>>;
+
 /// The default capacity of [`MemorySource::default`].
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
@@ -417,7 +420,7 @@ impl<T> MemorySource<T> {
 
     /// Why `n` new tasks (`wants_retry`: some with more than one attempt) cannot be enqueued:
     /// the error to hand their payloads back in, or `None` if they can.
-    fn refusal(&self, n: usize, wants_retry: bool) -> Option<fn(Vec<T>) -> SubmitError<Vec<T>>> {
+    fn refusal(&self, n: usize, wants_retry: bool) -> Option<Refusal<T>> {
         if wants_retry && self.clone_payload.is_none() {
             Some(SubmitError::Unsupported)
         } else if n > self.capacity.saturating_sub(self.len()) {
