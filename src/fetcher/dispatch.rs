@@ -19,8 +19,8 @@ use crate::task::Task;
 /// An executor that holds tasks and has not reported for this long is *stalled*: a handler may
 /// block its thread, or it runs only long tasks. It is sent nothing more ahead; a credit goes
 /// to it (with a task, or for its own queue) only when no other executor can take one; and
-/// while another executor can, the tasks queued there are taken back (its queue is a lock-free
-/// queue shared with the Fetcher, [`LocalQueue`](crate::protocol::LocalQueue): the blocked
+/// while another executor can, the tasks queued there are taken back (its queue is a queue
+/// shared with the Fetcher under a lock no handler ever holds, [`LocalQueue`](crate::protocol::LocalQueue): the blocked
 /// executor need not answer, and each task leaves the queue once, taken by the executor or by
 /// the Fetcher, so none runs twice) and dispatched to the others. A blocked thread keeps only
 /// what it runs, and the credits already on their way to it (they come back unused once it
@@ -69,7 +69,8 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
 
     /// Takes up to `max` tasks out of executor `i`'s queue, oldest first, and out of its books:
     /// they no longer count as queued or assigned there, nor for their key (they count again
-    /// when dispatched). Lock-free: a blocked executor need not answer, and a task the executor
+    /// when dispatched). The queue's lock is held only for the take, never by a handler: a blocked
+    /// executor need not answer, and a task the executor
     /// takes at the same moment is not taken here.
     pub(super) fn steal_from(&mut self, i: usize, max: usize) -> Vec<Task<T>> {
         let stolen = self.queues[i].take_up_to(max);

@@ -407,15 +407,20 @@ impl<T> MemorySource<T> {
     }
 
     fn pop_ready(&mut self) -> Option<Queued<T>> {
-        let mut entry = self.ready.first_entry()?;
-        let q = entry.get_mut().pop_front();
-        if entry.get().is_empty() {
-            entry.remove();
+        // No ready queue is left empty (each is removed with its last task, and an empty batch
+        // makes none); an empty one is passed over all the same, so that no task behind it is
+        // ever missed (by `close` above all, which hands back what this returns).
+        loop {
+            let mut entry = self.ready.first_entry()?;
+            let q = entry.get_mut().pop_front();
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+            if let Some(q) = q {
+                self.ready_len -= 1;
+                return Some(q);
+            }
         }
-        if q.is_some() {
-            self.ready_len -= 1;
-        }
-        q
     }
 
     /// Why `n` new tasks (`wants_retry`: some with more than one attempt) cannot be enqueued:
@@ -465,6 +470,9 @@ impl<T> MemorySource<T> {
     }
 
     fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
         let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
         if let Some(refuse) = self.refusal(tasks.len(), wants_retry) {
             return Err(refuse(tasks.into_iter().map(|t| t.payload).collect()));
@@ -494,6 +502,9 @@ impl<T> MemorySource<T> {
     /// through [`enqueue_now`](Self::enqueue_now).
     fn enqueue_batch_now(&mut self, batch: NewBatch<T>) -> EnqueueResult<T> {
         let NewBatch { payloads, shared } = batch;
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
         if matches!(shared.run_at, Some(at) if at > Instant::now()) {
             return self.enqueue_now(NewBatch::new(payloads, shared).into_tasks());
         }
@@ -1154,5 +1165,26 @@ mod tests {
             got,
             vec![(1, 3, Some(2), Some("k")), (2, 3, Some(2), Some("k"))]
         );
+    }
+
+    /// An empty submit changes nothing: no ids, no error (whatever its options), and no empty
+    /// ready queue in front of the waiting tasks, so `close` still hands every one back.
+    #[test]
+    fn an_empty_batch_leaves_every_queued_task_reachable() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        let low = TaskOptions::new().priority(-1);
+        let tasks = (0..3)
+            .map(|p| NewTask::with_options(p, low.clone(), 1))
+            .collect();
+        s.enqueue(tasks).now_or_never().unwrap().unwrap();
+        let retried = NewTask::with_options((), TaskOptions::new().max_attempts(3), 1);
+        let empty = s.enqueue_batch(NewBatch::new(Vec::new(), retried));
+        assert_eq!(empty.now_or_never().unwrap().unwrap(), Vec::new());
+        let empty = s.enqueue(Vec::new()).now_or_never().unwrap().unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(s.len(), 3);
+        let back = s.close(Vec::new()).now_or_never().unwrap().unwrap();
+        let back: Vec<u32> = back.into_iter().map(|t| t.payload).collect();
+        assert_eq!(back, vec![0, 1, 2]);
     }
 }

@@ -294,8 +294,12 @@ where
     /// and (PostgreSQL) async-commit settings of `config` apply, and its pool size for
     /// PostgreSQL's second pool, the poller's bookkeeping (see
     /// [`PgConfig::async_commit`](crate::source::postgres::PgConfig::async_commit)), opened
-    /// with the same connect options. PostgreSQL's `LISTEN` connection is its own, opened with
-    /// the pool's connect options, outside the pool.
+    /// with the same connect options (plus `enable_seqscan = off`, and `synchronous_commit =
+    /// off` unless async commit is off) but not the pool's hooks: session state an
+    /// `after_connect` sets (a role, a `search_path`) does not reach it, so name the schema in
+    /// the config. A connection pooler that refuses startup options must be bypassed for it.
+    /// PostgreSQL's `LISTEN` connection is its own, opened with the pool's connect options,
+    /// outside the pool.
     ///
     /// # Errors
     ///
