@@ -375,7 +375,7 @@ impl Dialect for PgDialect {
         .boxed()
     }
 
-    /// Always a pool of its own, whose connections plan with [`BOOKKEEPING_SETTINGS`] (and,
+    /// Always a pool of its own, whose connections plan with `BOOKKEEPING_SETTINGS` (and,
     /// with [`PgConfig::async_commit`], commit asynchronously).
     fn bookkeeping_pool(pool: &PgPool, config: &DurableConfig<Self>) -> PgPool {
         let mut options = (*pool.connect_options())
