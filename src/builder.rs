@@ -90,8 +90,9 @@ impl<T, S> fmt::Debug for PollerBuilder<T, S> {
 pub const DEFAULT_WORKERS: usize = 16;
 
 /// The most tasks an executor holds queued beyond its credits unless
-/// [`PollerBuilder::dispatch_ahead`] says otherwise.
-pub const DEFAULT_DISPATCH_AHEAD: usize = 64;
+/// [`PollerBuilder::dispatch_ahead`] says otherwise. Beyond 64, a queue holds at most 2 ms of
+/// its slots' work at the task duration it measures: only tiny tasks reach this depth.
+pub const DEFAULT_DISPATCH_AHEAD: usize = 1024;
 
 /// The default poller name ([`PollerBuilder::name`]).
 pub const DEFAULT_NAME: &str = "actix_poller";
@@ -183,7 +184,9 @@ impl<T: Send + 'static, S: Source<T>> PollerBuilder<T, S> {
     /// may wait for a core while CPU-bound executors hold both. The bound is unchanged (a queued
     /// task starts only in a slot its executor already holds). Each executor's queue adapts
     /// below this limit: twice what it finished between two of its reports, so short tasks get
-    /// a deep queue and long ones a queue of one or two.
+    /// a deep queue and long ones a queue of one or two; and beyond 64 tasks, no more than its
+    /// slots finish in 2 ms at the task duration it measures (so only tasks of a few µs, whose
+    /// every hop to the System thread would otherwise cost more than the task, queue deeper).
     ///
     /// The price: a queued task is committed to its executor, so a higher-priority task fetched
     /// later may start after the few tasks queued ahead of it. `0` turns queueing off: every

@@ -25,7 +25,7 @@ usage: bench [--workload W] [--n N] [--repeat R] [--prefetch P[,P...]] [--placem
   --workers K    K for noop, sleep, slowfetch and cpu (default 16, 100, 50, 4)
   --executors E  executors on their own arbiters (default: one per core)
   --ahead A      tasks each executor may hold queued beyond its credits (default: the crate's,
-                 workers ÷ executors rounded up, at most 64)
+                 DEFAULT_DISPATCH_AHEAD, adapting below it)
   --history H    final states the in-memory source keeps for `Poller::status` (default:
                  the crate's, 10000; 0 keeps none)
   --smoke        tiny sizes: checks that every workload works; its figures mean nothing

@@ -33,6 +33,16 @@ pub(crate) const STALL_AFTER: Duration = Duration::from_millis(100);
 /// milliseconds at most). Priority inversion stays bounded by this much work per executor.
 pub(crate) const REFILL_HORIZON: Duration = Duration::from_millis(2);
 
+/// The depth an executor's queue may always reach (up to `dispatch_ahead`); deeper only for
+/// tasks so short that the queue holds at most [`REFILL_HORIZON`] of its slots' work.
+pub(crate) const SHALLOW_AHEAD: usize = 64;
+
+/// The deepest an executor's queue may be: `ahead` (`dispatch_ahead`), and beyond
+/// [`SHALLOW_AHEAD`] no more than `horizon`, what its slots finish in [`REFILL_HORIZON`].
+pub(crate) fn ahead_ceiling(ahead: usize, horizon: usize) -> usize {
+    ahead.min(horizon.max(SHALLOW_AHEAD)).max(1)
+}
+
 /// The tasks `slots` slots finish in [`REFILL_HORIZON`] when `finished` attempts took `busy` in
 /// all (saturating: tasks that take no measurable time cover any depth).
 pub(crate) fn cover(slots: usize, finished: u32, busy: Duration) -> usize {
@@ -328,8 +338,16 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
                 // task duration it reported: short tasks on a thread that competes for a core
                 // with the System thread do not wait for the System thread to get one.
                 let slots = self.assigned[i] - self.uncovered(i).min(self.assigned[i]);
-                next = next.max(cover(slots.max(1), d.finished, d.busy));
-                self.ahead_target[i] = next.clamp(1, self.ahead.max(1));
+                let horizon = cover(slots.max(1), d.finished, d.busy);
+                next = next.max(horizon);
+                // Deeper than `SHALLOW_AHEAD` only while the queue still holds at most
+                // `REFILL_HORIZON` of its slots' work: tiny tasks get a queue that covers many
+                // round trips to the System thread (`noop`: each hop's wake-up is then paid
+                // per several hundred tasks, not per 64), while tasks of measurable length keep
+                // a shallow one (a queued task is committed to its executor: the work one
+                // executor may hold when the other runs dry, and a later higher-priority task's
+                // wait, stay within that horizon).
+                self.ahead_target[i] = next.clamp(1, ahead_ceiling(self.ahead, horizon));
             }
         }
         if !msg.executors.is_empty() {
@@ -347,7 +365,27 @@ impl<T: Send + 'static, S: Source<T>> Handler<Ready> for Fetcher<T, S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cover, REFILL_HORIZON};
+    use super::{ahead_ceiling, cover, REFILL_HORIZON, SHALLOW_AHEAD};
+    use crate::builder::DEFAULT_DISPATCH_AHEAD;
+
+    /// Only tasks so short that the queue holds at most `REFILL_HORIZON` of work queue deeper
+    /// than `SHALLOW_AHEAD`; an explicit `dispatch_ahead` below it is kept as it is.
+    #[test]
+    fn only_tiny_tasks_queue_deeper_than_the_shallow_depth() {
+        let ahead = DEFAULT_DISPATCH_AHEAD;
+        // No-op tasks (≈ 100 ns): the whole default depth.
+        let tiny = cover(8, 1_000, Duration::from_micros(100));
+        assert_eq!(ahead_ceiling(ahead, tiny), ahead);
+        // 50 µs CPU-bound tasks on two slots: 2 ms of work is 80 tasks.
+        let cpu = cover(2, 100, Duration::from_micros(5_000));
+        assert_eq!((cpu, ahead_ceiling(ahead, cpu)), (80, 80));
+        // 2 ms tasks on 50 slots: 50 tasks of work, the shallow depth still applies.
+        let sleep = cover(50, 10, Duration::from_millis(20));
+        assert_eq!(ahead_ceiling(ahead, sleep), SHALLOW_AHEAD);
+        // Long tasks, or an explicit smaller bound: that bound; 0 never yields a zero ceiling.
+        assert_eq!(ahead_ceiling(8, tiny), 8);
+        assert_eq!(ahead_ceiling(0, tiny), 1);
+    }
     use std::time::Duration;
 
     #[test]
