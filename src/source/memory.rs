@@ -834,6 +834,18 @@ mod tests {
         s.fetch(n).now_or_never().unwrap().unwrap()
     }
 
+    /// Options with every per-task field away from its default (priority 7, a 1.5 ms timeout,
+    /// key `customer-1`, three attempts), and that timeout.
+    fn every_option() -> (TaskOptions, Duration) {
+        let timeout = Duration::from_micros(1_500);
+        let options = TaskOptions::new()
+            .priority(7)
+            .timeout(timeout)
+            .key("customer-1")
+            .max_attempts(3);
+        (options, timeout)
+    }
+
     fn payloads(f: &Fetched<u32>) -> Vec<u32> {
         f.tasks.iter().map(|t| t.payload).collect()
     }
@@ -997,12 +1009,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_task_with_every_option_keeps_each_field_through_a_retry() {
         let mut s = MemorySource::bounded(10).unwrap().with_retries();
-        let timeout = Duration::from_micros(1_500);
-        let options = TaskOptions::new()
-            .priority(7)
-            .timeout(timeout)
-            .key("customer-1")
-            .max_attempts(3);
+        let (options, timeout) = every_option();
         let t = NewTask::with_options(42u32, options, 1).with_parent(Some(traceparent()));
         let ids = s.enqueue(vec![t]).now_or_never().unwrap().unwrap();
         let status = s.status_of(ids[0]).unwrap();
@@ -1085,12 +1092,7 @@ mod tests {
             let shared = NewTask::with_options((), options, 1).with_parent(Some(traceparent()));
             NewBatch::new(payloads, shared)
         };
-        let timeout = Duration::from_micros(1_500);
-        let options = TaskOptions::new()
-            .priority(7)
-            .timeout(timeout)
-            .key("customer-1")
-            .max_attempts(3);
+        let (options, timeout) = every_option();
         s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap();
         let ids = s
             .enqueue_batch(batch(vec![40, 41, 42], options))
