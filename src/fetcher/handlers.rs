@@ -1,6 +1,8 @@
 //! The messages the Fetcher answers besides `Ready` and `Notify`: submits (and the enqueue
 //! they run), cancel, dead tasks, progress, and the shutdown's `StopFetching` / `CloseSource`.
 
+use std::any::Any;
+use std::ops::Range;
 use std::sync::Arc;
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -17,7 +19,8 @@ use crate::messages::{
 };
 use crate::metrics::Count;
 use crate::protocol::{CancelRunning, CloseSource, StopFetching};
-use crate::source::{EnqueueResult, NewBatch, NewTask, Source};
+use crate::source::memory::MemorySource;
+use crate::source::{NewBatch, NewTask, Source};
 use crate::stats::Counters;
 use crate::task::{
     Ack, DeadTask, Disposition, FinalState, Progress, QueueCounts, Task, TaskId, TaskOptions,
@@ -29,27 +32,27 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
     /// Turns an enqueue's result into receipts, registering trackers.
     fn enqueued(
         &mut self,
-        res: EnqueueResult<T>,
+        res: Result<Ids, SubmitError<Vec<T>>>,
         track: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Vec<Receipt>, SubmitError<Vec<T>>> {
         let ids = res?;
-        Counters::add(&self.counters.submitted, ids.len() as u64);
-        self.counters
-            .metrics
-            .count(Count::Submitted, ids.len() as u64);
-        let receipts = ids
-            .into_iter()
-            .map(|id| {
-                if !track {
-                    return Receipt::untracked(id);
-                }
-                let (done, rx) = oneshot::channel();
-                let (progress, progress_rx) = watch::channel(Progress::default());
-                self.track(id, done, progress);
-                Receipt::tracked(id, rx, progress_rx)
-            })
-            .collect();
+        let n = ids.len() as u64;
+        Counters::add(&self.counters.submitted, n);
+        self.counters.metrics.count(Count::Submitted, n);
+        let mut receipt = |id| {
+            if !track {
+                return Receipt::untracked(id);
+            }
+            let (done, rx) = oneshot::channel();
+            let (progress, progress_rx) = watch::channel(Progress::default());
+            self.track(id, done, progress);
+            Receipt::tracked(id, rx, progress_rx)
+        };
+        let receipts = match ids {
+            Ids::Run(run) => run.map(TaskId).map(&mut receipt).collect(),
+            Ids::List(ids) => ids.into_iter().map(&mut receipt).collect(),
+        };
         self.counters.set_queued(self.source.queued());
         self.wake(ctx);
         Ok(receipts)
@@ -70,22 +73,57 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         // One `NewTask` of options for the whole batch: the source stores the payloads as they
         // are (the in-memory source) or makes its own tasks of them.
         let shared = NewTask::with_options((), options, attempts).with_parent(parent);
-        let mut fut = self.source.enqueue_batch(NewBatch::new(tasks, shared));
-        if let Some(res) = (&mut fut).now_or_never() {
+        let batch = NewBatch::new(tasks, shared);
+        // The in-memory source (the default) answers its ids as a run: the receipts are then
+        // the only list a large batch makes (issue 14's peak memory).
+        let source: &mut dyn Any = &mut self.source;
+        if let Some(memory) = source.downcast_mut::<MemorySource<T>>() {
+            let res = memory.enqueue_run(batch).map(Ids::Run);
             return Answer::Now(self.enqueued(res, track, ctx));
+        }
+        let mut fut = self.source.enqueue_batch(batch);
+        if let Some(res) = (&mut fut).now_or_never() {
+            return Answer::Now(self.enqueued(res.map(Ids::from), track, ctx));
         }
         self.pending_enqueues += 1;
         // A tracked task may finish before this reply is handled: keep what finishes meanwhile.
         let seq = track.then(|| self.early.begin());
         Answer::Later(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             act.pending_enqueues -= 1;
-            let out = act.enqueued(res, track, ctx);
+            let out = act.enqueued(res.map(Ids::from), track, ctx);
             if let Some(seq) = seq {
                 act.early.end(seq);
             }
             act.notify_idle();
             out
         })))
+    }
+}
+
+/// The ids of an enqueue's tasks, in order: a run (`first..end`) or a list.
+enum Ids {
+    Run(Range<u64>),
+    List(Vec<TaskId>),
+}
+
+impl Ids {
+    fn len(&self) -> usize {
+        match self {
+            Ids::Run(run) => (run.end - run.start) as usize,
+            Ids::List(ids) => ids.len(),
+        }
+    }
+}
+
+impl From<Vec<TaskId>> for Ids {
+    /// A run if the ids are consecutive (a source's sequence, often): the list is freed
+    /// before the receipts are made, so a large batch does not hold both.
+    fn from(ids: Vec<TaskId>) -> Self {
+        let consecutive = ids.windows(2).all(|w| w[0].0.checked_add(1) == Some(w[1].0));
+        match (consecutive, ids.first(), ids.last()) {
+            (true, Some(first), Some(last)) if last.0 < u64::MAX => Ids::Run(first.0..last.0 + 1),
+            _ => Ids::List(ids),
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::convert::Infallible;
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::{ready, LocalBoxFuture};
@@ -47,25 +48,32 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many dead tasks [`MemorySource::default`] keeps (the oldest go first).
 pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
 
-/// A waiting task, stored compactly: 24 bytes beside the payload and one pointer, the
+/// How far the wall clock may be from the source's anchor plus the monotonic time since its
+/// creation for a task due at once to derive its enqueue time from its due stamp (1 ms): the
+/// two clocks move together unless the system clock is stepped (or the machine slept).
+const STAMP_TOLERANCE_US: u64 = 1_000;
+
+/// A waiting task, stored compactly: 16 bytes beside the payload and one pointer, the
 /// pointer null unless the task has something besides the defaults (see [`Rare`]). A task
-/// submitted with default options, first attempt, no trace context, costs `32 + size_of::<T>()`.
+/// submitted with default options and due at once, first attempt, no trace context, costs
+/// `24 + size_of::<T>()`.
 #[derive(Debug)]
 struct Queued<T> {
     id: u64,
-    /// Microseconds since the Unix epoch.
-    enqueued_at_us: u64,
     /// When it became due (entered a ready queue, or its delay ran out), in microseconds since
     /// the source's `origin`: the age of the oldest queued task (`QueueCounts::oldest_queued_age`).
+    /// Without `rare`, also when it was enqueued: `MemorySource::wall_anchor_us` plus this.
     due_us: u64,
-    /// Everything else, when anything is not the default.
+    /// Everything else, when anything is not the default or the enqueue time is not the due
+    /// time (a delayed or retried task).
     rare: Option<Box<Rare>>,
     payload: T,
 }
 
 /// A queued task's fields that most tasks leave at their defaults (priority 0, first attempt of
-/// one, the poller's timeout, no pace key, no trace context): kept out of line, so that a
-/// common entry is id, stamps and payload. A task with retries on has one (`max_attempts` > 1).
+/// one, the poller's timeout, no pace key, no trace context, due when enqueued): kept out of
+/// line, so that a common entry is id, due stamp and payload. A task with retries on has one
+/// (`max_attempts` > 1), and so does a delayed or retried one (its enqueue time).
 #[derive(Debug)]
 struct Rare {
     priority: i32,
@@ -74,22 +82,16 @@ struct Rare {
     timeout: Option<Duration>,
     key: Option<Key>,
     trace: Option<Box<Parent>>,
+    /// When it was enqueued, in microseconds since the Unix epoch.
+    enqueued_at_us: u64,
 }
 
 impl Rare {
-    /// The defaults' `Rare`: none.
-    const DEFAULT: Rare = Rare {
-        priority: 0,
-        attempt: 1,
-        max_attempts: 1,
-        timeout: None,
-        key: None,
-        trace: None,
-    };
-
-    /// `self`, boxed, unless it is all defaults.
-    fn boxed(self) -> Option<Box<Rare>> {
-        if self.priority == 0
+    /// `self`, boxed, unless it is all defaults and its enqueue time `derivable` (from the due
+    /// stamp: it was due when enqueued, and the clocks agreed; see [`Now::derived`]).
+    fn boxed(self, derivable: bool) -> Option<Box<Rare>> {
+        if derivable
+            && self.priority == 0
             && self.attempt == 1
             && self.max_attempts == 1
             && self.timeout.is_none()
@@ -104,8 +106,8 @@ impl Rare {
 }
 
 impl<T> Queued<T> {
-    /// A fresh task from a submit: id `id`, enqueued and (if due now) due at `now`.
-    fn from_new(id: u64, t: NewTask<T>, now: Now) -> Self {
+    /// A fresh task from a submit: id `id`, enqueued and (if `due_now`) due at `now`.
+    fn from_new(id: u64, t: NewTask<T>, now: Now, due_now: bool) -> Self {
         let rare = Rare {
             priority: t.priority,
             attempt: 1,
@@ -113,12 +115,12 @@ impl<T> Queued<T> {
             timeout: t.timeout,
             key: t.key,
             trace: t.parent,
+            enqueued_at_us: now.enqueued_us,
         };
         Queued {
             id,
-            enqueued_at_us: now.wall_us,
             due_us: now.us,
-            rare: rare.boxed(),
+            rare: rare.boxed(due_now && now.derived),
             payload: t.payload,
         }
     }
@@ -128,7 +130,6 @@ impl<T> Queued<T> {
     fn with_payload<U>(&self, id: u64, payload: U) -> Queued<U> {
         Queued {
             id,
-            enqueued_at_us: self.enqueued_at_us,
             due_us: self.due_us,
             rare: self.rare.as_ref().map(|r| {
                 Box::new(Rare {
@@ -150,12 +151,13 @@ impl<T> Queued<T> {
             timeout: task.timeout,
             key: task.key,
             trace: task.trace,
+            enqueued_at_us: history::micros_since_epoch(task.enqueued_at),
         };
         Queued {
             id: task.id.0,
-            enqueued_at_us: history::micros_since_epoch(task.enqueued_at),
             due_us: 0,
-            rare: rare.boxed(),
+            // Its due stamp is set when it is queued again: the enqueue time is its own.
+            rare: rare.boxed(false),
             payload: task.payload,
         }
     }
@@ -172,22 +174,49 @@ impl<T> Queued<T> {
         self.rare.as_ref().map_or(1, |r| r.max_attempts)
     }
 
-    /// The envelope to hand out (no clock read: the stamps are the entry's).
-    fn into_task(self) -> Task<T> {
-        let rare = self.rare.map_or(Rare::DEFAULT, |r| *r);
-        Task {
-            id: TaskId(self.id),
-            attempt: rare.attempt,
-            max_attempts: rare.max_attempts,
-            enqueued_at: UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us),
-            priority: rare.priority,
-            timeout: rare.timeout,
-            key: rare.key,
-            payload: self.payload,
-            progress: None,
-            trace: rare.trace,
-            #[cfg(feature = "metrics")]
-            due_us: 0,
+    /// When it was enqueued, in microseconds since the Unix epoch; `anchor` is the source's
+    /// `wall_anchor_us` (a task without `rare` was due when enqueued).
+    fn enqueued_at_us(&self, anchor: u64) -> u64 {
+        match &self.rare {
+            Some(r) => r.enqueued_at_us,
+            None => anchor.saturating_add(self.due_us),
+        }
+    }
+
+    /// The envelope to hand out (no clock read: the stamps are the entry's); `anchor` as for
+    /// [`enqueued_at_us`](Self::enqueued_at_us).
+    fn into_task(self, anchor: u64) -> Task<T> {
+        let enqueued_at = UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us(anchor));
+        let (id, payload) = (TaskId(self.id), self.payload);
+        match self.rare {
+            None => Task {
+                id,
+                attempt: 1,
+                max_attempts: 1,
+                enqueued_at,
+                priority: 0,
+                timeout: None,
+                key: None,
+                payload,
+                progress: None,
+                trace: None,
+                #[cfg(feature = "metrics")]
+                due_us: 0,
+            },
+            Some(rare) => Task {
+                id,
+                attempt: rare.attempt,
+                max_attempts: rare.max_attempts,
+                enqueued_at,
+                priority: rare.priority,
+                timeout: rare.timeout,
+                key: rare.key,
+                payload,
+                progress: None,
+                trace: rare.trace,
+                #[cfg(feature = "metrics")]
+                due_us: 0,
+            },
         }
     }
 }
@@ -200,6 +229,11 @@ struct Now {
     us: u64,
     /// The wall clock, in µs since the Unix epoch (final states' times).
     wall_us: u64,
+    /// The enqueue time of a task enqueued now, in µs since the Unix epoch: the source's
+    /// `wall_anchor_us + us` when that is within [`STAMP_TOLERANCE_US`] of `wall_us`
+    /// (`derived`), so that a task due at once keeps no stamp of its own; `wall_us` otherwise.
+    enqueued_us: u64,
+    derived: bool,
 }
 
 /// A task not due yet; the heap's top is the earliest.
@@ -256,10 +290,10 @@ pub struct MemorySource<T> {
     /// The zero of the queued tasks' `due_us` (the source's creation, on tokio's clock: paused
     /// time pauses it too).
     origin: Instant,
-    /// The wall time at `origin`, in µs since the Unix epoch: a fetched task's `due_us` (the
-    /// `metrics` feature).
-    #[cfg(feature = "metrics")]
-    origin_wall_us: u64,
+    /// The wall time at `origin`, in µs since the Unix epoch: a queued task without rare fields
+    /// was enqueued at this plus its `due_us`, and a fetched task's `due_us` (the `metrics`
+    /// feature) is this plus the entry's. Moved only while nothing is queued (see `admit`).
+    wall_anchor_us: u64,
 }
 
 impl<T> Default for MemorySource<T> {
@@ -277,8 +311,7 @@ impl<T> Default for MemorySource<T> {
             next_id: 0,
             history: History::default(),
             origin: Instant::now(),
-            #[cfg(feature = "metrics")]
-            origin_wall_us: history::micros_since_epoch(SystemTime::now()),
+            wall_anchor_us: history::micros_since_epoch(SystemTime::now()),
         }
     }
 }
@@ -348,10 +381,16 @@ impl<T> MemorySource<T> {
     /// The clock now, read once for a batch of pushes.
     fn now(&self) -> Now {
         let at = Instant::now();
+        let us = self.micros(at);
+        let wall_us = history::micros_since_epoch(SystemTime::now());
+        let derived_us = self.wall_anchor_us.saturating_add(us);
+        let derived = derived_us.abs_diff(wall_us) <= STAMP_TOLERANCE_US;
         Now {
             at,
-            us: self.micros(at),
-            wall_us: history::micros_since_epoch(SystemTime::now()),
+            us,
+            wall_us,
+            enqueued_us: if derived { derived_us } else { wall_us },
+            derived,
         }
     }
 
@@ -359,6 +398,8 @@ impl<T> MemorySource<T> {
     /// ready queue. Callers keep each ready queue in due order (see [`push`](Self::push)), so
     /// its front is its oldest.
     fn push_ready(&mut self, mut q: Queued<T>, due_us: u64) {
+        // Without rare fields the due stamp is the enqueue time too: it was set at the submit.
+        debug_assert!(q.rare.is_some() || q.due_us == due_us);
         q.due_us = due_us;
         self.ready
             .entry(Reverse(q.priority()))
@@ -435,14 +476,22 @@ impl<T> MemorySource<T> {
         }
     }
 
-    /// Takes `n` ids for new tasks, and reads the clock once for all of them; every task due
-    /// by then goes behind the delayed tasks already due (see `push`).
-    fn admit(&mut self, n: usize) -> (u64, Vec<TaskId>, Now) {
-        let now = self.now();
+    /// Takes `n` ids for new tasks (the first is returned), and reads the clock once for all of
+    /// them; every task due by then goes behind the delayed tasks already due (see `push`).
+    ///
+    /// If the wall clock has moved away from `wall_anchor_us` plus the monotonic time (it was
+    /// stepped) while nothing is queued, the anchor moves to it: no queued task derives its
+    /// enqueue time from the old one. While tasks wait, new ones keep their own stamps instead.
+    fn admit(&mut self, n: usize) -> (u64, Now) {
+        let mut now = self.now();
+        if !now.derived && self.is_empty() {
+            self.wall_anchor_us = now.wall_us.saturating_sub(now.us);
+            now = self.now();
+        }
         let first = self.next_id + 1;
         self.next_id += n as u64;
         self.promote_due(now.at);
-        (first, (first..first + n as u64).map(TaskId).collect(), now)
+        (first, now)
     }
 
     /// Appends `n` new entries, all due now with `priority`, to that priority's ready queue, in
@@ -469,41 +518,48 @@ impl<T> MemorySource<T> {
         self.ready_len += n;
     }
 
-    fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> EnqueueResult<T> {
+    /// [`Source::enqueue`], answering the ids as the run they are.
+    fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> Result<Range<u64>, SubmitError<Vec<T>>> {
         if tasks.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         let wants_retry = tasks.iter().any(|t| t.max_attempts.unwrap_or(1) > 1);
         if let Some(refuse) = self.refusal(tasks.len(), wants_retry) {
             return Err(refuse(tasks.into_iter().map(|t| t.payload).collect()));
         }
         let n = tasks.len();
-        let (first, ids, now) = self.admit(n);
-        let due_now = |t: &NewTask<T>| !matches!(t.run_at, Some(at) if at > now.at);
+        let (first, now) = self.admit(n);
+        let due_now = |run_at: Option<Instant>| !matches!(run_at, Some(at) if at > now.at);
         let priority = tasks.first().map_or(0, |t| t.priority);
-        if tasks.iter().all(|t| t.priority == priority && due_now(t)) {
+        if tasks.iter().all(|t| t.priority == priority && due_now(t.run_at)) {
             // A batch (one submit's options): one ready queue, filled in order.
             let entries = tasks
                 .into_iter()
                 .zip(first..)
-                .map(|(t, id)| Queued::from_new(id, t, now));
+                .map(|(t, id)| Queued::from_new(id, t, now, true));
             self.push_ready_batch(priority, n, entries);
         } else {
             for (t, id) in tasks.into_iter().zip(first..) {
                 let run_at = t.run_at;
-                self.push(Queued::from_new(id, t, now), run_at, now);
+                let q = Queued::from_new(id, t, now, due_now(run_at));
+                self.push(q, run_at, now);
             }
         }
-        Ok(ids)
+        Ok(first..first + n as u64)
     }
 
-    /// [`Source::enqueue_batch`]: a batch due now goes from its payloads straight into a ready
+    /// [`Source::enqueue_batch`], answering the ids as the run they are (each one more than the
+    /// one before): the Fetcher makes the receipts from it, without a list of ids in between
+    /// (`Fetcher::submit`). A batch due now goes from its payloads straight into a ready
     /// queue (no `NewTask` per payload, so a large batch is not held twice); a delayed one
     /// through [`enqueue_now`](Self::enqueue_now).
-    fn enqueue_batch_now(&mut self, batch: NewBatch<T>) -> EnqueueResult<T> {
+    pub(crate) fn enqueue_run(
+        &mut self,
+        batch: NewBatch<T>,
+    ) -> Result<Range<u64>, SubmitError<Vec<T>>> {
         let NewBatch { payloads, shared } = batch;
         if payloads.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         if matches!(shared.run_at, Some(at) if at > Instant::now()) {
             return self.enqueue_now(NewBatch::new(payloads, shared).into_tasks());
@@ -512,15 +568,15 @@ impl<T> MemorySource<T> {
             return Err(refuse(payloads));
         }
         let n = payloads.len();
-        let (first, ids, now) = self.admit(n);
+        let (first, now) = self.admit(n);
         let priority = shared.priority;
-        let template = Queued::from_new(0, shared, now);
+        let template = Queued::from_new(0, shared, now, true);
         let entries = payloads
             .into_iter()
             .zip(first..)
             .map(|(payload, id)| template.with_payload(id, payload));
         self.push_ready_batch(priority, n, entries);
-        Ok(ids)
+        Ok(first..first + n as u64)
     }
 
     fn bury(&mut self, id: TaskId, attempts: u32, error: String, copy: Option<Task<T>>, now: Now) {
@@ -614,7 +670,8 @@ impl<T> MemorySource<T> {
             let mut status = TaskStatus::new(id, state);
             status.attempt = q.attempt().saturating_sub(1);
             status.max_attempts = q.max_attempts();
-            status.enqueued_at = Some(UNIX_EPOCH + Duration::from_micros(q.enqueued_at_us));
+            let enqueued_us = q.enqueued_at_us(self.wall_anchor_us);
+            status.enqueued_at = Some(UNIX_EPOCH + Duration::from_micros(enqueued_us));
             status
         };
         if let Some(q) = self.ready.values().flatten().find(|q| q.id == id.0) {
@@ -646,6 +703,11 @@ impl<T> MemorySource<T> {
     }
 }
 
+/// An enqueue's answer, its run of ids as a list.
+fn listed<T>(run: Result<Range<u64>, SubmitError<Vec<T>>>) -> EnqueueResult<T> {
+    run.map(|ids| ids.map(TaskId).collect())
+}
+
 impl<T: 'static> Source<T> for MemorySource<T> {
     type Error = Infallible;
 
@@ -662,13 +724,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             let take = (max - tasks.len()).min(queue.len());
             for q in queue.drain(..take) {
                 let (attempt, max_attempts) = (q.attempt(), q.max_attempts());
-                let enqueued = q.enqueued_at_us;
+                let enqueued = q.enqueued_at_us(self.wall_anchor_us);
                 self.history
                     .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
                 #[cfg(feature = "metrics")]
-                let due_us = self.origin_wall_us.saturating_add(q.due_us);
+                let due_us = self.wall_anchor_us.saturating_add(q.due_us);
                 #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
-                let mut task = q.into_task();
+                let mut task = q.into_task(self.wall_anchor_us);
                 #[cfg(feature = "metrics")]
                 {
                     task.due_us = due_us;
@@ -707,11 +769,11 @@ impl<T: 'static> Source<T> for MemorySource<T> {
     }
 
     fn enqueue(&mut self, tasks: Vec<NewTask<T>>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
-        Box::pin(ready(self.enqueue_now(tasks)))
+        Box::pin(ready(listed(self.enqueue_now(tasks))))
     }
 
     fn enqueue_batch(&mut self, batch: NewBatch<T>) -> LocalBoxFuture<'static, EnqueueResult<T>> {
-        Box::pin(ready(self.enqueue_batch_now(batch)))
+        Box::pin(ready(listed(self.enqueue_run(batch))))
     }
 
     fn can_requeue(&self) -> bool {
@@ -804,12 +866,13 @@ impl<T: 'static> Source<T> for MemorySource<T> {
             self.leased.remove(&t.id);
             self.history.back(t.id);
         }
+        let anchor = self.wall_anchor_us;
         while let Some(q) = self.pop_ready() {
-            unstarted.push(q.into_task());
+            unstarted.push(q.into_task(anchor));
         }
         let mut delayed: Vec<Delayed<T>> = self.delayed.drain().collect();
         delayed.sort_by(|a, b| b.cmp(a));
-        unstarted.extend(delayed.into_iter().map(|d| d.task.into_task()));
+        unstarted.extend(delayed.into_iter().map(|d| d.task.into_task(anchor)));
         Box::pin(ready(Ok(unstarted)))
     }
 }
@@ -973,10 +1036,10 @@ mod tests {
 
     #[test]
     fn queued_task_layout_stays_compact() {
-        // 32 bytes beside the payload: id, two stamps, the pointer to the rare fields (the
+        // 24 bytes beside the payload: id, the due stamp, the pointer to the rare fields (the
         // memory benchmark's budget is 64).
-        assert_eq!(std::mem::size_of::<Queued<()>>(), 32);
-        assert_eq!(std::mem::size_of::<Queued<u64>>(), 40);
+        assert_eq!(std::mem::size_of::<Queued<()>>(), 24);
+        assert_eq!(std::mem::size_of::<Queued<u64>>(), 32);
     }
 
     /// A task with the defaults keeps nothing out of line; one option set is enough to keep
@@ -994,6 +1057,80 @@ mod tests {
             .map(|q| q.rare.is_some())
             .collect();
         assert_eq!(rare, vec![false, false, true]);
+    }
+
+    fn status(s: &MemorySource<u32>, id: TaskId) -> TaskStatus {
+        s.status_of(id).unwrap()
+    }
+
+    /// `at` is between `before` and `after`, give or take the derived stamps' tolerance.
+    fn within(at: SystemTime, before: SystemTime, after: SystemTime) -> bool {
+        let tolerance = Duration::from_micros(STAMP_TOLERANCE_US + 1);
+        at + tolerance >= before && at <= after + tolerance
+    }
+
+    /// A task due at once keeps one stamp (its enqueue time is derived from it); a delayed one
+    /// keeps its enqueue time apart from the time it became due: status, fetch and history
+    /// read the submit's time for both, and the queue's age counts from the due time.
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_task_keeps_its_enqueue_time_apart_from_its_due_time() {
+        let secs = Duration::from_secs;
+        let mut s = MemorySource::bounded(10).unwrap();
+        let before = SystemTime::now();
+        let now = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
+        let delayed = NewTask::with_options(1, TaskOptions::new().delay(secs(5)), 1);
+        let later = s.enqueue(vec![delayed]).now_or_never().unwrap().unwrap()[0];
+        let after = SystemTime::now();
+        let stamp = |s: &MemorySource<u32>, id| status(s, id).enqueued_at.unwrap();
+        let (now_at, later_at) = (stamp(&s, now), stamp(&s, later));
+        assert!(within(now_at, before, after), "{now_at:?}");
+        assert!(within(later_at, before, after), "{later_at:?}");
+        assert!(s.delayed.peek().unwrap().task.rare.is_some(), "its own stamp");
+        tokio::time::advance(secs(7)).await;
+        let c = counts(&mut s);
+        assert_eq!(c.queued, 2);
+        assert_eq!(c.oldest_queued_age, Some(secs(7)), "the first, due at its submit");
+        assert_eq!((stamp(&s, now), stamp(&s, later)), (now_at, later_at));
+        let first = fetch(&mut s, 1);
+        assert_eq!((first.tasks[0].id, first.tasks[0].enqueued_at), (now, now_at));
+        assert_eq!(
+            counts(&mut s).oldest_queued_age,
+            Some(secs(2)),
+            "due 5 s after its submit"
+        );
+        let second = fetch(&mut s, 1);
+        assert_eq!((second.tasks[0].id, second.tasks[0].enqueued_at), (later, later_at));
+        // Handed out: the history's copy.
+        assert_eq!((stamp(&s, now), stamp(&s, later)), (now_at, later_at));
+    }
+
+    /// The wall clock stepped away from the source's anchor: a task enqueued while others wait
+    /// keeps its own stamp (the clock's reading); once nothing waits, the anchor moves and
+    /// tasks due at once keep no stamp again.
+    #[test]
+    fn a_stepped_wall_clock_keeps_each_enqueue_time_true() {
+        let mut s = MemorySource::bounded(10).unwrap();
+        let with_key = NewTask::with_options(0, TaskOptions::new().key("k"), 1);
+        s.enqueue(vec![with_key]).now_or_never().unwrap().unwrap();
+        // As if the wall clock had jumped 10 s ahead since the source was made.
+        s.wall_anchor_us -= 10_000_000;
+        let before = SystemTime::now();
+        let stepped = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
+        let after = SystemTime::now();
+        let at = status(&s, stepped).enqueued_at.unwrap();
+        assert!(within(at, before, after), "{at:?}");
+        let rare: Vec<bool> = s.ready.values().flatten().map(|q| q.rare.is_some()).collect();
+        assert_eq!(rare, vec![true, true]);
+        let f = fetch(&mut s, 10);
+        assert_eq!(f.tasks[1].enqueued_at, at);
+        // Nothing waits: the anchor follows the clock.
+        let before = SystemTime::now();
+        let fresh = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
+        let after = SystemTime::now();
+        let at = status(&s, fresh).enqueued_at.unwrap();
+        assert!(within(at, before, after), "{at:?}");
+        assert!(s.ready.values().flatten().all(|q| q.rare.is_none()));
+        assert_eq!(fetch(&mut s, 10).tasks[0].enqueued_at, at);
     }
 
     fn traceparent() -> Box<Parent> {
