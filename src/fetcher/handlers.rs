@@ -119,7 +119,9 @@ impl From<Vec<TaskId>> for Ids {
     /// A run if the ids are consecutive (a source's sequence, often): the list is freed
     /// before the receipts are made, so a large batch does not hold both.
     fn from(ids: Vec<TaskId>) -> Self {
-        let consecutive = ids.windows(2).all(|w| w[0].0.checked_add(1) == Some(w[1].0));
+        let consecutive = ids
+            .windows(2)
+            .all(|w| w[0].0.checked_add(1) == Some(w[1].0));
         match (consecutive, ids.first(), ids.last()) {
             (true, Some(first), Some(last)) if last.0 < u64::MAX => Ids::Run(first.0..last.0 + 1),
             _ => Ids::List(ids),

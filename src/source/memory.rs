@@ -22,6 +22,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::{ready, LocalBoxFuture};
@@ -53,10 +54,8 @@ pub const DEFAULT_DEAD_RETENTION: usize = 1_000;
 /// two clocks move together unless the system clock is stepped (or the machine slept).
 const STAMP_TOLERANCE_US: u64 = 1_000;
 
-/// A waiting task, stored compactly: 16 bytes beside the payload and one pointer, the
-/// pointer null unless the task has something besides the defaults (see [`Rare`]). A task
-/// submitted with default options and due at once, first attempt, no trace context, costs
-/// `24 + size_of::<T>()`.
+/// A waiting task, whole: in the delayed heap, and on its way into and out of a ready queue
+/// (which keeps it more compactly: see [`ReadyQueue`]).
 #[derive(Debug)]
 struct Queued<T> {
     id: u64,
@@ -65,16 +64,195 @@ struct Queued<T> {
     /// Without `rare`, also when it was enqueued: `MemorySource::wall_anchor_us` plus this.
     due_us: u64,
     /// Everything else, when anything is not the default or the enqueue time is not the due
-    /// time (a delayed or retried task).
-    rare: Option<Box<Rare>>,
+    /// time (a delayed or retried task); shared by the tasks of one submit.
+    rare: Option<Arc<Rare>>,
     payload: T,
+}
+
+/// The due tasks of one priority, in due order (its front is its oldest), stored compactly:
+/// each task is its due stamp and payload ([`Ready`]), and consecutive tasks with consecutive
+/// ids and the same rare fields share one [`Run`] for both. A submit's batch is one run, and
+/// so are single submits with the default options one after another: a task due at once with
+/// the defaults costs `8 + size_of::<T>()`.
+#[derive(Debug)]
+struct ReadyQueue<T> {
+    tasks: VecDeque<Ready<T>>,
+    /// The tasks' ids and rare fields, in the same order: the lengths add up to `tasks.len()`,
+    /// and none is 0.
+    runs: VecDeque<Run>,
+}
+
+/// A due task in a [`ReadyQueue`]: what is its own.
+#[derive(Debug)]
+struct Ready<T> {
+    /// As `Queued::due_us`.
+    due_us: u64,
+    payload: T,
+}
+
+/// Tasks `first`, `first + 1`, ... (`len` of them, in a [`ReadyQueue`]'s order), all with
+/// `rare`.
+#[derive(Debug)]
+struct Run {
+    first: u64,
+    len: usize,
+    rare: Option<Arc<Rare>>,
+}
+
+impl Run {
+    /// Whether task `id` with `rare` continues this run.
+    fn continues(&self, id: u64, rare: &Option<Arc<Rare>>) -> bool {
+        let same = match (&self.rare, rare) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same && self.first.checked_add(self.len as u64) == Some(id)
+    }
+}
+
+impl<T> Default for ReadyQueue<T> {
+    fn default() -> Self {
+        ReadyQueue {
+            tasks: VecDeque::new(),
+            runs: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> ReadyQueue<T> {
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The oldest task's due stamp.
+    fn front_due(&self) -> Option<u64> {
+        self.tasks.front().map(|t| t.due_us)
+    }
+
+    /// Counts `n` tasks with ids from `first` on and `rare` into the runs (the caller appends
+    /// the tasks).
+    fn add_run(&mut self, first: u64, n: usize, rare: Option<Arc<Rare>>) {
+        if n == 0 {
+            return;
+        }
+        match self.runs.back_mut() {
+            Some(run) if run.continues(first, &rare) => run.len += n,
+            _ => self.runs.push_back(Run {
+                first,
+                len: n,
+                rare,
+            }),
+        }
+    }
+
+    /// Appends a task.
+    fn push(&mut self, q: Queued<T>) {
+        self.add_run(q.id, 1, q.rare);
+        self.tasks.push_back(Ready {
+            due_us: q.due_us,
+            payload: q.payload,
+        });
+    }
+
+    /// Appends `payloads` with ids from `first` on, all due at `due_us` with `rare`.
+    fn push_batch(&mut self, first: u64, due_us: u64, rare: Option<Arc<Rare>>, payloads: Vec<T>) {
+        self.add_run(first, payloads.len(), rare);
+        let tasks = payloads
+            .into_iter()
+            .map(|payload| Ready { due_us, payload });
+        if self.tasks.is_empty() {
+            // Exactly the batch's size (an exact-size iterator), not grown by doubling.
+            self.tasks = VecDeque::from(tasks.collect::<Vec<_>>());
+        } else {
+            // Behind waiting tasks: amortized growth (an exact reserve per batch would
+            // reallocate the whole queue on every small submit).
+            self.tasks.extend(tasks);
+        }
+    }
+
+    /// Takes the oldest task.
+    fn pop(&mut self) -> Option<Queued<T>> {
+        let run = self.runs.front_mut()?;
+        let id = run.first;
+        let rare = if run.len > 1 {
+            run.first += 1;
+            run.len -= 1;
+            run.rare.clone()
+        } else {
+            self.runs.pop_front().and_then(|r| r.rare)
+        };
+        let task = self.tasks.pop_front()?;
+        Some(Queued {
+            id,
+            due_us: task.due_us,
+            rare,
+            payload: task.payload,
+        })
+    }
+
+    /// Where task `id` is: its run's index and its own.
+    fn position(&self, id: u64) -> Option<(usize, usize)> {
+        let mut start = 0;
+        for (r, run) in self.runs.iter().enumerate() {
+            let k = id.wrapping_sub(run.first);
+            if id >= run.first && k < run.len as u64 {
+                return Some((r, start + k as usize));
+            }
+            start += run.len;
+        }
+        None
+    }
+
+    /// Task `id`'s rare fields and due stamp, if it waits here.
+    fn get(&self, id: u64) -> Option<(&Option<Arc<Rare>>, u64)> {
+        let (r, i) = self.position(id)?;
+        Some((&self.runs[r].rare, self.tasks[i].due_us))
+    }
+
+    /// Removes task `id`; `false` if it does not wait here.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some((r, i)) = self.position(id) else {
+            return false;
+        };
+        self.tasks.remove(i);
+        let run = &mut self.runs[r];
+        let before = (id - run.first) as usize;
+        let after = Run {
+            first: id + 1,
+            len: run.len - before - 1,
+            rare: run.rare.clone(),
+        };
+        run.len = before;
+        if after.len > 0 {
+            self.runs.insert(r + 1, after);
+        }
+        if self.runs[r].len == 0 {
+            self.runs.remove(r);
+        }
+        true
+    }
+
+    /// Each task's id, rare fields and own part, in order.
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (u64, &Option<Arc<Rare>>, &Ready<T>)> {
+        self.runs
+            .iter()
+            .flat_map(|run| (run.first..).take(run.len).map(move |id| (id, &run.rare)))
+            .zip(&self.tasks)
+            .map(|((id, rare), task)| (id, rare, task))
+    }
 }
 
 /// A queued task's fields that most tasks leave at their defaults (priority 0, first attempt of
 /// one, the poller's timeout, no pace key, no trace context, due when enqueued): kept out of
 /// line, so that a common entry is id, due stamp and payload. A task with retries on has one
 /// (`max_attempts` > 1), and so does a delayed or retried one (its enqueue time).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Rare {
     priority: i32,
     attempt: u32,
@@ -87,9 +265,9 @@ struct Rare {
 }
 
 impl Rare {
-    /// `self`, boxed, unless it is all defaults and its enqueue time `derivable` (from the due
-    /// stamp: it was due when enqueued, and the clocks agreed; see [`Now::derived`]).
-    fn boxed(self, derivable: bool) -> Option<Box<Rare>> {
+    /// `self`, to share, unless it is all defaults and its enqueue time `derivable` (from the
+    /// due stamp: it was due when enqueued, and the clocks agreed; see [`Now::derived`]).
+    fn shared(self, derivable: bool) -> Option<Arc<Rare>> {
         if derivable
             && self.priority == 0
             && self.attempt == 1
@@ -100,14 +278,15 @@ impl Rare {
         {
             None
         } else {
-            Some(Box::new(self))
+            Some(Arc::new(self))
         }
     }
 }
 
-impl<T> Queued<T> {
-    /// A fresh task from a submit: id `id`, enqueued and (if `due_now`) due at `now`.
-    fn from_new(id: u64, t: NewTask<T>, now: Now, due_now: bool) -> Self {
+impl Rare {
+    /// The rare fields of a fresh task with the options of `t`, enqueued and (if `due_now`)
+    /// due at `now`.
+    fn new<T>(t: NewTask<T>, now: Now, due_now: bool) -> (Option<Arc<Rare>>, T) {
         let rare = Rare {
             priority: t.priority,
             attempt: 1,
@@ -117,27 +296,18 @@ impl<T> Queued<T> {
             trace: t.parent,
             enqueued_at_us: now.enqueued_us,
         };
+        (rare.shared(due_now && now.derived), t.payload)
+    }
+}
+
+impl<T> Queued<T> {
+    /// A fresh task from a submit: id `id`, enqueued and (if `due_now`) due at `now`.
+    fn from_new(id: u64, t: NewTask<T>, now: Now, due_now: bool) -> Self {
+        let (rare, payload) = Rare::new(t, now, due_now);
         Queued {
             id,
             due_us: now.us,
-            rare: rare.boxed(due_now && now.derived),
-            payload: t.payload,
-        }
-    }
-
-    /// An entry like `self` (a batch's template) with id `id` and `payload`: the rare fields
-    /// copied when there are any.
-    fn with_payload<U>(&self, id: u64, payload: U) -> Queued<U> {
-        Queued {
-            id,
-            due_us: self.due_us,
-            rare: self.rare.as_ref().map(|r| {
-                Box::new(Rare {
-                    key: r.key.clone(),
-                    trace: r.trace.clone(),
-                    ..**r
-                })
-            }),
+            rare,
             payload,
         }
     }
@@ -157,7 +327,7 @@ impl<T> Queued<T> {
             id: task.id.0,
             due_us: 0,
             // Its due stamp is set when it is queued again: the enqueue time is its own.
-            rare: rare.boxed(false),
+            rare: rare.shared(false),
             payload: task.payload,
         }
     }
@@ -177,10 +347,7 @@ impl<T> Queued<T> {
     /// When it was enqueued, in microseconds since the Unix epoch; `anchor` is the source's
     /// `wall_anchor_us` (a task without `rare` was due when enqueued).
     fn enqueued_at_us(&self, anchor: u64) -> u64 {
-        match &self.rare {
-            Some(r) => r.enqueued_at_us,
-            None => anchor.saturating_add(self.due_us),
-        }
+        enqueued_at_us(&self.rare, self.due_us, anchor)
     }
 
     /// The envelope to hand out (no clock read: the stamps are the entry's); `anchor` as for
@@ -203,21 +370,33 @@ impl<T> Queued<T> {
                 #[cfg(feature = "metrics")]
                 due_us: 0,
             },
-            Some(rare) => Task {
-                id,
-                attempt: rare.attempt,
-                max_attempts: rare.max_attempts,
-                enqueued_at,
-                priority: rare.priority,
-                timeout: rare.timeout,
-                key: rare.key,
-                payload,
-                progress: None,
-                trace: rare.trace,
-                #[cfg(feature = "metrics")]
-                due_us: 0,
-            },
+            Some(rare) => {
+                // The last task of a run takes its fields, the others a copy.
+                let rare = Arc::unwrap_or_clone(rare);
+                Task {
+                    id,
+                    attempt: rare.attempt,
+                    max_attempts: rare.max_attempts,
+                    enqueued_at,
+                    priority: rare.priority,
+                    timeout: rare.timeout,
+                    key: rare.key,
+                    payload,
+                    progress: None,
+                    trace: rare.trace,
+                    #[cfg(feature = "metrics")]
+                    due_us: 0,
+                }
+            }
         }
+    }
+}
+
+/// When a task with `rare` and `due_us` was enqueued (see [`Queued::enqueued_at_us`]).
+fn enqueued_at_us(rare: &Option<Arc<Rare>>, due_us: u64, anchor: u64) -> u64 {
+    match rare {
+        Some(r) => r.enqueued_at_us,
+        None => anchor.saturating_add(due_us),
     }
 }
 
@@ -275,7 +454,7 @@ impl<T> Ord for Delayed<T> {
 #[derive(Debug)]
 pub struct MemorySource<T> {
     /// Due tasks: highest priority first (the map's first key), FIFO within one.
-    ready: BTreeMap<Reverse<i32>, VecDeque<Queued<T>>>,
+    ready: BTreeMap<Reverse<i32>, ReadyQueue<T>>,
     ready_len: usize,
     delayed: BinaryHeap<Delayed<T>>,
     /// Copies of running tasks' payloads, kept only when retries are on.
@@ -401,10 +580,7 @@ impl<T> MemorySource<T> {
         // Without rare fields the due stamp is the enqueue time too: it was set at the submit.
         debug_assert!(q.rare.is_some() || q.due_us == due_us);
         q.due_us = due_us;
-        self.ready
-            .entry(Reverse(q.priority()))
-            .or_default()
-            .push_back(q);
+        self.ready.entry(Reverse(q.priority())).or_default().push(q);
         self.ready_len += 1;
     }
 
@@ -439,8 +615,7 @@ impl<T> MemorySource<T> {
         let oldest = self
             .ready
             .values()
-            .filter_map(VecDeque::front)
-            .map(|q| q.due_us)
+            .filter_map(ReadyQueue::front_due)
             .min()?;
         Some(Duration::from_micros(
             self.micros(now).saturating_sub(oldest),
@@ -453,7 +628,7 @@ impl<T> MemorySource<T> {
         // ever missed (by `close` above all, which hands back what this returns).
         loop {
             let mut entry = self.ready.first_entry()?;
-            let q = entry.get_mut().pop_front();
+            let q = entry.get_mut().pop();
             if entry.get().is_empty() {
                 entry.remove();
             }
@@ -494,30 +669,6 @@ impl<T> MemorySource<T> {
         (first, now)
     }
 
-    /// Appends `n` new entries, all due now with `priority`, to that priority's ready queue, in
-    /// order (one submit's batch).
-    fn push_ready_batch(
-        &mut self,
-        priority: i32,
-        n: usize,
-        entries: impl Iterator<Item = Queued<T>>,
-    ) {
-        let queue = self.ready.entry(Reverse(priority)).or_default();
-        if queue.is_empty() {
-            // Collected once and cut to size (in the batch's own allocation where the layouts
-            // allow: std collects a `vec::IntoIter` map in place): the batch and its queue
-            // are not both held.
-            let mut converted: Vec<Queued<T>> = entries.collect();
-            converted.shrink_to_fit();
-            *queue = VecDeque::from(converted);
-        } else {
-            // Behind waiting tasks: amortized growth (an exact reserve per batch would
-            // reallocate the whole queue on every small submit).
-            queue.extend(entries);
-        }
-        self.ready_len += n;
-    }
-
     /// [`Source::enqueue`], answering the ids as the run they are.
     fn enqueue_now(&mut self, tasks: Vec<NewTask<T>>) -> Result<Range<u64>, SubmitError<Vec<T>>> {
         if tasks.is_empty() {
@@ -529,30 +680,19 @@ impl<T> MemorySource<T> {
         }
         let n = tasks.len();
         let (first, now) = self.admit(n);
-        let due_now = |run_at: Option<Instant>| !matches!(run_at, Some(at) if at > now.at);
-        let priority = tasks.first().map_or(0, |t| t.priority);
-        if tasks.iter().all(|t| t.priority == priority && due_now(t.run_at)) {
-            // A batch (one submit's options): one ready queue, filled in order.
-            let entries = tasks
-                .into_iter()
-                .zip(first..)
-                .map(|(t, id)| Queued::from_new(id, t, now, true));
-            self.push_ready_batch(priority, n, entries);
-        } else {
-            for (t, id) in tasks.into_iter().zip(first..) {
-                let run_at = t.run_at;
-                let q = Queued::from_new(id, t, now, due_now(run_at));
-                self.push(q, run_at, now);
-            }
+        for (t, id) in tasks.into_iter().zip(first..) {
+            let run_at = t.run_at;
+            let due_now = !matches!(run_at, Some(at) if at > now.at);
+            self.push(Queued::from_new(id, t, now, due_now), run_at, now);
         }
         Ok(first..first + n as u64)
     }
 
     /// [`Source::enqueue_batch`], answering the ids as the run they are (each one more than the
     /// one before): the Fetcher makes the receipts from it, without a list of ids in between
-    /// (`Fetcher::submit`). A batch due now goes from its payloads straight into a ready
-    /// queue (no `NewTask` per payload, so a large batch is not held twice); a delayed one
-    /// through [`enqueue_now`](Self::enqueue_now).
+    /// (`Fetcher::submit`). The batch's tasks share one copy of its rare fields; due now, its
+    /// payloads go straight into a ready queue as one run (no `NewTask` per payload, so a large
+    /// batch is not held twice).
     pub(crate) fn enqueue_run(
         &mut self,
         batch: NewBatch<T>,
@@ -561,21 +701,29 @@ impl<T> MemorySource<T> {
         if payloads.is_empty() {
             return Ok(0..0);
         }
-        if matches!(shared.run_at, Some(at) if at > Instant::now()) {
-            return self.enqueue_now(NewBatch::new(payloads, shared).into_tasks());
-        }
         if let Some(refuse) = self.refusal(payloads.len(), shared.max_attempts.unwrap_or(1) > 1) {
             return Err(refuse(payloads));
         }
         let n = payloads.len();
         let (first, now) = self.admit(n);
-        let priority = shared.priority;
-        let template = Queued::from_new(0, shared, now, true);
-        let entries = payloads
-            .into_iter()
-            .zip(first..)
-            .map(|(payload, id)| template.with_payload(id, payload));
-        self.push_ready_batch(priority, n, entries);
+        let (priority, run_at) = (shared.priority, shared.run_at);
+        let due_now = !matches!(run_at, Some(at) if at > now.at);
+        let (rare, ()) = Rare::new(shared, now, due_now);
+        if due_now {
+            let queue = self.ready.entry(Reverse(priority)).or_default();
+            queue.push_batch(first, now.us, rare, payloads);
+            self.ready_len += n;
+        } else {
+            for (payload, id) in payloads.into_iter().zip(first..) {
+                let q = Queued {
+                    id,
+                    due_us: now.us,
+                    rare: rare.clone(),
+                    payload,
+                };
+                self.push(q, run_at, now);
+            }
+        }
         Ok(first..first + n as u64)
     }
 
@@ -650,12 +798,12 @@ impl<T> MemorySource<T> {
 
     fn cancel_queued(&mut self, id: TaskId) -> bool {
         let before = self.len();
-        for queue in self.ready.values_mut() {
-            queue.retain(|q| q.id != id.0);
+        if self.ready.values_mut().any(|queue| queue.remove(id.0)) {
+            self.ready.retain(|_, q| !q.is_empty());
+            self.ready_len -= 1;
+        } else {
+            self.delayed.retain(|d| d.task.id != id.0);
         }
-        self.ready.retain(|_, q| !q.is_empty());
-        self.ready_len = self.ready.values().map(VecDeque::len).sum();
-        self.delayed.retain(|d| d.task.id != id.0);
         let cancelled = self.len() < before;
         if cancelled {
             let now = history::micros_since_epoch(SystemTime::now());
@@ -666,16 +814,19 @@ impl<T> MemorySource<T> {
 
     /// The status of a waiting task (scanning the queues), or of one handed out or ended.
     fn status_of(&self, id: TaskId) -> Option<TaskStatus> {
-        let waiting = |q: &Queued<T>, state| {
+        let waiting = |rare: &Option<Arc<Rare>>, due_us, state| {
             let mut status = TaskStatus::new(id, state);
-            status.attempt = q.attempt().saturating_sub(1);
-            status.max_attempts = q.max_attempts();
-            let enqueued_us = q.enqueued_at_us(self.wall_anchor_us);
+            let (attempt, max_attempts) = rare
+                .as_ref()
+                .map_or((1, 1), |r| (r.attempt, r.max_attempts));
+            status.attempt = attempt.saturating_sub(1);
+            status.max_attempts = max_attempts;
+            let enqueued_us = enqueued_at_us(rare, due_us, self.wall_anchor_us);
             status.enqueued_at = Some(UNIX_EPOCH + Duration::from_micros(enqueued_us));
             status
         };
-        if let Some(q) = self.ready.values().flatten().find(|q| q.id == id.0) {
-            return Some(waiting(q, TaskState::Queued));
+        if let Some((rare, due_us)) = self.ready.values().find_map(|queue| queue.get(id.0)) {
+            return Some(waiting(rare, due_us, TaskState::Queued));
         }
         if let Some(d) = self.delayed.iter().find(|d| d.task.id == id.0) {
             let (now, wall) = (Instant::now(), SystemTime::now());
@@ -687,7 +838,7 @@ impl<T> MemorySource<T> {
             } else {
                 TaskState::Scheduled { run_at }
             };
-            let mut status = waiting(&d.task, state);
+            let mut status = waiting(&d.task.rare, d.task.due_us, state);
             if d.task.attempt() > 1 {
                 status.last_error = self.history.last_error(id);
             }
@@ -715,14 +866,18 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         self.promote_due(Instant::now());
         let mut tasks = Vec::with_capacity(max.min(self.ready_len));
         let now_us = history::micros_since_epoch(SystemTime::now());
-        // Whole runs off the front of the highest ready queue, one map lookup per queue.
+        // Off the front of the highest ready queue, one map lookup per queue.
         while tasks.len() < max {
             let Some(mut entry) = self.ready.first_entry() else {
                 break;
             };
             let queue = entry.get_mut();
             let take = (max - tasks.len()).min(queue.len());
-            for q in queue.drain(..take) {
+            for _ in 0..take {
+                let Some(q) = queue.pop() else {
+                    break;
+                };
+                self.ready_len -= 1;
                 let (attempt, max_attempts) = (q.attempt(), q.max_attempts());
                 let enqueued = q.enqueued_at_us(self.wall_anchor_us);
                 self.history
@@ -741,7 +896,6 @@ impl<T: 'static> Source<T> for MemorySource<T> {
                 }
                 tasks.push(task);
             }
-            self.ready_len -= take;
             if queue.is_empty() {
                 entry.remove();
             }
@@ -1036,10 +1190,11 @@ mod tests {
 
     #[test]
     fn queued_task_layout_stays_compact() {
-        // 24 bytes beside the payload: id, the due stamp, the pointer to the rare fields (the
-        // memory benchmark's budget is 64).
-        assert_eq!(std::mem::size_of::<Queued<()>>(), 24);
-        assert_eq!(std::mem::size_of::<Queued<u64>>(), 32);
+        // 8 bytes beside the payload in a ready queue: the due stamp (the id and the rare
+        // fields are its run's; the memory benchmark's budget is 64).
+        assert_eq!(std::mem::size_of::<Ready<()>>(), 8);
+        assert_eq!(std::mem::size_of::<Ready<u64>>(), 16);
+        assert_eq!(std::mem::size_of::<Run>(), 24);
     }
 
     /// A task with the defaults keeps nothing out of line; one option set is enough to keep
@@ -1053,8 +1208,8 @@ mod tests {
         let rare: Vec<bool> = s
             .ready
             .values()
-            .flatten()
-            .map(|q| q.rare.is_some())
+            .flat_map(ReadyQueue::iter)
+            .map(|(_, rare, _)| rare.is_some())
             .collect();
         assert_eq!(rare, vec![false, false, true]);
     }
@@ -1085,23 +1240,112 @@ mod tests {
         let (now_at, later_at) = (stamp(&s, now), stamp(&s, later));
         assert!(within(now_at, before, after), "{now_at:?}");
         assert!(within(later_at, before, after), "{later_at:?}");
-        assert!(s.delayed.peek().unwrap().task.rare.is_some(), "its own stamp");
+        assert!(
+            s.delayed.peek().unwrap().task.rare.is_some(),
+            "its own stamp"
+        );
         tokio::time::advance(secs(7)).await;
         let c = counts(&mut s);
         assert_eq!(c.queued, 2);
-        assert_eq!(c.oldest_queued_age, Some(secs(7)), "the first, due at its submit");
+        assert_eq!(
+            c.oldest_queued_age,
+            Some(secs(7)),
+            "the first, due at its submit"
+        );
         assert_eq!((stamp(&s, now), stamp(&s, later)), (now_at, later_at));
         let first = fetch(&mut s, 1);
-        assert_eq!((first.tasks[0].id, first.tasks[0].enqueued_at), (now, now_at));
+        assert_eq!(
+            (first.tasks[0].id, first.tasks[0].enqueued_at),
+            (now, now_at)
+        );
         assert_eq!(
             counts(&mut s).oldest_queued_age,
             Some(secs(2)),
             "due 5 s after its submit"
         );
         let second = fetch(&mut s, 1);
-        assert_eq!((second.tasks[0].id, second.tasks[0].enqueued_at), (later, later_at));
+        assert_eq!(
+            (second.tasks[0].id, second.tasks[0].enqueued_at),
+            (later, later_at)
+        );
         // Handed out: the history's copy.
         assert_eq!((stamp(&s, now), stamp(&s, later)), (now_at, later_at));
+    }
+
+    /// A ready queue keeps ids in runs: single submits with the defaults and a batch after
+    /// them join one run, a batch with options shares one copy of them, a cancel splits a run,
+    /// and every task keeps its id, payload and options through a fetch, a retry and a fetch.
+    #[tokio::test(start_paused = true)]
+    async fn runs_keep_each_task_its_id_and_options() {
+        let mut s = MemorySource::bounded(20).unwrap().with_retries();
+        for p in 0..3 {
+            s.enqueue(vec![NewTask::new(p)])
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+        }
+        let plain = NewBatch::new(vec![3, 4, 5], NewTask::new(()));
+        s.enqueue_batch(plain).now_or_never().unwrap().unwrap();
+        assert_eq!(s.ready[&Reverse(0)].runs.len(), 1, "ids 1 to 6, no options");
+        let (options, timeout) = every_option();
+        let shared = NewTask::with_options((), options, 1).with_parent(Some(traceparent()));
+        let batch = NewBatch::new(vec![10, 11, 12, 13], shared);
+        let ids = s.enqueue_batch(batch).now_or_never().unwrap().unwrap();
+        let run = &s.ready[&Reverse(7)].runs;
+        assert_eq!((run.len(), run[0].len), (1, 4));
+        let rare = run[0].rare.as_ref().unwrap();
+        assert_eq!(Arc::strong_count(rare), 1, "one copy for the batch");
+        let mut cancel =
+            |s: &mut MemorySource<u32>, id| s.cancel(id).now_or_never().unwrap().unwrap();
+        assert!(cancel(&mut s, ids[1]));
+        assert!(cancel(&mut s, TaskId(5)));
+        assert!(!cancel(&mut s, ids[1]), "cancelled already");
+        assert_eq!(s.ready[&Reverse(7)].runs.len(), 2);
+        assert_eq!(s.ready[&Reverse(0)].runs.len(), 2);
+        let st = status(&s, ids[2]);
+        assert_eq!(
+            (st.state, st.attempt, st.max_attempts),
+            (TaskState::Queued, 0, 3)
+        );
+        let f = fetch(&mut s, 20);
+        let got: Vec<(u64, u32)> = f.tasks.iter().map(|t| (t.id.0, t.payload)).collect();
+        let want = [
+            (7, 10),
+            (9, 12),
+            (10, 13),
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 3),
+            (6, 5),
+        ];
+        assert_eq!(got, want);
+        let check = |task: &Task<u32>, attempt: u32| {
+            assert_eq!((task.attempt, task.max_attempts), (attempt, 3));
+            assert_eq!((task.priority, task.timeout), (7, Some(timeout)));
+            assert_eq!(task.key.as_ref().map(|k| k.as_str()), Some("customer-1"));
+            let tp = task.trace.as_ref().and_then(|p| p.traceparent());
+            assert_eq!(tp, traceparent().traceparent());
+        };
+        f.tasks[..3].iter().for_each(|t| check(t, 1));
+        for t in &f.tasks[3..] {
+            assert_eq!((t.attempt, t.max_attempts, t.priority), (1, 1, 0));
+            assert!(t.key.is_none() && t.trace.is_none() && t.timeout.is_none());
+        }
+        let retry = Ack {
+            id: ids[2],
+            attempt: 1,
+            disposition: Disposition::Retry {
+                after: Duration::from_secs(1),
+                error: "again".into(),
+            },
+        };
+        s.ack(vec![retry]).now_or_never().unwrap().unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let again = fetch(&mut s, 20);
+        assert_eq!((again.tasks[0].id, again.tasks[0].payload), (ids[2], 12));
+        check(&again.tasks[0], 2);
+        assert_eq!(again.tasks[0].enqueued_at, f.tasks[1].enqueued_at);
     }
 
     /// The wall clock stepped away from the source's anchor: a task enqueued while others wait
@@ -1119,7 +1363,12 @@ mod tests {
         let after = SystemTime::now();
         let at = status(&s, stepped).enqueued_at.unwrap();
         assert!(within(at, before, after), "{at:?}");
-        let rare: Vec<bool> = s.ready.values().flatten().map(|q| q.rare.is_some()).collect();
+        let rare: Vec<bool> = s
+            .ready
+            .values()
+            .flat_map(ReadyQueue::iter)
+            .map(|(_, rare, _)| rare.is_some())
+            .collect();
         assert_eq!(rare, vec![true, true]);
         let f = fetch(&mut s, 10);
         assert_eq!(f.tasks[1].enqueued_at, at);
@@ -1129,7 +1378,11 @@ mod tests {
         let after = SystemTime::now();
         let at = status(&s, fresh).enqueued_at.unwrap();
         assert!(within(at, before, after), "{at:?}");
-        assert!(s.ready.values().flatten().all(|q| q.rare.is_none()));
+        assert!(s
+            .ready
+            .values()
+            .flat_map(ReadyQueue::iter)
+            .all(|(_, rare, _)| rare.is_none()));
         assert_eq!(fetch(&mut s, 10).tasks[0].enqueued_at, at);
     }
 
