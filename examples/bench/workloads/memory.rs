@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_poller::{Poller, Task, TaskContext};
+use actix_poller::{Poller, RetryPolicy, Task, TaskContext};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cli::Side;
@@ -21,6 +21,12 @@ const CHUNK: usize = 10_000;
 /// Set (to K) in a child's environment: the child runs one noop of `--n` tasks with K workers
 /// instead, and its figure is the process's peak RSS (VmHWM), not an RSS growth.
 pub(crate) const PEAK_CHILD: &str = "BENCH_NOOP_PEAK_K";
+
+/// Set (to anything) in our memory child's environment: the poller retries failed tasks
+/// (`PollerBuilder::retry`, 3 attempts), so every queued task has options besides the defaults
+/// (more than one attempt), shared by each submit's batch. Run by hand:
+/// `BENCH_MEMORY_RETRY=1 bench --child memory-ours --n 1000000` prints the RSS growth.
+const RETRY_CHILD: &str = "BENCH_MEMORY_RETRY";
 
 /// The noop peak child's K, if this process is one.
 fn peak_child() -> Option<usize> {
@@ -36,9 +42,12 @@ pub(crate) async fn memory_ours(n: usize) -> Result<u64, String> {
     let gate = Arc::new(Semaphore::new(0));
     let started = Arc::new(tokio::sync::Notify::new());
     let (g, s) = (Arc::clone(&gate), Arc::clone(&started));
-    let poller = Poller::<u64>::builder()
-        .workers(1)
-        .capacity(n + 1)
+    let builder = Poller::<u64>::builder().workers(1).capacity(n + 1);
+    let builder = match std::env::var_os(RETRY_CHILD) {
+        Some(_) => builder.retry(RetryPolicy::attempts(3)),
+        None => builder,
+    };
+    let poller = builder
         .start(move |x: u64, _cx: TaskContext| {
             let (g, s) = (Arc::clone(&g), Arc::clone(&s));
             async move {
