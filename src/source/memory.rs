@@ -1303,7 +1303,7 @@ mod tests {
         assert_eq!((run.len(), run[0].len), (1, 4));
         let rare = run[0].rare.as_ref().unwrap();
         assert_eq!(Arc::strong_count(rare), 1, "one copy for the batch");
-        let mut cancel =
+        let cancel =
             |s: &mut MemorySource<u32>, id| s.cancel(id).now_or_never().unwrap().unwrap();
         assert!(cancel(&mut s, ids[1]));
         assert!(cancel(&mut s, TaskId(5)));
