@@ -19,7 +19,7 @@
 //! Without them a task's `max_attempts` is 1 and a dead task is kept without its payload.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{vec_deque, BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
@@ -194,6 +194,24 @@ impl<T> ReadyQueue<T> {
             rare,
             payload: task.payload,
         })
+    }
+
+    /// Takes up to `max` tasks (at least one, if `max` is not 0) off the front, all of the
+    /// front run: its first id, its rare fields and the tasks.
+    fn take_run(
+        &mut self,
+        max: usize,
+    ) -> Option<(u64, Option<Arc<Rare>>, vec_deque::Drain<'_, Ready<T>>)> {
+        let run = self.runs.front_mut().filter(|_| max > 0)?;
+        let (first, n) = (run.first, run.len.min(max));
+        let rare = if n == run.len {
+            self.runs.pop_front().and_then(|r| r.rare)
+        } else {
+            run.first += n as u64;
+            run.len -= n;
+            run.rare.clone()
+        };
+        Some((first, rare, self.tasks.drain(..n)))
     }
 
     /// Where task `id` is: its run's index and its own.
@@ -874,35 +892,41 @@ impl<T: 'static> Source<T> for MemorySource<T> {
         self.promote_due(Instant::now());
         let mut tasks = Vec::with_capacity(max.min(self.ready_len));
         let now_us = history::micros_since_epoch(SystemTime::now());
-        // Off the front of the highest ready queue, one map lookup per queue.
+        // Whole runs off the front of the highest ready queue, one map lookup per queue.
         while tasks.len() < max {
             let Some(mut entry) = self.ready.first_entry() else {
                 break;
             };
             let queue = entry.get_mut();
-            let take = (max - tasks.len()).min(queue.len());
-            for _ in 0..take {
-                let Some(q) = queue.pop() else {
-                    break;
-                };
-                self.ready_len -= 1;
-                let (attempt, max_attempts) = (q.attempt(), q.max_attempts());
-                let enqueued = q.enqueued_at_us(self.wall_anchor_us);
-                self.history
-                    .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
-                #[cfg(feature = "metrics")]
-                let due_us = self.wall_anchor_us.saturating_add(q.due_us);
-                #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
-                let mut task = q.into_task(self.wall_anchor_us);
-                #[cfg(feature = "metrics")]
-                {
-                    task.due_us = due_us;
+            let mut left = (max - tasks.len()).min(queue.len());
+            while let Some((first, rare, run)) = queue.take_run(left) {
+                left -= run.len();
+                self.ready_len -= run.len();
+                for (ready, id) in run.zip(first..) {
+                    let q = Queued {
+                        id,
+                        due_us: ready.due_us,
+                        rare: rare.clone(),
+                        payload: ready.payload,
+                    };
+                    let (attempt, max_attempts) = (q.attempt(), q.max_attempts());
+                    let enqueued = q.enqueued_at_us(self.wall_anchor_us);
+                    self.history
+                        .handed_out(TaskId(q.id), attempt, max_attempts, enqueued, now_us);
+                    #[cfg(feature = "metrics")]
+                    let due_us = self.wall_anchor_us.saturating_add(q.due_us);
+                    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+                    let mut task = q.into_task(self.wall_anchor_us);
+                    #[cfg(feature = "metrics")]
+                    {
+                        task.due_us = due_us;
+                    }
+                    if let Some(clone) = self.clone_payload {
+                        self.leased
+                            .insert(task.id, task.with_payload(clone(&task.payload)));
+                    }
+                    tasks.push(task);
                 }
-                if let Some(clone) = self.clone_payload {
-                    self.leased
-                        .insert(task.id, task.with_payload(clone(&task.payload)));
-                }
-                tasks.push(task);
             }
             if queue.is_empty() {
                 entry.remove();
@@ -1303,8 +1327,7 @@ mod tests {
         assert_eq!((run.len(), run[0].len), (1, 4));
         let rare = run[0].rare.as_ref().unwrap();
         assert_eq!(Arc::strong_count(rare), 1, "one copy for the batch");
-        let cancel =
-            |s: &mut MemorySource<u32>, id| s.cancel(id).now_or_never().unwrap().unwrap();
+        let cancel = |s: &mut MemorySource<u32>, id| s.cancel(id).now_or_never().unwrap().unwrap();
         assert!(cancel(&mut s, ids[1]));
         assert!(cancel(&mut s, TaskId(5)));
         assert!(!cancel(&mut s, ids[1]), "cancelled already");
