@@ -112,6 +112,10 @@ impl Run {
     }
 }
 
+/// Tasks taken off a [`ReadyQueue`]'s front, all of one run: the first one's id, the run's rare
+/// fields, and the tasks in order.
+type Taken<'a, T> = (u64, Option<Arc<Rare>>, vec_deque::Drain<'a, Ready<T>>);
+
 impl<T> Default for ReadyQueue<T> {
     fn default() -> Self {
         ReadyQueue {
@@ -198,10 +202,7 @@ impl<T> ReadyQueue<T> {
 
     /// Takes up to `max` tasks (at least one, if `max` is not 0) off the front, all of the
     /// front run: its first id, its rare fields and the tasks.
-    fn take_run(
-        &mut self,
-        max: usize,
-    ) -> Option<(u64, Option<Arc<Rare>>, vec_deque::Drain<'_, Ready<T>>)> {
+    fn take_run(&mut self, max: usize) -> Option<Taken<'_, T>> {
         let run = self.runs.front_mut().filter(|_| max > 0)?;
         let (first, n) = (run.first, run.len.min(max));
         let rare = if n == run.len {
