@@ -6,6 +6,6 @@
 -- pages filled by inserts) that was nearly every fetch and every ack. With half of each page
 -- left free at insert, the new versions go on the same page, and page pruning reclaims the
 -- space of the versions they replace (issue 14: WAL records per task 9.1 -> 7.3, the table 20 %
--- smaller after a drain, server CPU per task about 10 % lower; see docs/benchmarks.md). In place:
+-- smaller after a drain, server CPU per task 5-10 % lower; see docs/benchmarks.md). In place:
 -- pages written from now on keep the room; existing rows are not moved.
 ALTER TABLE {table} SET (fillfactor = 50);
