@@ -5,7 +5,8 @@
 -- the page, finds another one and writes the version there: at the default fillfactor (100,
 -- pages filled by inserts) that was nearly every fetch and every ack. With half of each page
 -- left free at insert, the new versions go on the same page, and page pruning reclaims the
--- space of the versions they replace (issue 14: WAL records per task 9.1 -> 7.3, the table 20 %
--- smaller after a drain, server CPU per task 5-10 % lower; see docs/benchmarks.md). In place:
+-- space of the versions they replace (issue 14: WAL records of a task's fetch and ack 9.1 -> 7.3,
+-- table and indexes 20 % smaller after a drain, server CPU per task 5-10 % lower; see
+-- docs/benchmarks.md). In place:
 -- pages written from now on keep the room; existing rows are not moved.
 ALTER TABLE {table} SET (fillfactor = 50);
