@@ -317,6 +317,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0007_pace_key.sql"),
         include_str!("../../../migrations/postgres/0008_queue_pace.sql"),
         include_str!("../../../migrations/postgres/0009_stored_queue_pace.sql"),
+        include_str!("../../../migrations/postgres/0010_fillfactor.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -716,6 +717,98 @@ mod tests {
         }
         drop(conn);
         bookkeeping.close().await;
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await;
+    }
+
+    /// A table made by the migrations before the fillfactor one (0010) is upgraded in place:
+    /// its queued tasks stay queued and are fetched as before, a delayed one stays delayed, and
+    /// the table leaves room on its pages for the fetch's and the ack's row versions (issue 14).
+    #[actix_rt::test]
+    async fn a_table_of_the_old_migrations_upgrades_and_keeps_its_tasks() {
+        let (config, schema) = config();
+        let names = names(config.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let vars: Vec<(&str, &str)> = names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let sql = Sql::new::<PgDialect>(&names);
+        let pool = PgDialect::connect(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fill = |text: &str| common::fill(text, &vars);
+        // The schema as the crate's previous release left it: migrations 1 to 9, recorded.
+        let old = 9; // 0010_fillfactor.sql is the 10th
+        assert!(PgDialect::MIGRATIONS[old].contains("fillfactor = 50"));
+        let mut setup = fill("{create_schema}");
+        setup.push_str(&sql.migrations_table);
+        setup.push(';');
+        for (version, text) in (1..).zip(&PgDialect::MIGRATIONS[..old]) {
+            setup.push_str(&fill(text));
+            setup.push_str(&fill(&format!(
+                ";\nINSERT INTO {{migrations}} (version, description) VALUES ({version}, 'old');\n"
+            )));
+        }
+        // Tasks queued by it: three due, one delayed by an hour.
+        setup.push_str(&fill(
+            "INSERT INTO {table} (payload) VALUES ('1'), ('2'), ('3'); \
+             INSERT INTO {table} (payload, run_at) VALUES ('4', now() + interval '1 hour');",
+        ));
+        sqlx::raw_sql(&setup)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("the old migrations: {e}"));
+        let fillfactor = format!(
+            "SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class \
+             WHERE oid = '{}'::regclass",
+            names.table
+        );
+        let before: String = sqlx::query_scalar(&fillfactor)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(before, "", "the old table has the default fillfactor");
+
+        let mut source = PgSource::<u32>::connect(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the upgrade: {e}"));
+        let after: String = sqlx::query_scalar(&fillfactor)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(after, "fillfactor=50");
+        let versions: Vec<i64> =
+            sqlx::query_scalar(&fill("SELECT version FROM {migrations} ORDER BY version"))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        let all = PgDialect::MIGRATIONS.len() as i64;
+        assert_eq!(versions, (1..=all).collect::<Vec<_>>());
+
+        let fetched = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut payloads: Vec<u32> = fetched.tasks.iter().map(|t| t.payload).collect();
+        payloads.sort_unstable();
+        assert_eq!(payloads, [1, 2, 3], "the due tasks, once each");
+        let delayed = fetched.wake_on.at.expect("a time to look again");
+        assert!(
+            delayed > tokio::time::Instant::now() + Duration::from_secs(60),
+            "the delayed task is not due: no look again soon"
+        );
+        let acks = fetched
+            .tasks
+            .iter()
+            .map(|t| crate::task::Ack {
+                id: t.id,
+                attempt: t.attempt,
+                disposition: crate::task::Disposition::Completed,
+            })
+            .collect();
+        source.ack(acks).await.unwrap_or_else(|e| panic!("{e}"));
+        let states: Vec<String> =
+            sqlx::query_scalar(&fill("SELECT state FROM {table} ORDER BY id"))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(states, ["completed", "completed", "completed", "queued"]);
+        drop(source);
         let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .execute(&pool)
             .await;
