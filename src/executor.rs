@@ -260,7 +260,8 @@ pub(crate) struct Executor<T: Send + 'static, H: TaskHandler<T>> {
     /// refill), the executor reports at once rather than at the end of the wake, so the next
     /// refill is on its way while the rest still runs.
     low_water: usize,
-    /// Reported at the low-water mark since the queue was last refilled above it.
+    /// Reported at the low-water mark since the queue was last refilled above it (an `Execute`,
+    /// or a take that finds the queue longer than the last one left it).
     asked: bool,
     /// The queue's length after this executor's last take (read with the take, one lock).
     left: usize,
@@ -355,6 +356,15 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             return None;
         }
         let (task, left) = self.queue.take_counted();
+        if task.is_some() && left >= self.left {
+            // The Fetcher refilled the queue since the last take, while this wake still runs
+            // (tasks that end at their first poll can keep one wake going through many
+            // refills): re-arm the low-water report for the refill, as `Execute` would. Else
+            // the ends after the first report wait for the queue to run dry, and the
+            // executor sleeps a round trip to the System thread at every refill (cpu, issue 14).
+            self.low_water = (left + 1) / 2;
+            self.asked = false;
+        }
         self.left = left;
         let task = task?;
         self.dequeued += 1;
