@@ -81,6 +81,9 @@ struct ReadyQueue<T> {
     /// The tasks' ids and rare fields, in the same order: the lengths add up to `tasks.len()`,
     /// and none is 0.
     runs: VecDeque<Run>,
+    /// How many tasks here have no `rare`: their enqueue time is derived from the source's
+    /// anchor, which may move only while this is 0 in every queue.
+    plain: usize,
 }
 
 /// A due task in a [`ReadyQueue`]: what is its own.
@@ -121,6 +124,7 @@ impl<T> Default for ReadyQueue<T> {
         ReadyQueue {
             tasks: VecDeque::new(),
             runs: VecDeque::new(),
+            plain: 0,
         }
     }
 }
@@ -144,6 +148,9 @@ impl<T> ReadyQueue<T> {
     fn add_run(&mut self, first: u64, n: usize, rare: Option<Arc<Rare>>) {
         if n == 0 {
             return;
+        }
+        if rare.is_none() {
+            self.plain += n;
         }
         match self.runs.back_mut() {
             Some(run) if run.continues(first, &rare) => run.len += n,
@@ -192,6 +199,9 @@ impl<T> ReadyQueue<T> {
             self.runs.pop_front().and_then(|r| r.rare)
         };
         let task = self.tasks.pop_front()?;
+        if rare.is_none() {
+            self.plain -= 1;
+        }
         Some(Queued {
             id,
             due_us: task.due_us,
@@ -212,6 +222,9 @@ impl<T> ReadyQueue<T> {
             run.len -= n;
             run.rare.clone()
         };
+        if rare.is_none() {
+            self.plain -= n;
+        }
         Some((first, rare, self.tasks.drain(..n)))
     }
 
@@ -241,6 +254,9 @@ impl<T> ReadyQueue<T> {
         };
         self.tasks.remove(i);
         let run = &mut self.runs[r];
+        if run.rare.is_none() {
+            self.plain -= 1;
+        }
         let before = (id - run.first) as usize;
         let after = Run {
             first: id + 1,
@@ -677,11 +693,13 @@ impl<T> MemorySource<T> {
     /// them; every task due by then goes behind the delayed tasks already due (see `push`).
     ///
     /// If the wall clock has moved away from `wall_anchor_us` plus the monotonic time (it was
-    /// stepped) while nothing is queued, the anchor moves to it: no queued task derives its
-    /// enqueue time from the old one. While tasks wait, new ones keep their own stamps instead.
+    /// stepped, or the two drift apart, as they do by design on some systems), the anchor moves
+    /// to it as soon as no queued task derives its enqueue time from the old one; until then new
+    /// tasks keep their own stamps. A steady backlog recovers once the tasks queued before the
+    /// step have left, not only when the queue is empty.
     fn admit(&mut self, n: usize) -> (u64, Now) {
         let mut now = self.now();
-        if !now.derived && self.is_empty() {
+        if !now.derived && self.ready.values().all(|q| q.plain == 0) {
             self.wall_anchor_us = now.wall_us.saturating_sub(now.us);
             now = self.now();
         }
@@ -1123,7 +1141,8 @@ mod tests {
         s.enqueue(new_tasks(5)).now_or_never().unwrap().unwrap();
         assert_eq!(payloads(&fetch(&mut s, 3)), vec![0, 1, 2]);
         let f = fetch(&mut s, 10);
-        assert_eq!(f.tasks.len(), 2);
+        let ids: Vec<u64> = f.tasks.iter().map(|t| t.id.0).collect();
+        assert_eq!((ids, payloads(&f)), (vec![4, 5], vec![3, 4]));
         assert!(f.wake_on.at.is_none() && f.wake_on.signal.is_none());
     }
 
@@ -1156,8 +1175,12 @@ mod tests {
         s.enqueue(new_tasks(4)).now_or_never().unwrap().unwrap();
         let f = fetch(&mut s, 2);
         let back = s.close(f.tasks).now_or_never().unwrap().unwrap();
-        let got: Vec<u32> = back.iter().map(|t| t.payload).collect();
-        assert_eq!(got, vec![0, 1, 2, 3]);
+        let got: Vec<(u64, u32)> = back.iter().map(|t| (t.id.0, t.payload)).collect();
+        assert_eq!(
+            got,
+            vec![(1, 0), (2, 1), (3, 2), (4, 3)],
+            "ids kept after a partial take"
+        );
     }
 
     #[test]
@@ -1319,7 +1342,8 @@ mod tests {
         }
         let plain = NewBatch::new(vec![3, 4, 5], NewTask::new(()));
         s.enqueue_batch(plain).now_or_never().unwrap().unwrap();
-        assert_eq!(s.ready[&Reverse(0)].runs.len(), 1, "ids 1 to 6, no options");
+        // (How the tasks without options share runs: `plain_submits_share_one_run`, with real
+        // clocks; paused time stops the monotonic clock, so the enqueue times are not derived.)
         let (options, timeout) = every_option();
         let shared = NewTask::with_options((), options, 1).with_parent(Some(traceparent()));
         let batch = NewBatch::new(vec![10, 11, 12, 13], shared);
@@ -1333,7 +1357,6 @@ mod tests {
         assert!(cancel(&mut s, TaskId(5)));
         assert!(!cancel(&mut s, ids[1]), "cancelled already");
         assert_eq!(s.ready[&Reverse(7)].runs.len(), 2);
-        assert_eq!(s.ready[&Reverse(0)].runs.len(), 2);
         let st = status(&s, ids[2]);
         assert_eq!(
             (st.state, st.attempt, st.max_attempts),
@@ -1380,42 +1403,92 @@ mod tests {
         assert_eq!(again.tasks[0].enqueued_at, f.tasks[1].enqueued_at);
     }
 
-    /// The wall clock stepped away from the source's anchor: a task enqueued while others wait
-    /// keeps its own stamp (the clock's reading); once nothing waits, the anchor moves and
-    /// tasks due at once keep no stamp again.
+    /// Single submits with the defaults and a batch after them join one run of ids; a cancel
+    /// splits it; a partial fetch and a close hand out the right ids after the split. Real
+    /// clocks (see `runs_keep_each_task_its_id_and_options`).
+    #[test]
+    fn plain_submits_share_one_run() {
+        let mut s = MemorySource::bounded(20).unwrap();
+        for p in 0..3 {
+            s.enqueue(vec![NewTask::new(p)])
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+        }
+        let batch = NewBatch::new(vec![3, 4, 5], NewTask::new(()));
+        s.enqueue_batch(batch).now_or_never().unwrap().unwrap();
+        let runs = |s: &MemorySource<u32>| {
+            s.ready[&Reverse(0)]
+                .runs
+                .iter()
+                .map(|r| (r.first, r.len))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(runs(&s), vec![(1, 6)], "ids 1 to 6, no options");
+        assert!(s.cancel(TaskId(3)).now_or_never().unwrap().unwrap());
+        assert_eq!(runs(&s), vec![(1, 2), (4, 3)]);
+        let ids = |f: &Fetched<u32>| {
+            f.tasks
+                .iter()
+                .map(|t| (t.id.0, t.payload))
+                .collect::<Vec<_>>()
+        };
+        let f = fetch(&mut s, 1);
+        assert_eq!(ids(&f), vec![(1, 0)]);
+        let f = fetch(&mut s, 2);
+        assert_eq!(ids(&f), vec![(2, 1), (4, 3)], "across the split");
+        assert_eq!(runs(&s), vec![(5, 2)]);
+        let back = s.close(Vec::new()).now_or_never().unwrap().unwrap();
+        let back: Vec<(u64, u32)> = back.iter().map(|t| (t.id.0, t.payload)).collect();
+        assert_eq!(back, vec![(5, 4), (6, 5)]);
+    }
+
+    /// The wall clock stepped away from the source's anchor: a task enqueued while tasks that
+    /// derive their enqueue time from the anchor wait keeps its own stamp (the clock's reading);
+    /// once those have left, the anchor moves, even with other tasks still waiting, and tasks
+    /// due at once keep no stamp again. Every enqueue time stays the clock's reading.
     #[test]
     fn a_stepped_wall_clock_keeps_each_enqueue_time_true() {
         let mut s = MemorySource::bounded(10).unwrap();
-        let with_key = NewTask::with_options(0, TaskOptions::new().key("k"), 1);
-        s.enqueue(vec![with_key]).now_or_never().unwrap().unwrap();
-        // As if the wall clock had jumped 10 s ahead since the source was made.
+        let plain = |s: &MemorySource<u32>| {
+            s.ready
+                .values()
+                .flat_map(ReadyQueue::iter)
+                .map(|(_, rare, _)| rare.is_none())
+                .collect::<Vec<_>>()
+        };
+        let first = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
+        assert_eq!(plain(&s), vec![true]);
+        // As if the wall clock had jumped 10 s ahead since the source was made (the first
+        // task's derived time moves with it here: a test cannot step the real clock).
         s.wall_anchor_us -= 10_000_000;
         let before = SystemTime::now();
         let stepped = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
         let after = SystemTime::now();
-        let at = status(&s, stepped).enqueued_at.unwrap();
-        assert!(within(at, before, after), "{at:?}");
-        let rare: Vec<bool> = s
-            .ready
-            .values()
-            .flat_map(ReadyQueue::iter)
-            .map(|(_, rare, _)| rare.is_some())
-            .collect();
-        assert_eq!(rare, vec![true, true]);
-        let f = fetch(&mut s, 10);
-        assert_eq!(f.tasks[1].enqueued_at, at);
-        // Nothing waits: the anchor follows the clock.
+        let stepped_at = status(&s, stepped).enqueued_at.unwrap();
+        assert!(within(stepped_at, before, after), "{stepped_at:?}");
+        assert_eq!(
+            plain(&s),
+            vec![true, false],
+            "the first task holds the anchor"
+        );
+        // The first task leaves; the stepped one still waits, with its own stamp.
+        let f = fetch(&mut s, 1);
+        assert_eq!(f.tasks[0].id, first);
         let before = SystemTime::now();
         let fresh = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
         let after = SystemTime::now();
-        let at = status(&s, fresh).enqueued_at.unwrap();
-        assert!(within(at, before, after), "{at:?}");
-        assert!(s
-            .ready
-            .values()
-            .flat_map(ReadyQueue::iter)
-            .all(|(_, rare, _)| rare.is_none()));
-        assert_eq!(fetch(&mut s, 10).tasks[0].enqueued_at, at);
+        let fresh_at = status(&s, fresh).enqueued_at.unwrap();
+        assert!(within(fresh_at, before, after), "{fresh_at:?}");
+        assert_eq!(
+            plain(&s),
+            vec![false, true],
+            "the anchor followed the clock"
+        );
+        let f = fetch(&mut s, 10);
+        let got: Vec<(TaskId, SystemTime)> =
+            f.tasks.iter().map(|t| (t.id, t.enqueued_at)).collect();
+        assert_eq!(got, vec![(stepped, stepped_at), (fresh, fresh_at)]);
     }
 
     fn traceparent() -> Box<Parent> {
