@@ -362,7 +362,7 @@ impl<T: Send + 'static, H: TaskHandler<T>> Executor<T, H> {
             // refills): re-arm the low-water report for the refill, as `Execute` would. Else
             // the ends after the first report wait for the queue to run dry, and the
             // executor sleeps a round trip to the System thread at every refill (cpu, issue 14).
-            self.low_water = (left + 1) / 2;
+            self.low_water = left.div_ceil(2);
             self.asked = false;
         }
         self.left = left;
