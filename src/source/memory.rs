@@ -392,20 +392,7 @@ impl<T> Queued<T> {
         let enqueued_at = UNIX_EPOCH + Duration::from_micros(self.enqueued_at_us(anchor));
         let (id, payload) = (TaskId(self.id), self.payload);
         match self.rare {
-            None => Task {
-                id,
-                attempt: 1,
-                max_attempts: 1,
-                enqueued_at,
-                priority: 0,
-                timeout: None,
-                key: None,
-                payload,
-                progress: None,
-                trace: None,
-                #[cfg(feature = "metrics")]
-                due_us: 0,
-            },
+            None => Task::enqueued_at(id, payload, enqueued_at),
             Some(rare) => {
                 // The last task of a run takes its fields, the others a copy.
                 let rare = Arc::unwrap_or_clone(rare);

@@ -44,11 +44,17 @@ pub struct Task<T> {
 impl<T> Task<T> {
     /// A first attempt of `payload` under `id`, enqueued now, with one attempt allowed.
     pub fn new(id: TaskId, payload: T) -> Self {
+        Task::enqueued_at(id, payload, SystemTime::now())
+    }
+
+    /// As [`new`](Self::new), enqueued at `enqueued_at` (a source that keeps the stamp reads no
+    /// clock per task).
+    pub(crate) fn enqueued_at(id: TaskId, payload: T, enqueued_at: SystemTime) -> Self {
         Task {
             id,
             attempt: 1,
             max_attempts: 1,
-            enqueued_at: SystemTime::now(),
+            enqueued_at,
             priority: 0,
             timeout: None,
             key: None,

@@ -151,6 +151,18 @@ pub struct Ack {
     pub disposition: Disposition,
 }
 
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
+impl Ack {
+    /// The ack of `task`'s attempt, completed (the durable sources' tests).
+    pub(crate) fn completed<T>(task: &crate::task::Task<T>) -> Ack {
+        Ack {
+            id: task.id,
+            attempt: task.attempt,
+            disposition: Disposition::Completed,
+        }
+    }
+}
+
 /// The final state of a task, as a submitter that tracks it observes it.
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]

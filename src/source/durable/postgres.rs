@@ -795,11 +795,7 @@ mod tests {
         let acks = fetched
             .tasks
             .iter()
-            .map(|t| crate::task::Ack {
-                id: t.id,
-                attempt: t.attempt,
-                disposition: crate::task::Disposition::Completed,
-            })
+            .map(crate::task::Ack::completed)
             .collect();
         source.ack(acks).await.unwrap_or_else(|e| panic!("{e}"));
         let states: Vec<String> =

@@ -127,15 +127,7 @@ pub(crate) async fn a_completed_ack_answers_only_its_own_lease<D: Store>(
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     drop(conn);
-    let acks = got
-        .tasks
-        .iter()
-        .map(|t| crate::task::Ack {
-            id: t.id,
-            attempt: t.attempt,
-            disposition: crate::task::Disposition::Completed,
-        })
-        .collect();
+    let acks = got.tasks.iter().map(crate::task::Ack::completed).collect();
     source.ack(acks).await.unwrap_or_else(|e| panic!("{e}"));
     let state = |s: Option<crate::task::TaskStatus>| s.map(|s| s.state);
     let moved = state(source.status(moved).await.unwrap_or_else(|e| panic!("{e}")));
