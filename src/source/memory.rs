@@ -1449,11 +1449,16 @@ mod tests {
         // As if the wall clock had jumped 10 s ahead since the source was made (the first
         // task's derived time moves with it here: a test cannot step the real clock).
         s.wall_anchor_us -= 10_000_000;
-        let before = SystemTime::now();
-        let stepped = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
-        let after = SystemTime::now();
-        let stepped_at = status(&s, stepped).enqueued_at.unwrap();
-        assert!(within(stepped_at, before, after), "{stepped_at:?}");
+        // One task enqueued now: its id and enqueue time, which must be the clock's reading.
+        let enqueue_one = |s: &mut MemorySource<u32>| {
+            let before = SystemTime::now();
+            let id = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
+            let after = SystemTime::now();
+            let at = status(s, id).enqueued_at.unwrap();
+            assert!(within(at, before, after), "{at:?}");
+            (id, at)
+        };
+        let (stepped, stepped_at) = enqueue_one(&mut s);
         assert_eq!(
             plain(&s),
             vec![true, false],
@@ -1462,11 +1467,7 @@ mod tests {
         // The first task leaves; the stepped one still waits, with its own stamp.
         let f = fetch(&mut s, 1);
         assert_eq!(f.tasks[0].id, first);
-        let before = SystemTime::now();
-        let fresh = s.enqueue(new_tasks(1)).now_or_never().unwrap().unwrap()[0];
-        let after = SystemTime::now();
-        let fresh_at = status(&s, fresh).enqueued_at.unwrap();
-        assert!(within(fresh_at, before, after), "{fresh_at:?}");
+        let (fresh, fresh_at) = enqueue_one(&mut s);
         assert_eq!(
             plain(&s),
             vec![false, true],

@@ -634,6 +634,14 @@ mod tests {
     }
 
     /// A configuration in a schema of its own (dropped by the test), polling every 600 s.
+    /// Drops a test's schema (and its tables) at the end of the test; a failure to drop is
+    /// not the test's result.
+    async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
+        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(pool)
+            .await;
+    }
+
     fn config() -> (PgConfig, String) {
         let url = std::env::var("ACTIX_POLLER_PG_URL").unwrap_or_else(|_| {
             panic!(
@@ -717,9 +725,7 @@ mod tests {
         }
         drop(conn);
         bookkeeping.close().await;
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 
     /// A table made by the migrations before the fillfactor one (0010) is upgraded in place:
@@ -805,9 +811,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(states, ["completed", "completed", "completed", "queued"]);
         drop(source);
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 
     /// A short batch is drained, wakes at the next due time the fetch statement reported, and
@@ -821,9 +825,7 @@ mod tests {
         let pool = source.pool().clone();
         let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
         a_short_batch_is_drained_and_wakes_for_what_follows(source, other).await;
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 
     /// A completed task's ack counts only for the lease it answers.
@@ -835,9 +837,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let pool = source.pool().clone();
         a_completed_ack_answers_only_its_own_lease(source).await;
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 
     /// A due row the fetch skipped (locked by another worker's transaction) makes a short
@@ -875,9 +875,7 @@ mod tests {
             at - asked
         );
         drop(locker);
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 
     /// A notification racing an empty fetch still wakes the poller.
@@ -891,8 +889,6 @@ mod tests {
         let other = PgQueue::<u32>::new(pool.clone(), &config).unwrap_or_else(|e| panic!("{e}"));
         let settle = Duration::from_millis(200);
         a_wake_up_racing_an_empty_fetch_is_not_lost(source, other, settle).await;
-        let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await;
+        drop_schema(&pool, &schema).await;
     }
 }
