@@ -84,7 +84,7 @@ pub struct Submit<T> {
     pub(crate) track: bool,
     pub(crate) options: TaskOptions,
     /// The span current where the message was made: the parent of the task's attempt spans.
-    pub(crate) parent: Option<Box<crate::trace::Parent>>,
+    pub(crate) parent: Option<std::sync::Arc<crate::trace::Parent>>,
 }
 
 impl<T> Submit<T> {
@@ -139,7 +139,7 @@ pub struct SubmitBatch<T> {
     pub(crate) track: bool,
     pub(crate) options: TaskOptions,
     /// The span current where the message was made: the parent of the task's attempt spans.
-    pub(crate) parent: Option<Box<crate::trace::Parent>>,
+    pub(crate) parent: Option<std::sync::Arc<crate::trace::Parent>>,
 }
 
 impl<T> SubmitBatch<T> {

@@ -45,8 +45,8 @@ impl TraceConfig {
     }
 }
 
-/// The submitter's trace context, carried with a task (boxed: one pointer in a queued task,
-/// `None` when no span was open at submit).
+/// The submitter's trace context, carried with a task (shared: one `Arc` for all the tasks of
+/// a submit, each task a pointer to it; `None` when no span was open at submit).
 #[derive(Debug, Clone)]
 pub(crate) enum Parent {
     /// The span that was current at submit, in this process.
@@ -57,9 +57,9 @@ pub(crate) enum Parent {
 
 impl Parent {
     /// The current span, if one is open (nothing to carry otherwise).
-    pub(crate) fn current() -> Option<Box<Parent>> {
+    pub(crate) fn current() -> Option<Arc<Parent>> {
         let span = Span::current();
-        (!span.is_none()).then(|| Box::new(Parent::Span(span)))
+        (!span.is_none()).then(|| Arc::new(Parent::Span(span)))
     }
 
     /// The W3C form, for a durable source; `None` for a local span without the

@@ -63,7 +63,7 @@ impl<T: Send + 'static, S: Source<T>> Fetcher<T, S> {
         tasks: Vec<T>,
         track: bool,
         options: TaskOptions,
-        parent: Option<Box<Parent>>,
+        parent: Option<Arc<Parent>>,
         ctx: &mut Context<Self>,
     ) -> Answer<Self, Result<Vec<Receipt>, SubmitError<Vec<T>>>> {
         if self.phase != Phase::Running {

@@ -295,7 +295,7 @@ struct Rare {
     max_attempts: u32,
     timeout: Option<Duration>,
     key: Option<Key>,
-    trace: Option<Box<Parent>>,
+    trace: Option<Arc<Parent>>,
     /// When it was enqueued, in microseconds since the Unix epoch.
     enqueued_at_us: u64,
 }
@@ -1479,12 +1479,12 @@ mod tests {
         assert_eq!(got, vec![(stepped, stepped_at), (fresh, fresh_at)]);
     }
 
-    fn traceparent() -> Box<Parent> {
+    fn traceparent() -> Arc<Parent> {
         let tp = crate::trace::TraceParent::parse(
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         )
         .unwrap();
-        Box::new(Parent::Remote(tp))
+        Arc::new(Parent::Remote(tp))
     }
 
     /// Every per-task field survives the queue: enqueue, fetch, a retry (back through the

@@ -258,7 +258,7 @@ pub struct NewTask<T> {
     /// back on [`Task::key`](crate::Task::key).
     pub key: Option<crate::pace::Key>,
     /// The submitter's trace context (see docs/observability.md, "Tracing").
-    pub(crate) parent: Option<Box<Parent>>,
+    pub(crate) parent: Option<std::sync::Arc<Parent>>,
 }
 
 impl<T> NewTask<T> {
@@ -291,7 +291,7 @@ impl<T> NewTask<T> {
         }
     }
 
-    pub(crate) fn with_parent(mut self, parent: Option<Box<Parent>>) -> Self {
+    pub(crate) fn with_parent(mut self, parent: Option<std::sync::Arc<Parent>>) -> Self {
         self.parent = parent;
         self
     }

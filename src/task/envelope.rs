@@ -33,7 +33,7 @@ pub struct Task<T> {
     /// Where the handler's progress goes, when the submitter tracks the task.
     pub(crate) progress: Option<watch::Sender<Progress>>,
     /// The submitter's trace context: the parent of this attempt's span.
-    pub(crate) trace: Option<Box<Parent>>,
+    pub(crate) trace: Option<std::sync::Arc<Parent>>,
     /// When it became due, in µs since the Unix epoch, if the source says (a delayed task's
     /// `run_at`; 0: it does not): the queue-wait histogram's start, `enqueued_at` otherwise.
     /// Whole microseconds, so the hot path adds and subtracts integers.

@@ -361,7 +361,7 @@ pub(crate) fn decode_rows<T: serde::de::DeserializeOwned>(
                 task.trace = trace
                     .as_deref()
                     .and_then(TraceParent::parse)
-                    .map(|tp| Box::new(Parent::Remote(tp)));
+                    .map(|tp| std::sync::Arc::new(Parent::Remote(tp)));
                 #[cfg(feature = "metrics")]
                 {
                     task.due_us = u64::try_from(run_at).unwrap_or(0);
