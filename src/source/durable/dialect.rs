@@ -98,6 +98,9 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
     /// overdue; NULL: none). If not (its last column is always NULL), the source asks
     /// `next_due` after a short batch.
     const FETCH_NEXT_DUE: bool = false;
+    /// A bookkeeping connection kept between statements (see `keeper.rs`) is pinged before
+    /// use when it sat idle this long (`Duration::MAX`: never).
+    const KEPT_PING_AFTER: std::time::Duration = std::time::Duration::MAX;
 
     /// The SQL placeholders for `config`.
     ///

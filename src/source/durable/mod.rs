@@ -21,6 +21,7 @@ mod sealed {
 mod config;
 mod dialect;
 mod error;
+mod keeper;
 mod migrate;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

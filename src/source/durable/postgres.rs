@@ -325,6 +325,7 @@ impl Dialect for PgDialect {
     const POOL_SIZE: u32 = 8;
     const NOTIFIES: bool = true;
     const FETCH_NEXT_DUE: bool = true;
+    const KEPT_PING_AFTER: Duration = PING_IDLE_AFTER;
 
     fn names(config: &DurableConfig<Self>) -> Result<Names, DurableError<Self>> {
         let schema = config.store.schema.as_ref();
@@ -893,6 +894,42 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{scenario}: {e}"));
         }
         drop(conn);
+        drop_schema(&pool, &schema).await;
+    }
+
+    /// A bookkeeping connection the server closed while the keeper kept it (an idle-session
+    /// timeout, a restart, an operator's `pg_terminate_backend`) is found by the ping before
+    /// its next use and replaced: the statement runs on a fresh connection, not on the dead one.
+    #[actix_rt::test]
+    async fn a_kept_connection_the_server_closed_is_replaced() {
+        use crate::source::durable::keeper::{Conns, Keeper};
+        let Opened {
+            source: _source,
+            pool,
+            schema,
+            ..
+        } = opened().await;
+        let keeper = Keeper::new(pool.clone(), Duration::ZERO);
+        let mut conn = keeper.get().await.unwrap_or_else(|e| panic!("{e}"));
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        keeper.put(conn, true);
+        assert_eq!(keeper.kept(), 1);
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(killed);
+        let mut conn = keeper.get().await.unwrap_or_else(|e| panic!("{e}"));
+        let now: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("a statement on the replaced connection: {e}"));
+        assert_ne!(now, pid, "a fresh connection");
+        keeper.put(conn, true);
         drop_schema(&pool, &schema).await;
     }
 

@@ -18,6 +18,7 @@ use super::common::{self, Leased, Signal};
 use super::config::{DurableConfig, QueuePace};
 use super::dialect::{Arg, List, StatusRow, Store};
 use super::error::DurableError;
+use super::keeper::{Conns, Keeper};
 use super::migrate;
 use super::queue::DurableQueue;
 use super::Sql;
@@ -42,8 +43,9 @@ const PACED_RECHECK: Duration = Duration::from_millis(20);
 /// [`PgSource`](crate::source::postgres::PgSource); see those modules for each store.
 pub struct DurableSource<T, D: Store> {
     queue: DurableQueue<T, D>,
-    /// Fetches, acks, heartbeats and releases (PostgreSQL: possibly with asynchronous commit).
-    bookkeeping: Pool<D::Db>,
+    /// Fetches, acks, heartbeats and releases (PostgreSQL: possibly with asynchronous commit),
+    /// on connections kept between statements.
+    bookkeeping: Keeper<D::Db>,
     owner: i64,
     lease: Duration,
     poll_interval: Duration,
@@ -82,15 +84,23 @@ impl<T, D: Store> Drop for DurableSource<T, D> {
 }
 
 /// Runs `sql` on a connection of `pool`; how many rows it changed.
-async fn count<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::Result<u64> {
-    let mut conn = pool.acquire().await?;
-    D::count(&mut *conn, sql, args).await
+async fn count<D: Store>(pool: &impl Conns<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::Result<u64> {
+    let mut conn = pool.get().await?;
+    let counted = D::count(&mut *conn, sql, args).await;
+    pool.put(conn, counted.is_ok());
+    counted
 }
 
 /// Runs `sql` on a connection of `pool`; the integer each row returned.
-async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::Result<Vec<i64>> {
-    let mut conn = pool.acquire().await?;
-    D::ints(&mut *conn, sql, args).await
+async fn ints<D: Store>(
+    pool: &impl Conns<D::Db>,
+    sql: &str,
+    args: Vec<Arg>,
+) -> sqlx::Result<Vec<i64>> {
+    let mut conn = pool.get().await?;
+    let ints = D::ints(&mut *conn, sql, args).await;
+    pool.put(conn, ints.is_ok());
+    ints
 }
 
 /// Records a batch of acks, retrying what may pass on a second try (a dropped connection). A
@@ -104,7 +114,7 @@ async fn ints<D: Store>(pool: &Pool<D::Db>, sql: &str, args: Vec<Arg>) -> sqlx::
 /// the whole batch is then to be retried later (acks already recorded match no lease then,
 /// and change nothing).
 async fn record_acks<D: Store>(
-    pool: &Pool<D::Db>,
+    pool: &impl Conns<D::Db>,
     sql: &Sql,
     owner: i64,
     rows: Vec<common::AckRow>,
@@ -125,7 +135,7 @@ async fn record_acks<D: Store>(
 
 /// [`record_acks`] for one statement: `list` makes its list argument of a batch.
 async fn record_ack_batches<D: Store>(
-    pool: &Pool<D::Db>,
+    pool: &impl Conns<D::Db>,
     sql: &str,
     owner: i64,
     rows: Vec<common::AckRow>,
@@ -167,32 +177,39 @@ async fn record_ack_batches<D: Store>(
 /// Marks dead the fetched rows whose payload does not decode (`bad`: id and the decoder's
 /// error). A row that cannot be marked keeps its lease, which expires: it is tried again later.
 /// Never fails: the fetch that leased the other rows must hand them over.
-async fn bury<D: Store>(pool: &Pool<D::Db>, sql: &Sql, owner: i64, bad: Vec<(i64, String)>) {
+async fn bury<D: Store>(pool: &impl Conns<D::Db>, sql: &Sql, owner: i64, bad: Vec<(i64, String)>) {
     for (id, error) in &bad {
         tracing::error!(task = id, %error, "a task's payload does not decode; it is dead");
     }
-    let mut conn = match pool.acquire().await {
+    let mut conn = match pool.get().await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::error!(error = %e, "could not mark the tasks dead; they will be tried again");
             return;
         }
     };
+    let mut ok = true;
     for (id, error) in bad {
         let error = common::stored_text(error);
         let args = vec![Arg::Int(id), Arg::Text(error), Arg::Int(owner), Arg::Now];
         if let Err(e) = D::count(&mut *conn, &sql.bury, args).await {
             tracing::error!(task = id, error = %e, "could not mark the task dead");
+            ok = false;
         }
     }
+    pool.put(conn, ok);
 }
 
 /// Microseconds from now to the earliest queued task (negative: overdue), by `statement`;
 /// `None` when none is queued or the store could not say (the poll interval applies then).
 /// Never fails: the fetch that asks may have leased tasks, which it must hand over.
-async fn next_due<D: Store>(pool: &Pool<D::Db>, statement: &str) -> Option<i64> {
-    let asked = match pool.acquire().await {
-        Ok(mut conn) => D::maybe_int(&mut *conn, statement, vec![Arg::Now]).await,
+async fn next_due<D: Store>(pool: &impl Conns<D::Db>, statement: &str) -> Option<i64> {
+    let asked = match pool.get().await {
+        Ok(mut conn) => {
+            let asked = D::maybe_int(&mut *conn, statement, vec![Arg::Now]).await;
+            pool.put(conn, asked.is_ok());
+            asked
+        }
         Err(e) => Err(e),
     };
     asked.unwrap_or_else(|e| {
@@ -202,7 +219,11 @@ async fn next_due<D: Store>(pool: &Pool<D::Db>, statement: &str) -> Option<i64> 
 }
 
 /// Tells the pollers that tasks are due: the store's notification, or this process's signal.
-async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> sqlx::Result<()> {
+async fn announce<D: Store>(
+    pool: &impl Conns<D::Db>,
+    sql: &Sql,
+    signal: &Signal,
+) -> sqlx::Result<()> {
     if D::NOTIFIES {
         count::<D>(pool, &sql.notify, vec![]).await?;
     } else {
@@ -213,13 +234,17 @@ async fn announce<D: Store>(pool: &Pool<D::Db>, sql: &Sql, signal: &Signal) -> s
 
 /// The queue's stored pace (`None`: it has none). PostgreSQL; `None` for a store without
 /// queue-wide pace.
-async fn stored_pace<D: Store>(pool: &Pool<D::Db>, sql: &Sql) -> sqlx::Result<Option<QueuePace>> {
+async fn stored_pace<D: Store>(
+    pool: &impl Conns<D::Db>,
+    sql: &Sql,
+) -> sqlx::Result<Option<QueuePace>> {
     let Some(paced) = &sql.paced else {
         return Ok(None);
     };
-    let mut conn = pool.acquire().await?;
-    let rows = D::paces(&mut *conn, &paced.read, vec![]).await?;
-    Ok(rows
+    let mut conn = pool.get().await?;
+    let rows = D::paces(&mut *conn, &paced.read, vec![]).await;
+    pool.put(conn, rows.is_ok());
+    Ok(rows?
         .into_iter()
         .find(|row| row.0)
         .map(|(_, n, per, burst, key_limit)| QueuePace::from_stored(n, per, burst, key_limit)))
@@ -251,15 +276,16 @@ async fn open_pace<D: Store>(
 
 /// Takes back tasks whose lease expired; announces them if some are queued again.
 async fn reclaim<D: Store>(
-    pool: &Pool<D::Db>,
+    pool: &impl Conns<D::Db>,
     sql: &Sql,
     signal: &Signal,
     expiries: u32,
 ) -> sqlx::Result<()> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = pool.get().await?;
     let args = vec![Arg::Int(expiries.into()), Arg::Now];
-    let states = D::texts(&mut *conn, &sql.reclaim, args).await?;
-    drop(conn);
+    let states = D::texts(&mut *conn, &sql.reclaim, args).await;
+    pool.put(conn, states.is_ok());
+    let states = states?;
     if common::report_reclaimed(&states) {
         announce::<D>(pool, sql, signal).await?;
     }
@@ -328,7 +354,7 @@ where
         }
         let pace =
             open_pace::<D>(&pool, &sql, config.queue_pace, config.replace_queue_pace).await?;
-        let bookkeeping = D::bookkeeping_pool(&pool, &config);
+        let bookkeeping = Keeper::new(D::bookkeeping_pool(&pool, &config), D::KEPT_PING_AFTER);
         let (signal, _) = watch::channel(0u64);
         let signal = Arc::new(signal);
         // Listening before the first fetch: no notification after this point is missed.
@@ -410,9 +436,11 @@ where
             let mut reported = None;
             let mut rows = match paced {
                 None => {
-                    let mut conn = pool.acquire().await?;
+                    let mut conn = pool.get().await?;
                     args.push(Arg::Now);
-                    let rows = D::fetched_due(&mut *conn, &sql.fetch, args).await?;
+                    let rows = D::fetched_due(&mut *conn, &sql.fetch, args).await;
+                    pool.put(conn, rows.is_ok());
+                    let rows = rows?;
                     if D::FETCH_NEXT_DUE {
                         reported = rows.first().map(|row| row.11);
                     }
@@ -423,10 +451,19 @@ where
                     // snapshot that sees every claim committed before (see `pace_lock`), under
                     // the limits stored with the queue.
                     args.push(Arg::Now);
-                    let mut tx = pool.begin_with(paced.lock.clone()).await?;
-                    let rows = D::fetched(&mut *tx, &paced.fetch, args).await?;
-                    tx.commit().await?;
-                    rows
+                    let mut conn = pool.get().await?;
+                    let claimed = async {
+                        let mut tx =
+                            sqlx::Connection::begin_with(&mut *conn, paced.lock.clone()).await?;
+                        let rows = D::fetched(&mut *tx, &paced.fetch, args).await?;
+                        tx.commit().await?;
+                        Ok::<_, sqlx::Error>(rows)
+                    }
+                    .await;
+                    // A failed claim's rollback is flushed by the pool, on the connection's
+                    // return to it.
+                    pool.put(conn, claimed.is_ok());
+                    claimed?
                 }
             };
             let full = rows.len() >= max;
