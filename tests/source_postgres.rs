@@ -355,6 +355,35 @@ async fn index_names_keep_the_table_name_case() {
     drop_schema(&schema).await;
 }
 
+/// A process that only enqueues opens its queue with `PgQueue::connect`: a pool of its own with
+/// the crate's settings, no migration; a poller elsewhere runs what it enqueues.
+#[actix_rt::test]
+async fn a_queue_opened_alone_enqueues_for_the_pollers() {
+    use actix_poller::source::postgres::PgQueue;
+    use actix_poller::source::Source;
+    let schema = fresh_schema();
+    let mut source = PgSource::<Job>::connect(config(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let queue = PgQueue::<Job>::connect(&config(&schema).max_connections(1))
+        .await
+        .unwrap_or_else(|e| panic!("queue: {e}"));
+    let ids = queue
+        .enqueue(vec![NewTask::new(7)])
+        .await
+        .unwrap_or_else(|e| panic!("enqueue: {e}"));
+    let fetched = source
+        .fetch(10)
+        .await
+        .unwrap_or_else(|e| panic!("fetch: {e}"));
+    let got: Vec<TaskId> = fetched.tasks.iter().map(|task| task.id).collect();
+    assert_eq!(got, ids);
+    let missing = PgQueue::<Job>::connect(&config(&schema).table("bad name")).await;
+    assert!(matches!(missing, Err(PgError::Config(_))), "{missing:?}");
+    drop((source, queue));
+    drop_schema(&schema).await;
+}
+
 /// `sslmode=require` works: the `postgres` feature builds sqlx with TLS (rustls), and the
 /// connections are encrypted (issue 12.15). Needs a server with `ssl = on`.
 #[actix_rt::test]

@@ -225,20 +225,22 @@ fn one(n: usize) -> Result<Outcome, String> {
                 })
                 .map_err(|e| format!("start: {e}"))?;
             // The producer: its own thread, runtime and connection.
-            let (tm, url2, cfg) = (Arc::clone(&times), url.clone(), config.clone());
+            // Named apart: the backends' CPU counted below is the poller's.
+            let (tm, cfg) = (
+                Arc::clone(&times),
+                config.clone().application_name(format!("{app}-producer")),
+            );
             let producer = std::thread::spawn(move || -> Result<(), String> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| format!("producer runtime: {e}"))?;
                 rt.block_on(async move {
-                    let pool = sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(1)
-                        .connect(&url2)
+                    // A pool of its own, opened with the crate's settings, as a process that
+                    // only enqueues opens one.
+                    let queue = PgQueue::<u64>::connect(&cfg.max_connections(1))
                         .await
                         .map_err(|e| format!("producer connect: {e}"))?;
-                    let queue =
-                        PgQueue::<u64>::new(pool, &cfg).map_err(|e| format!("queue: {e}"))?;
                     let mut tick =
                         tokio::time::interval(Duration::from_nanos(1_000_000_000 / RATE));
                     for i in 0..n {

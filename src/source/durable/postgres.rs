@@ -544,7 +544,8 @@ pub type PgSource<T> = DurableSource<T, PgDialect>;
 
 /// Enqueues into a [`PgSource`]'s table from anywhere (cheap to clone, `Send + Sync`), alone or
 /// inside the caller's transaction. Every poller on the table is notified on commit. Get one
-/// from [`PgSource::queue`], or build one with [`PgQueue::new`].
+/// from [`PgSource::queue`], open one in a process that only enqueues with [`PgQueue::connect`], or
+/// build one on a pool of yours with [`PgQueue::new`].
 pub type PgQueue<T> = DurableQueue<T, PgDialect>;
 
 #[cfg(test)]

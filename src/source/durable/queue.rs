@@ -92,6 +92,35 @@ impl<T, D: Store> DurableQueue<T, D> {
         ))
     }
 
+    /// A queue on the table `config` names, on a pool of its own opened as a source opens
+    /// its pool: `config`'s connection settings and pool size, and no ping before each
+    /// statement (sqlx's default pool pings every connection it hands out: a round trip more
+    /// per enqueue). For a process that enqueues and runs no poller; no migration, no listener.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](super::DurableSource::connect) before its migrations: an invalid
+    /// configuration, a database that cannot be opened or reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # mod example {
+    /// use actix_poller::source::postgres::{PgConfig, PgError, PgQueue};
+    /// use actix_poller::source::NewTask;
+    /// # async fn f() -> Result<(), PgError> {
+    /// let queue = PgQueue::<String>::connect(&PgConfig::new("postgres://app@db/app")).await?;
+    /// queue.enqueue(vec![NewTask::new("resize photo 7".into())]).await?;
+    /// # Ok(()) }
+    /// # }
+    /// ```
+    pub async fn connect(config: &DurableConfig<D>) -> Result<Self, DurableError<D>> {
+        D::names(config)?;
+        let pool = D::connect(config).await?;
+        Self::new(pool, config)
+    }
+
     /// The connection pool (for the caller's own transactions).
     pub fn pool(&self) -> &Pool<D::Db> {
         &self.pool
