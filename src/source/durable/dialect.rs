@@ -116,7 +116,9 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
 
     /// The pool of the poller's own bookkeeping (fetches, acks, heartbeats, releases): `pool`
     /// unless the store runs those with other settings (PostgreSQL: planner settings, and
-    /// asynchronous commit).
+    /// asynchronous commit). The source keeps this pool's connections between statements
+    /// (`keeper.rs`), so a dialect whose callers also take connections from `pool` itself (a
+    /// caller's transaction) must return a pool of its own here, as both dialects do.
     fn bookkeeping_pool(pool: &Pool<Self::Db>, config: &DurableConfig<Self>) -> Pool<Self::Db> {
         let _ = config;
         pool.clone()

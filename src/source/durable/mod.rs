@@ -88,11 +88,7 @@ pub(crate) struct PacedSql {
 impl Sql {
     /// Every statement of `D`'s file, its placeholders filled from `names`.
     pub(crate) fn new<D: Dialect>(names: &Names) -> Self {
-        let mut vars: Vec<(&str, &str)> =
-            names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        // A fragment the statements include (a common table expression), filled first.
-        let priorities = common::statement(D::QUERIES, "queued_priorities", &vars);
-        vars.push(("queued_priorities", priorities.trim_end()));
+        let vars: Vec<(&str, &str)> = names.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let section = |name: &str| common::statement(D::QUERIES, name, &vars);
         Sql {
             enqueue: section("enqueue"),

@@ -87,7 +87,6 @@ impl Dialect for SqliteDialect {
         include_str!("../../../migrations/sqlite/0004_leased_at.sql"),
         include_str!("../../../migrations/sqlite/0005_traceparent.sql"),
         include_str!("../../../migrations/sqlite/0006_pace_key.sql"),
-        include_str!("../../../migrations/sqlite/0007_drop_next_index.sql"),
     ];
     const PRUNE_BATCH: i64 = 5_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -205,7 +204,6 @@ mod tests {
         a_wake_up_racing_an_empty_fetch_is_not_lost,
     };
     use crate::source::durable::Sql;
-    use crate::source::{NewTask, Source};
 
     /// A database file in the temporary directory, removed (with its WAL files) when dropped,
     /// even when the test fails.
@@ -265,76 +263,6 @@ mod tests {
         assert!(!pool.options().get_test_before_acquire());
         assert_eq!(pool.options().get_max_connections(), config.max_connections);
         pool.close().await;
-    }
-
-    /// The fetch reads the due rows per priority (issue 14): SQLite searches `_due` for each
-    /// queued priority's due range, instead of scanning it in fetch order through every
-    /// delayed row's entry (what it did without `ANALYZE`'s statistics: 200 000 delayed rows,
-    /// 23 ms per empty fetch). A plan, not a time: the same on a loaded machine. The fetch
-    /// takes the due rows in priority order and leaves the delayed ones.
-    #[actix_rt::test]
-    async fn a_fetch_searches_the_due_rows_per_priority() {
-        let db = TempDb::new();
-        let config = SqliteConfig::new(&db.0).poll_interval(Duration::from_secs(600));
-        let names = SqliteDialect::names(&config).unwrap_or_else(|e| panic!("{e}"));
-        let sql = Sql::new::<SqliteDialect>(&names);
-        let mut source = SqliteSource::<u32>::connect(config)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let queue = source.queue();
-        let tomorrow = tokio::time::Instant::now() + Duration::from_secs(86_400);
-        let mut batch: Vec<NewTask<u32>> = (0..1000)
-            .map(|i| NewTask {
-                run_at: Some(tomorrow),
-                ..NewTask::new(i)
-            })
-            .collect();
-        batch.push(NewTask::new(1001));
-        batch.push(NewTask {
-            priority: 5,
-            ..NewTask::new(1002)
-        });
-        queue.enqueue(batch).await.unwrap_or_else(|e| panic!("{e}"));
-        let pool = source.pool().clone();
-        let mut conn = pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
-        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {}", sql.fetch))
-            .bind(10_i64)
-            .bind(1_i64)
-            .bind(1_i64)
-            .bind(common::now_us())
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, 3).unwrap_or_default())
-            .collect();
-        let table = names
-            .vars
-            .iter()
-            .find_map(|(key, value)| (*key == "name").then_some(value.as_str()))
-            .unwrap_or_default();
-        let due = format!("INDEX {table}_due (priority=? AND run_at<?)");
-        assert!(
-            plan.iter()
-                .any(|step| step.starts_with("SEARCH") && step.ends_with(&due)),
-            "the fetch searches each priority's due range ({due}): {plan:#?}"
-        );
-        assert!(
-            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
-            "the fetch sorts nothing: {plan:#?}"
-        );
-        drop(conn);
-        let fetched = source.fetch(10).await.unwrap_or_else(|e| panic!("{e}"));
-        let payloads: Vec<u32> = fetched.tasks.iter().map(|task| task.payload).collect();
-        assert_eq!(payloads, [1002, 1001], "due rows, highest priority first");
-        let counts = source
-            .counts()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("a durable source counts"));
-        assert_eq!((counts.queued, counts.scheduled), (0, 1000), "{counts:?}");
-        assert_eq!(counts.oldest_queued_age, None, "none is due");
     }
 
     /// A local enqueue racing an empty fetch still wakes the poller.

@@ -4,29 +4,6 @@
 -- are arrays; integers come back as bigint.
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
--- name: queued_priorities
--- Not a statement: a common table expression the statements below include as
--- {queued_priorities}, after `WITH RECURSIVE`. `prio`: the distinct priorities of the queued
--- rows, lowest first, then one NULL; a loose scan of `_due`, one index probe per priority. Each
--- probe lands on the last entry of a priority (the scan runs backwards): its latest row, alive,
--- not the head of the range, where the entries of rows fetched since the last vacuum lie dead.
--- Why (issue 14): `_due` leads with `priority`, so a scan for due rows (`run_at <= now()`) in
--- fetch order cannot stop at the first delayed row of a priority: the next entries may be of a
--- lower priority, and due. A fetch finding fewer due rows than it asks for (every wake-up of an
--- idle queue) read every delayed row's entry: 200 000 delayed, 988 buffers, 5.1 ms. Bounded per
--- priority (`priority = ANY(…) AND run_at <= now()`), the scan reads the due entries only, in
--- fetch order, whatever the planner's statistics say; with no other index on queued rows
--- (migration 11 dropped `_next`) it has no other plan to choose, such as reading every due row
--- to sort them, which it chose when its statistics predated rows coming due (200 000 due
--- rows: 105 ms and a sort spilled to disk per fetch of 100).
-prio (priority) AS (
-    SELECT (SELECT priority FROM {table} WHERE state = 'queued' ORDER BY priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT q.priority FROM {table} q WHERE q.state = 'queued' AND q.priority > p.priority
-            ORDER BY q.priority LIMIT 1)
-    FROM prio p WHERE p.priority IS NOT NULL
-)
-
 -- name: enqueue
 -- One statement for the whole batch. The insert trigger notifies the listeners on commit.
 INSERT INTO {table} (payload, priority, run_at, max_attempts, timeout_ms, traceparent, pace_key)
@@ -50,15 +27,10 @@ RETURNING id;
 -- queued task this fetch left (negative: overdue, e.g. a row another worker is leasing right
 -- now; NULL: none), so the source needs no follow-up fetch and next-due query to know when to
 -- look again (issue 14). In the statement's snapshot the claimed rows are still queued: they
--- are left out by id. Computed once (an InitPlan), and only when the batch is short: the
--- earliest of each priority's first queued row.
--- The due rows are read per priority (see queued_priorities): a short fetch reads the due
--- entries and one probe per priority, not the delayed rows' entries.
-WITH RECURSIVE {queued_priorities},
-picked AS (
+-- are left out by id. Computed once (an InitPlan), and only when the batch is short.
+WITH picked AS (
     SELECT id FROM {table}
     WHERE state = 'queued' AND run_at <= now()
-      AND priority = ANY(ARRAY(SELECT priority FROM prio WHERE priority IS NOT NULL))
     ORDER BY priority DESC, run_at, id
     LIMIT (SELECT $1::bigint)
     FOR UPDATE SKIP LOCKED
@@ -77,12 +49,9 @@ claimed AS (
 )
 SELECT c.*,
        CASE WHEN (SELECT count(*) FROM claimed) < $1::bigint THEN
-           (SELECT (extract(epoch FROM min(
-                       (SELECT q.run_at FROM {table} q
-                        WHERE q.state = 'queued' AND q.priority = p.priority
-                          AND q.id <> ALL(ARRAY(SELECT id FROM claimed))
-                        ORDER BY q.run_at LIMIT 1)) - now()) * 1000000)::bigint
-            FROM prio p WHERE p.priority IS NOT NULL)
+           (SELECT (extract(epoch FROM min(q.run_at) - now()) * 1000000)::bigint
+            FROM {table} q
+            WHERE q.state = 'queued' AND q.id <> ALL(ARRAY(SELECT id FROM claimed)))
        END
 FROM claimed c;
 
@@ -106,9 +75,8 @@ BEGIN; SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
 -- comes back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
 -- blocking). The global rate takes at most as many as its GCRA allows now, and moves its tat.
 -- The keys to skip are read once (`NOT IN` a small set: a hashed lookup per row); no key is
--- NULL in either set. The due rows are read per priority, as in fetch.
-WITH RECURSIVE {queued_priorities},
-clock AS (SELECT clock_timestamp() AS now),
+-- NULL in either set.
+WITH clock AS (SELECT clock_timestamp() AS now),
 q AS (
     SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now,
            coalesce(p.key_limit, 0) AS key_limit, coalesce(p.rate_interval_us, 0) AS step,
@@ -139,7 +107,6 @@ candidates AS (
     SELECT t.id, t.pace_key, t.priority, t.run_at
     FROM {table} t
     WHERE t.state = 'queued' AND t.run_at <= now()
-      AND t.priority = ANY(ARRAY(SELECT priority FROM prio WHERE priority IS NOT NULL))
       AND (t.pace_key IS NULL OR t.pace_key NOT IN (SELECT pace_key FROM held))
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT (SELECT 2 * $1::bigint)
@@ -200,12 +167,8 @@ FROM {pace} WHERE kind = 0 AND pace_key = '';
 
 -- name: next_due_paced
 -- As next_due, under queue-wide pace: not before the queue's pause ends.
-WITH RECURSIVE {queued_priorities}
 SELECT (extract(epoch FROM greatest(
-            (SELECT min((SELECT q.run_at FROM {table} q
-                         WHERE q.state = 'queued' AND q.priority = p.priority
-                         ORDER BY q.run_at LIMIT 1))
-             FROM prio p WHERE p.priority IS NOT NULL),
+            (SELECT min(run_at) FROM {table} WHERE state = 'queued'),
             (SELECT paused_until FROM {pace}
              WHERE kind = 0 AND pace_key = '' AND paused_until > now()))
         - now()) * 1000000)::bigint;
@@ -227,14 +190,9 @@ SET paused_until = greatest(
 UPDATE {pace} SET paused_until = NULL WHERE kind = $1::smallint AND pace_key = $2;
 
 -- name: next_due
--- Microseconds from now to the earliest queued task (negative: overdue): the earliest of each
--- priority's first queued row (see queued_priorities).
-WITH RECURSIVE {queued_priorities}
-SELECT (extract(epoch FROM min(
-            (SELECT q.run_at FROM {table} q
-             WHERE q.state = 'queued' AND q.priority = p.priority
-             ORDER BY q.run_at LIMIT 1)) - now()) * 1000000)::bigint
-FROM prio p WHERE p.priority IS NOT NULL;
+-- Microseconds from now to the earliest queued task (negative: overdue).
+SELECT (extract(epoch FROM min(run_at) - now()) * 1000000)::bigint
+FROM {table} WHERE state = 'queued';
 
 -- name: ack
 -- One statement per batch. An ack counts only for the lease it answers (same owner, same
@@ -359,28 +317,16 @@ SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
 FROM {table} WHERE id = $1;
 
 -- name: counts
--- Tasks by state, in one statement: each count reads one partial index (queued, running, dead),
--- the due and the delayed rows each their own ranges of `_due`, one per priority (see
--- queued_priorities); the oldest due task's age (µs; NULL when none is due) is the earliest of
--- each priority's first queued row, one index probe per priority.
-WITH RECURSIVE {queued_priorities},
-levels AS (SELECT ARRAY(SELECT priority FROM prio WHERE priority IS NOT NULL) AS p),
-firsts AS (
-    SELECT (SELECT q.run_at FROM {table} q
-            WHERE q.state = 'queued' AND q.priority = p.priority
-            ORDER BY q.run_at LIMIT 1) AS run_at
-    FROM prio p WHERE p.priority IS NOT NULL
-)
-SELECT (SELECT count(*) FROM {table}, levels
-        WHERE state = 'queued' AND priority = ANY(levels.p) AND run_at <= now()),
-       (SELECT count(*) FROM {table}, levels
-        WHERE state = 'queued' AND priority = ANY(levels.p) AND run_at > now() AND attempt = 0),
-       (SELECT count(*) FROM {table}, levels
-        WHERE state = 'queued' AND priority = ANY(levels.p) AND run_at > now() AND attempt > 0),
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead);
+-- the oldest due task's age (µs; NULL when none is due) is one lookup at the start of the
+-- queued run_at index (min() becomes an index scan that stops at its first row).
+SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= now()),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt = 0),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > now() AND attempt > 0),
        (SELECT count(*) FROM {table} WHERE state = 'running'),
        (SELECT count(*) FROM {table} WHERE state = 'dead'),
        (SELECT (extract(epoch FROM now() - min(run_at)) * 1000000)::bigint
-        FROM firsts WHERE run_at <= now());
+        FROM {table} WHERE state = 'queued' AND run_at <= now());
 
 -- name: dead_rerun
 UPDATE {table}

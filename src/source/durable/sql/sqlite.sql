@@ -4,24 +4,6 @@
 -- last one. Lists (ids, acks, new tasks) are JSON texts, read with json_each.
 -- Kinds of ack: 0 completed, 1 retry, 2 snooze, 3 dead, 4 cancelled.
 
--- name: queued_priorities
--- Not a statement: a common table expression the statements below include as
--- {queued_priorities}, after `WITH RECURSIVE`. `prio`: the distinct priorities of the queued
--- rows, lowest first, then one NULL; a loose scan of `_due`, one index probe per priority,
--- each landing on a priority's last entry. Why (issue 14): `_due` leads with `priority`, so a
--- scan for due rows in fetch order cannot stop at a priority's first delayed row, and SQLite
--- skips over the leading column only when `ANALYZE` has told it how few values it has: a fetch
--- finding fewer due rows than it asks for read every delayed row's entry (200 000 delayed:
--- 23 ms per empty fetch, 0.04 ms bounded per priority). Migration 7 dropped `_next`, so the
--- statements have `_due` alone to read queued rows by.
-prio (priority) AS (
-    SELECT (SELECT priority FROM {table} WHERE state = 'queued' ORDER BY priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT q.priority FROM {table} q WHERE q.state = 'queued' AND q.priority > prio.priority
-            ORDER BY q.priority LIMIT 1)
-    FROM prio WHERE prio.priority IS NOT NULL
-)
-
 -- name: enqueue
 -- ?1: a JSON array of [payload_json, priority, delay_us, max_attempts, timeout_ms, traceparent,
 -- pace_key]; ?2: now.
@@ -36,16 +18,13 @@ RETURNING id;
 -- name: fetch
 -- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
 -- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now. The last column is NULL: the source asks
--- next_due after a short batch (the dialect's FETCH_NEXT_DUE is false). The due rows are read
--- per priority (see queued_priorities).
-WITH RECURSIVE {queued_priorities}
+-- next_due after a short batch (the dialect's FETCH_NEXT_DUE is false).
 UPDATE {table}
 SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
     lease_seq = lease_seq + 1, leased_at = ?4
 WHERE id IN (
     SELECT id FROM {table}
     WHERE state = 'queued' AND run_at <= ?4
-      AND priority IN (SELECT priority FROM prio WHERE priority IS NOT NULL)
     ORDER BY priority DESC, run_at, id
     LIMIT ?1
 )
@@ -53,13 +32,8 @@ RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at,
           lease_seq, traceparent, pace_key, NULL;
 
 -- name: next_due
--- Microseconds from now (?1) to the earliest queued task (negative: overdue): the earliest of
--- each priority's first queued row (see queued_priorities).
-WITH RECURSIVE {queued_priorities}
-SELECT min((SELECT q.run_at FROM {table} q
-            WHERE q.state = 'queued' AND q.priority = prio.priority
-            ORDER BY q.run_at LIMIT 1)) - ?1
-FROM prio WHERE prio.priority IS NOT NULL;
+-- Microseconds from now (?1) to the earliest queued task (negative: overdue).
+SELECT min(run_at) - ?1 FROM {table} WHERE state = 'queued';
 
 -- name: ack
 -- ?1: a JSON array of [id, attempt, kind, after_us, error, lease_seq]; ?2: owner; ?3: now.
@@ -175,27 +149,15 @@ SELECT id, state, attempt, max_attempts, last_error, run_at, enqueued_at, finish
 FROM {table} WHERE id = ?1;
 
 -- name: counts
--- Tasks by state, in one statement: each count reads one partial index (queued, running, dead),
--- the due and the delayed rows each their own ranges of `_due`, one per priority (see
--- queued_priorities); the oldest due task's age (µs; NULL when none is due) is the earliest of
--- each priority's first queued row, one index probe per priority. ?1: now.
-WITH RECURSIVE {queued_priorities},
-levels AS (SELECT priority FROM prio WHERE priority IS NOT NULL),
-firsts AS (
-    SELECT (SELECT q.run_at FROM {table} q
-            WHERE q.state = 'queued' AND q.priority = levels.priority
-            ORDER BY q.run_at LIMIT 1) AS run_at
-    FROM levels
-)
-SELECT (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND priority IN levels AND run_at <= ?1),
-       (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND priority IN levels AND run_at > ?1 AND attempt = 0),
-       (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND priority IN levels AND run_at > ?1 AND attempt > 0),
+-- Tasks by state, in one statement: each count reads one partial index (queued, running, dead);
+-- the oldest due task's age (µs; NULL when none is due) is one lookup at the start of the
+-- queued run_at index. ?1: now.
+SELECT (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= ?1),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt = 0),
+       (SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at > ?1 AND attempt > 0),
        (SELECT count(*) FROM {table} WHERE state = 'running'),
        (SELECT count(*) FROM {table} WHERE state = 'dead'),
-       (SELECT ?1 - min(run_at) FROM firsts WHERE run_at <= ?1);
+       (SELECT ?1 - min(run_at) FROM {table} WHERE state = 'queued' AND run_at <= ?1);
 
 -- name: dead_rerun
 UPDATE {table}
