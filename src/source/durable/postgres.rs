@@ -318,6 +318,7 @@ impl Dialect for PgDialect {
         include_str!("../../../migrations/postgres/0008_queue_pace.sql"),
         include_str!("../../../migrations/postgres/0009_stored_queue_pace.sql"),
         include_str!("../../../migrations/postgres/0010_fillfactor.sql"),
+        include_str!("../../../migrations/postgres/0011_next_index_unusable_by_fetch.sql"),
     ];
     const PRUNE_BATCH: i64 = 10_000;
     const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -756,6 +757,209 @@ mod tests {
         }
         drop(conn);
         bookkeeping.close().await;
+        drop_schema(&pool, &schema).await;
+    }
+
+    /// Buffers read by the plan node `name` (and the nodes under it) of a JSON `EXPLAIN
+    /// (ANALYZE, BUFFERS)`; `None` when the plan has no such node.
+    fn buffers_of(plan: &serde_json::Value, name: &str) -> Option<u64> {
+        let blocks = |node: &serde_json::Value| {
+            ["Shared Hit Blocks", "Shared Read Blocks"]
+                .iter()
+                .map(|key| {
+                    node.get(key)
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        if plan.get("Subplan Name").and_then(serde_json::Value::as_str) == Some(name) {
+            return Some(blocks(plan));
+        }
+        plan.get("Plans")?
+            .as_array()?
+            .iter()
+            .find_map(|child| buffers_of(child, name))
+    }
+
+    /// VACUUMs `table` once no transaction that began before this call is still open (another
+    /// test's, on the same server): a snapshot that old keeps the rows the scenario updated
+    /// alive to VACUUM, and their index entries would be read by the fetch under test, as
+    /// they are by any scan while a long transaction holds them back.
+    async fn vacuum_when_no_older_snapshot(pool: &sqlx::PgPool, table: &str) {
+        let mark: i64 = sqlx::query_scalar("SELECT txid_current()")
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mark = (mark % (1_i64 << 32)).to_string();
+        let older = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND (age(backend_xmin) >= age($1::xid) OR age(backend_xid) >= age($1::xid))";
+        for _ in 0..3000 {
+            let open: i64 = sqlx::query_scalar(older)
+                .bind(&mark)
+                .fetch_one(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // VACUUM alone: not in the implicit transaction of a multi-statement query.
+        sqlx::raw_sql(&format!("VACUUM {table}"))
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A fetch reads the due rows' index entries, not the delayed rows', whatever the planner's
+    /// statistics say (issue 14): 100 000 rows delayed by a day while 3 are due, statistics
+    /// taken (1) with the rows delayed, (2) then the rows come due (the statistics predate it:
+    /// a scheduled batch's hour arrives), (3) with the rows due, then they are delayed again.
+    /// With the due index scanned in fetch order across priorities, (3) read all 100 000
+    /// entries; with the `run_at` index the planner chose in (2), it read every due row and
+    /// sorted them, for a batch of 10 (2 959 buffers). The plan is the generic one sqlx's
+    /// prepared statement gets. Buffer counts, not times: the same on a loaded machine. Then
+    /// 20 distinct priorities (more than the per-priority read takes): the fetch in fetch
+    /// order, highest priority first.
+    #[actix_rt::test]
+    async fn a_fetch_reads_the_due_rows_only_whatever_the_statistics() {
+        let Opened {
+            source: _source,
+            pool,
+            schema,
+            names,
+            sql,
+            ..
+        } = opened().await;
+        let table = &names.table;
+        let mut conn = pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+        let setup = format!(
+            "INSERT INTO {table} (payload, run_at) \
+             SELECT '0', now() + interval '1 day' FROM generate_series(1, 100000); \
+             SET plan_cache_mode = force_generic_plan; \
+             PREPARE f(bigint, bigint, bigint) AS {};",
+            sql.fetch
+        );
+        sqlx::raw_sql(&setup)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let scenarios = [
+            ("statistics of delayed rows", "ANALYZE {table}", ""),
+            (
+                "delayed rows come due after the statistics",
+                "ANALYZE {table}",
+                "UPDATE {table} SET run_at = now() - interval '1 hour' \
+                 WHERE state = 'queued' AND run_at > now()",
+            ),
+            (
+                "due rows delayed after the statistics",
+                "UPDATE {table} SET run_at = now() - interval '1 hour' \
+                 WHERE state = 'queued' AND run_at > now(); ANALYZE {table}",
+                "UPDATE {table} SET run_at = now() + interval '1 day' \
+                 WHERE state = 'queued' AND run_at < now() - interval '1 minute'",
+            ),
+        ];
+        for (scenario, before, after) in scenarios {
+            // Three due rows: the fetch takes them in priority order.
+            let prepare = format!(
+                "UPDATE {table} SET run_at = now() + interval '1 day' \
+                 WHERE state = 'queued' AND run_at <= now(); \
+                 {before}; \
+                 INSERT INTO {table} (payload, priority, run_at) \
+                 VALUES ('1', 0, now() - interval '1 second'), ('2', 5, now()), \
+                        ('3', 0, now() - interval '2 seconds'); \
+                 {after}",
+                before = before.replace("{table}", table),
+                after = after.replace("{table}", table),
+            );
+            sqlx::raw_sql(&prepare)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            vacuum_when_no_older_snapshot(&pool, table).await;
+            let due: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {table} WHERE state = 'queued' AND run_at <= now()"
+            ))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            // The plan, as JSON (sqlx's `json` feature is off: read the value's text).
+            let row =
+                sqlx::query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE f(10, 1, 30000000)")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            let text = sqlx::Row::try_get_raw(&row, 0)
+                .and_then(|value| value.as_str().map_err(sqlx::Error::Decode))
+                .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            let explained: serde_json::Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            let plan = &explained[0]["Plan"];
+            let scans: Vec<u64> = ["CTE few", "CTE many"]
+                .iter()
+                .filter_map(|name| buffers_of(plan, name))
+                .collect();
+            assert!(
+                !scans.is_empty(),
+                "{scenario}: no due-row scan in {explained:#}"
+            );
+            let picked: u64 = scans.iter().sum();
+            assert!(
+                picked <= 100,
+                "{scenario} ({due} due): the fetch's scan read {picked} buffers: {explained:#}"
+            );
+            let payloads: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT payload::text FROM {table} WHERE state = 'running' ORDER BY leased_at, \
+                 priority DESC, run_at"
+            ))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            let expected = if due >= 10 { 10 } else { 3 };
+            assert_eq!(payloads.len(), expected, "{scenario} ({due} due)");
+            if expected == 3 {
+                assert_eq!(
+                    payloads,
+                    ["2", "3", "1"],
+                    "{scenario}: priority, then due time"
+                );
+            }
+            sqlx::raw_sql(&format!("DELETE FROM {table} WHERE state = 'running'"))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+        }
+        // More distinct priorities than the per-priority read takes: fetch order still holds.
+        let many = format!(
+            "DELETE FROM {table}; \
+             INSERT INTO {table} (payload, priority, run_at) \
+             SELECT to_jsonb(g), g % 20, now() - interval '1 second' FROM generate_series(1, 200) g; \
+             INSERT INTO {table} (payload, priority, run_at) \
+             VALUES ('999', 100, now() + interval '1 day')"
+        );
+        sqlx::raw_sql(&many)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rows = sqlx::query("EXECUTE f(15, 1, 30000000)")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut priorities: Vec<i64> = rows
+            .iter()
+            .map(|row| sqlx::Row::try_get::<i64, _>(row, 3).unwrap_or(-1))
+            .collect();
+        priorities.sort_unstable_by(|a, b| b.cmp(a));
+        let mut expected = vec![19; 10];
+        expected.extend([18; 5]);
+        assert_eq!(
+            priorities, expected,
+            "21 priorities: the highest due ones first"
+        );
+        drop(conn);
         drop_schema(&pool, &schema).await;
     }
 
