@@ -19,14 +19,43 @@ RETURNING id;
 -- One statement: SQLite runs one writer at a time, so no two pollers lease the same row.
 -- ?1: how many; ?2: owner; ?3: lease (µs); ?4: now. The last column is NULL: the source asks
 -- next_due after a short batch (the dialect's FETCH_NEXT_DUE is false).
+-- The due rows are read per priority when the queued rows have at most 16 distinct priorities
+-- (issue 14), as in the PostgreSQL dialect: `_due` leads with `priority`, so a scan in fetch
+-- order cannot stop at a priority's first delayed row, and a fetch finding fewer due rows than
+-- it asks for (every wake-up of an idle queue) read every delayed row's entry (200 000
+-- delayed: 23 ms). `prio`: the queued priorities, highest first, one index probe each, at most
+-- 17. With at most 16, each priority's due range (`priority IN (…) AND run_at <= now`): SQLite
+-- walks the list in index order, so the batch comes out in fetch order with no sort. With more,
+-- the scan in fetch order (a probe per priority on every fetch would cost more than it saves).
+-- Each arm runs only in its case: its LIMIT is 0 in the other, and SQLite tests the limit
+-- before the loop (a condition in WHERE would be tested on every row the scan visits). Both
+-- read `_due` (INDEXED BY): with statistics taken while many rows were due, SQLite's planner
+-- chose `_next` for the fallback, reading every due row and sorting them for one batch.
+WITH RECURSIVE prio (priority, n) AS (
+    SELECT (SELECT priority FROM {table} WHERE state = 'queued' ORDER BY priority DESC LIMIT 1), 1
+    UNION ALL
+    SELECT (SELECT q.priority FROM {table} q WHERE q.state = 'queued' AND q.priority < p.priority
+            ORDER BY q.priority DESC LIMIT 1), p.n + 1
+    FROM prio p WHERE p.priority IS NOT NULL AND p.n <= 16
+),
+levels AS MATERIALIZED (SELECT priority FROM prio WHERE priority IS NOT NULL)
 UPDATE {table}
 SET state = 'running', attempt = attempt + 1, lease_owner = ?2, lease_until = ?4 + ?3,
     lease_seq = lease_seq + 1, leased_at = ?4
 WHERE id IN (
-    SELECT id FROM {table}
-    WHERE state = 'queued' AND run_at <= ?4
-    ORDER BY priority DESC, run_at, id
-    LIMIT ?1
+    SELECT id FROM (
+        SELECT id FROM {table} INDEXED BY "{name}_due"
+        WHERE state = 'queued' AND run_at <= ?4 AND priority IN (SELECT priority FROM levels)
+        ORDER BY priority DESC, run_at, id
+        LIMIT CASE WHEN (SELECT count(*) FROM levels) <= 16 THEN ?1 ELSE 0 END
+    )
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM {table} INDEXED BY "{name}_due"
+        WHERE state = 'queued' AND run_at <= ?4
+        ORDER BY priority DESC, run_at, id
+        LIMIT CASE WHEN (SELECT count(*) FROM levels) > 16 THEN ?1 ELSE 0 END
+    )
 )
 RETURNING id, attempt, max_attempts, priority, timeout_ms, payload, enqueued_at, run_at,
           lease_seq, traceparent, pace_key, NULL;
