@@ -72,11 +72,26 @@ pub(crate) fn dead_task(
 }
 
 /// The statement named `name` in a file of `-- name:` sections, with its placeholders filled.
+/// A `{part:NAME}` in it is the section `NAME` of the same file, in place (text two
+/// statements share, e.g. common table expressions), filled with the same placeholders.
 ///
 /// The files are part of the crate (`include_str!`), and a unit test of each source reads every
 /// name it uses, so a missing section is a bug of the crate found by its tests.
 pub(crate) fn statement(file: &str, name: &str, vars: &[(&str, &str)]) -> String {
-    let header = format!("-- name: {name}");
+    let mut out = section(file, name);
+    while let Some(start) = out.find("{part:") {
+        let end = start
+            + out[start..]
+                .find('}')
+                .unwrap_or_else(|| panic!("-- name: {name}: an unclosed {{part:"));
+        let part = section(file, &out[start + "{part:".len()..end]);
+        out.replace_range(start..=end, part.trim_end());
+    }
+    fill(&out, vars)
+}
+
+/// The lines of section `name` that are not comments.
+fn section(file: &str, name: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in file.lines() {
@@ -91,9 +106,9 @@ pub(crate) fn statement(file: &str, name: &str, vars: &[(&str, &str)]) -> String
     }
     assert!(
         !out.trim().is_empty(),
-        "{header} is missing from the crate's SQL"
+        "-- name: {name} is missing from the crate's SQL"
     );
-    fill(&out, vars)
+    out
 }
 
 /// The statement `name` of `file`, filled, or `None` when the file has no such section (a
@@ -538,5 +553,11 @@ mod tests {
             "SELECT 1 FROM x;"
         );
         assert_eq!(statement(file, "b", &[]).trim(), "SELECT 2;");
+        let shared = "-- name: p\nx AS (SELECT {v})\n-- name: c\nWITH {part:p}, y AS (SELECT 2)\n\
+                      SELECT * FROM {part:p2};\n-- name: p2\nx\n";
+        assert_eq!(
+            statement(shared, "c", &[("v", "1")]).trim(),
+            "WITH x AS (SELECT 1), y AS (SELECT 2)\nSELECT * FROM x;"
+        );
     }
 }

@@ -822,7 +822,8 @@ mod tests {
     /// sorted them, for a batch of 10 (2 959 buffers). The plan is the generic one sqlx's
     /// prepared statement gets. Buffer counts, not times: the same on a loaded machine. Then
     /// 20 distinct priorities (more than the per-priority read takes): the fetch in fetch
-    /// order, highest priority first.
+    /// order, highest priority first. The same for the claim under queue-wide pace (issue 14:
+    /// its candidates were read in fetch order).
     #[actix_rt::test]
     async fn a_fetch_reads_the_due_rows_only_whatever_the_statistics() {
         let Opened {
@@ -835,12 +836,29 @@ mod tests {
         } = opened().await;
         let table = &names.table;
         let mut conn = pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+        // The claim under queue-wide pace reads its candidates the same way: a pace row with
+        // no limits, so it claims what the plain fetch would.
+        let paced = sql
+            .paced
+            .as_ref()
+            .unwrap_or_else(|| panic!("no paced claim"));
+        sqlx::query(&paced.declare)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let setup = format!(
             "INSERT INTO {table} (payload, run_at) \
              SELECT '0', now() + interval '1 day' FROM generate_series(1, 100000); \
              SET plan_cache_mode = force_generic_plan; \
-             PREPARE f(bigint, bigint, bigint) AS {};",
-            sql.fetch
+             PREPARE plain_fetch(bigint, bigint, bigint) AS {}; \
+             PREPARE paced_claim(bigint, bigint, bigint) AS {};",
+            sql.fetch, paced.fetch
         );
         sqlx::raw_sql(&setup)
             .execute(&mut *conn)
@@ -862,7 +880,12 @@ mod tests {
                  WHERE state = 'queued' AND run_at < now() - interval '1 minute'",
             ),
         ];
-        for (scenario, before, after) in scenarios {
+        for (statement, (scenario, before, after)) in ["plain_fetch", "paced_claim"]
+            .into_iter()
+            .flat_map(|statement| scenarios.iter().map(move |s| (statement, *s)))
+        {
+            let scenario = format!("{statement}: {scenario}");
+            let scenario = scenario.as_str();
             // Three due rows: the fetch takes them in priority order.
             let prepare = format!(
                 "UPDATE {table} SET run_at = now() + interval '1 day' \
@@ -887,11 +910,12 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{scenario}: {e}"));
             // The plan, as JSON (sqlx's `json` feature is off: read the value's text).
-            let row =
-                sqlx::query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE f(10, 1, 30000000)")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+            let row = sqlx::query(&format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {statement}(10, 1, 30000000)"
+            ))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{scenario}: {e}"));
             let text = sqlx::Row::try_get_raw(&row, 0)
                 .and_then(|value| value.as_str().map_err(sqlx::Error::Decode))
                 .unwrap_or_else(|e| panic!("{scenario}: {e}"));
@@ -944,21 +968,24 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let rows = sqlx::query("EXECUTE f(15, 1, 30000000)")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut priorities: Vec<i64> = rows
-            .iter()
-            .map(|row| sqlx::Row::try_get::<i64, _>(row, 3).unwrap_or(-1))
-            .collect();
-        priorities.sort_unstable_by(|a, b| b.cmp(a));
-        let mut expected = vec![19; 10];
-        expected.extend([18; 5]);
-        assert_eq!(
-            priorities, expected,
-            "21 priorities: the highest due ones first"
-        );
+        for (statement, expected) in [
+            ("plain_fetch", [[19; 10].as_slice(), &[18; 5]].concat()),
+            ("paced_claim", [[18; 5].as_slice(), &[17; 10]].concat()),
+        ] {
+            let rows = sqlx::query(&format!("EXECUTE {statement}(15, 1, 30000000)"))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            let mut priorities: Vec<i64> = rows
+                .iter()
+                .map(|row| sqlx::Row::try_get::<i64, _>(row, 3).unwrap_or(-1))
+                .collect();
+            priorities.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!(
+                priorities, expected,
+                "{statement}: 21 priorities: the highest due ones first"
+            );
+        }
         drop(conn);
         drop_schema(&pool, &schema).await;
     }

@@ -15,6 +15,20 @@ FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::te
 ORDER BY u.ord
 RETURNING id;
 
+-- name: queued_priorities
+-- A part of `fetch` and `fetch_paced` (`{part:queued_priorities}`), two common table
+-- expressions of a `WITH RECURSIVE`: `prio`, the queued priorities, lowest first, by a loose scan
+-- of `_due` (one probe per priority, landing on its latest entry, not on the dead entries at its
+-- head), at most 17; `levels.p`, those priorities as an array.
+prio (priority, n) AS (
+    SELECT (SELECT priority FROM {table} WHERE state = 'queued' ORDER BY priority LIMIT 1), 1
+    UNION ALL
+    SELECT (SELECT q.priority FROM {table} q WHERE q.state = 'queued' AND q.priority > p.priority
+            ORDER BY q.priority LIMIT 1), p.n + 1
+    FROM prio p WHERE p.priority IS NOT NULL AND p.n <= 16
+),
+levels AS (SELECT ARRAY(SELECT priority FROM prio WHERE priority IS NOT NULL) AS p)
+
 -- name: fetch
 -- Leases up to $1 due tasks: rows another worker is leasing right now are skipped, not waited
 -- for. $2: owner; $3: lease in microseconds. `= ANY(ARRAY(…))` makes the update find its rows
@@ -32,19 +46,11 @@ RETURNING id;
 -- (issue 14): `_due` leads with `priority`, so a scan in fetch order cannot stop at a
 -- priority's first delayed row, and a fetch finding fewer due rows than it asks for (every
 -- wake-up of an idle queue) read every delayed row's entry (200 000 delayed: 1 039 buffers,
--- 11 ms). `prio`: the queued priorities, lowest first, by a loose scan of `_due` (one probe per
--- priority, landing on its latest entry, not on the dead entries at its head), at most 17.
+-- 11 ms). `levels`: the queued priorities, at most 17 (`queued_priorities`).
 -- `few`: with at most 16, each priority's due range (`priority = ANY(…) AND run_at <= now()`),
 -- in fetch order. `many`: with more, the scan in fetch order (a probe per priority on every
 -- fetch would cost more than it saves). Each runs only in its case (a one-time filter).
-WITH RECURSIVE prio (priority, n) AS (
-    SELECT (SELECT priority FROM {table} WHERE state = 'queued' ORDER BY priority LIMIT 1), 1
-    UNION ALL
-    SELECT (SELECT q.priority FROM {table} q WHERE q.state = 'queued' AND q.priority > p.priority
-            ORDER BY q.priority LIMIT 1), p.n + 1
-    FROM prio p WHERE p.priority IS NOT NULL AND p.n <= 16
-),
-levels AS (SELECT ARRAY(SELECT priority FROM prio WHERE priority IS NOT NULL) AS p),
+WITH RECURSIVE {part:queued_priorities},
 few AS (
     SELECT id FROM {table}
     WHERE (SELECT cardinality(p) FROM levels) <= 16
@@ -104,8 +110,9 @@ BEGIN; SELECT 1 FROM {pace} WHERE kind = 0 AND pace_key = '' FOR UPDATE;
 -- comes back), is skipped, not waited for: the tasks behind it are claimed (no head-of-line
 -- blocking). The global rate takes at most as many as its GCRA allows now, and moves its tat.
 -- The keys to skip are read once (`NOT IN` a small set: a hashed lookup per row); no key is
--- NULL in either set.
-WITH clock AS (SELECT clock_timestamp() AS now),
+-- NULL in either set. The candidates are read per priority (`few`) or in fetch order (`many`),
+-- as in `fetch` (issue 14): a short claim does not read every delayed row's entry.
+WITH RECURSIVE clock AS (SELECT clock_timestamp() AS now),
 q AS (
     SELECT p.paused_until, greatest(coalesce(p.tat, c.now), c.now) AS tat, c.now,
            coalesce(p.key_limit, 0) AS key_limit, coalesce(p.rate_interval_us, 0) AS step,
@@ -132,15 +139,29 @@ held AS (
     UNION ALL
     SELECT p.pace_key FROM {pace} p, clock c WHERE p.kind = 1 AND p.paused_until > c.now
 ),
-candidates AS (
+{part:queued_priorities},
+few AS (
     SELECT t.id, t.pace_key, t.priority, t.run_at
     FROM {table} t
-    WHERE t.state = 'queued' AND t.run_at <= now()
+    WHERE (SELECT cardinality(p) FROM levels) <= 16
+      AND t.state = 'queued' AND t.run_at <= now()
+      AND t.priority = ANY((SELECT p FROM levels)::int[])
       AND (t.pace_key IS NULL OR t.pace_key NOT IN (SELECT pace_key FROM held))
     ORDER BY t.priority DESC, t.run_at, t.id
     LIMIT (SELECT 2 * $1::bigint)
     FOR UPDATE SKIP LOCKED
 ),
+many AS (
+    SELECT t.id, t.pace_key, t.priority, t.run_at
+    FROM {table} t
+    WHERE (SELECT cardinality(p) FROM levels) > 16
+      AND t.state = 'queued' AND t.run_at <= now()
+      AND (t.pace_key IS NULL OR t.pace_key NOT IN (SELECT pace_key FROM held))
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT (SELECT 2 * $1::bigint)
+    FOR UPDATE SKIP LOCKED
+),
+candidates AS (SELECT * FROM few UNION ALL SELECT * FROM many),
 ranked AS (
     SELECT c.id, c.pace_key, c.priority, c.run_at, coalesce(r.n, 0) AS running,
            row_number() OVER (PARTITION BY c.pace_key ORDER BY c.priority DESC, c.run_at, c.id)
