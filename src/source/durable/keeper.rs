@@ -302,4 +302,32 @@ mod tests {
         keeper.put(conn, true);
         assert_eq!(keeper.kept(), 0, "cycled through the pool");
     }
+
+    /// A keeper dropped where no runtime is current (a source moved out of its `System` and
+    /// dropped after it ended) closes the connections it keeps instead of returning them: sqlx
+    /// returns a connection to its pool in a task, and spawning one there panics. Seen failing
+    /// with the keeper always returning them.
+    #[test]
+    fn a_keeper_dropped_outside_a_runtime_closes_its_connections() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (keeper, pool) = runtime.block_on(async {
+            let pool = pool(1).await;
+            let keeper = Keeper::new(pool.clone(), Duration::MAX);
+            let conn = keeper.get().await.unwrap_or_else(|e| panic!("{e}"));
+            keeper.put(conn, true);
+            (keeper, pool)
+        });
+        assert_eq!(keeper.kept(), 1);
+        drop(runtime);
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        drop(keeper);
+        assert_eq!(
+            pool.size(),
+            0,
+            "the kept connection closed, not in the pool"
+        );
+    }
 }
