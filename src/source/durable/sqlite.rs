@@ -124,7 +124,8 @@ impl Dialect for SqliteDialect {
             } else {
                 SqliteSynchronous::Normal
             })
-            .busy_timeout(store.busy_timeout);
+            .busy_timeout(store.busy_timeout)
+            .row_buffer_size(config.batch.saturating_add(1));
         SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(store.busy_timeout + Duration::from_secs(5))
