@@ -368,20 +368,34 @@ SELECT id, state, attempt::bigint, max_attempts::bigint, last_error,
 FROM {table} WHERE id = $1;
 
 -- name: counts
--- Tasks by state, in one statement: each count reads one partial index (queued, running, dead);
--- the oldest due task's age (µs; NULL when none is due) is one lookup at the start of the
--- queued run_at index (min() becomes an index scan that stops at its first row).
--- (`lease_owner IS NULL`, true of every queued row, lets the queued counts read `_next`.)
-SELECT (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND lease_owner IS NULL AND run_at <= now()),
-       (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND lease_owner IS NULL AND run_at > now() AND attempt = 0),
-       (SELECT count(*) FROM {table}
-        WHERE state = 'queued' AND lease_owner IS NULL AND run_at > now() AND attempt > 0),
-       (SELECT count(*) FROM {table} WHERE state = 'running'),
-       (SELECT count(*) FROM {table} WHERE state = 'dead'),
-       (SELECT (extract(epoch FROM now() - min(run_at)) * 1000000)::bigint
-        FROM {table} WHERE state = 'queued' AND lease_owner IS NULL AND run_at <= now());
+-- Tasks by state, in one statement, each count from a partial index: a count reads one entry
+-- per task it counts, never the whole table. Each reads its index in order (`ORDER BY` the
+-- index's keys, `LIMIT (SELECT …)`: with no limit to see, the planner reads the index in order
+-- whatever the statistics say; with the counts' predicates alone it chose parallel scans of
+-- the whole table on a fresh 1 000 000-row queue, 0.9–1.2 s per count with JIT, issue 14):
+-- queued rows by `_next` (the scheduled and retrying ones in one pass), running ones by the
+-- leases index (`lease_until IS NOT NULL`), dead ones by `_dead`. The oldest due task's age is
+-- the first entry of `_next`. (`lease_owner IS NULL`, true of every queued row, is `_next`'s
+-- predicate.)
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM {table}
+            WHERE state = 'queued' AND lease_owner IS NULL AND run_at <= now()
+            ORDER BY run_at LIMIT (SELECT 9223372036854775807::bigint)) due),
+       later.scheduled, later.retrying,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {table} WHERE lease_until IS NOT NULL AND state = 'running'
+            ORDER BY lease_until LIMIT (SELECT 9223372036854775807::bigint)) running),
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {table} WHERE state = 'dead'
+            ORDER BY finished_at DESC, id DESC LIMIT (SELECT 9223372036854775807::bigint)) dead),
+       (SELECT (extract(epoch FROM now() - run_at) * 1000000)::bigint FROM {table}
+        WHERE state = 'queued' AND lease_owner IS NULL AND run_at <= now()
+        ORDER BY run_at LIMIT 1)
+FROM (SELECT count(*) FILTER (WHERE attempt = 0) AS scheduled,
+             count(*) FILTER (WHERE attempt > 0) AS retrying
+      FROM (SELECT attempt FROM {table}
+            WHERE state = 'queued' AND lease_owner IS NULL AND run_at > now()
+            ORDER BY run_at LIMIT (SELECT 9223372036854775807::bigint)) delayed) later;
 
 -- name: dead_rerun
 UPDATE {table}
