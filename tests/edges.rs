@@ -677,3 +677,61 @@ async fn tracking_expires_in_a_shared_store_that_never_answers() {
         .await
         .unwrap();
 }
+
+// ---- issue 14: counting a big queue -------------------------------------------------------
+
+/// The periodic count of a source that cannot say `queued` (a durable one) takes at most about
+/// 5 % of the time, however long a count takes: a PostgreSQL count of a million queued rows
+/// took 0.4–1.2 s of the server's time, every 5 s. A count that takes 1 s waits 19 s before
+/// the next; one that takes 10 ms keeps the 5-s cadence. The first is at the first tick, not
+/// at start (when a poller has the most to catch up). Virtual time: the counts' durations and
+/// spacing are exact.
+#[actix_rt::test]
+async fn a_slow_count_is_spaced_by_its_duration() {
+    const SAMPLE: Duration = Duration::from_secs(5);
+    tokio::time::pause();
+    for (take, at_most, at_least) in [
+        (Duration::from_secs(1), 7, 5),
+        (Duration::from_millis(10), 24, 22),
+    ] {
+        let (mut source, log) = common::ScriptedSource::<u32>::new(100);
+        source.counts_take = Some(take);
+        let poller = Poller::<u32>::builder()
+            .source(source)
+            .workers(1)
+            .on_current_arbiter()
+            .start(|_n: u32, _cx: TaskContext| async { Ok::<_, Infallible>(()) })
+            .unwrap();
+        let began = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let counts = log.borrow().counts.clone();
+        let busy: Duration = counts.iter().map(|(from, to)| *to - *from).sum();
+        assert!(
+            (at_least..=at_most).contains(&counts.len()),
+            "counts taking {take:?}: {} in 120 s",
+            counts.len()
+        );
+        assert!(
+            busy <= Duration::from_secs(120) / 19,
+            "counts taking {take:?}: {busy:?} of counting in 120 s"
+        );
+        for pair in counts.windows(2) {
+            let (_, ended) = pair[0];
+            let (next, _) = pair[1];
+            assert!(
+                next - ended >= take * 19,
+                "counts taking {take:?}: the next began {:?} after one ended",
+                next - ended
+            );
+        }
+        let first = counts.first().map(|(at, _)| *at - began);
+        assert!(
+            first.is_some_and(|after| (SAMPLE..SAMPLE * 2).contains(&after)),
+            "the first count {first:?} after the start: at the first tick, not at once"
+        );
+        assert_eq!(poller.stats().queued, Some(0), "the counts answered");
+        within(poller.shutdown(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    }
+}

@@ -305,8 +305,8 @@ async fn tasks_enqueued_without_attempts_get_the_source_default() {
     }
 }
 
-/// A durable source cannot say `queued` without asking the store: the Fetcher counts it at
-/// start and every few seconds, so `Stats::queued` is known (it stayed `None` before).
+/// A durable source cannot say `queued` without asking the store: the Fetcher counts it 5 s
+/// after start and every few seconds, so `Stats::queued` is known (it stayed `None` before).
 #[actix_rt::test]
 async fn stats_queued_is_known_for_a_durable_source() {
     let path = temp_db();
@@ -319,7 +319,7 @@ async fn stats_queued_is_known_for_a_durable_source() {
         .on_current_arbiter()
         .start(|_job: Job, _cx| async { Ok::<_, std::io::Error>(()) })
         .unwrap_or_else(|e| panic!("{e}"));
-    // The first count is in flight from the start: wait for its answer (bounded).
+    // The first count is 5 s after the start: wait for its answer (bounded).
     let known = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if let Some(q) = poller.stats().queued {

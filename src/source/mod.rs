@@ -549,7 +549,10 @@ pub trait Source<T>: 'static {
     }
 
     /// How many tasks the source holds in each state ([`QueueCounts`]), if it can count them
-    /// (a durable store in one indexed statement). Default: `Ok(None)`.
+    /// (a durable store in one statement that reads its partial indexes). A source that
+    /// cannot say [`queued`](Self::queued) is counted by the Fetcher every few seconds, less
+    /// often when counting takes long (see [`Stats::queued`](crate::Stats::queued)).
+    /// Default: `Ok(None)`.
     ///
     /// # Errors
     ///

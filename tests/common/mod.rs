@@ -109,6 +109,8 @@ pub struct SourceLog {
     pub heartbeats: usize,
     /// When each fetch call was made.
     pub fetch_times: Vec<tokio::time::Instant>,
+    /// When each `counts` call began and ended.
+    pub counts: Vec<(tokio::time::Instant, tokio::time::Instant)>,
 }
 
 /// A memory source that records every call and can fail its first `fail_first` fetches
@@ -127,6 +129,9 @@ pub struct ScriptedSource<T> {
     pub fail_acks: usize,
     /// The first `fail_enqueues` enqueue calls fail with `SubmitError::Source`.
     pub fail_enqueues: usize,
+    /// Counts like a durable source: `queued` is unknown, and each `counts` call answers
+    /// after this long.
+    pub counts_take: Option<std::time::Duration>,
     pub _drop: Option<DropProbe>,
 }
 
@@ -144,6 +149,7 @@ impl<T> ScriptedSource<T> {
                 ack_delay: None,
                 fail_acks: 0,
                 fail_enqueues: 0,
+                counts_take: None,
                 _drop: None,
             },
             log,
@@ -267,7 +273,33 @@ impl<T: 'static> Source<T> for ScriptedSource<T> {
     }
 
     fn queued(&self) -> Option<u64> {
-        Some(self.inner.len() as u64)
+        match self.counts_take {
+            Some(_) => None,
+            None => Some(self.inner.len() as u64),
+        }
+    }
+
+    fn counts(
+        &mut self,
+    ) -> LocalBoxFuture<'static, Result<Option<actix_poller::QueueCounts>, Unavailable>> {
+        let Some(take) = self.counts_take else {
+            return async { Ok(None) }.boxed_local();
+        };
+        let counts = self.inner.counts().now_or_never();
+        let log = self.log.clone();
+        async move {
+            let began = tokio::time::Instant::now();
+            tokio::time::sleep(take).await;
+            log.borrow_mut()
+                .counts
+                .push((began, tokio::time::Instant::now()));
+            match counts {
+                Some(Ok(counts)) => Ok(counts),
+                Some(Err(e)) => match e {},
+                None => Ok(None),
+            }
+        }
+        .boxed_local()
     }
 
     fn close(
