@@ -129,12 +129,17 @@ async fn coordinator(workers: usize, tasks: u32) -> Result<(), Box<dyn std::erro
         );
         std::process::exit(1);
     }
+    // Closed, the pools say goodbye to the server; dropped at exit, each connection would be a
+    // "connection reset by peer" in its log.
+    queue.pool().close().await;
+    admin.close().await;
     Ok(())
 }
 
 async fn worker(name: String) -> Result<(), Box<dyn std::error::Error>> {
     let source = PgSource::<u32>::connect(config().application_name(name.clone())).await?;
-    let db = source.pool().clone();
+    let pool = source.pool().clone();
+    let db = pool.clone();
     let me = name.clone();
     let poller =
         Poller::builder()
@@ -170,5 +175,9 @@ async fn worker(name: String) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     poller.shutdown(Duration::from_secs(10)).await?;
+    // The shutdown closed the poller's own connections; the source's pool (the handler's
+    // too) and this one are the caller's to close.
+    pool.close().await;
+    db.close().await;
     Ok(())
 }

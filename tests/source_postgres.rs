@@ -459,3 +459,106 @@ async fn statements_and_lock_waits_are_bounded_by_the_server() {
     drop(source);
     drop_schema(&schema).await;
 }
+
+/// A poller shut down closes the source's own connections (its bookkeeping pool, its `LISTEN`
+/// connection) with PostgreSQL's goodbye, not a dropped socket, and so does a source dropped
+/// unused: the server counts no session as abandoned (dropped, each was one, and a
+/// "connection reset by peer" in the server's log: 47 lines for one run of the
+/// `postgres_workers` example). In a database of its own, so that no other test's sessions
+/// count; the caller closes the pools it enqueues through (`PgSource::pool`, `PgQueue::pool`),
+/// as the module docs say.
+#[actix_rt::test]
+async fn a_shut_down_poller_says_goodbye_to_the_server() {
+    let admin = pg::pool().await;
+    let db = format!("ap_close_{}_{:x}", std::process::id(), fastrand::u32(..));
+    sqlx::raw_sql(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg_url();
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (server, _) = base
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("a database in {url}"));
+    let own = if query.is_empty() {
+        format!("{server}/{db}")
+    } else {
+        format!("{server}/{db}?{query}")
+    };
+    let config = PgConfig::new(own).max_connections(4);
+    // A source opened only for its queue and dropped (as an app's enqueue-only side may).
+    let unused = PgSource::<Job>::connect(config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let queue = unused.queue();
+    drop(unused);
+    let source = PgSource::<Job>::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = source.pool().clone();
+    let poller = Poller::<Job>::builder()
+        .source(source)
+        .workers(4)
+        .start(|_n: Job, _cx| async { Ok::<_, std::convert::Infallible>(()) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut receipts = Vec::new();
+    for n in 0..20 {
+        receipts.push(
+            poller
+                .submit_tracked(n)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    for receipt in receipts {
+        assert_eq!(
+            bounded("outcome", receipt.outcome()).await,
+            Ok(FinalState::Completed)
+        );
+    }
+    queue
+        .enqueue(vec![NewTask::new(99)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    poller
+        .shutdown(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    pool.close().await;
+    queue.pool().close().await;
+    // Every session of the database has ended (bounded), then its statistics.
+    bounded("the poller's sessions to end", async {
+        loop {
+            let open: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                    .bind(&db)
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (sessions, abandoned): (i64, i64) = sqlx::query_as(
+        "SELECT sessions, sessions_abandoned FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(&db)
+    .fetch_one(&admin)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = sqlx::raw_sql(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+    assert!(
+        sessions >= 3,
+        "the poller's sessions were counted: {sessions}"
+    );
+    assert_eq!(
+        abandoned, 0,
+        "of {sessions} sessions, {abandoned} abandoned"
+    );
+}

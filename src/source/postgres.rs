@@ -68,7 +68,8 @@
 //!     // ... the user's own writes ...
 //!     queue.enqueue_in(&mut tx, vec![actix_poller::source::NewTask::new("hi".into())]).await?;
 //!     tx.commit().await?; // the task exists from here on, and the poller is notified
-//!     poller.shutdown(Duration::from_secs(10)).await?;
+//!     poller.shutdown(Duration::from_secs(10)).await?; // closes the poller's own connections
+//!     queue.pool().close().await; // yours: each connection then says goodbye to the server
 //!     Ok(())
 //! }
 //! ```

@@ -125,12 +125,17 @@ pub trait Dialect: super::sealed::Sealed + Sized + Send + Sync + 'static {
     }
 
     /// Starts listening for tasks other processes enqueue: a task that bumps `signal` on each
-    /// (PostgreSQL's `LISTEN`); `None` when the store has no notifications.
+    /// (PostgreSQL's `LISTEN`), and the pool of its own connection (the source closes it with
+    /// itself); `None` when the store has no notifications.
+    #[allow(clippy::type_complexity)]
     fn listen<'a>(
         pool: &'a Pool<Self::Db>,
         names: &'a Names,
         signal: Arc<Signal>,
-    ) -> BoxFuture<'a, Result<Option<tokio::task::JoinHandle<()>>, DurableError<Self>>> {
+    ) -> BoxFuture<
+        'a,
+        Result<Option<(tokio::task::JoinHandle<()>, Pool<Self::Db>)>, DurableError<Self>>,
+    > {
         let _ = (pool, names, signal);
         future::ready(Ok(None)).boxed()
     }

@@ -125,6 +125,40 @@ impl<DB: Database> Keeper<DB> {
         }
     }
 
+    /// Closes the pool, the kept connections first, each with its protocol's goodbye
+    /// (PostgreSQL's `Terminate`), not a dropped socket, which the server logs as a connection
+    /// reset by its peer and counts as an abandoned session. Connections out for a statement
+    /// are closed as they come back, waited for at most `wait`. Nothing is kept after.
+    pub(crate) async fn close(&self, wait: Duration) {
+        let idle = std::mem::take(&mut *self.state.idle.borrow_mut());
+        let closing = async {
+            for Idle { kept, .. } in idle {
+                let _ = kept.conn.close().await;
+            }
+            self.pool.close().await;
+        };
+        let _ = tokio::time::timeout(wait, closing).await;
+    }
+
+    /// [`close`](Self::close) in a task of its own (from a `Drop`), when a tokio runtime is
+    /// current; else nothing (the connections are dropped with the pool).
+    pub(crate) fn close_detached(&self, wait: Duration) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let idle = std::mem::take(&mut *self.state.idle.borrow_mut());
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let closing = async {
+                for Idle { kept, .. } in idle {
+                    let _ = kept.conn.close().await;
+                }
+                pool.close().await;
+            };
+            let _ = tokio::time::timeout(wait, closing).await;
+        });
+    }
+
     /// How many connections are kept idle now.
     #[cfg(test)]
     pub(crate) fn kept(&self) -> usize {
@@ -168,11 +202,12 @@ impl<DB: Database> Conns<DB> for Keeper<DB> {
         if ok
             && self.state.waiting.get() == 0
             && now.saturating_duration_since(kept.from_pool) < CYCLE
+            && !self.pool.is_closed()
         {
             self.state.idle.borrow_mut().push(Idle { kept, since: now });
         }
-        // Else (failed, wanted by a caller waiting on the pool, or due for its cycle through
-        // the pool) dropped: back to the pool.
+        // Else (failed, wanted by a caller waiting on the pool, due for its cycle through the
+        // pool, or the pool closed) dropped: back to the pool, which closes it if closed.
     }
 }
 

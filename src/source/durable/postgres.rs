@@ -394,7 +394,8 @@ impl Dialect for PgDialect {
         pool: &'a PgPool,
         names: &'a Names,
         signal: Arc<Signal>,
-    ) -> BoxFuture<'a, Result<Option<tokio::task::JoinHandle<()>>, DurableError<Self>>> {
+    ) -> BoxFuture<'a, Result<Option<(tokio::task::JoinHandle<()>, PgPool)>, DurableError<Self>>>
+    {
         async move {
             let channel = names
                 .vars
@@ -407,7 +408,7 @@ impl Dialect for PgDialect {
                 .connect_lazy_with((*pool.connect_options()).clone());
             let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(channel).await?;
-            Ok(Some(tokio::spawn(listen(listener, signal))))
+            Ok(Some((tokio::spawn(listen(listener, signal)), own)))
         }
         .boxed()
     }

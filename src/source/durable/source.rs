@@ -33,6 +33,11 @@ use crate::task::{Ack, DeadTask, FinalState, QueueCounts, Task, TaskId, TaskStat
 /// `PRUNE_BATCH` rows), so one heartbeat stays short.
 const PRUNE_ROUNDS: usize = 20;
 
+/// How long closing a source waits for each of its pools (the bookkeeping connections, the
+/// `LISTEN` connection) to close: a connection out for a statement is closed when it comes
+/// back.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Under queue-wide pace, how soon a poller that claimed nothing while tasks are due looks
 /// again: they wait for a key's running tasks to end (perhaps in another process, which tells
 /// no one), a key's pause, or the rate.
@@ -60,8 +65,9 @@ pub struct DurableSource<T, D: Store> {
     /// at open and at each heartbeat; with one, claims go through `fetch_paced` (which reads
     /// the limits from the store itself) and pauses are stored.
     pace: Rc<Cell<Option<QueuePace>>>,
-    /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`).
-    listener: Option<tokio::task::JoinHandle<()>>,
+    /// The task that listens for other processes' enqueues (PostgreSQL `LISTEN`), and the
+    /// pool of its connection.
+    listener: Option<(tokio::task::JoinHandle<()>, Pool<D::Db>)>,
 }
 
 impl<T, D: Store> fmt::Debug for DurableSource<T, D> {
@@ -76,11 +82,29 @@ impl<T, D: Store> fmt::Debug for DurableSource<T, D> {
 }
 
 impl<T, D: Store> Drop for DurableSource<T, D> {
+    /// A source dropped without [`close`](Source::close) (never given to a poller, or its
+    /// poller's `System` stopped under it) closes its own connections with a goodbye too, in
+    /// a task, when a runtime is there to run it.
     fn drop(&mut self) {
         if let Some(listener) = self.listener.take() {
-            listener.abort();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(stop_listening(listener));
+            } else {
+                listener.0.abort();
+            }
         }
+        self.bookkeeping.close_detached(CLOSE_WAIT);
     }
+}
+
+/// Stops the `LISTEN` task by closing its pool: sqlx's listener ends its wait for a
+/// notification when its pool closes (the task returns on `PoolClosed`), sends `UNLISTEN`, and
+/// hands its connection back, which the closed pool closes with a goodbye. Aborted instead,
+/// the task dropped the listener mid-wait, and now and then its connection went without one.
+/// Aborted anyway after [`CLOSE_WAIT`].
+async fn stop_listening<DB: sqlx::Database>((task, pool): (tokio::task::JoinHandle<()>, Pool<DB>)) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, pool.close()).await;
+    task.abort();
 }
 
 /// Runs `sql` on a connection of `pool`; how many rows it changed.
@@ -814,25 +838,34 @@ where
     ) -> LocalBoxFuture<'static, Result<Vec<Task<T>>, DurableError<D>>> {
         let ids = unstarted.iter().map(|t| t.id.0 as i64);
         let leases = self.leased.borrow_mut().forget(ids);
-        if let Some(listener) = self.listener.take() {
-            listener.abort();
-        }
+        let listener = self.listener.take();
         let pool = self.bookkeeping.clone();
         let sql = Arc::clone(&self.queue.sql);
         let signal = Arc::clone(&self.queue.signal);
         let owner = self.owner;
         async move {
-            if !leases.is_empty() {
-                let released = common::with_retries(3, D::is_data_error, || {
-                    let args = vec![Arg::List(List::Leases(leases.clone())), Arg::Int(owner)];
-                    count::<D>(&pool, &sql.release, args)
-                })
-                .await?;
-                tracing::debug!(released, "released unstarted tasks");
-                // Other pollers may be idle: tell them.
-                announce::<D>(&pool, &sql, &signal).await?;
+            let released = async {
+                if !leases.is_empty() {
+                    let released = common::with_retries(3, D::is_data_error, || {
+                        let args = vec![Arg::List(List::Leases(leases.clone())), Arg::Int(owner)];
+                        count::<D>(&pool, &sql.release, args)
+                    })
+                    .await?;
+                    tracing::debug!(released, "released unstarted tasks");
+                    // Other pollers may be idle: tell them.
+                    announce::<D>(&pool, &sql, &signal).await?;
+                }
+                Ok(Vec::new())
             }
-            Ok(Vec::new())
+            .await;
+            // The source's own connections (not the pool of `pool()`, which the caller's
+            // queues share), each closed with a goodbye: dropped, each was a "connection reset
+            // by peer" in the server's log and an abandoned session in its statistics.
+            if let Some(listener) = listener {
+                stop_listening(listener).await;
+            }
+            pool.close(CLOSE_WAIT).await;
+            released
         }
         .boxed_local()
     }
