@@ -131,13 +131,7 @@ impl<DB: Database> Keeper<DB> {
     /// are closed as they come back, waited for at most `wait`. Nothing is kept after.
     pub(crate) async fn close(&self, wait: Duration) {
         let idle = std::mem::take(&mut *self.state.idle.borrow_mut());
-        let closing = async {
-            for Idle { kept, .. } in idle {
-                let _ = kept.conn.close().await;
-            }
-            self.pool.close().await;
-        };
-        let _ = tokio::time::timeout(wait, closing).await;
+        close_all(idle, self.pool.clone(), wait).await;
     }
 
     /// [`close`](Self::close) in a task of its own (from a `Drop`), when a tokio runtime is
@@ -147,16 +141,7 @@ impl<DB: Database> Keeper<DB> {
             return;
         }
         let idle = std::mem::take(&mut *self.state.idle.borrow_mut());
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let closing = async {
-                for Idle { kept, .. } in idle {
-                    let _ = kept.conn.close().await;
-                }
-                pool.close().await;
-            };
-            let _ = tokio::time::timeout(wait, closing).await;
-        });
+        tokio::spawn(close_all(idle, self.pool.clone(), wait));
     }
 
     /// How many connections are kept idle now.
@@ -209,6 +194,17 @@ impl<DB: Database> Conns<DB> for Keeper<DB> {
         // Else (failed, wanted by a caller waiting on the pool, due for its cycle through the
         // pool, or the pool closed) dropped: back to the pool, which closes it if closed.
     }
+}
+
+/// Closes `idle`, then `pool` (waiting for the connections out of it), for at most `wait`.
+async fn close_all<DB: Database>(idle: Vec<Idle<DB>>, pool: Pool<DB>, wait: Duration) {
+    let closing = async {
+        for Idle { kept, .. } in idle {
+            let _ = kept.conn.close().await;
+        }
+        pool.close().await;
+    };
+    let _ = tokio::time::timeout(wait, closing).await;
 }
 
 /// Counts a caller waiting on the pool, until dropped (also when its future is).
