@@ -124,8 +124,7 @@ impl Dialect for SqliteDialect {
             } else {
                 SqliteSynchronous::Normal
             })
-            .busy_timeout(store.busy_timeout)
-            .row_buffer_size(config.batch.saturating_add(1));
+            .busy_timeout(store.busy_timeout);
         SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(store.busy_timeout + Duration::from_secs(5))
@@ -148,12 +147,20 @@ impl Dialect for SqliteDialect {
     /// Fetcher runs them) collide on the write lock, and the loser sleeps in SQLite's busy
     /// handler, 1 ms and more at a time; queued for one connection, they wait only for each
     /// other (issue 14). Enqueues, cancels and reads keep the configured pool.
+    ///
+    /// Its row buffer holds a whole fetch: sqlx's worker thread hands rows over a channel (50
+    /// by default) and slept each time a fetch of up to `batch` rows filled it. The configured
+    /// pool keeps sqlx's default: it is the caller's too, for queries of their own.
     fn bookkeeping_pool(pool: &SqlitePool, config: &DurableConfig<Self>) -> SqlitePool {
         SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.store.busy_timeout + Duration::from_secs(5))
             .test_before_acquire(false)
-            .connect_lazy_with((*pool.connect_options()).clone())
+            .connect_lazy_with(
+                (*pool.connect_options())
+                    .clone()
+                    .row_buffer_size(config.batch.saturating_add(1)),
+            )
     }
 
     fn bind_list(out: &mut Args<'_, Self>, list: List) -> Result<(), BoxDynError> {
@@ -250,7 +257,8 @@ mod tests {
 
     /// The poller's writes (fetches, acks, heartbeats) share one connection, so they queue
     /// for it instead of colliding on the file's write lock and sleeping in SQLite's busy
-    /// handler (issue 14); no connection is pinged before use.
+    /// handler (issue 14); no connection is pinged before use. Its row buffer holds a fetch
+    /// (sqlx shows it only in the options' `Debug`); the caller's pool keeps sqlx's 50.
     #[actix_rt::test]
     async fn bookkeeping_writes_through_one_connection() {
         let db = TempDb::new();
@@ -263,6 +271,16 @@ mod tests {
         assert!(!bookkeeping.options().get_test_before_acquire());
         assert!(!pool.options().get_test_before_acquire());
         assert_eq!(pool.options().get_max_connections(), config.max_connections);
+        let buffer = |options: &sqlx::sqlite::SqliteConnectOptions| {
+            let debug = format!("{options:?}");
+            debug
+                .split("row_channel_size: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        assert_eq!(buffer(&bookkeeping.connect_options()), Some(1_001));
+        assert_eq!(buffer(&pool.connect_options()), Some(50));
         pool.close().await;
     }
 
