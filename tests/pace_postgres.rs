@@ -623,19 +623,12 @@ async fn limits_hold_across_three_os_processes() {
 
     let names = ["a", "b", "c"];
     let mut children: Vec<Child> = names.iter().map(|n| spawn_child(&schema, n)).collect();
-    bounded("the three processes are up", async {
-        loop {
-            let ready: i64 =
-                sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".ready"))
-                    .fetch_one(&db)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            if ready == 3 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    pg::until_count(
+        &db,
+        "the three processes are up",
+        &format!("SELECT count(*) FROM \"{schema}\".ready"),
+        3,
+    )
     .await;
     let resume = source.store_resume(None).expect("stored pauses");
     bounded("resume", resume)

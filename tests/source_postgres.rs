@@ -527,20 +527,12 @@ async fn a_shut_down_poller_says_goodbye_to_the_server() {
     pool.close().await;
     queue.pool().close().await;
     // Every session of the database has ended (bounded), then its statistics.
-    bounded("the poller's sessions to end", async {
-        loop {
-            let open: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-                    .bind(&db)
-                    .fetch_one(&admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            if open == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    pg::until_count(
+        &admin,
+        "the poller's sessions to end",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+        0,
+    )
     .await;
     let (sessions, abandoned): (i64, i64) = sqlx::query_as(
         "SELECT sessions, sessions_abandoned FROM pg_stat_database WHERE datname = $1",

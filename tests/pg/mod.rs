@@ -49,3 +49,28 @@ pub async fn drop_schema(schema: &str) {
         .await;
     pool.close().await;
 }
+
+/// Waits (at most 30 s) until `count`, a query of one integer, answers `want`; panics with
+/// `what` and the last answer after that. A wait on the database's state, not a sleep.
+pub async fn until_count(db: &PgPool, what: &str, count: &str, want: i64) {
+    let mut last = None;
+    let wait = async {
+        loop {
+            let now: i64 = sqlx::query_scalar(count)
+                .fetch_one(db)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            if now == want {
+                return;
+            }
+            last = Some(now);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .is_err()
+    {
+        panic!("{what}: not within 30 s (last {last:?}, want {want})");
+    }
+}
