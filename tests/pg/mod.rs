@@ -74,3 +74,25 @@ pub async fn until_count(db: &PgPool, what: &str, count: &str, want: i64) {
         panic!("{what}: not within 30 s (last {last:?}, want {want})");
     }
 }
+
+/// A database of the test's own on the server of `ACTIX_POLLER_PG_URL` (so that only its
+/// sessions count in `pg_stat_database`, or so that it can be dropped under a poller): its
+/// name and its URL. Drop it with `DROP DATABASE … WITH (FORCE)`.
+pub async fn own_database(admin: &PgPool) -> (String, String) {
+    let db = format!("ap_own_{}_{:x}", std::process::id(), fastrand::u32(..));
+    sqlx::raw_sql(&format!("CREATE DATABASE {db}"))
+        .execute(admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = pg_url();
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (server, _) = base
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("a database in {url}"));
+    let own = if query.is_empty() {
+        format!("{server}/{db}")
+    } else {
+        format!("{server}/{db}?{query}")
+    };
+    (db, own)
+}
